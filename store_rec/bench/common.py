@@ -1,0 +1,148 @@
+"""Shared benchmark plumbing: machine info, timing, and writing JSON + markdown table + PNG plot.
+
+Every ``store-rec bench <suite>`` produces ``OUT.json`` (``{"suite", "machine", "config", "records"}``),
+``OUT.md`` (a markdown table of the records) and, when the suite defines a plot, ``OUT.png``.
+Files are written to a temp name and renamed, so a crashed benchmark leaves no partial results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+
+def machine_info() -> Dict[str, Any]:
+    """Cores, library versions and device, recorded in every benchmark JSON."""
+    import torch
+
+    info: Dict[str, Any] = {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
+    try:
+        import torchrec
+
+        info["torchrec"] = torchrec.__version__
+    except Exception:  # noqa: BLE001 - torchrec is optional for some suites
+        info["torchrec"] = None
+    try:
+        import fbgemm_gpu  # noqa: F401
+        from importlib.metadata import version
+
+        for dist in ("fbgemm-gpu-cpu", "fbgemm-gpu"):
+            try:
+                info["fbgemm_gpu"] = f"{dist}=={version(dist)}"
+                break
+            except Exception:  # noqa: BLE001
+                continue
+    except Exception:  # noqa: BLE001
+        info["fbgemm_gpu"] = None
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu_model"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return info
+
+
+def time_fn(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1, sync: bool = False) -> Dict[str, float]:
+    """Median / min / max wall seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    import torch
+
+    def _sync():
+        if sync and torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    for _ in range(warmup):
+        fn()
+    _sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        _sync()
+        times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
+
+
+@dataclass
+class BenchResult:
+    """What a suite returns: records (list of flat dicts) plus how to show them."""
+
+    suite: str
+    records: List[Dict[str, Any]]
+    config: Dict[str, Any] = field(default_factory=dict)
+    columns: Optional[Sequence[str]] = None  # table columns (default: keys of the first record)
+    summary: Dict[str, Any] = field(default_factory=dict)  # e.g. fitted exponents, headline ratios
+    plot: Optional[Callable[[List[Dict[str, Any]], Path], None]] = None  # draws a PNG at the path
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        if v == 0 or 1e-3 <= abs(v) < 1e5:
+            return f"{v:.4g}"
+        return f"{v:.3e}"
+    return str(v)
+
+
+def markdown_table(records: Sequence[Dict[str, Any]], columns: Optional[Sequence[str]] = None) -> str:
+    if not records:
+        return "(no records)\n"
+    cols = list(columns or records[0].keys())
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in records:
+        lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_result(result: BenchResult, out_json: os.PathLike) -> Dict[str, Path]:
+    """Write OUT.json, OUT.md and (if the suite plots) OUT.png; returns the paths written."""
+    out = Path(out_json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "suite": result.suite,
+        "machine": machine_info(),
+        "config": result.config,
+        "summary": result.summary,
+        "records": result.records,
+    }
+    _atomic_write_text(out, json.dumps(payload, indent=2, default=float) + "\n")
+    paths = {"json": out}
+    md = out.with_suffix(".md")
+    head = f"# bench {result.suite}\n\n"
+    if result.summary:
+        head += "".join(f"- {k}: {_fmt(v)}\n" for k, v in result.summary.items()) + "\n"
+    _atomic_write_text(md, head + markdown_table(result.records, result.columns))
+    paths["md"] = md
+    if result.plot is not None and result.records:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        png = out.with_suffix(".png")
+        tmp = png.with_name(f".{png.stem}.tmp.png")
+        result.plot(result.records, tmp)
+        os.replace(tmp, png)
+        paths["png"] = png
+    return paths
