@@ -17,7 +17,13 @@ PY="${PYTHON:-python3}"
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
-pip_() { "$VENV/bin/python" -m pip install --disable-pip-version-check -q "$@"; }
+# pip's noise from this machine's file:// index config and torchrec's expected "requires fbgemm-gpu"
+# resolver note (we install fbgemm-gpu-cpu instead) is filtered; the exit status is kept.
+pip_() {
+  # with pipefail the pipeline fails (and set -e stops the script) when pip fails
+  "$VENV/bin/python" -m pip install --disable-pip-version-check -q "$@" 2>&1 \
+    | { grep -vE "is ignored: it is neither a file nor a directory|dependency resolver does not currently take|torchrec 1.8.0 requires fbgemm-gpu, which is not installed" || true; }
+}
 
 if ! "$VENV/bin/python" - <<'PYEOF' 2>/dev/null
 import importlib.metadata as m, sys
