@@ -1,0 +1,30 @@
+"""Ranking models: STORE (``StoreModel``, ``DLRM_STORE``, ``StoreInteractionArch``) and baselines.
+
+``build_model(cfg, schema, device)`` builds any of them from the ``model:`` config section;
+``embedding_tables(schema, cfg)`` lists their ``EmbeddingBagConfig`` s (also for the planner).
+"""
+
+from store_rec.models.baselines import DLRM_RankMixer, RankMixerInteractionArch, TorchRecBaseline
+from store_rec.models.config import AttentionConfig, ModelConfig, RotationConfig
+from store_rec.models.factory import build_model
+from store_rec.models.store import DLRM_STORE, RankingModel, RankingTrain, StoreInteractionArch, StoreLayer, StoreModel
+from store_rec.models.tables import ModelFeatures, embedding_tables, model_features
+
+__all__ = [
+    "AttentionConfig",
+    "DLRM_RankMixer",
+    "DLRM_STORE",
+    "ModelConfig",
+    "ModelFeatures",
+    "RankMixerInteractionArch",
+    "RankingModel",
+    "RankingTrain",
+    "RotationConfig",
+    "StoreInteractionArch",
+    "StoreLayer",
+    "StoreModel",
+    "TorchRecBaseline",
+    "build_model",
+    "embedding_tables",
+    "model_features",
+]

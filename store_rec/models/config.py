@@ -1,0 +1,134 @@
+"""``model:`` config section: which model, its sizes, and the STORE ablation switches.
+
+YAML example (every key optional; defaults shown)::
+
+    model:
+      name: store                 # store | dlrm | dlrm_dcn | transformer | deepfm | rankmixer
+      embedding_dim: 16           # every table (divisible by 4 for FBGEMM)
+      tokenizer: opmq             # opmq | rqvae | opq: SID features sid_* from the batch; none: raw IDs
+      sid_source: batch           # batch (SID table attached by the loader) | online (OnlineSIDTokenizer)
+      item_feature: null          # id feature replaced by its SIDs (dropped from the model's tables)
+      dense_arch: [64]            # hidden sizes of the dense MLP (a final layer of embedding_dim is added)
+      over_arch: [64]             # hidden sizes of the over arch (a final layer of 1 is added)
+      rotation: {enabled: true, diversity_weight: 0.1, schedule: "1:1", mlp_hidden: 32, method: cayley}
+      attention: {type: moba, sparsity: 0.5, block_size: 4, routing: instance, num_layers: 2,
+                  num_heads: 2, ffn_dim: 64, dropout: 0.0, pooling: flatten, gate: query}
+
+The paper's ablation variants are switches: ``tokenizer`` {opmq, rqvae, opq, none},
+``rotation.enabled`` {true, false}, ``attention.type`` {moba, vanilla}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Literal, Optional
+
+from store_rec.config import check
+
+MODEL_NAMES = ("store", "dlrm", "dlrm_dcn", "transformer", "deepfm", "rankmixer")
+
+
+@dataclass
+class RotationConfig:
+    """Orthogonal rotation of static-feature groups (``store_rec.modules.rotation``)."""
+
+    enabled: bool = True
+    diversity_weight: float = 0.1  # lambda of -lambda * sum_{i<j} ||R_i - R_j||_F^2
+    schedule: str = "1:1"  # "joint" or "M:R" main:rotation steps (AlternatingSchedule)
+    num_rotations: Optional[int] = None  # K; default = number of static groups
+    mlp_hidden: int = 32  # hidden width of each group MLP (0 = linear)
+    method: Literal["cayley", "matrix_exp", "qr"] = "cayley"
+
+    def __post_init__(self) -> None:
+        check(self.diversity_weight >= 0, "diversity_weight", f"must be >= 0, got {self.diversity_weight}")
+        check(self.mlp_hidden >= 0, "mlp_hidden", f"must be >= 0, got {self.mlp_hidden}")
+        check(self.num_rotations is None or self.num_rotations >= 1, "num_rotations", f"must be >= 1, got {self.num_rotations}")
+        from store_rec.modules.rotation import AlternatingSchedule
+
+        try:
+            AlternatingSchedule(self.schedule)
+        except ValueError as e:
+            check(False, "schedule", str(e))
+
+
+@dataclass
+class AttentionConfig:
+    """The interaction layers: attention type and transformer sizes."""
+
+    type: Literal["moba", "vanilla"] = "moba"
+    sparsity: float = 0.5  # MoBA: fraction of key blocks skipped
+    block_size: int = 4
+    routing: Literal["query", "query_block", "instance"] = "instance"
+    impl: Literal["fast", "reference"] = "fast"
+    num_layers: int = 2
+    num_heads: int = 2
+    ffn_dim: int = 64
+    dropout: float = 0.0
+    pooling: Literal["flatten", "mean"] = "flatten"
+    # instance routing only: "query" = the sample's mean query gates the key blocks (the op's
+    # default); "item" = the mean of the target item's tokens (the SID features) gates them.
+    gate: Literal["query", "item"] = "query"
+
+    def __post_init__(self) -> None:
+        check(0.0 <= self.sparsity < 1.0, "sparsity", f"must be in [0, 1), got {self.sparsity}")
+        check(self.block_size >= 1, "block_size", f"must be >= 1, got {self.block_size}")
+        check(self.num_layers >= 1, "num_layers", f"must be >= 1, got {self.num_layers}")
+        check(self.num_heads >= 1, "num_heads", f"must be >= 1, got {self.num_heads}")
+        check(self.ffn_dim >= 1, "ffn_dim", f"must be >= 1, got {self.ffn_dim}")
+        check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class DCNConfig:
+    num_layers: int = 3
+    low_rank_dim: int = 16
+
+
+@dataclass
+class DeepFMConfig:
+    hidden_layer_size: int = 64
+    deep_fm_dimension: int = 16
+
+
+@dataclass
+class RankMixerConfig:
+    num_layers: int = 2
+    ffn_mult: int = 2
+
+
+@dataclass
+class ModelConfig:
+    """The ``model:`` section (see module docstring)."""
+
+    name: Literal["store", "dlrm", "dlrm_dcn", "transformer", "deepfm", "rankmixer"] = "store"
+    embedding_dim: int = 16
+    tokenizer: Literal["opmq", "rqvae", "opq", "none"] = "opmq"
+    sid_source: Literal["batch", "online"] = "batch"
+    item_feature: Optional[str] = None
+    dense_arch: List[int] = field(default_factory=lambda: [64])
+    over_arch: List[int] = field(default_factory=lambda: [64])
+    rotation: RotationConfig = field(default_factory=RotationConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    dcn: DCNConfig = field(default_factory=DCNConfig)
+    deepfm: DeepFMConfig = field(default_factory=DeepFMConfig)
+    rankmixer: RankMixerConfig = field(default_factory=RankMixerConfig)
+
+    def __post_init__(self) -> None:
+        check(
+            self.embedding_dim >= 4 and self.embedding_dim % 4 == 0,
+            "embedding_dim",
+            f"must be a positive multiple of 4 (FBGEMM), got {self.embedding_dim}",
+        )
+        check(
+            self.embedding_dim % self.attention.num_heads == 0,
+            "attention.num_heads",
+            f"must divide embedding_dim {self.embedding_dim}, got {self.attention.num_heads}",
+        )
+        check(all(s >= 1 for s in self.dense_arch), "dense_arch", f"layer sizes must be >= 1, got {self.dense_arch}")
+        check(
+            len(self.over_arch) >= 1 and all(s >= 1 for s in self.over_arch),
+            "over_arch",
+            f"needs >= 1 hidden size >= 1 (TorchRec's OverArch needs 2+ layers incl. the logit), got {self.over_arch}",
+        )
+        if self.sid_source == "online":
+            check(self.tokenizer != "none", "sid_source", "online SIDs need a tokenizer (opmq/rqvae/opq), not 'none'")

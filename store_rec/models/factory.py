@@ -1,0 +1,41 @@
+"""``build_model(cfg, schema)``: STORE or a baseline, all with ``forward(batch) -> (logits, aux)``."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from store_rec.data.schema import DatasetSchema
+from store_rec.models.baselines import build_baseline
+from store_rec.models.config import ModelConfig
+from store_rec.models.store import RankingModel, StoreModel
+from store_rec.models.tables import embedding_tables
+
+
+def build_model(
+    cfg: ModelConfig,
+    schema: DatasetSchema,
+    device: Optional[torch.device] = None,
+    dense_device: Optional[torch.device] = None,
+) -> RankingModel:
+    """Build ``cfg.name`` over the features of ``schema`` (:func:`~store_rec.models.tables.model_features`).
+
+    Args:
+        cfg: the validated ``model:`` section.
+        schema: the schema of what the loader yields (with ``sid_*`` features when a SID table is
+            attached).
+        device: where the ``EmbeddingBagCollection`` is created; ``torch.device("meta")`` for
+            ``DistributedModelParallel`` (it shards and materialises the tables).
+        dense_device: where the dense parts are created (default CPU; DMP moves them).
+
+    Returns:
+        a :class:`~store_rec.models.store.RankingModel`: ``model(batch) -> (logits: Tensor[B],
+        aux_losses: Dict[str, Tensor])``; ``model.aux_loss_weights()`` gives the config weights.
+    """
+    if cfg.name == "store":
+        return StoreModel(schema, cfg, device=device, dense_device=dense_device)
+    ebc = EmbeddingBagCollection(tables=embedding_tables(schema, cfg), device=device)
+    const_dense = len(schema.dense) == 0
+    return build_baseline(cfg, ebc, 1 if const_dense else len(schema.dense), const_dense, dense_device)

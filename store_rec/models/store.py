@@ -1,0 +1,460 @@
+"""The STORE ranking model: a TorchRec interaction arch, a ``DLRM`` subclass, and the full model.
+
+* :class:`StoreInteractionArch` follows TorchRec's interaction-arch contract
+  (``torchrec/models/dlrm.py``)::
+
+      inter_arch(dense_features=Tensor[B, D], sparse_features=Tensor[B, F, D]) -> Tensor[B, output_dim]
+
+  so it drops into an existing ``torchrec.models.dlrm.DLRM``::
+
+      arch = StoreInteractionArch(num_sparse_features=F, embedding_dim=D, static_groups=[[3, 4], [5]])
+      dlrm.inter_arch = arch
+      dlrm.over_arch = OverArch(arch.output_dim, [64, 1])
+
+  Inside, the F sparse features are split by index lists given at construction: ``token_indices``
+  (SID / raw-ID features, one token each) and ``static_groups`` (lists of feature indices, one list
+  per semantic group -> :class:`~store_rec.modules.rotation.OrthogonalRotation` -> K tokens). The
+  dense embedding is one more token. Sequence ``X_0 = [dense, tokens..., rotated...]`` of length
+  ``L = 1 + T + K`` (``1 + T + S`` with rotation off: static features become plain tokens), then
+  ``num_layers`` post-LN blocks::
+
+      X = LN(X + Attn(X))          # Attn = BlockSparseAttention (MoBA) or dense SDPA (vanilla)
+      X = LN(X + FFN(X))           # FFN = Linear(D, ffn_dim) -> GELU -> Linear(ffn_dim, D)
+
+  pooled by ``pooling="flatten"`` (``Tensor[B, L*D]``, default, like TorchRec's transformer DLRM)
+  or ``"mean"`` (``Tensor[B, D]``).
+
+* :class:`DLRM_STORE` is built the way ``DLRM_DCN`` is: ``super().__init__`` then replace
+  ``inter_arch`` and ``over_arch``; state_dict keys and ``DLRM.forward`` are DLRM's.
+
+* :class:`StoreModel` is the full model of store_rec's training app (``forward(batch) -> (logits,
+  aux_losses)``), see its docstring.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from torchrec.models.dlrm import DLRM, OverArch
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from store_rec.models.config import AttentionConfig, ModelConfig, RotationConfig
+from store_rec.modules.rotation import OrthogonalRotation
+
+logger = logging.getLogger(__name__)
+
+
+def make_attention(embedding_dim: int, cfg: AttentionConfig) -> nn.Module:
+    """``BlockSparseAttention`` for ``cfg.type == "moba"``, its dense (SDPA) mode for ``"vanilla"``."""
+    from store_rec.ops.moba import BlockSparseAttention
+
+    return BlockSparseAttention(
+        embedding_dim,
+        cfg.num_heads,
+        block_size=cfg.block_size,
+        sparsity=cfg.sparsity,
+        routing=cfg.routing,
+        dense=cfg.type == "vanilla",
+        impl=cfg.impl,
+        dropout=cfg.dropout,
+    )
+
+
+class StoreLayer(nn.Module):
+    """One interaction block: ``Tensor[B, L, D] -> Tensor[B, L, D]``.
+
+    ``X = LN(X + Attn(X)); X = LN(X + FFN(X))`` (post-LN, as the paper writes X_l).
+    """
+
+    def __init__(self, embedding_dim: int, cfg: AttentionConfig) -> None:
+        super().__init__()
+        self.attn = make_attention(embedding_dim, cfg)
+        self.norm1 = nn.LayerNorm(embedding_dim)
+        self.ffn = nn.Sequential(
+            nn.Linear(embedding_dim, cfg.ffn_dim), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.ffn_dim, embedding_dim)
+        )
+        self.norm2 = nn.LayerNorm(embedding_dim)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, gate: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = self.norm1(x + self.drop(self.attn(x, gate)))
+        return self.norm2(x + self.drop(self.ffn(x)))
+
+
+class StoreInteractionArch(nn.Module):
+    """STORE interaction: rotation tokens + SID tokens + dense token -> attention layers -> pooled.
+
+    Args:
+        num_sparse_features: F (features in ``sparse_features``, in SparseArch order).
+        embedding_dim: D.
+        token_indices: feature indices that become one token each (SID / raw-ID features).
+            Default: every index not in ``static_groups``.
+        static_groups: one list of feature indices per semantic group (rotation input).
+            Every feature index must appear exactly once across the two arguments.
+        rotation: a :class:`RotationConfig` (``enabled=False``: static features are plain tokens).
+        attention: an :class:`AttentionConfig` (type, sparsity, block size, layers, heads, ...).
+        gate_indices: feature indices of the target item's tokens (a subset of ``token_indices``);
+            with ``attention.gate == "item"`` and MoBA instance routing, the mean of their hidden
+            states gates the key-block selection in every layer (the paper's "filters
+            low-contributing tokens based on the target item"). Otherwise the op's default gate
+            (the sample's mean query) is used.
+
+    Shapes::
+
+        forward(dense_features: Tensor[B, D], sparse_features: Tensor[B, F, D]) -> Tensor[B, output_dim]
+        output_dim = L * D (pooling "flatten") or D ("mean");  L = seq_len
+    """
+
+    def __init__(
+        self,
+        num_sparse_features: int,
+        embedding_dim: int,
+        *,
+        token_indices: Optional[Sequence[int]] = None,
+        static_groups: Optional[Sequence[Sequence[int]]] = None,
+        rotation: Optional[RotationConfig] = None,
+        attention: Optional[AttentionConfig] = None,
+        gate_indices: Optional[Sequence[int]] = None,
+    ) -> None:
+        super().__init__()
+        F, D = int(num_sparse_features), int(embedding_dim)
+        rotation = rotation or RotationConfig()
+        attention = attention or AttentionConfig()
+        groups = [list(map(int, g)) for g in (static_groups or []) if len(g)]
+        grouped = [i for g in groups for i in g]
+        tokens = list(map(int, token_indices)) if token_indices is not None else [i for i in range(F) if i not in set(grouped)]
+        used = tokens + grouped
+        bad = [i for i in used if not 0 <= i < F]
+        if bad:
+            raise ValueError(f"StoreInteractionArch: feature indices {bad} out of range [0, {F})")
+        if sorted(used) != list(range(F)):
+            dup = sorted({i for i in used if used.count(i) > 1})
+            missing = sorted(set(range(F)) - set(used))
+            raise ValueError(
+                f"StoreInteractionArch: every sparse feature index must be used exactly once "
+                f"(duplicated: {dup}, unassigned: {missing})"
+            )
+        self.num_sparse_features, self.embedding_dim = F, D
+        self.pooling = attention.pooling
+        self.use_rotation = bool(rotation.enabled and groups)
+        if self.use_rotation:
+            self.register_buffer("token_index", torch.tensor(tokens, dtype=torch.long), persistent=False)
+            self.register_buffer("static_index", torch.tensor(grouped, dtype=torch.long), persistent=False)
+            self.rotation: Optional[OrthogonalRotation] = OrthogonalRotation(
+                D,
+                [len(g) for g in groups],
+                num_rotations=rotation.num_rotations,
+                mlp_hidden=rotation.mlp_hidden,
+                method=rotation.method,
+            )
+            n_rot = self.rotation.num_rotations
+        else:
+            self.register_buffer("token_index", torch.tensor(tokens + grouped, dtype=torch.long), persistent=False)
+            self.register_buffer("static_index", torch.zeros(0, dtype=torch.long), persistent=False)
+            self.rotation = None
+            n_rot = 0
+        self.seq_len = 1 + int(self.token_index.numel()) + n_rot
+        # positions (in the token sequence) whose mean gates MoBA's instance routing
+        gate_pos: List[int] = []
+        if attention.gate == "item" and attention.type == "moba" and attention.routing == "instance":
+            seq_of = {f: 1 + i for i, f in enumerate(self.token_index.tolist())}
+            missing = [i for i in (gate_indices or []) if i not in seq_of]
+            if not gate_indices or missing:
+                raise ValueError(
+                    f"attention.gate='item' needs gate_indices among the token features (got {list(gate_indices or [])})"
+                )
+            gate_pos = [seq_of[int(i)] for i in gate_indices]
+        self.register_buffer("gate_pos", torch.tensor(gate_pos, dtype=torch.long), persistent=False)
+        self.layers = nn.ModuleList(StoreLayer(D, attention) for _ in range(attention.num_layers))
+        self.output_dim = self.seq_len * D if self.pooling == "flatten" else D
+
+    def tokens(self, dense_features: torch.Tensor, sparse_features: torch.Tensor) -> torch.Tensor:
+        """The layer-1 input ``X_0: Tensor[B, L, D]`` = [dense, tokens..., rotated...]."""
+        parts = [dense_features.unsqueeze(1), sparse_features.index_select(1, self.token_index)]
+        if self.rotation is not None:
+            parts.append(self.rotation(sparse_features.index_select(1, self.static_index)))
+        return torch.cat(parts, dim=1)
+
+    def forward(self, dense_features: torch.Tensor, sparse_features: torch.Tensor) -> torch.Tensor:
+        """``dense_features: Tensor[B, D], sparse_features: Tensor[B, F, D] -> Tensor[B, output_dim]``."""
+        x = self.tokens(dense_features, sparse_features)
+        for layer in self.layers:
+            gate = x.index_select(1, self.gate_pos).mean(dim=1) if self.gate_pos.numel() else None
+            x = layer(x, gate)
+        return x.flatten(1) if self.pooling == "flatten" else x.mean(dim=1)
+
+    def aux_losses(self) -> Dict[str, torch.Tensor]:
+        """Unweighted auxiliary losses: ``{"diversity": -sum_{i<j}||R_i - R_j||_F^2}`` with rotation."""
+        return {"diversity": self.rotation.diversity_loss()} if self.rotation is not None else {}
+
+    def attention_flops(self, batch_size: int, backward: bool = True) -> int:
+        """Analytic FLOPs of the attention modules (q/k/v/out projections + attention core)."""
+        return sum(int(layer.attn.flops(batch_size, self.seq_len, backward=backward)) for layer in self.layers)
+
+
+def _feature_indices(names: Sequence[str], groups: Optional[Union[Mapping[str, Sequence[str]], Sequence[Sequence[str]]]]):
+    groups_list = list(groups.values()) if isinstance(groups, Mapping) else list(groups or [])
+    pos = {n: i for i, n in enumerate(names)}
+    unknown = [f for g in groups_list for f in g if f not in pos]
+    if unknown:
+        raise KeyError(f"static_groups name unknown sparse features {unknown}; the model has: {', '.join(names)}")
+    return [[pos[f] for f in g] for g in groups_list]
+
+
+class DLRM_STORE(DLRM):
+    """TorchRec ``DLRM`` with :class:`StoreInteractionArch` as its interaction (like ``DLRM_DCN``).
+
+    Args:
+        embedding_bag_collection, dense_in_features, dense_arch_layer_sizes, over_arch_layer_sizes,
+        dense_device: as in ``torchrec.models.dlrm.DLRM`` (all tables share one embedding_dim D and
+            ``dense_arch_layer_sizes[-1] == D``).
+        static_groups: semantic groups of static features by *feature name* (mapping group ->
+            names, or a list of name lists); every other feature is a token.
+        rotation, attention: :class:`RotationConfig` / :class:`AttentionConfig`.
+        gate_features: names of the target item's features (e.g. ``sid_0 .. sid_{K-1}``) for
+            ``attention.gate == "item"``.
+
+    ``forward(dense_features: Tensor[B, dense_in_features], sparse_features: KJT) -> Tensor[B, 1]``
+    (DLRM's forward), so ``torchrec.models.dlrm.DLRMTrain(DLRM_STORE(...))`` trains it.
+    """
+
+    def __init__(
+        self,
+        embedding_bag_collection: EmbeddingBagCollection,
+        dense_in_features: int,
+        dense_arch_layer_sizes: List[int],
+        over_arch_layer_sizes: List[int],
+        *,
+        static_groups: Optional[Union[Mapping[str, Sequence[str]], Sequence[Sequence[str]]]] = None,
+        rotation: Optional[RotationConfig] = None,
+        attention: Optional[AttentionConfig] = None,
+        gate_features: Optional[Sequence[str]] = None,
+        dense_device: Optional[torch.device] = None,
+    ) -> None:
+        super().__init__(
+            embedding_bag_collection,
+            dense_in_features,
+            dense_arch_layer_sizes,
+            over_arch_layer_sizes,
+            dense_device,
+        )
+        D = embedding_bag_collection.embedding_bag_configs()[0].embedding_dim
+        names = self.sparse_arch.sparse_feature_names
+        self.inter_arch = StoreInteractionArch(
+            num_sparse_features=len(names),
+            embedding_dim=D,
+            static_groups=_feature_indices(names, static_groups),
+            rotation=rotation,
+            attention=attention,
+            gate_indices=_feature_indices(names, [list(gate_features or [])])[0],
+        )
+        if dense_device is not None:
+            self.inter_arch.to(dense_device)
+        self.over_arch = OverArch(
+            in_features=self.inter_arch.output_dim,
+            layer_sizes=over_arch_layer_sizes,
+            device=dense_device,
+        )
+
+
+# ---------------------------------------------------------------------------- the full model
+def _dense_input(batch, const_dense: bool) -> torch.Tensor:
+    """``batch.dense_features``, or ``ones[B, 1]`` when the dataset has no dense feature (the dense
+    MLP then learns a bias token). No data-dependent control flow: the pipeline fx-traces this."""
+    dense = batch.dense_features
+    if const_dense:
+        return torch.ones_like(batch.labels, dtype=torch.float32).unsqueeze(1)
+    return dense
+
+
+class RankingModel(nn.Module):
+    """``forward(batch) -> (logits: Tensor[B], aux_losses: Dict[str, Tensor])`` around a DLRM-style
+    ``model(dense_features, sparse_features: KJT) -> Tensor[B, 1]`` (STORE or a baseline).
+
+    ``batch`` is anything with ``.dense_features: Tensor[B, n_dense]`` and ``.sparse_features: KJT``
+    (``StoreBatch``, ``torchrec.datasets.utils.Batch``). The KJT may carry extra keys; the EBC reads
+    its own features. Loss: ``BCEWithLogits(logits, labels) + sum_k w_k * aux[k]`` with
+    ``w = aux_loss_weights()``.
+    """
+
+    def __init__(self, model: nn.Module, dense_in_features: int, const_dense: bool, name: str) -> None:
+        super().__init__()
+        self.model = model
+        self.dense_in_features = dense_in_features
+        self.const_dense = const_dense
+        self.name = name
+
+    def forward(self, batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:  # noqa: ANN001
+        dense = _dense_input(batch, self.const_dense)
+        with parametrize.cached():  # each parametrized R_i is computed once for forward + aux
+            logits = self.model(dense_features=dense, sparse_features=batch.sparse_features).squeeze(-1)
+            aux = self.aux_losses()
+        return logits, aux
+
+    def aux_losses(self) -> Dict[str, torch.Tensor]:
+        inter = getattr(self.model, "inter_arch", None)
+        return inter.aux_losses() if hasattr(inter, "aux_losses") else {}
+
+    def aux_loss_weights(self) -> Dict[str, float]:
+        return {}
+
+    @property
+    def embedding_bag_collection(self) -> EmbeddingBagCollection:
+        return self.model.sparse_arch.embedding_bag_collection
+
+    # ---------------------------------------------------------------- FLOPs
+    def _dense_parts(self) -> List[nn.Module]:
+        return [m for m in (getattr(self.model, "dense_arch", None), self.model.inter_arch, self.model.over_arch) if m is not None]
+
+    def _analytic_modules(self) -> Dict[nn.Module, int]:
+        """Modules whose FLOPs are counted analytically (FlopCounterMode misses CPU SDPA), per batch of 1."""
+        return {}
+
+    def flops(self, batch_size: int, backward: bool = True) -> int:
+        """FLOPs of one training step (forward + backward) on ``batch_size`` samples.
+
+        Counts what runs after the embedding lookups (dense arch, interaction, over arch) with
+        ``torch.utils.flop_counter.FlopCounterMode`` on synthetic inputs (works with a meta-device
+        EBC: call it on the unsharded model), replacing the count of attention modules by their
+        analytic FLOPs (the counter sees 0 for CPU SDPA). Embedding-bag pooling is not counted.
+        All counted ops are linear in the batch, so it runs at a small batch and scales exactly.
+        """
+        from torch.utils.flop_counter import FlopCounterMode
+
+        b0 = 4
+        ref = next(p for p in self.model.over_arch.parameters())
+        dev, dt = ref.device, ref.dtype
+        D = self.embedding_bag_collection.embedding_bag_configs()[0].embedding_dim
+        F = sum(len(c.feature_names) for c in self.embedding_bag_collection.embedding_bag_configs())
+        dense_in = 1 if self.const_dense else self.dense_in_features
+        dense = torch.randn(b0, dense_in, device=dev, dtype=dt)
+        sparse = torch.randn(b0, F, D, device=dev, dtype=dt, requires_grad=backward)
+        analytic = self._analytic_modules()
+        counted_in_analytic = 0
+        was_training = self.training
+        self.train()
+        counter = FlopCounterMode(display=False)
+        with counter:
+            ed = self._dense_step(dense, sparse)
+            if backward:
+                ed.sum().backward()
+        self.train(was_training)
+        self.zero_grad(set_to_none=True)
+        totals = counter.get_flop_counts()
+        # the counter names modules from the outermost one it saw: the interaction arch
+        inter = self.model.inter_arch
+        names = {id(m): f"{type(inter).__name__}.{n}" for n, m in inter.named_modules() if n}
+        for m in analytic:
+            if names.get(id(m)) not in totals:
+                raise RuntimeError(f"FlopCounterMode did not see attention module {names.get(id(m))}")
+            counted_in_analytic += sum(totals[names[id(m)]].values())
+        total = counter.get_total_flops() - counted_in_analytic
+        per_sample = total / b0
+        analytic_total = sum(fn(batch_size, backward) for fn in analytic.values())
+        return int(round(per_sample * batch_size)) + int(analytic_total)
+
+    def _dense_step(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        ed = self.model.dense_arch(dense)
+        return self.model.over_arch(self.model.inter_arch(dense_features=ed, sparse_features=sparse))
+
+    def tflops_per_batch(self, batch_size: int = 1024, backward: bool = True) -> float:
+        """``flops(batch_size) / 1e12`` (the paper reports TFLOPs per batch of 1024)."""
+        return self.flops(batch_size, backward=backward) / 1e12
+
+
+def _item_features(schema, cfg: ModelConfig, tokens: Sequence[str]) -> List[str]:  # noqa: ANN001
+    """The target item's token features: its SIDs, else its raw ID (``model.item_feature``)."""
+    sids = [f.name for f in schema.features_with_role("sid") if f.name in tokens]
+    if sids:
+        return sids
+    if cfg.item_feature in tokens:
+        return [cfg.item_feature]
+    from store_rec.errors import UserError
+
+    raise UserError("model.attention.gate: 'item' needs SID features or model.item_feature among the token features")
+
+
+class StoreModel(RankingModel):
+    """STORE for store_rec's training app: KJT -> EBC -> rotation + SID tokens -> MoBA layers -> logit.
+
+    ``StoreModel(schema, cfg, device=None, dense_device=None)``:
+
+    * one ``EmbeddingBagCollection`` over :func:`~store_rec.models.tables.embedding_tables` (SID
+      features from the batch, or raw IDs with ``tokenizer: none``, plus static features), created
+      on ``device`` — pass ``torch.device("meta")`` and let ``DistributedModelParallel`` shard and
+      materialise it; the dense parts go on ``dense_device`` (default CPU; DMP moves them);
+    * the batch's KJT feeds the EBC unchanged, so ``TrainPipelineSparseDist`` pipelines it;
+    * the inner module is a :class:`DLRM_STORE` (``self.model``), so state_dict keys are DLRM's
+      under ``model.``.
+
+    ``forward(batch) -> (logits: Tensor[B], {"diversity": Tensor[]})`` (no aux without rotation).
+    Loss = ``bce + sum(aux_loss_weights()[k] * aux[k])``; ``aux_loss_weights() == {"diversity":
+    cfg.rotation.diversity_weight}``. Rotation parameters for the alternating optimizer:
+    ``store_rec.modules.rotation.rotation_parameters(model)`` / ``split_rotation_params``.
+    """
+
+    def __init__(self, schema, cfg: ModelConfig, device: Optional[torch.device] = None, dense_device: Optional[torch.device] = None) -> None:  # noqa: ANN001
+        from store_rec.models.tables import embedding_tables, model_features
+
+        feats = model_features(schema, cfg)
+        tables = embedding_tables(schema, cfg)
+        const_dense = len(schema.dense) == 0
+        dense_in = 1 if const_dense else len(schema.dense)
+        ebc = EmbeddingBagCollection(tables=tables, device=device)
+        model = DLRM_STORE(
+            ebc,
+            dense_in_features=dense_in,
+            dense_arch_layer_sizes=[*cfg.dense_arch, cfg.embedding_dim],
+            over_arch_layer_sizes=[*cfg.over_arch, 1],
+            static_groups=feats.static_groups,
+            rotation=cfg.rotation,
+            attention=cfg.attention,
+            gate_features=_item_features(schema, cfg, feats.tokens) if cfg.attention.gate == "item" else None,
+            dense_device=dense_device,
+        )
+        super().__init__(model, len(schema.dense), const_dense, "store")
+        self.cfg = cfg
+        self.features = feats
+
+    def aux_loss_weights(self) -> Dict[str, float]:
+        return {"diversity": self.cfg.rotation.diversity_weight} if self.model.inter_arch.use_rotation else {}
+
+    def _analytic_modules(self):
+        inter = self.model.inter_arch
+        return {
+            layer.attn: (lambda b, bw, a=layer.attn: int(a.flops(b, inter.seq_len, backward=bw)))
+            for layer in inter.layers
+        }
+
+
+class RankingTrain(nn.Module):
+    """Train wrapper for ``TrainPipelineSparseDist`` (like TorchRec's ``DLRMTrain``).
+
+    ``forward(batch) -> (loss, (bce, logits, labels))`` with ``loss = BCEWithLogits(logits, labels)
+    + sum_k weights[k] * aux[k]`` (``weights`` default: ``model.aux_loss_weights()``); the second
+    element is detached, as ``pipeline.progress`` returns it. The last aux values (detached) are
+    kept in ``self.last_aux`` for logging.
+    """
+
+    def __init__(self, model: RankingModel, aux_weights: Optional[Mapping[str, float]] = None) -> None:
+        super().__init__()
+        self.model = model
+        self.aux_weights = dict(model.aux_loss_weights() if aux_weights is None else aux_weights)
+        self.loss_fn = nn.BCEWithLogitsLoss()
+        self.last_aux: Dict[str, torch.Tensor] = {}
+
+    def forward(self, batch) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # noqa: ANN001
+        logits, aux = self.model(batch)
+        labels = batch.labels.float()
+        bce = self.loss_fn(logits, labels)
+        loss = bce
+        for k, v in aux.items():
+            w = self.aux_weights.get(k, 0.0)
+            if w:
+                loss = loss + w * v
+        self.last_aux = {k: v.detach() for k, v in aux.items()}
+        return loss, (bce.detach(), logits.detach(), labels.detach())

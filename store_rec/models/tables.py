@@ -1,0 +1,92 @@
+"""Which sparse features a model uses, by role, and their embedding tables.
+
+One ``EmbeddingBagConfig`` per used sparse feature, named ``t_<feature>`` with
+``feature_names=[<feature>]``, ``num_embeddings = vocab_size`` (id 0 = OOV row) and
+``embedding_dim = model.embedding_dim`` (a multiple of 4, as FBGEMM's TBE wants). The same list
+builds the model's ``EmbeddingBagCollection`` and feeds the sharding planner.
+
+Feature selection (:func:`model_features`), shared by STORE and the baselines so every model in a
+comparison sees the same inputs:
+
+* ``tokenizer: none`` -> every ``id`` feature as a raw-ID token; ``sid`` features are ignored.
+* ``tokenizer: opmq | rqvae | opq`` with ``sid_source: batch`` -> every ``sid`` feature (``sid_0 ..
+  sid_{K-1}``, attached by the loader from ``SIDS.parquet``) as a SID token, plus the ``id``
+  features except ``model.item_feature`` (the item whose raw ID the SIDs replace).
+* ``static`` features -> grouped by ``schema.groups`` for the rotation (or plain tokens when
+  rotation is off, and for the baselines).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List
+
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+
+from store_rec.data.schema import ID, SID, STATIC, DatasetSchema
+from store_rec.errors import UserError
+from store_rec.models.config import ModelConfig
+
+
+@dataclass
+class ModelFeatures:
+    """Used sparse features by role (names, in schema order)."""
+
+    tokens: List[str]  # SID / raw-ID features: one token each
+    static_groups: Dict[str, List[str]]  # semantic group -> static features
+
+    @property
+    def static(self) -> List[str]:
+        return [f for names in self.static_groups.values() for f in names]
+
+    @property
+    def all(self) -> List[str]:
+        """Table / EBC order: tokens first, then static features group by group."""
+        return [*self.tokens, *self.static]
+
+
+def model_features(schema: DatasetSchema, cfg: ModelConfig) -> ModelFeatures:
+    """Select the model's sparse features from ``schema`` according to ``cfg`` (see module doc)."""
+    ids = [f.name for f in schema.features_with_role(ID)]
+    sids = [f.name for f in schema.features_with_role(SID)]
+    if cfg.item_feature is not None and cfg.item_feature not in ids:
+        raise UserError(
+            f"model.item_feature: {cfg.item_feature!r} is not an 'id' feature of dataset "
+            f"{schema.dataset!r} (id features: {', '.join(ids) or 'none'})"
+        )
+    if cfg.tokenizer == "none":
+        tokens = ids
+    elif cfg.sid_source == "online":
+        raise UserError(
+            "model.sid_source: 'online' needs store_rec.tokenizer.online.OnlineSIDTokenizer, which this "
+            "build of the model does not wire in yet; use sid_source: batch (attach SIDS.parquet) "
+            "or tokenizer: none"
+        )
+    else:
+        if not sids:
+            raise UserError(
+                f"model.tokenizer: {cfg.tokenizer!r} needs semantic-ID features (sid_*) in the batch, but "
+                f"dataset {schema.dataset!r} has none: attach a SID table (`store-rec tokenize`) or set "
+                "model.tokenizer=none"
+            )
+        keep = [n for n in ids if n != cfg.item_feature]
+        order = {f.name: i for i, f in enumerate(schema.sparse)}
+        tokens = sorted(sids + keep, key=order.__getitem__)
+    groups = {g: list(names) for g, names in schema.groups.items()} if schema.features_with_role(STATIC) else {}
+    if not tokens and not groups:
+        raise UserError(f"dataset {schema.dataset!r}: the model would use no sparse feature (tokenizer={cfg.tokenizer})")
+    return ModelFeatures(tokens=tokens, static_groups=groups)
+
+
+def embedding_tables(schema: DatasetSchema, cfg: ModelConfig) -> List[EmbeddingBagConfig]:
+    """``List[EmbeddingBagConfig]``, one per used sparse feature, in :attr:`ModelFeatures.all` order."""
+    feats = model_features(schema, cfg)
+    return [
+        EmbeddingBagConfig(
+            name=f"t_{name}",
+            embedding_dim=cfg.embedding_dim,
+            num_embeddings=schema.feature(name).vocab_size,
+            feature_names=[name],
+        )
+        for name in feats.all
+    ]

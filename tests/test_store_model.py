@@ -1,0 +1,258 @@
+"""StoreInteractionArch / StoreModel / ModelConfig / tables: shapes, gradients, switches, FLOPs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from _model_utils import tiny_batch, tiny_schema
+
+from store_rec.config import ConfigError, from_dict
+from store_rec.errors import UserError
+from store_rec.models import (
+    AttentionConfig,
+    ModelConfig,
+    RankingTrain,
+    RotationConfig,
+    StoreInteractionArch,
+    StoreModel,
+    build_model,
+    embedding_tables,
+    model_features,
+)
+from store_rec.models import store as store_mod
+from store_rec.modules.rotation import AlternatingOptimizer, AlternatingSchedule, rotation_modules, split_rotation_params
+
+D = 8
+
+
+def _arch(**kw):
+    att = AttentionConfig(num_layers=2, num_heads=2, ffn_dim=16, block_size=2, pooling=kw.pop("pooling", "flatten"))
+    return StoreInteractionArch(num_sparse_features=6, embedding_dim=D, static_groups=[[3, 4], [5]], attention=att, **kw)
+
+
+@pytest.mark.parametrize("pooling,out", [("flatten", (1 + 3 + 2) * D), ("mean", D)])
+def test_interaction_arch_shapes_and_gradients(pooling, out):
+    torch.manual_seed(0)
+    arch = _arch(pooling=pooling)
+    assert arch.seq_len == 6 and arch.output_dim == out
+    dense = torch.randn(4, D, requires_grad=True)
+    sparse = torch.randn(4, 6, D, requires_grad=True)
+    y = arch(dense_features=dense, sparse_features=sparse)
+    assert y.shape == (4, out)
+    (y.square().sum() + sum(arch.aux_losses().values())).backward()
+    assert dense.grad.abs().sum() > 0
+    assert (sparse.grad.abs().sum(dim=(0, 2)) > 0).all()  # every feature reaches the output
+    for name, p in arch.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_token_layout():
+    arch = _arch()
+    dense, sparse = torch.randn(2, D), torch.randn(2, 6, D)
+    x = arch.tokens(dense, sparse)
+    assert x.shape == (2, 6, D)
+    torch.testing.assert_close(x[:, 0], dense)
+    torch.testing.assert_close(x[:, 1:4], sparse[:, [0, 1, 2]])
+    torch.testing.assert_close(x[:, 4:], arch.rotation(sparse[:, [3, 4, 5]]))
+    off = _arch(rotation=RotationConfig(enabled=False))
+    assert off.rotation is None and off.seq_len == 7 and off.aux_losses() == {}
+    torch.testing.assert_close(off.tokens(dense, sparse)[:, 1:], sparse)
+
+
+def test_interaction_arch_rejects_bad_indices():
+    with pytest.raises(ValueError, match="duplicated: \\[1\\]"):
+        StoreInteractionArch(3, D, token_indices=[0, 1], static_groups=[[1, 2]])
+    with pytest.raises(ValueError, match="unassigned: \\[2\\]"):
+        StoreInteractionArch(3, D, token_indices=[0], static_groups=[[1]])
+    with pytest.raises(ValueError, match="out of range"):
+        StoreInteractionArch(3, D, static_groups=[[5]])
+
+
+def test_make_attention_passes_switches(monkeypatch):
+    seen = {}
+
+    class Recorder(torch.nn.Module):
+        def __init__(self, embed_dim, num_heads, **kw):
+            super().__init__()
+            seen.update(kw, embed_dim=embed_dim, num_heads=num_heads)
+
+    monkeypatch.setattr("store_rec.ops.moba.BlockSparseAttention", Recorder)
+    store_mod.make_attention(16, AttentionConfig(type="vanilla", sparsity=0.25, block_size=8, routing="query", num_heads=4))
+    assert seen == dict(embed_dim=16, num_heads=4, block_size=8, sparsity=0.25, routing="query", dense=True, impl="fast", dropout=0.0)
+    store_mod.make_attention(16, AttentionConfig(type="moba"))
+    assert seen["dense"] is False and seen["sparsity"] == 0.5
+
+
+def _cfg(**kw):
+    base = dict(embedding_dim=D, item_feature="item", attention={"num_heads": 2, "ffn_dim": 16, "block_size": 2})
+    base.update(kw)
+    return from_dict(ModelConfig, base, path="model")
+
+
+def test_store_model_forward_backward():
+    torch.manual_seed(0)
+    schema = tiny_schema()
+    model = build_model(_cfg(), schema)
+    assert isinstance(model, StoreModel)
+    batch = tiny_batch(schema, 8)
+    logits, aux = model(batch)
+    assert logits.shape == (8,) and set(aux) == {"diversity"}
+    assert model.aux_loss_weights() == {"diversity": 0.1}
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
+    (loss + sum(model.aux_loss_weights()[k] * v for k, v in aux.items())).backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+    ebc = model.embedding_bag_collection
+    assert ebc.embedding_bags["t_sid_0"].weight.grad.abs().sum() > 0
+
+
+def test_ranking_train_loss_adds_weighted_aux():
+    torch.manual_seed(0)
+    schema = tiny_schema()
+    model = build_model(_cfg(rotation={"diversity_weight": 0.25}), schema)
+    batch = tiny_batch(schema, 8)
+    train = RankingTrain(model)
+    loss, (bce, logits, labels) = train(batch)
+    logits2, aux = model(batch)
+    torch.testing.assert_close(logits, logits2.detach())
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits2, batch.labels) + 0.25 * aux["diversity"]
+    torch.testing.assert_close(loss, expected)
+    assert not bce.requires_grad and labels.shape == (8,)
+    assert set(train.last_aux) == {"diversity"}
+    no_aux = RankingTrain(model, aux_weights={})
+    torch.testing.assert_close(no_aux(batch)[0], no_aux(batch)[1][0])
+
+
+def test_store_model_trains_with_alternating_optimizer():
+    torch.manual_seed(0)
+    schema = tiny_schema()
+    model = build_model(_cfg(rotation={"schedule": "2:1"}), schema)
+    main, rot = split_rotation_params(model)
+    assert rot and all("rotations" in n for n in rot)
+    opt = AlternatingOptimizer(
+        torch.optim.Adam(main.values(), lr=1e-2), torch.optim.Adam(rot.values(), lr=1e-2),
+        AlternatingSchedule("2:1"), rotation_modules(model),
+    )
+    batch = tiny_batch(schema, 64, seed=1)
+    losses = []
+    for _ in range(30):
+        opt.zero_grad()
+        logits, aux = model(batch)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels)
+        (loss + 0.1 * aux["diversity"]).backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+    assert rotation_modules(model)[0].orthogonality_error() < 1e-5
+
+
+def test_meta_device_construction_and_flops():
+    schema = tiny_schema()
+    model = build_model(_cfg(), schema, device=torch.device("meta"))
+    assert all(p.is_meta for p in model.embedding_bag_collection.parameters())
+    assert not any(p.is_meta for n, p in model.named_parameters() if "embedding_bag" not in n)
+    f1, f2 = model.flops(512), model.flops(1024)
+    assert f2 == 2 * f1 > 0
+    inter = model.model.inter_arch
+    assert f1 > inter.attention_flops(512)
+    assert model.tflops_per_batch() == pytest.approx(f2 / 1e12)
+
+
+def test_moba_counts_fewer_flops_than_vanilla_by_the_attention_difference():
+    schema = tiny_schema()
+    att = {"num_heads": 2, "ffn_dim": 16, "block_size": 2, "sparsity": 0.5}
+    moba = build_model(_cfg(attention=dict(att, type="moba")), schema, device=torch.device("meta"))
+    dense = build_model(_cfg(attention=dict(att, type="vanilla")), schema, device=torch.device("meta"))
+    mi, di = moba.model.inter_arch, dense.model.inter_arch
+    assert mi.seq_len == di.seq_len == 6  # 3 key blocks of 2 -> MoBA keeps 2
+    diff = dense.flops(1024) - moba.flops(1024)
+    assert diff > 0
+    assert diff == di.attention_flops(1024) - mi.attention_flops(1024)
+
+
+def test_dlrm_flops_hand_count():
+    """Forward FLOPs of TorchRec DLRM, counted by hand: dense MLP + pairwise dots + over MLP."""
+    schema = tiny_schema()
+    cfg = _cfg(name="dlrm", dense_arch=[5], over_arch=[7])
+    model = build_model(cfg, schema)
+    F = len(model_features(schema, cfg).all)  # 6 (site, sid_0, sid_1 + 3 static)
+    B, n_dense = 10, 2
+    dense = 2 * B * (n_dense * 5 + 5 * D)
+    inter = 2 * B * (F + 1) * (F + 1) * D
+    over_in = D + F * (F + 1) // 2  # D + choose(F, 2) + F
+    over = 2 * B * (over_in * 7 + 7 * 1)
+    assert model.flops(B, backward=False) == dense + inter + over
+
+
+def test_config_switches_build_each_ablation_variant():
+    schema = tiny_schema()
+    raw = build_model(_cfg(tokenizer="none"), schema)
+    assert [c.name for c in raw.embedding_bag_collection.embedding_bag_configs()] == [
+        "t_item", "t_site", "t_age", "t_gender", "t_hour"]
+    for tok in ("opmq", "rqvae", "opq"):
+        m = build_model(_cfg(tokenizer=tok), schema)
+        assert [c.name for c in m.embedding_bag_collection.embedding_bag_configs()] == [
+            "t_site", "t_sid_0", "t_sid_1", "t_age", "t_gender", "t_hour"]
+    off = build_model(_cfg(rotation={"enabled": False}), schema)
+    assert not rotation_modules(off) and off(tiny_batch(schema, 4))[1] == {} and off.aux_loss_weights() == {}
+    on = build_model(_cfg(), schema)
+    assert len(rotation_modules(on)) == 1 and rotation_modules(on)[0].num_rotations == 2  # user, context
+    for att in ("moba", "vanilla"):
+        m = build_model(_cfg(attention={"type": att, "num_heads": 2, "ffn_dim": 16, "block_size": 2}), schema)
+        assert m(tiny_batch(schema, 4))[0].shape == (4,)
+
+
+@pytest.mark.parametrize(
+    "data,key",
+    [
+        ({"attention": {"type": "flash"}}, "model.attention.type"),
+        ({"tokenizer": "kmeans"}, "model.tokenizer"),
+        ({"rotation": {"enabled": "yes"}}, "model.rotation.enabled"),
+        ({"rotation": {"schedule": "1-1"}}, "model.rotation.schedule"),
+        ({"rotation": {"method": "svd"}}, "model.rotation.method"),
+        ({"name": "xgboost"}, "model.name"),
+        ({"attention": {"sparsity": 1.0}}, "model.attention.sparsity"),
+        ({"embedding_dim": 6}, "model.embedding_dim"),
+        ({"attention": {"bogus": 1}}, "model.attention.bogus"),
+    ],
+)
+def test_unknown_switch_values_name_the_key(data, key):
+    with pytest.raises(ConfigError) as e:
+        from_dict(ModelConfig, data, path="model")
+    assert str(e.value).startswith(key), str(e.value)
+
+
+def test_tables_and_feature_errors():
+    schema = tiny_schema()
+    tables = embedding_tables(schema, _cfg(embedding_dim=12))
+    assert all(t.embedding_dim == 12 and t.embedding_dim % 4 == 0 for t in tables)
+    assert {t.name: (t.num_embeddings, t.feature_names) for t in tables}["t_sid_0"] == (9, ["sid_0"])
+    with pytest.raises(UserError, match="sid_"):
+        model_features(tiny_schema(with_sids=False), _cfg())
+    with pytest.raises(UserError, match="item_feature"):
+        model_features(schema, _cfg(item_feature="hour"))
+    with pytest.raises(UserError, match="online"):
+        model_features(schema, _cfg(sid_source="online"))
+
+
+def test_item_gate_uses_target_item_tokens():
+    schema = tiny_schema()
+    att = {"num_heads": 2, "ffn_dim": 16, "block_size": 2, "gate": "item"}
+    model = build_model(_cfg(attention=att), schema)
+    inter = model.model.inter_arch
+    # sequence: [dense, site, sid_0, sid_1, rot_user, rot_context] -> SIDs at positions 2, 3
+    assert inter.gate_pos.tolist() == [2, 3]
+    logits, _ = model(tiny_batch(schema, 4))
+    logits.sum().backward()
+    raw = build_model(_cfg(tokenizer="none", attention=att), schema)
+    assert raw.model.inter_arch.gate_pos.tolist() == [1]  # the raw item id token
+    with pytest.raises(ValueError, match="gate_indices"):
+        StoreInteractionArch(3, D, attention=AttentionConfig(gate="item"))
+
+
+def test_no_dense_features_uses_constant_input():
+    schema = tiny_schema(dense=0)
+    model = build_model(_cfg(), schema)
+    logits, _ = model(tiny_batch(schema, 4))
+    assert logits.shape == (4,)
