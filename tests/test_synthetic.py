@@ -1,0 +1,152 @@
+"""Synthetic generator: determinism, streaming, schema roles and the planted structure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from store_rec.data.loader import ParquetBatchLoader
+from store_rec.data.schema import DatasetSchema
+from store_rec.data.synthetic import prepare_synthetic
+from store_rec.errors import UserError
+
+SMALL = dict(rows=30_000, items=2_000, users=600, num_clusters=8, num_user_groups=4)
+
+
+@pytest.fixture(scope="module")
+def ds(tmp_path_factory):
+    out = tmp_path_factory.mktemp("syn") / "ds"
+    prepare_synthetic(out, seed=7, **SMALL)
+    return out
+
+
+def _read(d, split="train"):
+    return pq.read_table(d / split)
+
+
+def test_schema_roles_groups_and_counts(ds):
+    s = DatasetSchema.load(ds)
+    assert s.dataset == "synthetic" and s.user_key == "user_id" and s.label == "label"
+    assert [f.name for f in s.features_with_role("id")] == ["item_id", "user_id", "seller_id"]
+    assert s.groups == {"user": ["gender", "age_bucket", "city_tier", "interest_tags"],
+                        "item": ["category", "price_bucket", "brand_tier"],
+                        "context": ["hour", "weekday", "device"]}
+    assert s.feature("item_id").vocab_size == 2_001 and s.feature("user_id").vocab_size == 601
+    assert all(f.vocab_file is None for f in s.sparse)
+    assert s.feature("interest_tags").multi_hot and s.feature("interest_tags").max_len == 4
+    assert s.dense == ["item_quality", "user_propensity"]
+    rows = {k: v.rows for k, v in s.splits.items()}
+    assert rows == {"train": 24_000, "valid": 3_000, "test": 3_000}
+    assert s.sequences.file == "sequences.parquet" and s.sequences.item_feature == "item_id"
+    assert s.sequences.num_users == 600 and s.sequences.num_items == 2_000
+    for split in ("train", "valid", "test"):
+        t = _read(ds, split)
+        assert t.num_rows == rows[split]
+        for f in s.sparse:
+            col = t[f.name].combine_chunks()
+            vals = (pa.compute.list_flatten(col) if f.multi_hot else col).to_numpy()
+            assert vals.min() >= 1 and vals.max() < f.vocab_size, f.name  # 0 = OOV never generated
+        rate = s.splits[split].positives / rows[split]
+        assert 0.1 < rate < 0.5, (split, rate)
+        assert abs(np.mean(t["label"].to_numpy()) - rate) < 1e-9
+
+
+def test_multi_hot_tags_present(ds):
+    t = _read(ds)
+    assert t.schema.field("interest_tags").type == pa.list_(pa.int64())
+    lens = pa.compute.list_value_length(t["interest_tags"].combine_chunks()).to_numpy()
+    assert lens.min() == 1 and lens.max() == 4 and len(set(lens.tolist())) == 4
+
+
+def test_deterministic_by_seed_and_chunk_invariant(ds, tmp_path):
+    again = prepare_synthetic(tmp_path / "again", seed=7, chunk_rows=4096, **SMALL)  # 1 block per chunk
+    assert again.splits["train"].rows == 24_000
+    for split in ("train", "valid", "test"):
+        assert _read(ds, split).equals(_read(tmp_path / "again", split))
+    for rel in ("sequences.parquet", "truth/items.parquet", "truth/users.parquet"):
+        assert pq.read_table(ds / rel).equals(pq.read_table(tmp_path / "again" / rel))
+    other = prepare_synthetic(tmp_path / "other", seed=8, **SMALL)
+    assert other.splits["train"].rows == 24_000
+    assert not _read(ds).equals(_read(tmp_path / "other"))
+
+
+def test_planted_user_group_by_cluster_structure(ds):
+    t = pq.read_table(ds / "train")
+    items = t["item_id"].to_numpy()
+    users = t["user_id"].to_numpy()
+    label = t["label"].to_numpy()
+    cluster = np.zeros(2_001, np.int64)
+    truth = pq.read_table(ds / "truth" / "items.parquet")
+    cluster[truth["item"].to_numpy()] = truth["cluster"].to_numpy()
+    group = np.zeros(601, np.int64)
+    ut = pq.read_table(ds / "truth" / "users.parquet")
+    group[ut["user"].to_numpy()] = ut["group"].to_numpy()
+    cell = group[users] * 8 + cluster[items]
+    n = np.bincount(cell, minlength=32)
+    pos = np.bincount(cell, weights=label, minlength=32)
+    ok = n >= 200
+    ctr = pos[ok] / n[ok]
+    binomial_sd = np.sqrt(ctr.mean() * (1 - ctr.mean()) / n[ok]).mean()
+    assert ok.sum() >= 16
+    assert ctr.max() - ctr.min() > 0.25
+    assert ctr.std() > 5 * binomial_sd  # far more spread than sampling noise
+
+
+def test_sequences_share_clusters_and_items_are_rare(ds):
+    truth = pq.read_table(ds / "truth" / "items.parquet")
+    cluster = np.zeros(2_001, np.int64)
+    cluster[truth["item"].to_numpy()] = truth["cluster"].to_numpy()
+    assert truth["latent"].type == pa.list_(pa.float32(), 16)
+    seq = pq.read_table(ds / "sequences.parquet")
+    assert seq["user"].to_numpy().tolist() == list(range(1, 601))
+    col = seq["items"].combine_chunks()
+    offs = col.offsets.to_numpy()
+    c = cluster[col.values.to_numpy()]
+    first = np.zeros(len(c), bool)
+    first[offs[:-1]] = True
+    same = (c[1:] == c[:-1])[~first[1:]].mean()
+    p = np.bincount(c, minlength=8) / len(c)
+    chance = float((p ** 2).sum())
+    assert same > 0.7 and same > 3 * chance, (same, chance)
+    lens = np.diff(offs)
+    assert lens.min() >= 5 and lens.max() <= 50
+    # Zipf popularity: most of the catalogue is rare in the impressions
+    counts = np.bincount(_read(ds)["item_id"].to_numpy(), minlength=2_001)[1:]
+    assert (counts < 5).mean() > 0.4
+    assert counts.max() > 100
+
+
+def test_latent_vectors_cluster(ds):
+    truth = pq.read_table(ds / "truth" / "items.parquet")
+    lat = truth["latent"].combine_chunks().values.to_numpy().reshape(-1, 16)
+    cl = truth["cluster"].to_numpy()
+    centres = np.stack([lat[cl == k].mean(0) for k in range(8)])
+    nearest = np.argmin(((lat[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
+    assert (nearest == cl).mean() > 0.95
+
+
+def test_loader_reads_synthetic(ds):
+    loader = ParquetBatchLoader(ds, "valid", 512)
+    b = next(iter(loader))
+    assert b.sparse_features.keys() == DatasetSchema.load(ds).sparse_names
+    assert b.dense_features.shape == (512, 2)
+    assert torch_equal_users(b)
+
+
+def torch_equal_users(b) -> bool:
+    return b.user_ids.tolist() == b.sparse_features["user_id"].values().tolist()
+
+
+def test_random_split_and_bad_params(tmp_path):
+    s = prepare_synthetic(tmp_path / "r", rows=5_000, items=200, users=50, num_clusters=4, split="random")
+    rows = {k: v.rows for k, v in s.splits.items()}
+    assert sum(rows.values()) == 5_000 and 3_700 < rows["train"] < 4_300
+    with pytest.raises(UserError, match=r"unknown parameter\(s\) \['bogus'\]"):
+        prepare_synthetic(tmp_path / "x", bogus=1)
+    with pytest.raises(UserError, match="items=4: must be >= num_clusters"):
+        prepare_synthetic(tmp_path / "x", items=4, num_clusters=8)
+    with pytest.raises(UserError, match="not empty"):
+        prepare_synthetic(tmp_path / "r", rows=100, items=10, users=5, num_clusters=2)
+    assert not (tmp_path / "x").exists()
