@@ -140,7 +140,7 @@ def from_dict(cls: Type[T], data: Optional[Mapping[str, Any]], path: str = "") -
         return cls(**kwargs)
     except ConfigError as e:
         msg = str(e)
-        raise ConfigError(_join(path, msg) if path and not msg.startswith(path) else msg) from None
+        raise ConfigError(_join(path, msg) if path and not msg.startswith((path + ".", path + "[", path + ":")) else msg) from None
 
 
 def to_dict(obj: Any) -> Any:
