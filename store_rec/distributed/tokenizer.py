@@ -1,0 +1,377 @@
+"""Offline distributed OPMQ: train data-parallel on N ranks, encode each shard, write one SID table.
+
+Run under ``torchrun`` or torchx (gloo on cpu, nccl on cuda)::
+
+    torchx run -s local_cwd dist.ddp -j 1x2 -m store_rec.distributed.tokenizer -- \\
+        --embeddings EMB.parquet --out SIDS.parquet --report REPORT.json --num-sids 3 --codebook-size 16
+    torchrun --nproc-per-node 2 -m store_rec.distributed.tokenizer --embeddings EMB.parquet ...
+
+What each rank does:
+
+1. reads its contiguous row range of the embedding parquet (only the row groups it needs);
+2. builds the same OPMQ (seeded) and broadcasts rank 0's parameters and buffers, so training starts
+   identical everywhere;
+3. trains with :func:`store_rec.tokenizer.train.fit_tokenizer` on its shard. Gradients are averaged
+   across ranks by autograd hooks on every parameter (the DDP all-reduce, without wrapping the
+   module, so the tokenizer's own methods stay reachable); OPMQ itself all-reduces its EMA codebook
+   statistics and makes k-means initialisation and dead-code restarts identical on every rank when
+   ``torch.distributed`` is initialised. Every rank trains on the same number of rows (the smallest
+   shard size) so all ranks run the same number of steps;
+4. checks that the tokenizer state is bit-identical on every rank (sha256 of the state dict), encodes
+   its own full shard, and sends ``(ids, codes)`` to rank 0, which writes the complete SID table
+   atomically (temp file + rename) and the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from store_rec.errors import DataError, UserError
+
+logger = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------- primitives
+
+
+def init_distributed() -> Tuple[int, int, torch.device]:
+    """Initialise the default process group from the torchrun/torchx environment (if not done).
+
+    Returns ``(rank, world_size, device)``: nccl + ``cuda:LOCAL_RANK`` when cuda is available, gloo +
+    cpu otherwise. Without ``WORLD_SIZE`` in the environment this is a single process (1 rank).
+    """
+    if dist.is_available() and not dist.is_initialized() and "WORLD_SIZE" in os.environ:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if dist.get_backend() == "nccl":
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            return rank, world, torch.device("cuda", local)
+        return rank, world, torch.device("cpu")
+    return 0, 1, torch.device("cpu")
+
+
+def shard_range(n: int, rank: int, world: int) -> Tuple[int, int]:
+    """Contiguous rows ``[start, stop)`` of rank ``rank``: sizes differ by at most one row."""
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def read_embedding_shard(path: os.PathLike, rank: int, world: int, expected_dim: Optional[int] = None
+                         ) -> Tuple[np.ndarray, np.ndarray, int, int]:
+    """Rows of rank ``rank`` of an EMB.parquet: ``(ids int64[n], emb float32[n, d], start, total)``.
+
+    Only the parquet row groups overlapping the rank's range are read. Validation (NaN/inf, dim,
+    duplicates within the shard) is :func:`store_rec.tokenizer.embeddings.load_embeddings`'s; duplicate
+    ids across shards are caught when rank 0 assembles the SID table.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from store_rec.tokenizer.embeddings import _validate
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"embedding file {path} does not exist")
+    if path.suffix != ".parquet":
+        raise UserError(f"{path}: the distributed tokenizer reads EMB.parquet (convert .npy with save_embeddings)")
+    pf = pq.ParquetFile(path)
+    total = pf.metadata.num_rows
+    start, stop = shard_range(total, rank, world)
+    pieces, row0 = [], 0
+    for g in range(pf.metadata.num_row_groups):
+        n = pf.metadata.row_group(g).num_rows
+        lo, hi = max(start, row0), min(stop, row0 + n)
+        if lo < hi:
+            pieces.append(pf.read_row_group(g, columns=["item", "embedding"]).slice(lo - row0, hi - lo))
+        row0 += n
+    if not pieces:
+        raise DataError(f"{path}: rank {rank} of {world} has no rows ({total} rows in the file)")
+    table = pa.concat_tables(pieces)
+    ids = table.column("item").to_numpy().astype(np.int64)
+    col = table.column("embedding").combine_chunks()
+    emb = col.values.to_numpy(zero_copy_only=False).reshape(len(col), -1).astype(np.float32)
+    _validate(f"{path} rows [{start}, {stop})", ids, emb, expected_dim, None)
+    return ids, emb, start, total
+
+
+def broadcast_module(model: nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers to every rank (in place)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    with torch.no_grad():
+        for t in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(t.data, src=src)
+
+
+def average_gradients_hooks(model: nn.Module) -> List[Any]:
+    """Autograd hooks that all-reduce (mean) each parameter's gradient as it is produced.
+
+    Same result as wrapping in ``DistributedDataParallel`` (mean of the ranks' gradients), but the
+    module stays unwrapped. Every rank must run the same forward/backward sequence. Returns the hook
+    handles (``h.remove()`` to detach).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return []
+    world = dist.get_world_size()
+
+    def hook(g: Tensor) -> Tensor:
+        g = g.clone()
+        dist.all_reduce(g)
+        return g / world
+
+    return [p.register_hook(hook) for p in model.parameters() if p.requires_grad]
+
+
+def state_checksum(model: nn.Module) -> str:
+    """sha256 over the state dict (names, shapes, bytes): equal on all ranks <=> identical tokenizer."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        if not isinstance(v, Tensor):
+            continue
+        h.update(k.encode())
+        h.update(str(tuple(v.shape)).encode())
+        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+                 if v.numel() else b"")
+    return h.hexdigest()
+
+
+def check_identical_across_ranks(model: nn.Module) -> List[str]:
+    """All ranks' :func:`state_checksum`; raises RuntimeError if they differ."""
+    digest = state_checksum(model)
+    if not (dist.is_available() and dist.is_initialized()):
+        return [digest]
+    all_d: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(all_d, digest)
+    if len(set(all_d)) != 1:
+        raise RuntimeError(f"tokenizer state differs across ranks: {all_d}")
+    return all_d
+
+
+def gather_to_rank0(ids: np.ndarray, codes: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """Concatenate every rank's ``(ids, codes)`` in rank order on rank 0 (``None`` elsewhere)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return ids, codes
+    objs: Optional[List[Any]] = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object((ids, codes), objs, dst=0)
+    if dist.get_rank() != 0:
+        return None
+    assert objs is not None
+    return np.concatenate([o[0] for o in objs]), np.concatenate([o[1] for o in objs])
+
+
+# ------------------------------------------------------------------------------------- entry point
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m store_rec.distributed.tokenizer",
+                                description="Offline data-parallel OPMQ: train on N ranks, write one complete SID table.")
+    p.add_argument("--embeddings", required=True, help="EMB.parquet (item, embedding)")
+    p.add_argument("--out", required=True, help="SIDS.parquet to write (rank 0, atomic)")
+    p.add_argument("--report", help="report JSON (rank 0)")
+    p.add_argument("--num-sids", type=int, default=3, help="K")
+    p.add_argument("--codebook-size", type=int, default=16, help="C")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (tokenizer default if omitted)")
+    p.add_argument("--batch-size", type=int, default=None, help="per-rank batch size (tokenizer default if omitted)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--item-feature", default=None, help="item feature name (default: from EMB metadata)")
+    p.add_argument("--dedup", action="store_true", help="add the sid_dedup disambiguation column")
+    return p
+
+
+def _default_build(dim: int, args: argparse.Namespace) -> nn.Module:
+    from store_rec.tokenizer.opmq import OPMQ
+
+    return OPMQ(input_dim=dim, num_sids=args.num_sids, codebook_size=args.codebook_size)
+
+
+def _default_fit(model: nn.Module, emb: Tensor, args: argparse.Namespace) -> Dict[str, Any]:
+    from store_rec.tokenizer.train import fit_tokenizer
+
+    return fit_tokenizer(model, emb, _train_config(args)) or {}
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    from store_rec.tokenizer import train as tt
+
+    cfg = tt.TrainConfig()
+    for name in ("epochs", "batch_size", "seed"):
+        if getattr(args, name, None) is not None and hasattr(cfg, name):
+            setattr(cfg, name, getattr(args, name))
+    return cfg
+
+
+def _encode(model: nn.Module, emb: Tensor, batch: int = 65536) -> np.ndarray:
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(emb), batch):
+            out.append(model.encode(emb[i:i + batch]).cpu().numpy().astype(np.int64))
+    return np.concatenate(out) if out else np.zeros((0, 0), np.int64)
+
+
+def run_offline(args: argparse.Namespace, *, build=_default_build, fit=_default_fit) -> Dict[str, Any]:
+    """The per-rank program (see module docstring). Returns a summary dict on every rank.
+
+    ``build(dim, args) -> tokenizer`` and ``fit(tokenizer, Tensor[n, d], args)`` are injectable so the
+    distributed mechanics can be exercised with any tokenizer that has ``encode``.
+    """
+    rank, world, device = init_distributed()
+    if args.num_sids <= 0 or args.codebook_size <= 0:
+        raise UserError(f"--num-sids and --codebook-size must be > 0 (got {args.num_sids}, {args.codebook_size})")
+    t0 = time.perf_counter()
+    ids, emb_np, start, total = read_embedding_shard(args.embeddings, rank, world)
+    emb = torch.from_numpy(emb_np).to(device)
+    if args.codebook_size > total:
+        raise UserError(f"--codebook-size {args.codebook_size} > number of items {total}: codebooks cannot be "
+                        "initialised from data")
+    torch.manual_seed(args.seed)
+    model = build(emb.shape[1], args).to(device)
+    broadcast_module(model)
+    # equal step counts on every rank: train on the first (smallest shard size) rows of each shard
+    n_train = total // world
+    hooks = average_gradients_hooks(model)
+    try:
+        fit_info = fit(model, emb[:n_train], args)
+    finally:
+        for h in hooks:
+            h.remove()
+    digests = check_identical_across_ranks(model)
+    codes = _encode(model, emb)
+    gathered = gather_to_rank0(ids, codes)
+    summary: Dict[str, Any] = {"rank": rank, "world_size": world, "rows": [start, start + len(ids)],
+                               "state_sha256": digests[0], "train_rows_per_rank": n_train}
+    if rank == 0:
+        assert gathered is not None
+        all_ids, all_codes = gathered
+        summary.update(_write_outputs(args, model, all_ids, all_codes, fit_info, world,
+                                      time.perf_counter() - t0, digests))
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    return summary
+
+
+def _write_outputs(args: argparse.Namespace, model: nn.Module, ids: np.ndarray, codes: np.ndarray,
+                   fit_info: Any, world: int, seconds: float, digests: Sequence[str]) -> Dict[str, Any]:
+    from store_rec.tokenizer.embeddings import read_metadata, write_json_atomic
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise DataError(f"{args.embeddings}: duplicate id {int(uniq[np.argmax(counts > 1)])} across shards")
+    meta = read_metadata(args.embeddings)
+    feature = args.item_feature or meta.get("item_feature", "item")
+    write_sid_parquet(args.out, ids, codes, method="opmq", codebook_size=args.codebook_size, item_feature=feature,
+                      dedup=args.dedup)
+    tuples, tcounts = np.unique(codes, axis=0, return_counts=True)
+    report = {"method": "opmq", "distributed": {"world_size": world, "state_sha256": list(digests)},
+              "num_items": int(len(ids)), "num_sids": int(codes.shape[1]), "codebook_size": args.codebook_size,
+              "unique_tuple_rate": float(len(tuples) / len(ids)), "largest_collision_group": int(tcounts.max()),
+              "utilization": [float(len(np.unique(codes[:, k])) / args.codebook_size) for k in range(codes.shape[1])],
+              "seconds": round(seconds, 3)}
+    try:
+        from store_rec.tokenizer.report import tokenizer_report
+
+        _, emb = _load_full(args.embeddings, ids)
+        report.update(tokenizer_report(model, torch.from_numpy(emb)))
+    except ImportError:
+        pass
+    if isinstance(fit_info, dict):
+        report["training"] = {k: v for k, v in fit_info.items() if isinstance(v, (int, float, str, list))}
+    if args.report:
+        write_json_atomic(args.report, report)
+    return {"report": report}
+
+
+def write_sid_parquet(path: os.PathLike, ids: np.ndarray, codes: np.ndarray, *, method: str, codebook_size: int,
+                      item_feature: str, dedup: bool = False) -> Path:
+    """Write the SID table of the agreed layout atomically (temp file + rename).
+
+    Columns ``item`` int64, ``sid_0 .. sid_{K-1}`` int64 in ``[0, C)``, optional ``sid_dedup`` (0, 1, 2 ...
+    among items sharing a tuple, in item-id order); metadata ``store_rec`` = JSON
+    ``{"method", "num_sids", "codebook_size", "item_feature"}``. Rows sorted by item id.
+    """
+    import json
+    import tempfile
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    order = np.argsort(ids, kind="stable")
+    ids, codes = ids[order], codes[order]
+    if codes.size and (codes.min() < 0 or codes.max() >= codebook_size):
+        raise RuntimeError(f"codes outside [0, {codebook_size})")
+    cols = {"item": pa.array(ids, pa.int64())}
+    for k in range(codes.shape[1]):
+        cols[f"sid_{k}"] = pa.array(codes[:, k], pa.int64())
+    if dedup:
+        _, inv = np.unique(codes, axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        by = np.argsort(inv, kind="stable")
+        starts = np.r_[0, np.flatnonzero(np.diff(inv[by])) + 1]
+        rank_in_group = np.arange(len(by)) - np.repeat(starts, np.diff(np.r_[starts, len(by)]))
+        d = np.empty(len(by), np.int64)
+        d[by] = rank_in_group
+        cols["sid_dedup"] = pa.array(d, pa.int64())
+    meta = {"method": method, "num_sids": int(codes.shape[1]), "codebook_size": int(codebook_size),
+            "item_feature": item_feature}
+    table = pa.table(cols).replace_schema_metadata({b"store_rec": json.dumps(meta).encode()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _load_full(path: os.PathLike, ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    from store_rec.tokenizer.embeddings import load_embeddings
+
+    all_ids, emb = load_embeddings(path)
+    order = {int(i): r for r, i in enumerate(all_ids)}
+    return ids, emb[[order[int(i)] for i in ids]]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    from store_rec.errors import USER_ERRORS
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        summary = run_offline(args)
+    except USER_ERRORS as e:
+        print(f"store_rec.distributed.tokenizer: error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    if summary["rank"] == 0:
+        rep = summary["report"]
+        print(f"wrote {args.out}: {rep['num_items']} items, K={rep['num_sids']}, C={rep['codebook_size']}, "
+              f"world_size={summary['world_size']}, unique-tuple rate {rep['unique_tuple_rate']:.4f}, "
+              f"utilization {[round(u, 3) for u in rep['utilization']]}, state sha256 {summary['state_sha256'][:12]} "
+              f"(identical on all ranks), {rep['seconds']:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""Item-embedding files: ours (parquet) and foreign ones (``.npy`` + id file), validated.
+
+Parquet layout (``EMB.parquet``, written by ``store-rec pretrain``): columns ``item`` (int64) and
+``embedding`` (``fixed_size_list<float32>[d]``); key-value metadata ``store_rec`` = JSON
+``{"dim", "item_feature", "source", "num_items", ...}``.
+
+Foreign layout: ``EMB.npy`` holding ``float[N, d]`` plus an id file (``.npy`` int ``[N]`` or text with
+one integer id per line) naming the item of each row. Without an id file, row ``i`` is item ``i``.
+
+Validation (each raises :class:`store_rec.errors.DataError` naming the file and the offending
+row / id): wrong shapes, dimension mismatch, duplicate ids, missing ids, NaN/inf values.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from store_rec.errors import DataError
+
+META_KEY = b"store_rec"
+PathLike = Union[str, os.PathLike]
+
+
+def _validate(where: str, ids: np.ndarray, emb: np.ndarray, expected_dim: Optional[int],
+              expected_ids: Optional[Union[int, Sequence[int], np.ndarray]]) -> None:
+    if emb.ndim != 2:
+        raise DataError(f"{where}: embeddings must be 2-D [N, d], got shape {tuple(emb.shape)}")
+    if ids.ndim != 1:
+        raise DataError(f"{where}: ids must be 1-D [N], got shape {tuple(ids.shape)}")
+    if len(ids) != len(emb):
+        raise DataError(f"{where}: {len(ids)} ids for {len(emb)} embedding rows")
+    if len(emb) == 0 or emb.shape[1] == 0:
+        raise DataError(f"{where}: empty embedding table, shape {tuple(emb.shape)}")
+    if expected_dim is not None and emb.shape[1] != expected_dim:
+        raise DataError(f"{where}: embedding dimension {emb.shape[1]} != expected {expected_dim}")
+    bad_rows = np.nonzero(~np.isfinite(emb).all(axis=1))[0]
+    if bad_rows.size:
+        r = int(bad_rows[0])
+        kind = "NaN" if np.isnan(emb[r]).any() else "inf"
+        raise DataError(f"{where}: {kind} in embedding of id {int(ids[r])} (row {r}); "
+                        f"{bad_rows.size} non-finite rows in total")
+    uniq, first, counts = np.unique(ids, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        dup = int(uniq[np.argmax(counts > 1)])
+        rows = np.nonzero(ids == dup)[0][:5].tolist()
+        raise DataError(f"{where}: duplicate id {dup} (rows {rows}); "
+                        f"{int((counts > 1).sum())} ids appear more than once")
+    if expected_ids is not None:
+        if np.isscalar(expected_ids):
+            # a vocabulary size: every id 1 .. vocab_size - 1 must be present (0 = OOV may be absent)
+            vocab = int(expected_ids)  # type: ignore[arg-type]
+            out = ids[(ids < 0) | (ids >= vocab)]
+            if out.size:
+                raise DataError(f"{where}: id {int(out[0])} outside the vocabulary [0, {vocab})")
+            want = np.arange(1, vocab, dtype=np.int64)
+        else:
+            want = np.unique(np.asarray(expected_ids, dtype=np.int64))
+        missing = np.setdiff1d(want, uniq, assume_unique=True)
+        if missing.size:
+            raise DataError(f"{where}: {missing.size} expected ids have no embedding, e.g. "
+                            f"{missing[:5].tolist()}")
+
+
+def _read_ids(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(f"id file {path} does not exist")
+    if path.suffix == ".npy":
+        ids = np.load(path, allow_pickle=False)
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise DataError(f"{path}: ids must be integers, got dtype {ids.dtype}")
+        return ids.astype(np.int64)
+    out = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            s = line.strip()
+            if not s:
+                continue
+            try:
+                out.append(int(s))
+            except ValueError:
+                raise DataError(f"{path}: line {n}: {s!r} is not an integer id") from None
+    return np.asarray(out, dtype=np.int64)
+
+
+def read_metadata(path: PathLike) -> Dict[str, Any]:
+    """The ``store_rec`` JSON metadata of an embedding parquet (``{}`` when absent)."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta[META_KEY]) if META_KEY in meta else {}
+
+
+def load_embeddings(path: PathLike, *, ids_path: Optional[PathLike] = None, expected_dim: Optional[int] = None,
+                    expected_ids: Optional[Union[int, Sequence[int], np.ndarray]] = None
+                    ) -> Tuple[np.ndarray, np.ndarray]:
+    """Read and validate an item-embedding table.
+
+    Args:
+        path: ``.parquet`` (our layout) or ``.npy`` (``float[N, d]``).
+        ids_path: for ``.npy`` only: ids of the rows (``.npy`` or text, one id per line); default
+            ``arange(N)``.
+        expected_dim: required embedding width ``d``.
+        expected_ids: either the vocabulary size (int: every id ``1 .. size-1`` must be present and
+            no id may fall outside ``[0, size)``) or the collection of ids that must be present.
+
+    Returns:
+        ``(ids np.int64[N], emb np.float32[N, d])`` in file order.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"embedding file {path} does not exist")
+    where = str(path)
+    if path.suffix == ".npy":
+        emb = np.load(path, allow_pickle=False)
+        if not np.issubdtype(emb.dtype, np.floating):
+            raise DataError(f"{path}: embeddings must be floating point, got dtype {emb.dtype}")
+        if ids_path is not None:
+            ids = _read_ids(Path(ids_path))
+            where = f"{path} (ids from {ids_path})"
+        else:
+            ids = np.arange(len(emb) if emb.ndim else 0, dtype=np.int64)
+    elif path.suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if ids_path is not None:
+            raise DataError(f"{path}: an id file is only used with .npy embeddings (parquet has an 'item' column)")
+        table = pq.read_table(path)
+        for col in ("item", "embedding"):
+            if col not in table.column_names:
+                raise DataError(f"{path}: missing column {col!r} (has {table.column_names})")
+        ids = table.column("item").to_numpy().astype(np.int64)
+        col = table.column("embedding").combine_chunks()
+        if pa.types.is_fixed_size_list(col.type):
+            d = col.type.list_size
+            emb = col.values.to_numpy(zero_copy_only=False).reshape(-1, d)
+        elif pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+            lens = np.diff(col.offsets.to_numpy())
+            if len(lens) and (lens != lens[0]).any():
+                r = int(np.argmax(lens != lens[0]))
+                raise DataError(f"{path}: row {r} (id {int(ids[r])}) has an embedding of length {int(lens[r])}, "
+                                f"row 0 has {int(lens[0])}")
+            emb = col.values.to_numpy(zero_copy_only=False).reshape(len(col), -1)
+        else:
+            raise DataError(f"{path}: column 'embedding' must be a list of floats, got {col.type}")
+        if col.null_count:
+            raise DataError(f"{path}: column 'embedding' has {col.null_count} null rows")
+    else:
+        raise DataError(f"{path}: unknown embedding format (expected .parquet or .npy)")
+    _validate(where, ids, emb, expected_dim, expected_ids)
+    return ids, np.ascontiguousarray(emb, dtype=np.float32)
+
+
+def save_embeddings(path: PathLike, ids: np.ndarray, emb: np.ndarray, meta: Optional[Dict[str, Any]] = None) -> Path:
+    """Write ``ids np.int64[N]`` / ``emb float[N, d]`` as our parquet layout, atomically.
+
+    ``meta`` is stored as the ``store_rec`` JSON metadata; ``dim`` is filled in.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    ids = np.asarray(ids, dtype=np.int64)
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    _validate(str(path), ids, emb, None, None)
+    d = emb.shape[1]
+    values = pa.array(emb.reshape(-1), type=pa.float32())
+    table = pa.table({"item": pa.array(ids, type=pa.int64()),
+                      "embedding": pa.FixedSizeListArray.from_arrays(values, d)})
+    m = dict(meta or {})
+    m["dim"] = d
+    table = table.replace_schema_metadata({META_KEY: json.dumps(m).encode()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_json_atomic(path: PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` via a temp file + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+    return path
