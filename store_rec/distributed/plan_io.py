@@ -1,0 +1,186 @@
+"""Sharding plans as JSON files that ``store-rec train --plan FILE`` loads.
+
+File format (``format: store_rec.plan/1``)::
+
+    {
+      "format": "store_rec.plan/1",
+      "world_size": 64, "local_world_size": 8, "compute_device": "cuda",
+      "module_path": "",                       # FQN of the planned EmbeddingBagCollection ("" = bare EBC)
+      "strategy": "auto", "kernel": null, "topology": {...TopologySpec...},
+      "tables": [{"name": "t_site_id", "rows": 4737, "dim": 16, "features": ["site_id"]}, ...],
+      "plan": {
+        "t_site_id": {"sharding_type": "table_wise", "compute_kernel": "fused", "ranks": [3],
+                      "shards": [{"rank": 3, "offsets": [0, 0], "sizes": [4737, 16]}]},
+        ...
+      },
+      "summary": {...}                         # the comparison-table record of this run
+    }
+
+``data_parallel`` tables have ``shards: []`` and every rank in ``ranks`` (TorchRec puts no sharding spec
+on them). :func:`load_plan` checks the file against the tables the caller builds and the world it runs
+in, and rejects any difference with a message naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from store_rec.errors import UserError
+
+FORMAT = "store_rec.plan/1"
+
+
+def plan_to_dict(result: Any, module_path: str = "") -> Dict[str, Any]:
+    """A :class:`store_rec.distributed.planning.PlanResult` -> the JSON-able dict above."""
+    from store_rec.distributed.planning import table_fingerprint
+
+    plan: Dict[str, Any] = {}
+    module_plans = result.sharding_plan.plan
+    for _path, mod_plan in module_plans.items():
+        for name, ps in mod_plan.items():
+            shards = []
+            if ps.sharding_spec is not None:
+                for md in ps.sharding_spec.shards:
+                    shards.append({"rank": md.placement.rank(), "offsets": list(md.shard_offsets), "sizes": list(md.shard_sizes)})
+            plan[name] = {
+                "sharding_type": ps.sharding_type,
+                "compute_kernel": ps.compute_kernel,
+                "ranks": list(ps.ranks or []),
+                "shards": shards,
+            }
+    spec = result.topology
+    return {
+        "format": FORMAT,
+        "world_size": spec.world_size,
+        "local_world_size": min(spec.local_world_size, spec.world_size),
+        "compute_device": spec.compute_device,
+        "module_path": module_path,
+        "strategy": result.strategy,
+        "kernel": result.kernel,
+        "topology": dataclasses.asdict(spec),
+        "tables": table_fingerprint(result.tables),
+        "pooling_factors": result.pooling_factors,
+        "plan": plan,
+        "summary": result.summary(),
+    }
+
+
+def save_plan(result: Any, path: os.PathLike, module_path: str = "") -> Path:
+    """Write the plan JSON atomically (temp file + rename); returns the path."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(plan_to_dict(result, module_path), indent=1) + "\n")
+    os.replace(tmp, p)
+    return p
+
+
+def read_plan(path: os.PathLike) -> Dict[str, Any]:
+    """The raw plan dict; errors name the file."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: plan file not found (write one with `store-rec plan ... --out DIR`)")
+    try:
+        d = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{p}: not a valid plan JSON: {e}") from None
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise UserError(f"{p}: not a store_rec plan (expected format {FORMAT!r}, got {d.get('format') if isinstance(d, dict) else type(d).__name__!r})")
+    for key in ("world_size", "compute_device", "tables", "plan"):
+        if key not in d:
+            raise UserError(f"{p}: plan file has no {key!r}")
+    return d
+
+
+def check_plan(d: Dict[str, Any], tables: Sequence[Any], world_size: int, device: str, where: str = "plan") -> None:
+    """Raise :class:`UserError` naming every difference between plan ``d`` and the running job."""
+    from store_rec.distributed.planning import table_fingerprint
+
+    problems: List[str] = []
+    if int(d["world_size"]) != int(world_size):
+        problems.append(f"world size: plan has {d['world_size']}, this job has {world_size}")
+    dev = str(device).split(":")[0]
+    if d["compute_device"] != dev:
+        problems.append(f"device: plan is for {d['compute_device']}, this job runs on {dev}")
+    saved = {t["name"]: t for t in d["tables"]}
+    now = {t["name"]: t for t in table_fingerprint(tables)}
+    missing = sorted(set(now) - set(saved))
+    extra = sorted(set(saved) - set(now))
+    if missing:
+        problems.append(f"tables missing from the plan: {', '.join(missing)}")
+    if extra:
+        problems.append(f"tables in the plan but not in the model: {', '.join(extra)}")
+    for name in sorted(set(saved) & set(now)):
+        a, b = saved[name], now[name]
+        for key, label in (("rows", "rows"), ("dim", "dim"), ("features", "features")):
+            if key in a and a[key] != b[key]:
+                problems.append(f"table {name}: {label} changed (plan {a[key]}, model {b[key]})")
+        if name not in d["plan"]:
+            problems.append(f"table {name}: no sharding entry in the plan")
+    if problems:
+        raise UserError(f"{where}: plan does not match this job: " + "; ".join(problems) + " -- re-run `store-rec plan` for this model and cluster")
+
+
+def load_plan(
+    path: os.PathLike,
+    tables: Sequence[Any],
+    world_size: int,
+    device: Any,
+    module_path: Optional[str] = None,
+) -> Any:
+    """Read a plan JSON and return a ``torchrec.distributed.types.ShardingPlan`` for this job.
+
+    Args:
+        path: the plan file written by ``store-rec plan``.
+        tables: the job's EmbeddingBagConfigs (``store_rec.models.tables.embedding_tables``).
+        world_size: the job's world size.
+        device: the job's compute device (``"cuda"``, ``"cpu"`` or a ``torch.device``).
+        module_path: FQN of the EmbeddingBagCollection inside the model the plan is applied to
+            (e.g. ``"sparse_arch.embedding_bag_collection"`` for a DLRM); default: the file's
+            ``module_path`` (``""``: the plan applies to a bare EBC).
+
+    Raises:
+        UserError: the plan was made for another world size, device or table set (rows/dims).
+    """
+    from torch.distributed._shard.sharding_spec import EnumerableShardingSpec, ShardMetadata
+    from torchrec.distributed.sharding_plan import placement
+    from torchrec.distributed.types import EmbeddingModuleShardingPlan, ParameterSharding, ShardingPlan
+
+    d = read_plan(path)
+    check_plan(d, tables, world_size, str(getattr(device, "type", device)), where=str(path))
+    local = int(d.get("local_world_size") or world_size)
+    dev = d["compute_device"]
+    mod_plan = EmbeddingModuleShardingPlan()
+    for t in tables:
+        e = d["plan"][t.name]
+        spec = None
+        if e["shards"]:
+            spec = EnumerableShardingSpec(
+                [
+                    ShardMetadata(shard_offsets=list(s["offsets"]), shard_sizes=list(s["sizes"]), placement=placement(dev, int(s["rank"]), local))
+                    for s in e["shards"]
+                ]
+            )
+        mod_plan[t.name] = ParameterSharding(
+            sharding_type=e["sharding_type"], compute_kernel=e["compute_kernel"], ranks=list(e["ranks"]), sharding_spec=spec
+        )
+    return ShardingPlan({d.get("module_path", "") if module_path is None else module_path: mod_plan})
+
+
+def ebc_module_path(model: Any) -> str:
+    """FQN of the single ``EmbeddingBagCollection`` inside ``model`` (the module given to DMP).
+
+    Pass it as ``load_plan(..., module_path=ebc_module_path(model))``: TorchRec keys a ShardingPlan by
+    the sharded module's path (e.g. ``model.sparse_arch.embedding_bag_collection`` for the models of
+    ``store_rec.models.factory.build_model``).
+    """
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+    paths = [n for n, m in model.named_modules() if isinstance(m, EmbeddingBagCollection)]
+    if len(paths) != 1:
+        raise UserError(f"expected exactly one EmbeddingBagCollection in the model, found {len(paths)}: {paths}")
+    return paths[0]
