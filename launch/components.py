@@ -1,0 +1,60 @@
+"""torchx components for store_rec: ``torchx run launch/components.py:train -- --config FILE``.
+
+The component launches the module entry point ``python -m store_rec.train`` on every rank through
+``torchx.components.dist.ddp`` (torchrun underneath), so the same AppDef runs on ``local_cwd``
+(2 gloo processes on a laptop, the default from ``.torchxconfig``), ``slurm`` and ``kubernetes``.
+See ``launch/README.md``.
+"""
+
+
+from typing import Dict, List, Optional
+
+import torchx.specs as specs
+from torchx.components.dist import ddp
+
+
+def train(
+    *script_args: str,
+    config: str = "configs/smoke.yaml",
+    j: str = "1x2",
+    max_retries: int = 0,
+    image: str = "ghcr.io/pytorch/torchx:0.7.0",
+    name: str = "store-rec-train",
+    cpu: int = 2,
+    gpu: int = 0,
+    memMB: int = 4096,
+    h: Optional[str] = None,
+    env: Optional[Dict[str, str]] = None,
+    rdzv_port: int = 29500,
+    mounts: Optional[List[str]] = None,
+) -> specs.AppDef:
+    """Train STORE or a baseline with ``store-rec train`` on ``j`` = NNODESxNPROC_PER_NODE ranks.
+
+    Every rank runs ``python -m store_rec.train --config CONFIG [script_args...]``; on CPUs the ranks
+    talk gloo, on GPUs nccl (chosen by the app from the environment). With ``max_retries >= 1`` a
+    failed rank restarts the job, which resumes from the newest checkpoint in ``checkpoint.dir``.
+
+    Args:
+        script_args: extra arguments of ``store-rec train`` (``key=value`` overrides,
+            ``--metrics-out FILE``, ``--resume``, ``--plan FILE``).
+        config: training YAML (``store_rec.train.config.TrainConfig``), relative to the job's cwd.
+        j: ``{nnodes}x{nproc_per_node}`` (e.g. ``1x2``, ``2x8``); ``{min}:{max}x{nproc}`` for elastic.
+        max_retries: job restarts after a rank failure (each restart resumes from the last checkpoint).
+        image: container image (ignored by ``local_cwd``; slurm uses the current directory/venv).
+        name: job name.
+        cpu: CPUs per replica (node).
+        gpu: GPUs per replica (node); set it to nproc_per_node on GPU clusters.
+        memMB: memory per replica in MB.
+        h: a named resource (e.g. ``aws_p4d.24xlarge``) instead of cpu/gpu/memMB.
+        env: extra environment variables, ``KEY=VALUE,...``.
+        rdzv_port: c10d rendezvous port on the first node.
+        mounts: mounts for container schedulers (``type=bind,src=/data,dst=/data``).
+
+    Returns:
+        the AppDef (one role, ``nnodes`` replicas of torchrun).
+    """
+    return ddp(
+        "--config", config, *script_args,
+        m="store_rec.train", image=image, name=name, h=h, cpu=cpu, gpu=gpu, memMB=memMB, j=j,
+        env=env, max_retries=max_retries, rdzv_port=rdzv_port, mounts=mounts,
+    )

@@ -1,0 +1,561 @@
+"""The training app: sharded STORE / baseline training on TorchRec with exact metrics and resume.
+
+``run(cfg)`` is what ``store-rec train`` and ``python -m store_rec.train`` (under ``torchrun`` /
+``torchx``) execute on every rank:
+
+1. Process group from the environment (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` from torchrun; cuda +
+   nccl with GPUs, cpu + gloo otherwise; a single process without torchrun gets a world of one).
+2. Data: ``data.dir`` (prepared by rank 0 from ``data.prepare_if_missing`` when absent), one
+   :class:`~store_rec.data.loader.ParquetBatchLoader` per split, rank-sharded.
+3. Model: :func:`~store_rec.models.factory.build_model` with its EBC on the meta device, wrapped in
+   :class:`TrainWrapper`; fused sparse optimizer applied in backward (Adagrad / row-wise Adagrad),
+   sharded by ``DistributedModelParallel`` with a plan from ``EmbeddingShardingPlanner`` (constraints
+   from ``sharding:``) or a plan file (``store-rec plan``).
+4. Dense optimizer (Adam/Adagrad) over the non-rotation dense parameters and the rotation optimizer,
+   stepped by :class:`~store_rec.modules.rotation.AlternatingOptimizer` on ``model.rotation.schedule``;
+   linear warm-up then none/linear/cosine decay of their LRs (the fused sparse LR is constant).
+5. Loop: ``TrainPipelineSparseDist`` over segments of the epoch that end at the next eval /
+   checkpoint / stop step (the pipeline is drained there, so a checkpoint holds the exact loader
+   position). Eval on ``valid`` every ``train.eval_every`` steps and at each epoch end; early stop on
+   valid AUC; final eval of the last model on ``train.eval_splits``.
+6. Outputs (rank 0): ``<output.dir>/metrics.jsonl`` (one record per eval), TensorBoard scalars in
+   ``<output.dir>/tb``, a tqdm bar, and the final JSON summary (``auc``, ``gauc``, ``logloss`` of the
+   test split -- valid if there is no test -- plus ``samples_per_s``, ``tflops_per_batch``, best/valid/
+   test details) at ``output.metrics_out``; written to a temp file then renamed.
+7. Checkpoints (``torch.distributed.checkpoint``): ``<checkpoint.dir>/step-N`` holds the DMP state dict
+   (sharded tables + dense parameters) and the fused optimizer state (DCP, sharded), plus one
+   ``extra-rank<r>.pt`` per rank (dense/rotation optimizer states, loader position, RNG states, step,
+   epoch, early-stop state). Written into ``step-N.tmp`` and renamed when every rank is done. A run
+   with ``resume=True`` -- or any restart of an elastic job (``TORCHELASTIC_RESTART_COUNT > 0``) --
+   continues from the newest complete checkpoint, exactly (same world size).
+
+Test hook: ``STORE_REC_FAULT_AT_STEP=N`` makes the last rank SIGKILL itself once after step ``N``
+(a marker file ``STORE_REC_FAULT_MARKER`` -- default ``<checkpoint.dir>/fault.marker`` -- keeps the
+restarted attempt alive). It exists to test fault recovery and is off unless the variable is set.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from store_rec.config import to_dict
+from store_rec.errors import UserError
+from store_rec.train.config import CPU_SHARDING_TYPES, TrainConfig
+from store_rec.train.metrics import finite_or_none, gather_predictions, ranking_metrics
+
+logger = logging.getLogger(__name__)
+
+FAULT_ENV = "STORE_REC_FAULT_AT_STEP"
+FAULT_MARKER_ENV = "STORE_REC_FAULT_MARKER"
+
+
+# ----------------------------------------------------------------------------------- environment
+@dataclass
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+    backend: str
+    owns_group: bool  # this module initialised the process group (and destroys it)
+
+
+def init_distributed() -> DistEnv:
+    """Process group from torchrun's environment, or a world of one without it.
+
+    cuda + nccl when a GPU is visible, else cpu + gloo."""
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    if torch.cuda.is_available():
+        device, backend = torch.device("cuda", local_rank), "nccl"
+        torch.cuda.set_device(device)
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    owns = False
+    if not dist.is_initialized():
+        if "MASTER_ADDR" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:
+            dist.init_process_group(backend=backend)
+        else:
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
+        owns = True
+    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, local_world, device, backend, owns)
+
+
+# ----------------------------------------------------------------------------------- model pieces
+class TrainWrapper(nn.Module):
+    """``forward(batch) -> (loss, (loss, logits, labels, user_ids))`` for ``TrainPipelineSparseDist``.
+
+    ``loss = BCEWithLogits(logits: Tensor[B], labels: Tensor[B]) + sum_k w_k * aux_k`` where ``aux`` are
+    the model's auxiliary losses and ``w = aux_weights`` (default: ``model.aux_loss_weights()``).
+    The second element is detached (what ``pipeline.progress`` returns); ``user_ids: Tensor[B]`` is
+    the batch's user key for GAUC (``-1`` when the batch has none)."""
+
+    def __init__(self, model: nn.Module, aux_weights: Optional[Mapping[str, float]] = None) -> None:
+        super().__init__()
+        self.model = model
+        own = model.aux_loss_weights() if hasattr(model, "aux_loss_weights") else {}
+        self.aux_weights = dict(own if aux_weights is None else aux_weights)
+        self.loss_fn = nn.BCEWithLogitsLoss()
+
+    def forward(self, batch) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:  # noqa: ANN001
+        logits, aux = self.model(batch)
+        labels = batch.labels.float()
+        loss = self.loss_fn(logits, labels)
+        for k, v in aux.items():
+            w = self.aux_weights.get(k, 0.0)
+            if w:
+                loss = loss + w * v
+        user_ids = getattr(batch, "user_ids", None)
+        if user_ids is None:
+            user_ids = torch.full_like(labels, -1, dtype=torch.int64)
+        return loss, (loss.detach(), logits.detach(), labels.detach(), user_ids)
+
+
+def sparse_optimizer(cfg: TrainConfig) -> Tuple[type, Dict[str, Any]]:
+    """(optimizer class, kwargs) for ``apply_optimizer_in_backward`` on the embedding tables."""
+    import torchrec.optim as trec_optim
+
+    s = cfg.optim.sparse
+    if s.type == "rowwise_adagrad":
+        return trec_optim.RowWiseAdagrad, {"lr": s.lr, "eps": s.eps}
+    return torch.optim.Adagrad, {"lr": s.lr, "eps": s.eps}
+
+
+def planner_constraints(cfg: TrainConfig, tables: List[Any], device: torch.device) -> Dict[str, Any]:
+    """``ParameterConstraints`` per table from ``sharding:`` (global lists, then per-table overrides)."""
+    from torchrec.distributed.planner.types import ParameterConstraints
+
+    sh = cfg.sharding
+    names = {t.name for t in tables}
+    unknown = sorted(set(sh.tables) - names)
+    if unknown:
+        raise UserError(f"sharding.tables.{unknown[0]}: no such table (tables: {', '.join(sorted(names))})")
+    out = {}
+    for t in tables:
+        over = sh.tables.get(t.name)
+        st = (over.sharding_types if over and over.sharding_types else None) or sh.sharding_types
+        ck = (over.compute_kernels if over and over.compute_kernels else None) or sh.compute_kernels
+        if device.type == "cpu":
+            bad = [s for s in (st or []) if s not in CPU_SHARDING_TYPES]
+            if bad:
+                where = f"sharding.tables.{t.name}" if over and over.sharding_types else "sharding"
+                raise UserError(f"{where}.sharding_types: {bad} need CUDA; on CPU use {list(CPU_SHARDING_TYPES)}")
+            st = st or list(CPU_SHARDING_TYPES)
+        if st or ck:
+            out[t.name] = ParameterConstraints(sharding_types=st, compute_kernels=ck)
+    return out
+
+
+def shard_model(wrapper: TrainWrapper, cfg: TrainConfig, env: DistEnv, tables: List[Any], plan_file: Optional[str]) -> nn.Module:
+    """``DistributedModelParallel`` of ``wrapper`` with a planned or loaded plan."""
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+    from torchrec.distributed.sharding_plan import get_default_sharders
+
+    sharders = get_default_sharders()
+    if plan_file:
+        from store_rec.distributed.plan_io import ebc_module_path, load_plan
+
+        plan = load_plan(plan_file, tables, env.world_size, env.device, module_path=ebc_module_path(wrapper))
+    else:
+        topology = Topology(world_size=env.world_size, local_world_size=env.local_world_size, compute_device=env.device.type)
+        planner = EmbeddingShardingPlanner(topology=topology, constraints=planner_constraints(cfg, tables, env.device))
+        plan = planner.collective_plan(wrapper, sharders, dist.GroupMember.WORLD)
+    if env.rank == 0:
+        logger.info("sharding plan:\n%s", plan)
+    return DistributedModelParallel(module=wrapper, device=env.device, plan=plan, sharders=sharders)
+
+
+def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+    """Multiplier of the dense / rotation LR at optimizer step ``step`` (0-based) of ``total``."""
+    o = cfg.optim
+    if o.warmup_steps and step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    if o.decay == "none" or total <= o.warmup_steps:
+        return 1.0
+    frac = min(1.0, (step - o.warmup_steps) / max(1, total - o.warmup_steps))
+    if o.decay == "linear":
+        shape = 1.0 - frac
+    else:
+        shape = 0.5 * (1.0 + math.cos(math.pi * frac))
+    return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * shape
+
+
+# ----------------------------------------------------------------------------------- checkpoints
+def _step_dirs(root: Path) -> List[Tuple[int, Path]]:
+    out = []
+    if root.is_dir():
+        for p in root.iterdir():
+            if p.is_dir() and p.name.startswith("step-") and not p.name.endswith(".tmp"):
+                try:
+                    out.append((int(p.name[5:]), p))
+                except ValueError:
+                    continue
+    return sorted(out)
+
+
+def latest_checkpoint(root: Path) -> Optional[Path]:
+    """Newest complete ``step-N`` directory under ``root`` (``.tmp`` ones are incomplete)."""
+    dirs = _step_dirs(root)
+    return dirs[-1][1] if dirs else None
+
+
+def _rng_state() -> Dict[str, Any]:
+    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: Dict[str, Any]) -> None:
+    torch.set_rng_state(st["torch"])
+    np.random.set_state(st["numpy"])
+    random.setstate(st["python"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def save_checkpoint(root: Path, step: int, model: nn.Module, extra: Dict[str, Any], env: DistEnv, keep: int) -> Path:
+    """Write ``root/step-<step>`` atomically (``.tmp`` then rename by rank 0 after a barrier)."""
+    import torch.distributed.checkpoint as dcp
+
+    tmp, final = root / f"step-{step}.tmp", root / f"step-{step}"
+    if env.rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    dist.barrier()
+    state = {"model": model.state_dict(), "fused_optim": model.fused_optimizer.state_dict()}
+    dcp.save(state, checkpoint_id=str(tmp))
+    torch.save(extra, tmp / f"extra-rank{env.rank}.pt")
+    dist.barrier()
+    if env.rank == 0:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for _, old in _step_dirs(root)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        logger.info("checkpoint: %s", final)
+    dist.barrier()
+    return final
+
+
+def load_checkpoint(path: Path, model: nn.Module, env: DistEnv) -> Dict[str, Any]:
+    """Load ``path`` into ``model`` (tables, dense parameters, fused optimizer); return this rank's extras."""
+    import torch.distributed.checkpoint as dcp
+
+    extra_file = path / f"extra-rank{env.rank}.pt"
+    if not extra_file.exists():
+        raise UserError(f"{path}: no {extra_file.name}: the checkpoint was written by a job with a different world size")
+    extra = torch.load(extra_file, weights_only=False)
+    if extra["world_size"] != env.world_size:
+        raise UserError(f"{path}: written with world_size {extra['world_size']}, this job has {env.world_size}")
+    state = {"model": model.state_dict(), "fused_optim": model.fused_optimizer.state_dict()}
+    dcp.load(state, checkpoint_id=str(path))
+    model.load_state_dict(state["model"])
+    model.fused_optimizer.load_state_dict(state["fused_optim"])
+    return extra
+
+
+# ----------------------------------------------------------------------------------- data
+def prepare_data(cfg: TrainConfig, env: DistEnv) -> Path:
+    """``data.dir``; rank 0 generates it from ``data.prepare_if_missing`` when it has no schema.json."""
+    d = Path(cfg.data.dir)
+    if not (d / "schema.json").exists():
+        p = cfg.data.prepare_if_missing
+        if p is None:
+            raise UserError(f"data.dir: {d} has no schema.json (prepare it with `store-rec data`, or set data.prepare_if_missing)")
+        if env.rank == 0:
+            from store_rec.data.synthetic import prepare_synthetic
+
+            logger.info("preparing synthetic data in %s (%d rows)", d, p.rows)
+            prepare_synthetic(d, rows=p.rows, items=p.items, users=p.users, seed=p.seed, num_clusters=p.num_clusters, **p.params)
+    dist.barrier()
+    return d
+
+
+def make_loader(cfg: TrainConfig, data_dir: Path, split: str, env: DistEnv, train: bool):  # noqa: ANN201
+    from store_rec.data.loader import ParquetBatchLoader
+
+    return ParquetBatchLoader(
+        data_dir, split, cfg.data.batch_size if train else cfg.data.eval_batch_size, rank=env.rank, world_size=env.world_size,
+        shuffle=cfg.data.shuffle and train, seed=cfg.train.seed, drop_last=cfg.data.drop_last and train,
+        sid_table=cfg.data.sid_table, sid_feature=cfg.data.sid_feature)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, env: DistEnv) -> Dict[str, float]:  # noqa: ANN001
+    """AUC / GAUC / LogLoss of ``model`` on all ranks' parts of ``loader``'s split (exact, gathered)."""
+    was = model.training
+    model.eval()
+    loader.set_epoch(0)
+    logits, labels, users = [], [], []
+    for batch in loader:
+        batch = batch.to(env.device)
+        _, (_, lg, lb, u) = model(batch)
+        logits.append(lg.float())
+        labels.append(lb.float())
+        users.append(u.long())
+    model.train(was)
+    cat = lambda xs, dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dt, device=env.device)  # noqa: E731
+    lg, lb, u = gather_predictions(cat(logits, torch.float32), cat(labels, torch.float32), cat(users, torch.int64))
+    has_users = bool((u >= 0).all()) and u.numel() > 0
+    return ranking_metrics(lg.cpu(), lb.cpu(), u.cpu() if has_users else None)
+
+
+# ----------------------------------------------------------------------------------- outputs
+def write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+class _Recorder:
+    """Rank-0 metrics sink: JSONL records + TensorBoard scalars."""
+
+    def __init__(self, cfg: TrainConfig, env: DistEnv) -> None:
+        self.active = env.rank == 0
+        self.out = Path(cfg.output.dir)
+        self.tb = None
+        if self.active:
+            self.out.mkdir(parents=True, exist_ok=True)
+            if cfg.output.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.out / "tb"))
+
+    def eval_record(self, rec: Dict[str, Any]) -> None:
+        if not self.active:
+            return
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in rec.items()}) + "\n")
+        if self.tb is not None:
+            for k in ("auc", "gauc", "logloss"):
+                if rec.get(k) is not None and math.isfinite(rec[k]):
+                    self.tb.add_scalar(f"{rec['split']}/{k}", rec[k], rec["step"])
+            self.tb.flush()
+
+    def scalar(self, name: str, value: float, step: int) -> None:
+        if self.tb is not None:
+            self.tb.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ----------------------------------------------------------------------------------- the app
+def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = None, metrics_out: Optional[str] = None) -> Dict[str, Any]:
+    """Train ``cfg`` on this rank (see the module docstring); returns the final summary (every rank)."""
+    from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+    from torchrec.optim.optimizers import in_backward_optimizer_filter
+    from tqdm import tqdm
+
+    from store_rec.models.factory import build_model
+    from store_rec.models.tables import embedding_tables
+    from store_rec.modules.rotation import AlternatingOptimizer, AlternatingSchedule, rotation_modules, split_rotation_params
+
+    env = init_distributed()
+    try:
+        torch.manual_seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed)
+        random.seed(cfg.train.seed)
+        data_dir = prepare_data(cfg, env)
+        train_loader = make_loader(cfg, data_dir, "train", env, train=True)
+        schema = train_loader.schema
+        eval_loaders = {s: make_loader(cfg, data_dir, s, env, train=False)
+                        for s in sorted({"valid", *cfg.train.eval_splits}) if s in schema.splits}
+
+        model = build_model(cfg.model, schema, device=torch.device("meta"))
+        tflops = float(model.tflops_per_batch(1024))
+        tables = embedding_tables(schema, cfg.model)
+        wrapper = TrainWrapper(model, cfg.loss.aux_weights)
+        opt_cls, opt_kw = sparse_optimizer(cfg)
+        apply_optimizer_in_backward(opt_cls, model.embedding_bag_collection.parameters(), opt_kw)
+        dmp = shard_model(wrapper, cfg, env, tables, plan_file or cfg.sharding.plan_file)
+
+        dense = dict(in_backward_optimizer_filter(dmp.named_parameters()))
+        main_p, rot_p = split_rotation_params(dmp, dense.items())
+        o = cfg.optim
+        if o.dense.type == "adam":
+            main_opt = torch.optim.Adam(list(main_p.values()), lr=o.dense.lr, weight_decay=o.weight_decay)
+        else:
+            main_opt = torch.optim.Adagrad(list(main_p.values()), lr=o.dense.lr, weight_decay=o.weight_decay)
+        rot_opt = None
+        if rot_p:
+            cls = torch.optim.Adam if o.rotation.type == "adam" else torch.optim.SGD
+            rot_opt = cls(list(rot_p.values()), lr=o.rotation.lr)
+        optimizer = AlternatingOptimizer(main_opt, rot_opt, AlternatingSchedule(cfg.model.rotation.schedule), rotation_modules(dmp))
+        base_lrs = [g["lr"] for g in optimizer.param_groups]  # optimizer.load_state_dict replaces the group dicts
+        pipeline = TrainPipelineSparseDist(dmp, optimizer, env.device, execute_all_batches=True)
+
+        steps_per_epoch = len(train_loader)
+        total = steps_per_epoch * cfg.train.epochs
+        if cfg.train.max_steps is not None:
+            total = min(total, cfg.train.max_steps)
+        ck_root = Path(cfg.checkpoint.dir or Path(cfg.output.dir) / "checkpoints")
+        recorder = _Recorder(cfg, env)
+
+        # ---------------- resume
+        step, epoch, pos = 0, 0, 0
+        best: Optional[Dict[str, Any]] = None
+        bad_evals, train_time, train_samples = 0, 0.0, 0
+        resumed_from = None
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        if resume or restarted:
+            latest = latest_checkpoint(ck_root)
+            if latest is not None:
+                extra = load_checkpoint(latest, dmp, env)
+                optimizer.load_state_dict(extra["optimizer"])
+                step, epoch, pos = extra["step"], extra["epoch"], extra["pos"]
+                best, bad_evals = extra["best"], extra["bad_evals"]
+                train_time, train_samples = extra["train_time"], extra["train_samples"]
+                _set_rng_state(extra["rng"])
+                resumed_from = step
+                logger.info("resumed from %s (step %d, epoch %d, batch %d)", latest, step, epoch, pos)
+            elif resume:
+                logger.info("--resume: no checkpoint in %s, starting from scratch", ck_root)
+
+        fault_step = int(os.environ[FAULT_ENV]) if os.environ.get(FAULT_ENV) else None
+        fault_marker = Path(os.environ.get(FAULT_MARKER_ENV) or ck_root / "fault.marker")
+
+        def extra_state() -> Dict[str, Any]:
+            return {"step": step, "epoch": epoch, "pos": pos, "optimizer": optimizer.state_dict(), "best": best,
+                    "bad_evals": bad_evals, "train_time": train_time, "train_samples": train_samples,
+                    "rng": _rng_state(), "loader": {**train_loader.state_dict(), "epoch": epoch, "batches": pos},
+                    "world_size": env.world_size, "rank": env.rank, "config": to_dict(cfg)}
+
+        def global_samples_per_s() -> float:
+            n = torch.tensor([float(train_samples)], dtype=torch.float64)
+            dist.all_reduce(n)
+            t = torch.tensor([train_time], dtype=torch.float64)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            return float(n[0] / t[0]) if t[0] > 0 else float("nan")
+
+        def do_eval(split: str, loss_avg: Optional[float]) -> Dict[str, Any]:
+            pipeline.detach()
+            m = evaluate(dmp, eval_loaders[split], env)
+            rec = {"step": step, "epoch": epoch, "split": split, **m, "samples_per_s": global_samples_per_s(),
+                   "tflops_per_batch": tflops, "train_loss": loss_avg, "resumed_from_step": resumed_from}
+            recorder.eval_record(rec)
+            if env.rank == 0:
+                logger.info("eval %s step %d epoch %d: auc %.5f gauc %.5f logloss %.5f", split, step, epoch,
+                            m["auc"], m["gauc"], m["logloss"])
+            return rec
+
+        pbar = tqdm(total=total, initial=step, desc="train", disable=not (env.rank == 0 and cfg.output.progress_bar), dynamic_ncols=True)
+        stop = step >= total
+        loss_sum, loss_n = 0.0, 0
+        eval_every, ck_every = cfg.train.eval_every, cfg.checkpoint.every_steps
+        while not stop and epoch < cfg.train.epochs:
+            train_loader.set_epoch(epoch)
+            train_loader.load_state_dict({**train_loader.state_dict(), "epoch": epoch, "batches": pos})
+            it: Iterator = iter(train_loader)
+            dmp.train()
+            while pos < steps_per_epoch and step < total:
+                # next segment boundary: eval, checkpoint, epoch end or the last step
+                ends = [steps_per_epoch - pos + step, total]
+                for every in (eval_every, ck_every):
+                    if every:
+                        ends.append((step // every + 1) * every)
+                seg_end = min(ends)
+                seg = itertools.islice(it, seg_end - step)
+                t0 = time.perf_counter()
+                while True:
+                    f = lr_factor(step, total, cfg)
+                    for g, lr0 in zip(optimizer.param_groups, base_lrs):
+                        g["lr"] = lr0 * f
+                    try:
+                        loss, logits, labels, _ = pipeline.progress(seg)
+                    except StopIteration:
+                        break
+                    step += 1
+                    pos += 1
+                    train_samples += int(labels.numel())
+                    loss_sum += float(loss)
+                    loss_n += 1
+                    pbar.update(1)
+                    if step % cfg.train.log_every == 0 and env.rank == 0:
+                        pbar.set_postfix(loss=f"{loss_sum / max(loss_n, 1):.4f}")
+                        recorder.scalar("train/loss", loss_sum / max(loss_n, 1), step)
+                    if fault_step is not None and step == fault_step and env.rank == env.world_size - 1 and not fault_marker.exists():
+                        fault_marker.parent.mkdir(parents=True, exist_ok=True)
+                        fault_marker.write_text(f"killed rank {env.rank} at step {step}\n")
+                        logger.warning("fault injection: SIGKILL rank %d at step %d", env.rank, step)
+                        os.kill(os.getpid(), signal.SIGKILL)
+                train_time += time.perf_counter() - t0
+                loss_avg = loss_sum / loss_n if loss_n else None
+                epoch_done = pos >= steps_per_epoch
+                if (eval_every and step % eval_every == 0) or (epoch_done and cfg.train.eval_at_epoch_end) or step >= total:
+                    if "valid" in eval_loaders:
+                        rec = do_eval("valid", loss_avg)
+                        loss_sum, loss_n = 0.0, 0
+                        if best is None or (rec["auc"] == rec["auc"] and rec["auc"] > (best["auc"] or -1.0)):
+                            best, bad_evals = {k: rec[k] for k in ("step", "epoch", "auc", "gauc", "logloss")}, 0
+                        else:
+                            bad_evals += 1
+                        if cfg.train.early_stop_patience and bad_evals >= cfg.train.early_stop_patience:
+                            logger.info("early stop at step %d: %d evals without a better valid AUC", step, bad_evals)
+                            stop = True
+                if epoch_done:
+                    epoch, pos = epoch + 1, 0
+                if ck_every and (step % ck_every == 0 or epoch_done or stop or step >= total):
+                    save_checkpoint(ck_root, step, dmp, extra_state(), env, cfg.checkpoint.keep)
+                if stop or step >= total:
+                    stop = True
+                if stop or epoch_done:
+                    break
+            if hasattr(it, "close"):
+                it.close()
+        pbar.close()
+
+        pipeline.detach()
+        final = {s: do_eval(s, None) for s in cfg.train.eval_splits if s in eval_loaders}
+        head = final.get("test") or final.get("valid") or next(iter(final.values()), {})
+        summary = {
+            "auc": finite_or_none(head.get("auc")), "gauc": finite_or_none(head.get("gauc")),
+            "logloss": finite_or_none(head.get("logloss")), "split": head.get("split"),
+            "samples_per_s": finite_or_none(global_samples_per_s()), "tflops_per_batch": tflops,
+            "steps": step, "epochs_completed": epoch, "world_size": env.world_size, "model": cfg.model.name,
+            "best_valid": best, "final": {s: {k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in r.items()}
+                                          for s, r in final.items()},
+            "resumed_from_step": resumed_from, "train_time_s": train_time, "train_samples": train_samples,
+        }
+        out = Path(metrics_out or cfg.output.metrics_out or Path(cfg.output.dir) / "summary.json")
+        if env.rank == 0:
+            write_json_atomic(out, summary)
+            logger.info("summary: %s", out)
+        recorder.close()
+        dist.barrier()
+        return summary
+    finally:
+        if env.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m store_rec.train --config FILE [key=value ...]`` (the torchrun / torchx entry point)."""
+    from store_rec.cli import main as cli_main
+
+    return cli_main(["train", *(argv if argv is not None else __import__("sys").argv[1:])])

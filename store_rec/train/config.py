@@ -1,0 +1,221 @@
+"""``TrainConfig``: the YAML of ``store-rec train``, validated into dataclasses at start-up.
+
+Every section is a dataclass checked by :func:`store_rec.config.from_dict`: an unknown key or a bad
+value fails before any data is read, with the dotted key path in the message
+(``configs/x.yaml: optim.sparse.type: 'sgd' is not one of ['adagrad', 'rowwise_adagrad']``).
+
+Sections (every key optional except ``data.dir``)::
+
+    data:      {dir, prepare_if_missing: {rows, items, users, seed, ...} | null, batch_size,
+                eval_batch_size, sid_table, sid_feature, shuffle, drop_last}
+    model:     store_rec.models.config.ModelConfig
+    optim:     {sparse: {type: adagrad|rowwise_adagrad, lr, eps}, dense: {type: adam|adagrad, lr},
+                weight_decay, warmup_steps, decay: none|linear|cosine, min_lr_ratio,
+                rotation: {lr, type: adam|sgd}}   # rotation steps follow model.rotation.schedule
+    train:     {epochs, max_steps, eval_every, eval_at_epoch_end, early_stop_patience, seed,
+                log_every, eval_splits}
+    sharding:  {plan_file, sharding_types, compute_kernels, tables: {t_<feature>: {sharding_types,
+                compute_kernels}}}
+    checkpoint:{dir, every_steps, keep}
+    output:    {dir, metrics_out, tensorboard, progress_bar}
+    loss:      {aux_weights: {diversity: 0.1, recon: ..., orth: ...}}  # default: the model's own
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Literal, Optional
+
+from store_rec.config import check
+from store_rec.models.config import ModelConfig
+
+CPU_SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise")
+ALL_SHARDING_TYPES = CPU_SHARDING_TYPES + ("row_wise", "table_row_wise", "grid_shard")
+COMPUTE_KERNELS = ("dense", "fused", "fused_uvm", "fused_uvm_caching", "key_value")
+
+
+@dataclass
+class SyntheticConfig:
+    """``data.prepare_if_missing``: arguments of :func:`store_rec.data.synthetic.prepare_synthetic`."""
+
+    rows: int = 20_000
+    items: int = 2_000
+    users: int = 500
+    seed: int = 0
+    num_clusters: int = 16
+    params: Dict[str, Any] = field(default_factory=dict)  # any other DEFAULTS key of the generator
+
+    def __post_init__(self) -> None:
+        check(self.rows >= 10, "rows", f"must be >= 10, got {self.rows}")
+        check(self.items >= 1, "items", f"must be >= 1, got {self.items}")
+        check(self.users >= 1, "users", f"must be >= 1, got {self.users}")
+        check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+
+
+@dataclass
+class DataConfig:
+    dir: str
+    prepare_if_missing: Optional[SyntheticConfig] = None
+    batch_size: int = 256  # per rank
+    eval_batch_size: int = 1024  # per rank
+    sid_table: Optional[str] = None
+    sid_feature: Optional[str] = None
+    shuffle: bool = True
+    drop_last: bool = False
+
+    def __post_init__(self) -> None:
+        check(bool(self.dir), "dir", "must be a dataset directory")
+        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(self.eval_batch_size >= 1, "eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
+
+
+@dataclass
+class SparseOptimConfig:
+    type: Literal["adagrad", "rowwise_adagrad"] = "rowwise_adagrad"
+    lr: float = 0.05
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+
+
+@dataclass
+class DenseOptimConfig:
+    type: Literal["adam", "adagrad"] = "adam"
+    lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+
+
+@dataclass
+class RotationOptimConfig:
+    """Optimizer of the rotation parameters; which steps it runs on is ``model.rotation.schedule``."""
+
+    type: Literal["adam", "sgd"] = "adam"
+    lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        check(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+
+
+@dataclass
+class OptimConfig:
+    sparse: SparseOptimConfig = field(default_factory=SparseOptimConfig)
+    dense: DenseOptimConfig = field(default_factory=DenseOptimConfig)
+    rotation: RotationOptimConfig = field(default_factory=RotationOptimConfig)
+    weight_decay: float = 0.0  # dense parameters only
+    warmup_steps: int = 0  # linear warm-up of the dense and rotation LRs
+    decay: Literal["none", "linear", "cosine"] = "none"  # after warm-up, to min_lr_ratio * lr at the last step
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}")
+
+
+@dataclass
+class LoopConfig:
+    """``train:`` section."""
+
+    epochs: int = 1
+    max_steps: Optional[int] = None  # stop after this many optimizer steps (over all epochs)
+    eval_every: int = 0  # evaluate on valid every N steps (0: only at epoch ends)
+    eval_at_epoch_end: bool = True
+    early_stop_patience: int = 0  # stop after N evals without a better valid AUC (0: off)
+    seed: int = 0
+    log_every: int = 50
+    eval_splits: List[str] = field(default_factory=lambda: ["valid", "test"])  # final evaluation
+
+    def __post_init__(self) -> None:
+        check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        check(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
+        check(self.eval_every >= 0, "eval_every", f"must be >= 0, got {self.eval_every}")
+        check(self.early_stop_patience >= 0, "early_stop_patience", f"must be >= 0, got {self.early_stop_patience}")
+        check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
+        check(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
+        for i, s in enumerate(self.eval_splits):
+            check(s in ("train", "valid", "test"), f"eval_splits[{i}]", f"{s!r} is not one of train/valid/test")
+
+
+@dataclass
+class TableShardingConfig:
+    sharding_types: Optional[List[str]] = None
+    compute_kernels: Optional[List[str]] = None
+
+    def __post_init__(self) -> None:
+        _check_kinds(self.sharding_types, self.compute_kernels)
+
+
+def _check_kinds(sharding_types: Optional[List[str]], kernels: Optional[List[str]]) -> None:
+    for i, s in enumerate(sharding_types or []):
+        check(s in ALL_SHARDING_TYPES, f"sharding_types[{i}]", f"{s!r} is not one of {list(ALL_SHARDING_TYPES)}")
+    for i, k in enumerate(kernels or []):
+        check(k in COMPUTE_KERNELS, f"compute_kernels[{i}]", f"{k!r} is not one of {list(COMPUTE_KERNELS)}")
+
+
+@dataclass
+class ShardingConfig:
+    """``sharding:``: a saved plan (``store-rec plan``), or planner constraints.
+
+    ``sharding_types`` / ``compute_kernels`` apply to every table; ``tables.<t_feature>`` override them
+    per table. On CPU only data_parallel / table_wise / column_wise / table_column_wise exist."""
+
+    plan_file: Optional[str] = None
+    sharding_types: Optional[List[str]] = None
+    compute_kernels: Optional[List[str]] = None
+    tables: Dict[str, TableShardingConfig] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_kinds(self.sharding_types, self.compute_kernels)
+
+
+@dataclass
+class CheckpointConfig:
+    dir: Optional[str] = None  # default: <output.dir>/checkpoints
+    every_steps: int = 0  # 0: only at epoch ends (when a dir is set) -- see app docs
+    keep: int = 2
+
+    def __post_init__(self) -> None:
+        check(self.every_steps >= 0, "every_steps", f"must be >= 0, got {self.every_steps}")
+        check(self.keep >= 1, "keep", f"must be >= 1, got {self.keep}")
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs/train"
+    metrics_out: Optional[str] = None  # final JSON summary (default <dir>/summary.json)
+    tensorboard: bool = True
+    progress_bar: bool = True
+
+
+@dataclass
+class LossConfig:
+    """``loss.aux_weights``: weight of each auxiliary loss the model returns (e.g. ``diversity``).
+    Unset: the model's own weights (``model.aux_loss_weights()``, from ``model.rotation``)."""
+
+    aux_weights: Optional[Dict[str, float]] = None
+
+    def __post_init__(self) -> None:
+        for k, v in (self.aux_weights or {}).items():
+            check(v >= 0, f"aux_weights.{k}", f"must be >= 0, got {v}")
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+    sharding: ShardingConfig = field(default_factory=ShardingConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+
+def load_train_config(path, overrides=()) -> TrainConfig:  # noqa: ANN001
+    """YAML file + ``key=value`` overrides -> validated :class:`TrainConfig` (ConfigError names the key)."""
+    from store_rec.config import load_config
+
+    return load_config(TrainConfig, path, overrides)
