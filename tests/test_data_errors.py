@@ -6,9 +6,15 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
 from store_rec.cli import main
 from store_rec.data.prepare import prepare
-from store_rec.data.schema import DatasetSchema
+from store_rec.data.schema import SPLITS, DatasetSchema
+from store_rec.data.writer import DatasetWriter
+from store_rec.errors import DataError, UserError
 
 HEADER = ("id,click,hour,C1,banner_pos,site_id,site_domain,site_category,app_id,app_domain,app_category,"
           "device_id,device_ip,device_model,device_type,device_conn_type,C14,C15,C16,C17,C18,C19,C20,C21")
@@ -139,10 +145,10 @@ def test_movielens_missing_files(capsys, tmp_path, shared_datasets):
     (d / "movies.dat").write_text("1::Toy Story (1995)::Comedy\n")
     (d / "sub" / "ratings.dat").write_text("1::1::5::1\n1::x::5::2\n")
     rc, err, out = _run(capsys, tmp_path, "movielens", "--source", str(d))
-    assert rc == 2 and "ratings.dat: row 2: column 'MovieID': expected a positive integer id, got 'x'" in err
+    assert rc == 2 and "ratings.dat: line 2: column 'MovieID': expected a positive integer id, got 'x'" in err
     (d / "sub" / "ratings.dat").write_text("1::1::5::1\n1::7::5::2\n")
     rc, err, out = _run(capsys, tmp_path, "movielens", "--source", str(d))
-    assert rc == 2 and "movie id 7 is not in" in err
+    assert rc == 2 and "ratings.dat: line 2: movie id 7 is not in" in err
     _no_leftovers(tmp_path, out)
 
 
@@ -165,3 +171,164 @@ def test_failure_in_second_file_leaves_nothing_and_overwrite(capsys, tmp_path):
 def test_info_on_non_dataset(capsys, tmp_path):
     rc = main(["data", "info", str(tmp_path)])
     assert rc == 2 and "no prepared dataset here" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ existing --out directory
+def test_existing_empty_out_dir_is_replaced_non_empty_refused(capsys, tmp_path):
+    src = _avazu(tmp_path, [HEADER] + [_row(i) for i in range(6)])
+    out = tmp_path / "out"
+    out.mkdir()  # empty: fine, replaced by the dataset
+    rc = main(["data", "prepare", "avazu", "--source", str(src), "--out", str(out), "--set", "min_count=1"])
+    assert rc == 0, capsys.readouterr().err
+    assert sum(s.rows for s in DatasetSchema.load(out).splits.values()) == 6
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == []
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    rc = main(["data", "prepare", "avazu", "--source", str(src), "--out", str(other)])
+    assert rc == 2 and "other: output directory exists and is not empty (use --overwrite)" in capsys.readouterr().err
+    assert [p.name for p in other.iterdir()] == ["keep.txt"] and (other / "keep.txt").read_text() == "mine"
+    (tmp_path / "afile").write_text("x")
+    rc = main(["data", "prepare", "avazu", "--source", str(src), "--out", str(tmp_path / "afile")])
+    assert rc == 2 and "afile: exists and is not a directory (use --overwrite to replace it)" in \
+        capsys.readouterr().err
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def _tiny_schema(name: str) -> DatasetSchema:
+    return DatasetSchema(dataset=name, label="label", dense=[], sparse=[], user_key=None, sequences=None,
+                         split_method="test", source="test", params={})
+
+
+def test_writer_out_dir_appearing_while_preparing(tmp_path):
+    table = pa.table({"label": pa.array([1.0, 0.0], pa.float32())})
+    out = tmp_path / "d"
+    with DatasetWriter(out) as w:  # absent at start, created empty meanwhile: replaced
+        w.split("train", table.schema, label="label").write(table)
+        out.mkdir()
+        w.commit(_tiny_schema("a"))
+    assert pq.read_table(out / "train" / "part-00000.parquet").num_rows == 2
+    assert DatasetSchema.load(out).splits["train"].positives == 1
+    out2 = tmp_path / "e"
+    with pytest.raises(UserError, match=r"e: output directory is not empty \(files were written to it while "
+                                        r"preparing\); refusing to replace it"):
+        with DatasetWriter(out2) as w:  # filled meanwhile: never clobbered
+            w.split("train", table.schema, label="label").write(table)
+            out2.mkdir()
+            (out2 / "x").write_text("someone else's")
+            w.commit(_tiny_schema("b"))
+    assert [p.name for p in out2.iterdir()] == ["x"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "e"]  # temp dirs removed
+
+
+# ------------------------------------------------------------------------------ movielens malformed lines
+def _ml_dir(root: Path, users=None, movies=None, ratings=None) -> Path:
+    """4 users rating movies u..u+5 (5 stars, times 1..6); 20 movies; well-formed unless overridden."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "users.dat").write_text(users if users is not None else
+                                    "".join(f"{u}::{'FM'[u % 2]}::{u}::{u + 10}::{u}0000\n" for u in range(1, 5)))
+    (root / "movies.dat").write_text(movies if movies is not None else
+                                     "".join(f"{m}::Movie {m} ({1980 + m})::Comedy\n" for m in range(1, 21)))
+    (root / "ratings.dat").write_text(ratings if ratings is not None else "".join(
+        f"{u}::{u + k}::5::{k + 1}\n" for u in range(1, 5) for k in range(6)))
+    return root
+
+
+def _good_ratings() -> list:
+    return [f"{u}::{u + k}::5::{k + 1}" for u in range(1, 5) for k in range(6)]
+
+
+def test_movielens_malformed_dat_lines_named_and_skipped(capsys, tmp_path):
+    good_users = [f"{u}::{'FM'[u % 2]}::{u}::{u + 10}::{u}0000" for u in range(1, 5)]
+    users = good_users[:2] + ["9::F::1::10", "x::M::1::1::1", "2::M::3::3::99999"] + good_users[2:]
+    movies = [f"{m}::Movie {m} ({1980 + m})::Comedy" for m in range(1, 21)]
+    movies.insert(4, "21::No genres field")
+    ratings = _good_ratings()
+    ratings[3:3] = ["1::2::3", "2:7::5::9", "1:9:3::4::5", "3::x::5::1", "4::99::5::1"]  # lines 4..8
+    src = _ml_dir(tmp_path / "ml", "\n".join(users) + "\n", "\n".join(movies) + "\n", "\n".join(ratings) + "\n")
+    argv = ["movielens", "--source", str(src), "--set", "neg_ratio=1"]
+    rc, err, out = _run(capsys, tmp_path, *argv)
+    assert rc == 2 and "ratings.dat: line 4: expected UserID::MovieID::Rating::Timestamp, got '1::2::3' " \
+                       "(use --skip-bad-rows to skip malformed rows)" in err
+    _no_leftovers(tmp_path, out)
+    fixed = ratings[:3] + ratings[4:]  # each ratings problem in turn becomes the first one
+    expected = ["line 4: expected UserID::MovieID::Rating::Timestamp, got '2:7::5::9'",
+                "line 4: expected UserID::MovieID::Rating::Timestamp, got '1:9:3::4::5'",
+                "line 4: column 'MovieID': expected a positive integer id, got 'x'"]
+    for want in expected:
+        (src / "ratings.dat").write_text("\n".join(fixed) + "\n")
+        rc, err, out = _run(capsys, tmp_path, *argv)
+        assert rc == 2 and f"ratings.dat: {want}" in err, (want, err)
+        fixed = fixed[:3] + fixed[4:]
+    (src / "ratings.dat").write_text("\n".join(fixed) + "\n")  # ratings fine now; users.dat line 3 is not
+    rc, err, out = _run(capsys, tmp_path, *argv)
+    assert rc == 2 and ("users.dat: line 3: expected UserID::Gender::Age::Occupation::Zip-code "
+                        "(5 '::'-separated fields), got 4 field(s): '9::F::1::10'") in err
+    (src / "users.dat").write_text("\n".join(users[:2] + users[3:]) + "\n")
+    rc, err, out = _run(capsys, tmp_path, *argv)
+    assert rc == 2 and "users.dat: line 3: UserID: expected a positive integer id, got 'x'" in err
+    (src / "users.dat").write_text("\n".join(users[:2] + users[4:]) + "\n")
+    rc, err, out = _run(capsys, tmp_path, *argv)
+    assert rc == 2 and "users.dat: line 3: duplicate UserID 2 (first on line 2)" in err
+    (src / "users.dat").write_text("\n".join(good_users) + "\n")
+    rc, err, out = _run(capsys, tmp_path, *argv)
+    assert rc == 2 and ("movies.dat: line 5: expected MovieID::Title::Genres (3 '::'-separated fields), "
+                        "got 2 field(s)") in err
+    (src / "movies.dat").write_text("\n".join(movies[:4] + movies[5:]) + "\n")
+    rc, err, out = _run(capsys, tmp_path, *argv)  # ratings line 4 is "4::99::5::1"
+    assert rc == 2 and f"ratings.dat: line 4: movie id 99 is not in {src / 'movies.dat'} (1 unknown movie id(s))" in err
+    _no_leftovers(tmp_path, out)
+    (src / "movies.dat").write_text("\n".join(movies) + "\n")
+
+    # --skip-bad-rows: every malformed line of the three files is skipped and counted, the rest prepared
+    (src / "users.dat").write_text("\n".join(users) + "\n")
+    (src / "ratings.dat").write_text("\n".join(ratings) + "\n")
+    rc = main(["data", "prepare", *argv, "--out", str(out), "--skip-bad-rows"])
+    printed = capsys.readouterr().out
+    assert rc == 0 and "skipped malformed rows: 9" in printed
+    s = DatasetSchema.load(out)
+    assert s.params["skipped_rows"] == 9
+    assert s.params["skipped_rows_by_file"] == {str(src / "ratings.dat"): 5, str(src / "users.dat"): 3,
+                                                str(src / "movies.dat"): 1}
+    assert sum(x.positives for x in s.splits.values()) == 24 and sum(x.rows for x in s.splits.values()) == 48
+    assert [s.splits[k].positives for k in SPLITS] == [16, 4, 4]
+    # users 1..4 keep their users.dat attributes (line 5's duplicate of user 2 was skipped, not used)
+    t = pq.read_table(out / "train")
+    from store_rec.data.vocab import load_vocab
+    occ = load_vocab(out, "occupation").decode(t.column("occupation").to_numpy())
+    assert {(u, o) for u, o in zip(t.column("user_key").to_pylist(), occ)} == {(u, str(u + 10)) for u in range(1, 5)}
+
+
+def test_movielens_pairs_tsv_and_parquet_errors(capsys, tmp_path):
+    src = _ml_dir(tmp_path / "ml")
+    (src / "ratings.dat").unlink()
+    lines = [f"{u}\t{u + k}" for u in range(1, 5) for k in range(6)]
+    lines.insert(1, "1\t2\t3")
+    with gzip.open(src / "ratings_user_movie_pairs.tsv.gz", "wt") as f:
+        f.write("\n".join(lines) + "\n")
+    rc, err, out = _run(capsys, tmp_path, "movielens", "--source", str(src))
+    assert rc == 2 and ("ratings_user_movie_pairs.tsv.gz: line 2: expected user<TAB>movie (2 tab-separated "
+                        "fields), got '1\\t2\\t3'") in err
+    assert "Rating" not in err and "UserID" not in err
+    lines[1] = "1\tseven"
+    with gzip.open(src / "ratings_user_movie_pairs.tsv.gz", "wt") as f:
+        f.write("\n".join(lines) + "\n")
+    rc, err, out = _run(capsys, tmp_path, "movielens", "--source", str(src))
+    assert rc == 2 and "tsv.gz: line 2: column 'movie': expected a positive integer id, got 'seven'" in err
+    rc, err, out = _run(capsys, tmp_path, "movielens", "--source", str(src), "--skip-bad-rows")
+    assert rc == 0
+    s = DatasetSchema.load(out)
+    assert s.params["skipped_rows"] == 1 and sum(x.positives for x in s.splits.values()) == 24
+
+    pq_src = _ml_dir(tmp_path / "mlpq")
+    (pq_src / "ratings.dat").unlink()
+    users = [str(u) for u in range(1, 5) for _ in range(6)]
+    movies = [str(u + k) for u in range(1, 5) for k in range(6)]
+    users[7], movies[10] = None, "1.5"
+    pq.write_table(pa.table({"userID": users, "movieID": movies}), pq_src / "ratings.parquet")
+    out2 = tmp_path / "out2"
+    with pytest.raises(DataError, match=r"ratings.parquet: row 8: column 'userID': expected a positive integer id, "
+                                        r"got None"):
+        prepare("movielens", str(pq_src), out2)
+    s = prepare("movielens", str(pq_src), out2, skip_bad_rows=True, neg_ratio=1)
+    assert s.params["skipped_rows"] == 2 and sum(x.positives for x in s.splits.values()) == 22

@@ -59,6 +59,26 @@ def test_vocab_order_min_count_and_oov():
     assert dv.encode(probe.dictionary_encode()).tolist() == v.encode(probe).tolist() == [1, 0, 0, 2]
 
 
+def test_vocab_dictionary_with_repeated_values():
+    # Arrow allows a dictionary to repeat values (e.g. one entry per row of a lookup table): a value
+    # must still get one id, counted over all its slots
+    dictionary = pa.array(["a", "b", "a", "c", "b", None, "a"])
+    idx = pa.array([0, 2, 1, 4, 3, 0, None, 2, 5, 6, 6], pa.int32())
+    arr = pa.DictionaryArray.from_arrays(idx, dictionary)  # a a b b c a null a null a a
+    v = Vocab.fit(arr)
+    assert v.values.to_pylist() == ["a", "b", "c"] and v.counts.tolist() == [6, 2, 1] and v.size == 4
+    plain = Vocab.fit(pa.array(["a", "a", "b", "b", "c", "a", None, "a", None, "a", "a"]))
+    assert plain.values.to_pylist() == v.values.to_pylist() and plain.counts.tolist() == v.counts.tolist()
+    assert v.encode(arr).tolist() == [1, 1, 2, 2, 3, 1, 0, 1, 0, 1, 1]
+    assert Vocab.fit(arr, min_count=2).values.to_pylist() == ["a", "b"]
+    # chunks with different dictionaries (what concatenating per-file reads gives)
+    chunked = pa.chunked_array([pa.array(["x", "y", "x"]).dictionary_encode(),
+                                pa.array(["y", "z", "y"]).dictionary_encode()])
+    cv = Vocab.fit(chunked)
+    assert cv.values.to_pylist() == ["y", "x", "z"] and cv.counts.tolist() == [3, 2, 1]
+    assert cv.encode(chunked).tolist() == [2, 1, 2, 1, 3, 1]
+
+
 # ------------------------------------------------------------------------------------------- avazu
 @pytest.fixture(scope="module")
 def avazu_lapis(shared_datasets, tmp_path_factory):
@@ -154,6 +174,17 @@ def test_avazu_time_split_when_several_hours(tmp_path):
     assert [s.splits[k].rows for k in SPLITS] == [20, 10, 10]
     assert load_vocab(tmp_path / "out", "hour_of_day").values.to_pylist() == ["0", "1"]
     assert _read_split(tmp_path / "out", "test").column("hour_of_day").to_pylist() == [0] * 10  # hour 3 unseen
+    # direct disjointness: device_ip (the user key) is unique per row, so user_key = file row + 1
+    lines = [header] + [line.replace(f",ip{i % 5},", f",ip{i},") for i, line in enumerate(lines[1:])]
+    (tmp_path / "u.csv").write_text("\n".join(lines) + "\n")
+    for split, want in (("time", [set(range(1, 21)), set(range(21, 31)), set(range(31, 41))]),
+                        ("random", [set(np.flatnonzero(np.random.default_rng(4).random(40) < 0.8) + 1)])):
+        prepare("avazu", str(tmp_path / "u.csv"), tmp_path / split, min_count=1, split=split, seed=4)
+        keys = [_read_split(tmp_path / split, sp).column("user_key").to_pylist() for sp in SPLITS]
+        assert sum(len(k) for k in keys) == len(set().union(*keys)) == 40  # no row in two splits
+        assert set().union(*keys) == set(range(1, 41))
+        for got, exp in zip(keys, want):
+            assert set(got) == exp
 
 
 # ------------------------------------------------------------------------------------------- criteo
@@ -197,11 +228,31 @@ def test_criteo_default_min_count_and_hash_mode(shared_datasets, tmp_path):
     h = prepare("criteo", str(src), tmp_path / "h", categorical="hash", hash_buckets=1000,
                 hash_buckets_per_feature={"C1": 7})
     assert h.feature("C3").vocab_size == 1000 and h.feature("C3").vocab_file is None
-    assert h.feature("C1").vocab_size == 7
+    assert h.feature("C1").vocab_size == 7  # static, but named in hash_buckets_per_feature
     t = _read_split(tmp_path / "h", "train")
     assert t.column("C3").to_pylist() == [int(r["C3"] or "0", 16) % 1000 for r in train]
     assert t.column("C1").to_pylist() == [int(r["C1"] or "0", 16) % 7 for r in train]
-    assert not (tmp_path / "h" / "vocab").exists()
+    # hash mode hashes the id features; static features keep a (small, exact) train vocabulary
+    ids = {f.name for f in h.features_with_role("id")}
+    for f in h.sparse:
+        assert (f.vocab_file is None) == (f.name in ids or f.name == "C1"), f.name
+    assert sorted(p.stem for p in (tmp_path / "h" / "vocab").iterdir()) == sorted(
+        f.name for f in h.features_with_role("static") if f.name != "C1")
+    for col in ("C6", "C9", "C14"):
+        cnt = Counter(r[col] for r in train if r[col])
+        assert h.feature(col).vocab_size == s.feature(col).vocab_size == 1 + sum(1 for v in cnt.values() if v >= 10)
+        assert t.column(col).to_pylist() == _read_split(tmp_path / "v", "train").column(col).to_pylist()
+    # static_hash_buckets: static features hashed too, into their own (small) bucket count
+    hs = prepare("criteo", str(src), tmp_path / "hs", categorical="hash", hash_buckets=1000, static_hash_buckets=50)
+    assert {f.vocab_size for f in hs.features_with_role("id")} == {1000}
+    assert {f.vocab_size for f in hs.features_with_role("static")} == {50}
+    t = _read_split(tmp_path / "hs", "train")
+    assert t.column("C9").to_pylist() == [int(r["C9"] or "0", 16) % 50 for r in train]
+    assert not (tmp_path / "hs" / "vocab").exists()
+    from store_rec.config import ConfigError
+
+    with pytest.raises(ConfigError, match="static_hash_buckets: must be >= 1"):
+        prepare("criteo", str(src), tmp_path / "bad", categorical="hash", static_hash_buckets=0)
 
 
 def test_criteo_tsv_headerless_and_sequential_split(tmp_path):
@@ -225,6 +276,25 @@ def test_criteo_tsv_headerless_and_sequential_split(tmp_path):
     assert t.column("C4").to_pylist() == [0] * 16  # always missing -> OOV
     test = _read_split(tmp_path / "out", "test")
     assert test.column("C1").to_pylist() == [0, 0]  # unseen in train -> OOV
+
+
+def test_criteo_splits_are_disjoint(tmp_path):
+    # I1 = row number (unique per row, log1p is injective) identifies each row in every split
+    lines = ["\t".join([str(i % 2), str(i)] + ["1"] * 12 + [format(i % 5, "08x")] * 26) for i in range(50)]
+    (tmp_path / "day_0").write_text("\n".join(lines) + "\n")
+    for split in ("random", "sequential"):
+        s = prepare("criteo", str(tmp_path / "day_0"), tmp_path / split, split=split, seed=2, min_count=1)
+        rows = [np.rint(np.expm1(_read_split(tmp_path / split, sp).column("I1").to_numpy())).astype(int).tolist()
+                for sp in SPLITS]
+        assert sum(len(r) for r in rows) == len(set().union(*rows)) == 50  # no row in two splits
+        assert set().union(*rows) == set(range(50))
+        assert [len(r) for r in rows] == [s.splits[sp].rows for sp in SPLITS]
+        if split == "sequential":
+            assert rows == [list(range(40)), list(range(40, 45)), list(range(45, 50))]
+        else:
+            u = np.random.default_rng(2).random(50)
+            assert rows[0] == np.flatnonzero(u < 0.8).tolist()
+            assert rows[1] == np.flatnonzero((u >= 0.8) & (u < 0.9)).tolist()
 
 
 # ------------------------------------------------------------------------------------------- movielens
@@ -284,6 +354,83 @@ def test_movielens_rows_splits_and_negatives(ml300):
     assert [f.name for f in s.features_with_role("id")] == ["user_id", "movie_id"]
     assert s.groups == {"user": ["gender", "age", "occupation", "zip_prefix"], "movie": ["genres", "year_bucket"]}
     assert s.user_key == "user_key" and s.feature("genres").multi_hot and s.feature("genres").max_len == 6
+
+
+def _ml_users_movies(root: Path, zip_digits: int = 2, year_bucket: int = 5):
+    """users.dat -> {user: {gender, age, occupation, zip_prefix}}, movies.dat -> {movie: year bucket}."""
+    users, movies = {}, {}
+    with open(root / "grouplens" / "users.dat", encoding="latin-1") as f:
+        for line in f:
+            u, g, a, o, z = line.rstrip("\n").split("::")
+            users[int(u)] = {"gender": g, "age": a, "occupation": o, "zip_prefix": z[:zip_digits]}
+    with open(root / "grouplens" / "movies.dat", encoding="latin-1") as f:
+        for line in f:
+            m, title, _ = line.rstrip("\n").split("::")
+            movies[int(m)] = str(int(title.rstrip()[-5:-1]) // year_bucket * year_bucket)
+    return users, movies
+
+
+def _check_static_vocabs(out: Path, s: DatasetSchema, root: Path) -> dict:
+    """Every static vocab holds each train value once, ids are contiguous and decode to the raw value
+    of the row's user / movie. Returns {feature: vocab_size}."""
+    users, movies = _ml_users_movies(root)
+    mv = load_vocab(out, "movie_id")
+    sizes = {}
+    train = _read_split(out, "train")
+    train_users = train.column("user_key").to_numpy()
+    train_movies = np.array([int(m) for m in mv.decode(train.column("movie_id").to_numpy())])
+    for name in ("gender", "age", "occupation", "zip_prefix", "year_bucket"):
+        v = load_vocab(out, name)
+        raw_vals = v.values.to_pylist()
+        assert len(raw_vals) == len(set(raw_vals)), name  # one id per value
+        if name == "year_bucket":
+            want = [movies[m] for m in np.unique(train_movies)]
+            raw_of_row = np.array([movies[m] for m in train_movies])
+        else:
+            want = [users[u][name] for u in np.unique(train_users)]
+            raw_of_row = np.array([users[u][name] for u in train_users])
+        assert sorted(raw_vals) == sorted(set(want)), name
+        assert s.feature(name).vocab_size == len(set(want)) + 1
+        ids = train.column(name).to_numpy()
+        assert np.array_equal(np.unique(ids), np.arange(1, s.feature(name).vocab_size)), name  # contiguous, no OOV
+        assert np.array_equal(np.asarray(raw_vals, dtype=object)[ids - 1], raw_of_row), name
+        for sp in ("valid", "test"):
+            other = _read_split(out, sp).column(name).to_numpy()
+            assert other.min() >= 0 and other.max() < s.feature(name).vocab_size, (name, sp)
+        sizes[name] = s.feature(name).vocab_size
+    return sizes
+
+
+def test_movielens_static_vocabularies(ml300):
+    root, out, s = ml300
+    users, _ = _ml_users_movies(root)
+    sel = [int(u) for u in _ml_pairs(root, 300)[0]]
+    sizes = _check_static_vocabs(out, s, root)
+    assert sizes["gender"] == 3 and sizes["age"] == 8  # F/M; 7 age codes, all present among 300 users
+    assert sizes["occupation"] == 1 + len({users[u]["occupation"] for u in sel}) == 22
+    assert sizes["zip_prefix"] == 1 + len({users[u]["zip_prefix"] for u in sel})
+    assert s.feature("user_id").vocab_size == 301
+
+
+def test_movielens_leave_last_out_splits_are_disjoint(ml300):
+    root, out, s = ml300
+    users, pairs = _ml_pairs(root, 300)
+    mv = load_vocab(out, "movie_id")
+    known = set(mv.values.to_pylist())
+    per_split = {}
+    for sp in SPLITS:
+        t = _read_split(out, sp)
+        pos = np.asarray(t.column("label").to_numpy()) == 1.0
+        u = t.column("user_key").to_numpy()[pos]
+        m = mv.decode(t.column("movie_id").to_numpy()[pos])
+        per_split[sp] = Counter(zip(u.tolist(), m))
+    train, valid, test = (per_split[sp] for sp in SPLITS)
+    assert max(train.values()) == 1  # ML pairs are unique, so is every positive (user, movie) in train
+    assert not (set(train) & set(valid)) and not (set(train) & set(test))
+    assert not ({k for k in valid if k[1] is not None} & {k for k in test if k[1] is not None})
+    # together the splits hold each interaction exactly once (movies outside train's vocab decode to None)
+    assert train + valid + test == Counter((u, str(m) if str(m) in known else None) for u, m in pairs)
+    assert sum(valid.values()) == sum(test.values()) == 300 and sum(train.values()) == len(pairs) - 600
 
 
 def test_movielens_genres_multi_hot_and_sequences(ml300):
@@ -377,7 +524,21 @@ def test_movielens_full_file_row_count(shared_datasets, tmp_path):
     assert sum(x.rows for x in s.splits.values()) == 2 * 1_000_209
     assert s.splits["test"].positives == s.splits["valid"].positives == 6040
     assert s.feature("user_id").vocab_size == 6041 and s.sequences.num_users == 6040
-    assert s.params["interactions_file"].endswith("ratings.parquet")
+    assert s.params["interactions_file"].endswith("ratings.parquet") and s.params["skipped_rows"] == 0
+    # static vocabularies: one id per distinct value (they used to get one per user / movie row)
+    sizes = _check_static_vocabs(tmp_path / "full", s, shared_datasets / "ml-1m")
+    assert sizes == {"gender": 3, "age": 8, "occupation": 22, "zip_prefix": 101, "year_bucket": 19}
+    assert s.feature("genres").vocab_size == 19 and s.feature("movie_id").vocab_size == 3707
+    # direct disjointness: positive (user, movie) keys never repeat within or across splits
+    keys = []
+    for sp in SPLITS:
+        t = _read_split(tmp_path / "full", sp)
+        pos = t.column("label").to_numpy() == 1.0
+        k = t.column("user_key").to_numpy()[pos] * 10_000 + t.column("movie_id").to_numpy()[pos]
+        keys.append(k[t.column("movie_id").to_numpy()[pos] != 0])  # OOV movies (valid/test only) have no key
+    assert len(keys[0]) == 1_000_209 - 2 * 6040
+    allk = np.concatenate(keys)
+    assert len(np.unique(allk)) == len(allk)
 
 
 def test_default_yaml_configs_match_dataclass_defaults():

@@ -150,3 +150,57 @@ def test_random_split_and_bad_params(tmp_path):
     with pytest.raises(UserError, match="not empty"):
         prepare_synthetic(tmp_path / "r", rows=100, items=10, users=5, num_clusters=2)
     assert not (tmp_path / "x").exists()
+
+
+def test_splits_are_disjoint(ds, tmp_path):
+    # rows carry float32 noise in both dense columns: (user, item, dense pair) fingerprints a row
+    def fingerprints(d, split):
+        t = _read(d, split)
+        return set(zip(t["user_id"].to_pylist(), t["item_id"].to_pylist(), t["item_quality"].to_pylist(),
+                       t["user_propensity"].to_pylist()))
+
+    for d, total in ((ds, 30_000), (None, 5_000)):
+        if d is None:  # the random split too
+            d = tmp_path / "r"
+            prepare_synthetic(d, rows=5_000, items=200, users=50, num_clusters=4, split="random", seed=3)
+        fp = [fingerprints(d, sp) for sp in ("train", "valid", "test")]
+        assert [len(f) for f in fp] == [_read(d, sp).num_rows for sp in ("train", "valid", "test")]  # unique rows
+        assert not (fp[0] & fp[1]) and not (fp[0] & fp[2]) and not (fp[1] & fp[2])
+        assert sum(len(f) for f in fp) == total
+    # time split: the chronological stream is cut in order, so the synthetic days do not overlap either
+    wd = [set(_read(ds, sp)["weekday"].to_pylist()) for sp in ("train", "valid", "test")]
+    assert wd == [{1, 2, 3, 4, 5, 6, 7}, {2}, {3}]  # days 0..7 | 8 | 9 (weekday = day % 7 + 1)
+
+
+def test_static_groups_parameter(ds, tmp_path):
+    from store_rec.data.synthetic import resolve_static_groups
+
+    base = DatasetSchema.load(ds)
+    statics = ["gender", "age_bucket", "city_tier", "interest_tags", "category", "price_bucket", "brand_tier",
+               "hour", "weekday", "device"]
+    s4 = prepare_synthetic(tmp_path / "g4", seed=7, static_groups=4, **SMALL)
+    assert s4.groups == {"g1": statics[0:3], "g2": statics[3:6], "g3": statics[6:8], "g4": statics[8:10]}
+    assert s4.params["static_groups"] == s4.groups and "static_groups" not in base.params
+    for f in s4.sparse:  # only the grouping changes
+        b = base.feature(f.name)
+        assert (f.role, f.vocab_size, f.multi_hot, f.max_len) == (b.role, b.vocab_size, b.multi_hot, b.max_len)
+    for split in ("train", "valid", "test"):
+        assert _read(tmp_path / "g4", split).equals(_read(ds, split))
+    assert resolve_static_groups(None) == base.groups
+    assert list(resolve_static_groups(3).values()) == list(base.groups.values())
+    assert resolve_static_groups(1) == {"g1": statics}
+    assert resolve_static_groups(10) == {f"g{i + 1}": [n] for i, n in enumerate(statics)}
+    custom = {"who": ["gender", "age_bucket", "city_tier", "interest_tags", "hour"],
+              "what": ["category", "price_bucket", "brand_tier", "weekday", "device"]}
+    sc = prepare_synthetic(tmp_path / "gc", rows=2_000, items=100, users=20, num_clusters=4, static_groups=custom)
+    assert sc.groups == custom and len(sc.features_with_role("static")) == 10
+    assert DatasetSchema.load(tmp_path / "gc").groups == custom
+    bad = [(0, r"static_groups=0: must be in 1\.\.10"), (11, r"static_groups=11: must be in 1\.\.10"),
+           ({"a": statics[:9]}, r"static feature\(s\) \['device'\] are in no group"),
+           ({"a": statics, "b": ["hour"]}, r"static_groups.b\[0\]: 'hour' is already in group 'a'"),
+           ({"a": statics + ["item_id"]}, r"static_groups.a\[10\]: unknown static feature 'item_id'"),
+           ("two", r"expected an int \(number of groups\) or a non-empty mapping")]
+    for value, msg in bad:
+        with pytest.raises(UserError, match=msg):
+            prepare_synthetic(tmp_path / "bad", rows=100, items=10, users=5, num_clusters=2, static_groups=value)
+        assert not (tmp_path / "bad").exists()

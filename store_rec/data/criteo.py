@@ -12,8 +12,13 @@ the *global minimum* of the file (``x - min + 2``, then ``log``), which depends 
 therefore differs between train and test files — clamping is file-independent.
 
 Categorical C1..C26, ``categorical: vocab`` (default): a vocabulary per column fitted on train with
-``min_count`` (default 10), OOV id 0. ``categorical: hash``: ``int(value, 16) % hash_buckets`` like
-TorchRec's ``criteo`` utilities (missing -> ``int("0", 16)`` = 0), no vocab file.
+``min_count`` (default 10), OOV id 0. ``categorical: hash``: the **id features** get
+``int(value, 16) % hash_buckets`` like TorchRec's ``criteo`` utilities (missing -> ``int("0", 16)`` = 0),
+no vocab file. Static-group features are low-cardinality by construction (< 10k distinct values in
+the default layout), so giving them ``hash_buckets`` (10M) rows would waste memory: in hash mode they
+keep a train vocabulary (exact, tiny) unless ``static_hash_buckets`` is set, in which case they are
+hashed into that many buckets. ``hash_buckets_per_feature`` names columns hashed into their own
+bucket count in hash mode, static or id.
 
 Split: ``random`` (default, seeded 80/10/10) or ``sequential`` (row order over the files in natural
 name order, so ``day_0 .. day_23`` split chronologically: first 80 % train, next 10 % valid, rest test).
@@ -27,7 +32,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Literal
+from typing import Dict, List, Literal, Optional
 
 import numpy as np
 import pyarrow as pa
@@ -65,6 +70,7 @@ class CriteoConfig:
     min_count_per_feature: Dict[str, int] = field(default_factory=dict)
     hash_buckets: int = 10_000_000
     hash_buckets_per_feature: Dict[str, int] = field(default_factory=dict)
+    static_hash_buckets: Optional[int] = None
     id_features: List[str] = field(default_factory=lambda: _by_cardinality(10_000, float("inf")))
     static_groups: Dict[str, List[str]] = field(default_factory=lambda: {
         "medium": _by_cardinality(1_000, 10_000), "low": _by_cardinality(0, 1_000)})
@@ -77,6 +83,8 @@ class CriteoConfig:
         check_layout(CATEGORICAL, self.id_features, self.static_groups, self.drop)
         check(self.min_count >= 1, "min_count", "must be >= 1")
         check(self.hash_buckets >= 1, "hash_buckets", "must be >= 1")
+        check(self.static_hash_buckets is None or self.static_hash_buckets >= 1, "static_hash_buckets",
+              "must be >= 1 (or null: static features keep a vocabulary in hash mode)")
         for key, d in (("min_count_per_feature", self.min_count_per_feature),
                        ("hash_buckets_per_feature", self.hash_buckets_per_feature)):
             for k, v in d.items():
@@ -84,6 +92,22 @@ class CriteoConfig:
                 check(v >= 1, f"{key}.{k}", "must be >= 1")
         check(0 < self.train_frac < 1 and 0 <= self.valid_frac and self.train_frac + self.valid_frac < 1,
               "train_frac", "need 0 < train_frac, 0 <= valid_frac and train_frac + valid_frac < 1")
+
+
+def hash_buckets_of(cfg: CriteoConfig) -> Dict[str, int]:
+    """Column -> bucket count for every column that is hashed (the rest get a train vocabulary).
+
+    ``categorical: vocab``: none. ``categorical: hash``: ``hash_buckets_per_feature`` entries, then
+    every id feature with ``hash_buckets``, then the static features with ``static_hash_buckets``
+    when it is set (when it is None they keep a vocabulary).
+    """
+    if cfg.categorical != "hash":
+        return {}
+    out = {c: cfg.hash_buckets for c in cfg.id_features}
+    if cfg.static_hash_buckets is not None:
+        out.update({c: cfg.static_hash_buckets for names in cfg.static_groups.values() for c in names})
+    out.update(cfg.hash_buckets_per_feature)
+    return {c: b for c, b in out.items() if c not in cfg.drop}
 
 
 def dense_transform(col: pa.ChunkedArray) -> np.ndarray:
@@ -146,11 +170,10 @@ def prepare_criteo(source: str, out: os.PathLike, *, config=None, seed: int = 0,
     for d in DENSE:
         cols[d] = pa.array(dense_transform(table.column(d)))
     kept = [c for c in CATEGORICAL if c not in cfg.drop]
-    hashed = cfg.categorical == "hash"
+    buckets = hash_buckets_of(cfg)
     for c in kept:
-        if hashed:
-            b = cfg.hash_buckets_per_feature.get(c, cfg.hash_buckets)
-            cols[c] = pa.array(hash_column(table.column(c), b, c, str(source)))
+        if c in buckets:
+            cols[c] = pa.array(hash_column(table.column(c), buckets[c], c, str(source)))
         else:
             cols[c] = table.column(c)
     data = pa.table(cols)
@@ -168,7 +191,7 @@ def prepare_criteo(source: str, out: os.PathLike, *, config=None, seed: int = 0,
 
     def spec(name: str, role: str, group) -> FeatureSpec:
         return FeatureSpec(name, role, group, cfg.min_count_per_feature.get(name, cfg.min_count),
-                           hash_buckets=cfg.hash_buckets_per_feature.get(name, cfg.hash_buckets) if hashed else None)
+                           hash_buckets=buckets.get(name))
 
     features = [spec(c, ID, None) for c in cfg.id_features]
     features += [spec(c, STATIC, g) for g, names in cfg.static_groups.items() for c in names]

@@ -96,12 +96,13 @@ def line_of_row(path: Path, header: bool, row: int) -> int:
     return -1
 
 
-def _first_bad_field_count(path: Path, header: bool, delimiter: str, expected: int) -> Tuple[int, int]:
+def _first_bad_field_count(path: Path, header: bool, delimiter: str, expected: int) -> Tuple[int, int, str]:
+    """(line number, field count, text) of the first data line without ``expected`` fields."""
     for lineno, line in _data_lines(path, header):
         n = len(next(csv.reader([line], delimiter=delimiter)))
         if n != expected:
-            return lineno, n
-    return -1, -1
+            return lineno, n, line
+    return -1, -1, ""
 
 
 @dataclass
@@ -115,13 +116,16 @@ class RawTable:
 
 
 def read_delimited(path: Path, names: Sequence[str], delimiter: str, header: bool,
-                   skip_bad_rows: bool, dict_columns: Sequence[str] = ()) -> RawTable:
+                   skip_bad_rows: bool, dict_columns: Sequence[str] = (),
+                   format_hint: Optional[str] = None) -> RawTable:
     """Parse ``path`` into a string table with columns ``names``.
 
     With ``header`` the file's first line must name exactly the columns ``names`` (any order);
     a missing or unknown column is a DataError naming it. ``dict_columns`` are read as
-    ``dictionary<int32, string>`` (a fraction of the memory for repetitive categorical columns). Rows with the wrong number of fields are
-    skipped and counted (``skip_bad_rows``) or reported with their line number.
+    ``dictionary<int32, string>`` (a fraction of the memory for repetitive categorical columns).
+    Rows with the wrong number of fields are skipped and counted (``skip_bad_rows``) or reported with
+    their line number; ``format_hint`` (e.g. ``"user<TAB>movie"``) replaces the plain field count
+    in that message, for formats whose field count is not what a user reads (``::`` separators).
     """
     names = list(names)
     col_names = names
@@ -157,10 +161,11 @@ def read_delimited(path: Path, names: Sequence[str], delimiter: str, header: boo
         if "Empty CSV file" in str(e):
             raise DataError(f"{path}: empty file (no data rows)") from None
         if bad and not skip_bad_rows:
-            lineno, n = _first_bad_field_count(path, header, delimiter, len(col_names))
+            lineno, n, text = _first_bad_field_count(path, header, delimiter, len(col_names))
             where = f"line {lineno}" if lineno > 0 else "a row"
-            raise DataError(f"{path}: {where}: expected {len(col_names)} fields, got {n} "
-                            f"(use --skip-bad-rows to skip malformed rows)") from None
+            what = (f"expected {format_hint}, got {_shorten(text)!r}" if format_hint
+                    else f"expected {len(col_names)} fields, got {n}")
+            raise DataError(f"{path}: {where}: {what} (use --skip-bad-rows to skip malformed rows)") from None
         raise DataError(f"{path}: cannot parse: {e}") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e}") from None
@@ -169,6 +174,10 @@ def read_delimited(path: Path, names: Sequence[str], delimiter: str, header: boo
     if bad:
         logger.warning("%s: skipped %d malformed row(s)", path, len(bad))
     return RawTable(path, table.select(names), header, skipped=len(bad))
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def numeric_bad_mask(col: pa.ChunkedArray) -> np.ndarray:

@@ -9,6 +9,10 @@
 * ``users.dat`` (``UserID::Gender::Age::Occupation::Zip-code``) and ``movies.dat``
   (``MovieID::Title::Genres``, latin-1).
 
+Malformed lines (wrong field count, non-integer id, duplicate id in users/movies.dat, a movie id not
+in movies.dat) are errors naming file and line (parquet: row); with ``skip_bad_rows`` they are skipped
+and counted in ``params["skipped_rows"]`` (per file in ``params["skipped_rows_by_file"]``).
+
 Rows: every positive, plus ``neg_ratio`` (default 4) sampled negatives per positive: movies of the
 catalogue (movies with at least one interaction) that the user never interacted with, uniform,
 seeded, with replacement across a user's positives (vectorised rejection sampling). Sampled
@@ -17,7 +21,9 @@ negatives go to the split of their positive.
 Features: ``user_id`` and ``movie_id`` (role ``id``; ``movie_id`` is the item feature), static group
 ``user``: gender, age, occupation, zip_prefix (first ``zip_prefix_digits`` characters); group
 ``movie``: genres (multi-hot ``list<int64>``), year_bucket (release year from the title, bucketed by
-``year_bucket_size`` years). ``user_key`` = raw MovieLens user id (int64).
+``year_bucket_size`` years). ``user_key`` = raw MovieLens user id (int64). On ML-1M the static
+vocabularies have 3 / 8 / 22 / 101 (gender / age / occupation / zip_prefix) and 19 / 19 (genres /
+year_bucket) ids, OOV included.
 
 Split (``split``): ``leave_last_out`` (default): per user, the last positive (and its negatives) is
 test, the second-to-last valid, the rest train; users with fewer than 3 positives are train only.
@@ -43,10 +49,10 @@ from typing import Dict, List, Literal, Optional, Tuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from store_rec.config import check
+from store_rec.data.csvio import RawTable, drop_or_raise, line_of_row, numeric_bad_mask, read_delimited
 from store_rec.data.dsconfig import load_dataset_config
 from store_rec.data.schema import ID, SPLITS, STATIC, DatasetSchema, SequenceInfo
 from store_rec.data.tabular import FeatureSpec, write_prepared
@@ -111,69 +117,183 @@ def _locate(source) -> Tuple[Path, Path, Path]:
     return inter, users, movies  # type: ignore[return-value]
 
 
-def _as_int(col: pa.ChunkedArray, path: Path, name: str) -> np.ndarray:
+INT_RE = r"^\s*[0-9]+\s*$"
+SKIP_HINT = "(use --skip-bad-rows to skip malformed rows)"
+
+
+@dataclass
+class Interactions:
+    """Parsed interactions file.
+
+    Attributes:
+        path: the file.
+        user, movie: ``int64[N]`` raw MovieLens ids.
+        rating, ts: ``float64[N]`` / ``int64[N]`` (ratings.dat only, else None).
+        row: ``int64[N]`` 0-based data row of each entry in the file (for error messages).
+        skipped: malformed rows dropped (``skip_bad_rows``).
+        text: whether the file is line based (rows map to line numbers).
+    """
+
+    path: Path
+    user: np.ndarray
+    movie: np.ndarray
+    rating: Optional[np.ndarray]
+    ts: Optional[np.ndarray]
+    row: np.ndarray
+    skipped: int
+    text: bool
+
+    def where(self, row: int) -> str:
+        """``line N`` of data row ``row`` (0-based, no rows skipped) or ``row N`` for parquet."""
+        if self.text and self.skipped == 0:
+            lineno = line_of_row(self.path, False, int(row))
+            if lineno > 0:
+                return f"line {lineno}"
+        return f"row {int(row) + 1}"
+
+    def take(self, sel: np.ndarray) -> "Interactions":
+        f = (lambda a: None if a is None else a[sel])
+        return dataclasses.replace(self, user=self.user[sel], movie=self.movie[sel], rating=f(self.rating),
+                                   ts=f(self.ts), row=self.row[sel])
+
+
+def _bad_int(col) -> np.ndarray:
+    """``bool[N]``: True where a value is null or not a non-negative integer."""
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if pa.types.is_integer(col.type):
-        bad = np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-    else:
-        s = pc.cast(col, pa.string())
-        bad = ~np.asarray(pc.fill_null(pc.match_substring_regex(s, r"^\s*\d+\s*$"), False)
-                          .to_numpy(zero_copy_only=False), dtype=bool)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{path}: row {i + 1}: column {name!r}: expected a positive integer id, got {col[i].as_py()!r}")
-    return pc.cast(col, pa.int64()).to_numpy(zero_copy_only=False)
+        return ~np.asarray(pc.fill_null(pc.greater_equal(col, 0), False).to_numpy(zero_copy_only=False), dtype=bool)
+    s = pc.cast(col, pa.string())
+    return ~np.asarray(pc.fill_null(pc.match_substring_regex(s, INT_RE), False).to_numpy(zero_copy_only=False),
+                       dtype=bool)
 
 
-def read_interactions(path: Path) -> Dict[str, np.ndarray]:
-    """-> dict with ``user``, ``movie`` (int64) and, for ratings.dat, ``rating`` and ``ts``."""
-    name = path.name
+def _check_ints(raw: RawTable, columns: Dict[str, str], skip_bad_rows: bool) -> RawTable:
+    """Every ``columns`` (table column -> name for messages) value must be an integer id."""
+    for c, label in columns.items():
+        col = raw.table.column(c)
+        raw = drop_or_raise(raw, _bad_int(col), skip_bad_rows,
+                            lambda i, col=col, label=label: f"column {label!r}: expected a positive integer id, "
+                                                            f"got {col[i].as_py()!r}")
+    return raw
+
+
+def _read_parquet_pairs(path: Path, skip_bad_rows: bool) -> Tuple[pa.Table, int]:
     try:
-        if name.endswith(".parquet"):
-            t = pq.read_table(path)
-            cols = {c.lower(): c for c in t.column_names}
-            for want in ("userid", "movieid"):
-                if want not in cols:
-                    raise DataError(f"{path}: missing column {want!r} (has {t.column_names})")
-            return {"user": _as_int(t.column(cols["userid"]), path, cols["userid"]),
-                    "movie": _as_int(t.column(cols["movieid"]), path, cols["movieid"])}
-        if name.endswith(".tsv.gz") or name.endswith(".tsv"):
-            t = pacsv.read_csv(path, read_options=pacsv.ReadOptions(column_names=["user", "movie"]),
-                               parse_options=pacsv.ParseOptions(delimiter="\t"),
-                               convert_options=pacsv.ConvertOptions(column_types={"user": pa.string(),
-                                                                                  "movie": pa.string()}))
-            return {"user": _as_int(t.column("user"), path, "user"),
-                    "movie": _as_int(t.column("movie"), path, "movie")}
-        # ratings.dat: "::" separated; reading with ':' gives empty fields between the values
-        names = ["user", "e1", "movie", "e2", "rating", "e3", "ts"]
-        t = pacsv.read_csv(path, read_options=pacsv.ReadOptions(column_names=names),
-                           parse_options=pacsv.ParseOptions(delimiter=":", quote_char=False),
-                           convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names}))
-    except pa.ArrowInvalid as e:
-        if "Empty CSV file" in str(e):
-            raise DataError(f"{path}: empty file") from None
-        raise DataError(f"{path}: cannot parse (expected UserID::MovieID::Rating::Timestamp): {e}") from None
+        t = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{path}: cannot read parquet: {e}") from None
+    cols = {c.lower(): c for c in t.column_names}
+    for want in ("userid", "movieid"):
+        if want not in cols:
+            raise DataError(f"{path}: missing column {want!r} (has {t.column_names})")
     if t.num_rows == 0:
         raise DataError(f"{path}: empty file")
-    return {"user": _as_int(t.column("user"), path, "UserID"), "movie": _as_int(t.column("movie"), path, "MovieID"),
-            "rating": _as_int(t.column("rating"), path, "Rating").astype(np.float64),
-            "ts": _as_int(t.column("ts"), path, "Timestamp")}
+    t = t.select([cols["userid"], cols["movieid"]]).rename_columns(["user", "movie"])
+    bad = np.zeros(t.num_rows, bool)
+    for c, label in (("user", cols["userid"]), ("movie", cols["movieid"])):
+        b = _bad_int(t.column(c))
+        if b.any() and not skip_bad_rows:
+            i = int(np.flatnonzero(b)[0])
+            raise DataError(f"{path}: row {i + 1}: column {label!r}: expected a positive integer id, "
+                            f"got {t.column(c)[i].as_py()!r} {SKIP_HINT}")
+        bad |= b
+    if bad.any():
+        logger.warning("%s: skipped %d row(s) with invalid ids", path, int(bad.sum()))
+        t = t.filter(pa.array(~bad))
+    return t, int(bad.sum())
 
 
-def _read_dat(path: Path, fields: int, encoding: str) -> List[List[str]]:
-    rows = []
-    with open(path, encoding=encoding) as f:
+def read_interactions(path: Path, skip_bad_rows: bool = False) -> Interactions:
+    """Parse the interactions file (ratings.dat, ratings.parquet or the user/movie pairs TSV).
+
+    Malformed rows (wrong field count, non-integer id, rating or timestamp) are errors naming the file
+    and line (parquet: row), or are dropped and counted with ``skip_bad_rows``.
+    """
+    name = path.name
+    rating = ts = None
+    if name.endswith(".parquet"):
+        t, skipped = _read_parquet_pairs(path, skip_bad_rows)
+        text = False
+    elif name.endswith(".tsv.gz") or name.endswith(".tsv"):
+        raw = read_delimited(path, ["user", "movie"], "\t", False, skip_bad_rows,
+                             format_hint="user<TAB>movie (2 tab-separated fields)")
+        raw = _check_ints(raw, {"user": "user", "movie": "movie"}, skip_bad_rows)
+        t, skipped, text = raw.table, raw.skipped, True
+    else:
+        # ratings.dat: "::" separated; reading with ':' gives empty fields between the values
+        names = ["user", "e1", "movie", "e2", "rating", "e3", "ts"]
+        fmt = "UserID::MovieID::Rating::Timestamp"
+        raw = read_delimited(path, names, ":", False, skip_bad_rows, format_hint=fmt)
+        tb = raw.table
+        sep_bad = np.zeros(tb.num_rows, bool)
+        for e in ("e1", "e2", "e3"):  # a single ':' shifts a value into a separator slot
+            sep_bad |= ~np.asarray(tb.column(e).is_null().to_numpy(zero_copy_only=False), dtype=bool)
+
+        def line_text(i: int) -> str:
+            return ":".join(tb.column(n)[i].as_py() or "" for n in names)
+
+        raw = drop_or_raise(raw, sep_bad, skip_bad_rows, lambda i: f"expected {fmt}, got {line_text(i)!r}")
+        raw = _check_ints(raw, {"user": "UserID", "movie": "MovieID", "ts": "Timestamp"}, skip_bad_rows)
+        rcol = raw.table.column("rating")
+        raw = drop_or_raise(raw, numeric_bad_mask(rcol) | np.asarray(
+            rcol.is_null().to_numpy(zero_copy_only=False), dtype=bool), skip_bad_rows,
+            lambda i: f"column 'Rating': expected a number, got {rcol[i].as_py()!r}")
+        t, skipped, text = raw.table, raw.skipped, True
+        rating = pc.cast(t.column("rating"), pa.float64()).to_numpy(zero_copy_only=False)
+        ts = pc.cast(t.column("ts"), pa.int64()).to_numpy(zero_copy_only=False)
+    if t.num_rows == 0:
+        raise DataError(f"{path}: no valid rows ({skipped} malformed row(s) skipped)")
+    user = pc.cast(t.column("user"), pa.int64()).to_numpy(zero_copy_only=False)
+    movie = pc.cast(t.column("movie"), pa.int64()).to_numpy(zero_copy_only=False)
+    return Interactions(path, user, movie, rating, ts, np.arange(len(user), dtype=np.int64), skipped, text)
+
+
+def _read_dat(path: Path, fmt: str, skip_bad_rows: bool) -> Tuple[List[List[str]], int]:
+    """``users.dat`` / ``movies.dat`` (latin-1, ``::``-separated, ``fmt`` e.g. ``MovieID::Title::Genres``).
+
+    Returns (rows as field lists, skipped lines). A line with the wrong field count, a non-integer
+    or duplicate id (first field) is an error naming file and line, or skipped with ``skip_bad_rows``.
+    """
+    fields = fmt.split("::")
+    rows: List[List[str]] = []
+    first_line_of: Dict[int, int] = {}
+    skipped = 0
+    with open(path, encoding="latin-1") as f:
         for lineno, line in enumerate(f, 1):
             line = line.rstrip("\r\n")
-            if not line:
+            if not line.strip():
                 continue
             parts = line.split("::")
-            if len(parts) != fields:
-                raise DataError(f"{path}: line {lineno}: expected {fields} '::'-separated fields, got {len(parts)}")
+            problem = None
+            if len(parts) != len(fields):
+                problem = (f"expected {fmt} ({len(fields)} '::'-separated fields), got {len(parts)} field(s): "
+                           f"{line[:80]!r}")
+            elif not re.fullmatch(INT_RE, parts[0]):
+                problem = f"{fields[0]}: expected a positive integer id, got {parts[0]!r}"
+            elif int(parts[0]) in first_line_of:
+                problem = f"duplicate {fields[0]} {int(parts[0])} (first on line {first_line_of[int(parts[0])]})"
+            if problem is not None:
+                if not skip_bad_rows:
+                    raise DataError(f"{path}: line {lineno}: {problem} {SKIP_HINT}")
+                skipped += 1
+                continue
+            first_line_of[int(parts[0])] = lineno
             rows.append(parts)
+    if skipped:
+        logger.warning("%s: skipped %d malformed line(s)", path, skipped)
     if not rows:
-        raise DataError(f"{path}: empty file")
-    return rows
+        raise DataError(f"{path}: empty file" if not skipped else f"{path}: no valid lines ({skipped} skipped)")
+    return rows, skipped
+
+
+def _encode_attr(values: List[Optional[str]]) -> Tuple[np.ndarray, pa.Array]:
+    """Per lookup-table row: ``(int64 index into a dictionary of distinct values (-1 = missing), dictionary)``.
+
+    The dictionary has each value once, so a column built from it is a well-formed dictionary array."""
+    enc = pc.dictionary_encode(pa.array(values, pa.string()))
+    idx = enc.indices.to_numpy(zero_copy_only=False)
+    null = np.asarray(enc.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    return np.where(null, -1, np.nan_to_num(idx, nan=-1)).astype(np.int64), enc.dictionary
 
 
 YEAR_RE = re.compile(r"\((\d{4})\)\s*$")
@@ -227,33 +347,39 @@ def prepare_movielens(source: str, out: os.PathLike, *, config=None, seed: int =
     t0 = time.perf_counter()
     cfg = load_dataset_config(MovieLensConfig, config, overrides)
     inter_path, users_path, movies_path = _locate(source)
-    inter = read_interactions(inter_path)
-    user, movie = inter["user"], inter["movie"]
-    has_ratings = "rating" in inter
+    inter = read_interactions(inter_path, skip_bad_rows)
+    urows, u_skipped = _read_dat(users_path, "UserID::Gender::Age::Occupation::Zip-code", skip_bad_rows)
+    mrows, m_skipped = _read_dat(movies_path, "MovieID::Title::Genres", skip_bad_rows)
+    uid = np.array([int(r[0]) for r in urows], np.int64)
+    mid = np.array([int(r[0]) for r in mrows], np.int64)
+    has_ratings = inter.rating is not None
     if cfg.max_users is not None:
-        first = user[np.sort(np.unique(user, return_index=True)[1])][: cfg.max_users]
-        keep = np.isin(user, first)
-        inter = {k: v[keep] for k, v in inter.items()}
-        user, movie = inter["user"], inter["movie"]
-    label = (inter["rating"] >= cfg.positive_threshold).astype(np.float32) if has_ratings \
+        first = inter.user[np.sort(np.unique(inter.user, return_index=True)[1])][: cfg.max_users]
+        inter = inter.take(np.isin(inter.user, first))
+    unknown = ~np.isin(inter.movie, mid)
+    if unknown.any():
+        if not skip_bad_rows:
+            i = int(np.flatnonzero(unknown)[0])
+            raise DataError(f"{inter_path}: {inter.where(inter.row[i])}: movie id {int(inter.movie[i])} is not in "
+                            f"{movies_path} ({len(np.unique(inter.movie[unknown]))} unknown movie id(s)) {SKIP_HINT}")
+        logger.warning("%s: skipped %d interaction(s) with a movie id not in %s", inter_path, int(unknown.sum()),
+                       movies_path)
+        inter = inter.take(~unknown)
+        if len(inter.user) == 0:
+            raise DataError(f"{inter_path}: no interaction left: every movie id is missing from {movies_path}")
+    unknown_skipped = int(unknown.sum())
+    skipped = {str(inter_path): inter.skipped + unknown_skipped, str(users_path): u_skipped,
+               str(movies_path): m_skipped}
+    user, movie = inter.user, inter.movie
+    label = (inter.rating >= cfg.positive_threshold).astype(np.float32) if has_ratings \
         else np.ones(len(user), np.float32)
     # order: by user (users in first-appearance order), then timestamp / file order (stable)
     uniq, first_idx = np.unique(user, return_index=True)
     user_rank = np.empty(len(uniq), np.int64)
     user_rank[np.argsort(first_idx, kind="stable")] = np.arange(len(uniq))
     rank = user_rank[np.searchsorted(uniq, user)]
-    order = np.lexsort((inter["ts"], rank)) if has_ratings else np.argsort(rank, kind="stable")
+    order = np.lexsort((inter.ts, rank)) if has_ratings else np.argsort(rank, kind="stable")
     user, movie, label = user[order], movie[order], label[order]
-
-    # users.dat / movies.dat lookups
-    urows = _read_dat(users_path, 5, "latin-1")
-    mrows = _read_dat(movies_path, 3, "latin-1")
-    uid = np.array([int(r[0]) for r in urows], np.int64)
-    mid = np.array([int(r[0]) for r in mrows], np.int64)
-    missing = np.setdiff1d(np.unique(movie), mid)
-    if len(missing):
-        raise DataError(f"{inter_path}: movie id {int(missing[0])} is not in {movies_path} "
-                        f"({len(missing)} unknown movie id(s))")
 
     def lookup(ids: np.ndarray, table_ids: np.ndarray) -> np.ndarray:
         """Row of each id in the users / movies table (-1 when absent)."""
@@ -262,13 +388,15 @@ def prepare_movielens(source: str, out: os.PathLike, *, config=None, seed: int =
         pos[table_ids] = np.arange(len(table_ids))
         return pos[ids]
 
-    u_gender = pa.array([r[1] for r in urows])
-    u_age = pa.array([r[2] for r in urows])
-    u_occ = pa.array([r[3] for r in urows])
-    u_zip = pa.array([r[4][: cfg.zip_prefix_digits] for r in urows])
+    # static attributes: per users.dat / movies.dat row, an index into a dictionary of distinct values
+    # (a dictionary with one entry per table row would repeat values: see Vocab._fit_dictionary)
+    u_gender = _encode_attr([r[1] for r in urows])
+    u_age = _encode_attr([r[2] for r in urows])
+    u_occ = _encode_attr([r[3] for r in urows])
+    u_zip = _encode_attr([r[4][: cfg.zip_prefix_digits] for r in urows])
     years = [YEAR_RE.search(r[1]) for r in mrows]
-    m_year = pa.array([str(int(y.group(1)) // cfg.year_bucket_size * cfg.year_bucket_size) if y else None
-                       for y in years], pa.string())
+    m_year = _encode_attr([str(int(y.group(1)) // cfg.year_bucket_size * cfg.year_bucket_size) if y else None
+                           for y in years])
     m_genres = pa.array([[g for g in r[2].split("|") if g] for r in mrows], pa.list_(pa.string()))
 
     # split codes of the labelled rows
@@ -323,6 +451,11 @@ def prepare_movielens(source: str, out: os.PathLike, *, config=None, seed: int =
     def dict_col(idx: np.ndarray, dictionary: pa.Array) -> pa.DictionaryArray:
         return pa.DictionaryArray.from_arrays(pa.array(idx.astype(np.int32), mask=idx < 0), dictionary)
 
+    def attr_col(pos: np.ndarray, attr: Tuple[np.ndarray, pa.Array]) -> pa.DictionaryArray:
+        """Attribute of table row ``pos`` (-1: id absent from the table -> null)."""
+        idx, dictionary = attr
+        return dict_col(np.where(pos >= 0, idx[np.maximum(pos, 0)], -1), dictionary)
+
     def rows(sel: np.ndarray) -> pa.Table:
         ui, mi = upos[sel], mpos[sel]
         mi_arr = pa.array(mi, mask=mi < 0)
@@ -330,9 +463,9 @@ def prepare_movielens(source: str, out: os.PathLike, *, config=None, seed: int =
             "label": pa.array(all_label[sel], pa.float32()),
             "user_id": dict_col(uidx[sel], users_s),
             "movie_id": dict_col(midx[sel], movies_s),
-            "gender": dict_col(ui, u_gender), "age": dict_col(ui, u_age), "occupation": dict_col(ui, u_occ),
-            "zip_prefix": dict_col(ui, u_zip),
-            "genres": m_genres.take(mi_arr), "year_bucket": dict_col(mi, m_year),
+            "gender": attr_col(ui, u_gender), "age": attr_col(ui, u_age), "occupation": attr_col(ui, u_occ),
+            "zip_prefix": attr_col(ui, u_zip),
+            "genres": m_genres.take(mi_arr), "year_bucket": attr_col(mi, m_year),
             USER_KEY_COLUMN: pa.array(all_user[sel], pa.int64()),
         })
 
@@ -361,7 +494,8 @@ def prepare_movielens(source: str, out: os.PathLike, *, config=None, seed: int =
     params = {"seed": seed, "interactions_file": str(inter_path), "users_file": str(users_path),
               "movies_file": str(movies_path), "has_ratings": has_ratings, "positives": int(len(pos_idx)),
               "sampled_negatives": int(len(parent)), "users": int(len(np.unique(user))),
-              "item_feature": "movie_id", "skipped_rows": 0, "config": dataclasses.asdict(cfg)}
+              "item_feature": "movie_id", "skipped_rows": int(sum(skipped.values())),
+              "skipped_rows_by_file": skipped, "config": dataclasses.asdict(cfg)}
     schema = write_prepared(out, overwrite=overwrite, dataset="movielens", splits=splits, label="label", dense=[],
                             features=features, user_key=USER_KEY_COLUMN, split_method=split_method,
                             source=str(source), params=params, extra=write_sequences)

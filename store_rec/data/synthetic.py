@@ -43,6 +43,8 @@ user_propensity     dense              noisy observation of ``user_bias``
 ==================  ======  =========  =======================================================
 
 Every id is already contiguous: ``0`` is the OOV id and is never generated, so there are no vocab files.
+The static groups above are the default; ``static_groups`` (a number of groups or a mapping group ->
+features, see :func:`resolve_static_groups`) regroups the same 10 static features in ``schema.json``.
 
 Splits: the row stream is chronological over ``days`` synthetic days; ``split="time"`` (default) puts
 the first ``train_frac`` of rows in train, the next ``valid_frac`` in valid, the rest in test;
@@ -64,7 +66,7 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import pyarrow as pa
@@ -94,6 +96,10 @@ SPARSE_SPEC = [  # (name, role, group)
     ("category", STATIC, "item"), ("price_bucket", STATIC, "item"), ("brand_tier", STATIC, "item"),
     ("hour", STATIC, "context"), ("weekday", STATIC, "context"), ("device", STATIC, "context"),
 ]
+STATIC_NAMES = [name for name, role, _ in SPARSE_SPEC if role == STATIC]
+DEFAULT_STATIC_GROUPS: Dict[str, List[str]] = {
+    g: [name for name, role, group in SPARSE_SPEC if role == STATIC and group == g]
+    for g in dict.fromkeys(group for _, role, group in SPARSE_SPEC if role == STATIC)}
 DENSE_NAMES = ["item_quality", "user_propensity"]
 _HOUR_P = np.array([1, 1, 1, 1, 1, 2, 3, 5, 6, 6, 6, 6, 7, 6, 6, 6, 6, 7, 8, 9, 9, 8, 5, 3], float)
 _DEVICE_P = np.array([0.6, 0.25, 0.1, 0.05])
@@ -356,9 +362,57 @@ def _check_params(p: Dict[str, object]) -> None:
     need(p["num_sellers"] is None or int(p["num_sellers"]) >= 1, "num_sellers", "must be >= 1")
 
 
+def resolve_static_groups(static_groups: Union[None, int, Mapping[str, Sequence[str]]]) -> Dict[str, List[str]]:
+    """Static semantic groups of the output schema: group -> static feature names (in output order).
+
+    * ``None``: the built-in layout ``user`` / ``item`` / ``context`` (3 groups).
+    * an int ``G`` in ``1 .. 10``: the 10 static features, in the order of the built-in layout, cut into
+      ``G`` consecutive groups of near-equal size (the first ``10 % G`` groups one feature larger),
+      named ``g1 .. gG``. ``G = 3`` gives the built-in partition (4 / 3 / 3) under generic names.
+    * a mapping ``{group: [feature, ...]}``: any partition of the 10 static features (each exactly once).
+
+    Only the grouping (``schema.json``) changes: the generated columns are the same for every value.
+    """
+    if static_groups is None:
+        return {g: list(v) for g, v in DEFAULT_STATIC_GROUPS.items()}
+    n = len(STATIC_NAMES)
+    if isinstance(static_groups, (int, np.integer)) and not isinstance(static_groups, bool):
+        g = int(static_groups)
+        if not 1 <= g <= n:
+            raise UserError(f"synthetic: static_groups={g}: must be in 1..{n} (the number of static features) "
+                            "or a mapping group -> features")
+        sizes = [n // g + (1 if i < n % g else 0) for i in range(g)]
+        bounds = np.cumsum([0] + sizes)
+        return {f"g{i + 1}": STATIC_NAMES[bounds[i]:bounds[i + 1]] for i in range(g)}
+    if not isinstance(static_groups, Mapping) or not static_groups:
+        raise UserError(f"synthetic: static_groups={static_groups!r}: expected an int (number of groups) or a "
+                        "non-empty mapping group -> list of static features")
+    seen: Dict[str, str] = {}
+    out: Dict[str, List[str]] = {}
+    for group, names in static_groups.items():
+        if not isinstance(group, str) or not group:
+            raise UserError(f"synthetic: static_groups: group name {group!r} must be a non-empty string")
+        if isinstance(names, str) or not isinstance(names, Sequence) or not names:
+            raise UserError(f"synthetic: static_groups.{group}: expected a non-empty list of static features")
+        for i, name in enumerate(names):
+            if name not in STATIC_NAMES:
+                raise UserError(f"synthetic: static_groups.{group}[{i}]: unknown static feature {name!r} "
+                                f"(static features: {', '.join(STATIC_NAMES)})")
+            if name in seen:
+                raise UserError(f"synthetic: static_groups.{group}[{i}]: {name!r} is already in group {seen[name]!r}")
+            seen[name] = group
+        out[group] = list(names)
+    missing = [name for name in STATIC_NAMES if name not in seen]
+    if missing:
+        raise UserError(f"synthetic: static_groups: static feature(s) {missing} are in no group "
+                        "(every static feature must be in exactly one group)")
+    return out
+
+
 def prepare_synthetic(out: os.PathLike, *, rows: int = 200_000, items: int = 20_000, users: int = 5_000,
                       seed: int = 0, overwrite: bool = False, num_clusters: int = 32,
-                      chunk_rows: int = 262_144, row_group_size: int = 65_536, **kw) -> DatasetSchema:
+                      chunk_rows: int = 262_144, row_group_size: int = 65_536,
+                      static_groups: Union[None, int, Mapping[str, Sequence[str]]] = None, **kw) -> DatasetSchema:
     """Generate the synthetic dataset into ``out`` (atomically) and return its schema.
 
     Args:
@@ -373,6 +427,9 @@ def prepare_synthetic(out: os.PathLike, *, rows: int = 200_000, items: int = 20_
         chunk_rows: rows generated per step (rounded up to a multiple of ``BLOCK_ROWS``); does not
             change the output.
         row_group_size: parquet row group size.
+        static_groups: static semantic groups of the schema (see :func:`resolve_static_groups`):
+            None (default: user / item / context), a number of groups ``1..10`` or a mapping
+            group -> features. Changes ``schema.json`` only, never the generated data.
         **kw: any other key of ``DEFAULTS`` (e.g. ``num_user_groups``, ``zipf_a``, ``split``,
             ``max_sequence_users``); unknown keys are an error.
     """
@@ -387,6 +444,7 @@ def prepare_synthetic(out: os.PathLike, *, rows: int = 200_000, items: int = 20_
         raise UserError(f"synthetic: seed={seed!r}: must be a non-negative integer")
     if chunk_rows < 1:
         raise UserError(f"synthetic: chunk_rows={chunk_rows!r}: must be >= 1")
+    groups = resolve_static_groups(static_groups)
     blocks_per_chunk = max(1, math.ceil(chunk_rows / BLOCK_ROWS))
     world = _World(int(seed), p)
     arrow_schema = _arrow_schema()
@@ -415,10 +473,13 @@ def prepare_synthetic(out: os.PathLike, *, rows: int = 200_000, items: int = 20_
             "category": int(p["num_categories"]) + 1, "price_bucket": 11, "brand_tier": 6,
             "hour": 25, "weekday": 8, "device": 5,
         }
+        # id features, then the static features group by group (the built-in order when static_groups is None)
+        layout = [(name, role, None) for name, role, _ in SPARSE_SPEC if role == ID]
+        layout += [(name, STATIC, g) for g, names in groups.items() for name in names]
         sparse = [SparseFeature(name=name, role=role, vocab_size=vocab[name], group=group,
                                 multi_hot=name == "interest_tags",
                                 max_len=int(p["max_tags"]) if name == "interest_tags" else 1)
-                  for name, role, group in SPARSE_SPEC]
+                  for name, role, group in layout]
         schema = DatasetSchema(
             dataset="synthetic", label="label", dense=list(DENSE_NAMES), sparse=sparse, user_key="user_id",
             sequences=SequenceInfo(file="sequences.parquet", item_feature="item_id", num_items=int(p["items"]),
@@ -429,7 +490,8 @@ def prepare_synthetic(out: os.PathLike, *, rows: int = 200_000, items: int = 20_
             source="store_rec.data.synthetic",
             params={**{k: (v if not isinstance(v, np.generic) else v.item()) for k, v in p.items()},
                     "seed": int(seed), "num_sellers": world.num_sellers,
-                    "truth_files": ["truth/items.parquet", "truth/users.parquet"]},
+                    "truth_files": ["truth/items.parquet", "truth/users.parquet"],
+                    **({} if static_groups is None else {"static_groups": groups})},
         )
         w.commit(schema)
     return schema

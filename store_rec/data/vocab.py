@@ -78,18 +78,14 @@ class Vocab:
     def fit(cls, values: ArrayLike, min_count: int = 1) -> "Vocab":
         """Fit on ``values`` (strings or anything castable; list arrays are flattened; nulls ignored).
 
-        Ids are assigned by descending count, ties by ascending value.
+        Ids are assigned by descending count, ties by ascending value. Dictionary arrays are counted
+        through their indices and the counts summed per distinct value, so a dictionary that repeats
+        a value (Arrow allows it) still gives that value exactly one id.
         """
         if min_count < 1:
             raise ValueError(f"min_count must be >= 1, got {min_count}")
-        if _is_dict(values):  # count the indices, then name them by the (small) dictionary
-            arr = _combine(values)
-            idx = arr.indices.to_numpy(zero_copy_only=False)
-            valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-            cnt = np.bincount(idx[valid].astype(np.int64), minlength=len(arr.dictionary))
-            nz = np.flatnonzero(cnt)
-            values = pc.cast(arr.dictionary.take(pa.array(nz)), pa.string())
-            return cls._from_counts(values, cnt[nz], min_count)
+        if _is_dict(values):
+            return cls._fit_dictionary(_combine(values), min_count)
         vals = _as_string(values)
         if len(vals) == 0 or vals.null_count == len(vals):
             return cls(pa.array([], pa.string()), min_count, np.zeros(0, np.int64))
@@ -97,7 +93,37 @@ class Vocab:
         return cls._from_counts(vc.field("values"), vc.field("counts").to_numpy(zero_copy_only=False), min_count)
 
     @classmethod
-    def _from_counts(cls, uniq: pa.Array, counts: np.ndarray, min_count: int) -> "Vocab":
+    def _fit_dictionary(cls, arr: pa.DictionaryArray, min_count: int) -> "Vocab":
+        """Fit on a dictionary array: count the indices per dictionary slot, then sum the slot
+        counts **per value**.
+
+        Arrow does not require a dictionary to hold distinct values (e.g. one entry per user row of a
+        lookup table, or dictionaries concatenated across files), so a value may own several slots;
+        counting per slot would give it several ids. The used slots are sorted by value (the sort
+        ``_from_counts`` needs anyway), so equal values are adjacent and merge with one
+        ``reduceat``: ``O(rows + D log D)`` for ``D`` used slots, about the cost of counting alone.
+        """
+        idx = arr.indices.to_numpy(zero_copy_only=False)
+        valid = ~np.asarray(arr.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+        cnt = np.bincount(idx[valid].astype(np.int64), minlength=len(arr.dictionary))
+        slots = np.flatnonzero(cnt)
+        values = pc.cast(arr.dictionary.take(pa.array(slots, pa.int64())), pa.string())
+        if values.null_count:  # a null dictionary value is a missing value
+            ok = ~np.asarray(values.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+            slots, values = slots[ok], values.filter(pa.array(ok))
+        by_value = pc.sort_indices(values).to_numpy()
+        values, counts = values.take(pa.array(by_value)), cnt[slots][by_value]
+        if len(values) > 1:
+            same = pc.fill_null(pc.equal(values.slice(1), values.slice(0, len(values) - 1)), False)
+            starts = np.flatnonzero(np.r_[True, ~np.asarray(same.to_numpy(zero_copy_only=False), dtype=bool)])
+            if len(starts) < len(values):
+                values, counts = values.take(pa.array(starts)), np.add.reduceat(counts, starts)
+        return cls._from_counts(values, counts, min_count, sorted_by_value=True)
+
+    @classmethod
+    def _from_counts(cls, uniq: pa.Array, counts: np.ndarray, min_count: int,
+                     sorted_by_value: bool = False) -> "Vocab":
+        """``uniq``: distinct values (``sorted_by_value``: already in ascending order), ``counts`` theirs."""
         counts = np.asarray(counts, np.int64)
         keep = (counts >= min_count)
         if uniq.null_count:
@@ -106,7 +132,7 @@ class Vocab:
         uniq = uniq.take(pa.array(idx))
         counts = counts[idx]
         # ascending value rank, then a stable sort by descending count
-        by_value = pc.sort_indices(uniq).to_numpy()
+        by_value = np.arange(len(uniq)) if sorted_by_value else pc.sort_indices(uniq).to_numpy()
         order = by_value[np.argsort(-counts[by_value], kind="stable")]
         return cls(uniq.take(pa.array(order)), min_count, counts[order])
 

@@ -2,7 +2,9 @@
 
 Nothing appears at ``out`` until :meth:`DatasetWriter.commit` succeeds: everything is written into a
 hidden temporary directory beside ``out`` and renamed at the end, so a failed or interrupted
-``prepare`` leaves no half dataset behind::
+``prepare`` leaves no half dataset behind. An existing ``out`` must be an empty directory (replaced
+atomically by the rename) unless ``overwrite``; a non-empty one is refused, also when it was filled
+while preparing::
 
     with DatasetWriter(out, overwrite=True) as w:
         train = w.split("train", arrow_schema)
@@ -87,8 +89,11 @@ class DatasetWriter:
     def __init__(self, out: os.PathLike, overwrite: bool = False,
                  row_group_size: int = DEFAULT_ROW_GROUP_SIZE, file_rows: int = DEFAULT_FILE_ROWS):
         self.out = Path(out)
-        if self.out.exists() and not overwrite and any(self.out.iterdir()):
-            raise UserError(f"{self.out}: output directory exists and is not empty (use --overwrite)")
+        if self.out.exists() and not overwrite:
+            if not self.out.is_dir():
+                raise UserError(f"{self.out}: exists and is not a directory (use --overwrite to replace it)")
+            if any(self.out.iterdir()):
+                raise UserError(f"{self.out}: output directory exists and is not empty (use --overwrite)")
         self.overwrite = overwrite
         self.row_group_size, self.file_rows = row_group_size, file_rows
         self.out.parent.mkdir(parents=True, exist_ok=True)
@@ -134,19 +139,41 @@ class DatasetWriter:
         schema.splits = {name: w.info() for name, w in self._splits.items()}
         schema.validate(str(self.out / "schema.json"))
         schema.save(self.tmp)
-        if self.out.exists():
-            if not self.overwrite:
-                raise UserError(f"{self.out}: appeared while preparing; refusing to replace it")
+        if self.out.exists() and self.overwrite:
             trash = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(self.out, trash)
             os.replace(self.tmp, self.out)
-            shutil.rmtree(trash, ignore_errors=True)
+            if trash.is_dir() and not trash.is_symlink():
+                shutil.rmtree(trash, ignore_errors=True)
+            else:
+                trash.unlink()
+        elif self.out.exists():
+            self._replace_empty_dir()
         else:
             os.replace(self.tmp, self.out)
         self._committed = True
         logger.info("wrote %s (%s)", self.out,
                     ", ".join(f"{k}: {v.rows} rows" for k, v in schema.splits.items()))
         return self.out
+
+    def _replace_empty_dir(self) -> None:
+        """``out`` exists without ``overwrite``: allowed only while it is an empty directory.
+
+        POSIX ``rename`` replaces an empty directory atomically and fails if it is not empty, so a
+        directory filled by someone else while we prepared is never clobbered."""
+        if not self.out.is_dir() or self.out.is_symlink():
+            raise UserError(f"{self.out}: was created while preparing and is not a directory; "
+                            "refusing to replace it (use --overwrite)")
+        try:
+            os.replace(self.tmp, self.out)
+            return
+        except OSError:
+            pass
+        if any(self.out.iterdir()):
+            raise UserError(f"{self.out}: output directory is not empty (files were written to it while "
+                            "preparing); refusing to replace it (use --overwrite)")
+        os.rmdir(self.out)  # platforms where rename cannot replace a directory
+        os.replace(self.tmp, self.out)
 
     def abort(self) -> None:
         for w in self._splits.values():
