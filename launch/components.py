@@ -7,10 +7,17 @@ See ``launch/README.md``.
 """
 
 
+import shutil
+import sys
+from pathlib import Path
 from typing import Dict, List, Optional
 
 import torchx.specs as specs
 from torchx.components.dist import ddp
+
+# torchrun's elastic agent keeps one TCP store across restart rounds; without this a restarted gloo rank
+# can read its peer's stale address from the failed round and hang (pytorch/pytorch#135712).
+SHARED_STORE_ENV = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 
 
 def train(
@@ -32,7 +39,9 @@ def train(
 
     Every rank runs ``python -m store_rec.train --config CONFIG [script_args...]``; on CPUs the ranks
     talk gloo, on GPUs nccl (chosen by the app from the environment). With ``max_retries >= 1`` a
-    failed rank restarts the job, which resumes from the newest checkpoint in ``checkpoint.dir``.
+    failed rank restarts the job (torchrun ``--max-restarts`` on every scheduler, plus the scheduler's
+    own retries where it has them), and every attempt runs with ``--resume``: it continues from the
+    newest checkpoint in ``checkpoint.dir`` (one written with a different config is refused).
 
     Args:
         script_args: extra arguments of ``store-rec train`` (``key=value`` overrides,
@@ -53,8 +62,22 @@ def train(
     Returns:
         the AppDef (one role, ``nnodes`` replicas of torchrun).
     """
-    return ddp(
-        "--config", config, *script_args,
+    app = ddp(
+        "--config", config, *script_args, *(["--resume"] if max_retries > 0 else []),
         m="store_rec.train", image=image, name=name, h=h, cpu=cpu, gpu=gpu, memMB=memMB, j=j,
-        env=env, max_retries=max_retries, rdzv_port=rdzv_port, mounts=mounts,
+        env={SHARED_STORE_ENV: "1", **(env or {})}, max_retries=max_retries, rdzv_port=rdzv_port, mounts=mounts,
     )
+    role = app.roles[0]
+    # ddp's role runs `bash -c "torchrun ..."`: add in-job restarts (torchrun's elastic agent restarts all
+    # local ranks when one fails; local_cwd ignores the scheduler-level max_retries), and use the torchrun
+    # of this Python when the host running the job has none on PATH (a venv that is not activated; `$$` is
+    # torchx's escape of `$`, the bash of the job evaluates `$(...)`).
+    launcher = "torchrun"
+    here = Path(sys.executable).parent / "torchrun"
+    if shutil.which("torchrun") is None and here.exists():
+        launcher = f'"$$(command -v torchrun || echo {here})"'
+    cmd = role.args[-1]
+    if not cmd.startswith("torchrun "):
+        raise RuntimeError(f"unexpected torchx ddp command (torchx != 0.7.0?): {cmd[:80]}")
+    role.args[-1] = f"{launcher} --max-restarts {max_retries} " + cmd[len("torchrun "):]
+    return app

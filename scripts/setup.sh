@@ -50,6 +50,7 @@ then
   pip_ tensordict "torchmetrics==1.0.3" tqdm pyre-extensions iopath
   pip_ torchx==0.7.0
 fi
-pip_ pyarrow numpy pyyaml matplotlib tensorboard pytest
+# kubernetes: torchx's kubernetes scheduler (dry runs are tested); urllib3<1.27 is torchx 0.7.0's pin
+pip_ pyarrow numpy pyyaml matplotlib tensorboard pytest kubernetes "urllib3<1.27"
 pip_ --no-deps -e "$here"
 "$VENV/bin/python" -c "import torch, torchrec, torchx, store_rec; print(f'store_rec ready: torch {torch.__version__}, torchrec {torchrec.__version__}, venv {\"$VENV\"}')"

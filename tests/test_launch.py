@@ -27,7 +27,11 @@ def test_component_appdef():
     assert role.num_replicas == 2 and role.max_retries == 3
     args = " ".join(role.args)
     assert "--nnodes 2" in args and "--nproc_per_node 4" in args
-    assert "-m store_rec.train --config configs/smoke.yaml --metrics-out m.json train.epochs=1" in args
+    assert "-m store_rec.train --config configs/smoke.yaml --metrics-out m.json train.epochs=1 --resume" in args
+    assert "--max-restarts 3 " in args  # in-job restarts by torchrun's elastic agent, on every scheduler
+    assert role.env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
+    no_retry = " ".join(train(config="configs/smoke.yaml").roles[0].args)
+    assert "--max-restarts 0 " in no_retry and "--resume" not in no_retry
 
 
 def test_dryrun_local_default_from_torxconfig():

@@ -51,10 +51,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(list(argv) if argv is not None else None)
+    # store_rec logs at INFO (DEBUG with -v); other libraries only from WARNING (fbgemm_gpu logs a dozen
+    # "Successfully loaded ..." INFO lines on the root logger at import). force: that import can run
+    # before this line and set the root logger up at WARNING, which would swallow our INFO records.
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
     )
+    logging.getLogger("store_rec").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         rc = args.func(args)
     except USER_ERRORS as e:

@@ -102,12 +102,13 @@ def init_distributed() -> DistEnv:
 
 # ----------------------------------------------------------------------------------- model pieces
 class TrainWrapper(nn.Module):
-    """``forward(batch) -> (loss, (loss, logits, labels, user_ids))`` for ``TrainPipelineSparseDist``.
+    """``forward(batch) -> (loss, (loss, logits, labels, user_ids, bce))`` for ``TrainPipelineSparseDist``.
 
-    ``loss = BCEWithLogits(logits: Tensor[B], labels: Tensor[B]) + sum_k w_k * aux_k`` where ``aux`` are
-    the model's auxiliary losses and ``w = aux_weights`` (default: ``model.aux_loss_weights()``).
+    ``loss = bce + sum_k w_k * aux_k`` with ``bce = BCEWithLogits(logits: Tensor[B], labels: Tensor[B])``,
+    ``aux`` the model's auxiliary losses and ``w = aux_weights`` (default: ``model.aux_loss_weights()``).
     The second element is detached (what ``pipeline.progress`` returns); ``user_ids: Tensor[B]`` is
-    the batch's user key for GAUC (``-1`` when the batch has none)."""
+    the batch's user key for GAUC (``-1`` when the batch has none); ``bce`` is the log loss alone (the
+    total can be negative: STORE's diversity term is a negated distance)."""
 
     def __init__(self, model: nn.Module, aux_weights: Optional[Mapping[str, float]] = None) -> None:
         super().__init__()
@@ -119,7 +120,8 @@ class TrainWrapper(nn.Module):
     def forward(self, batch) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:  # noqa: ANN001
         logits, aux = self.model(batch)
         labels = batch.labels.float()
-        loss = self.loss_fn(logits, labels)
+        bce = self.loss_fn(logits, labels)
+        loss = bce
         for k, v in aux.items():
             w = self.aux_weights.get(k, 0.0)
             if w:
@@ -127,7 +129,7 @@ class TrainWrapper(nn.Module):
         user_ids = getattr(batch, "user_ids", None)
         if user_ids is None:
             user_ids = torch.full_like(labels, -1, dtype=torch.int64)
-        return loss, (loss.detach(), logits.detach(), labels.detach(), user_ids)
+        return loss, (loss.detach(), logits.detach(), labels.detach(), user_ids, bce.detach())
 
 
 def sparse_optimizer(cfg: TrainConfig) -> Tuple[type, Dict[str, Any]]:
@@ -200,6 +202,42 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
     return o.min_lr_ratio + (1.0 - o.min_lr_ratio) * shape
 
 
+class SparseLR:
+    """Sets the embedding tables' LR to ``lr * factor``: the fused TBE optimizers of sharded tables
+    (their ``step()`` only pushes the LR into the kernel; the update itself runs in backward) and any
+    in-backward torch optimizer left on a parameter. Data-parallel tables have neither: as in TorchRec's
+    DLRM app they are trained by the dense optimizer, whose LR the loop already schedules."""
+
+    def __init__(self, dmp: nn.Module, lr: float) -> None:
+        from torchrec.optim.fused import FusedOptimizer
+        from torchrec.optim.keyed import CombinedOptimizer
+
+        def leaves(o):  # noqa: ANN001, ANN202
+            if isinstance(o, CombinedOptimizer):
+                for _, c in o.optimizers:
+                    yield from leaves(c)
+            else:
+                yield o
+
+        opts = {id(o): o for o in leaves(dmp.fused_optimizer)}
+        for p in dmp.parameters():
+            opts.update({id(o): o for o in getattr(p, "_in_backward_optimizers", [])})
+        self.optimizers = list(opts.values())
+        self._fused = FusedOptimizer
+        self.lr = lr
+        self.factor: Optional[float] = None
+
+    def set(self, factor: float) -> None:
+        if factor == self.factor:
+            return
+        for o in self.optimizers:
+            for g in o.param_groups:
+                g["lr"] = self.lr * factor
+            if isinstance(o, self._fused):
+                o.step()
+        self.factor = factor
+
+
 # ----------------------------------------------------------------------------------- checkpoints
 def _step_dirs(root: Path) -> List[Tuple[int, Path]]:
     out = []
@@ -259,8 +297,52 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, extra: Dict[str, An
     return final
 
 
-def load_checkpoint(path: Path, model: nn.Module, env: DistEnv) -> Dict[str, Any]:
-    """Load ``path`` into ``model`` (tables, dense parameters, fused optimizer); return this rank's extras."""
+# config keys a checkpoint must share with the run that resumes it; the rest (epochs, evals, outputs,
+# sharding, eval batch size, data location) may change between attempts.
+RESUME_MUST_MATCH = ("data", "model", "optim", "loss", "train.seed")
+RESUME_MAY_DIFFER = ("data.dir", "data.prepare_if_missing", "data.eval_batch_size", "data.sid_table")
+
+
+def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
+    if isinstance(d, dict):
+        out: Dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: d}
+
+
+def check_resume_config(path: Path, saved: Mapping[str, Any], cfg: TrainConfig) -> None:
+    """UserError naming the first key (of :data:`RESUME_MUST_MATCH`) where ``cfg`` differs from the
+    config the checkpoint at ``path`` was trained with."""
+    a, b = _flatten(saved), _flatten(to_dict(cfg))
+
+    def relevant(k: str) -> bool:
+        return any(k == p or k.startswith(p + ".") for p in RESUME_MUST_MATCH) and \
+            not any(k == p or k.startswith(p + ".") for p in RESUME_MAY_DIFFER)
+
+    for k in sorted({k for k in (*a, *b) if relevant(k)}):
+        if a.get(k) != b.get(k):
+            raise UserError(f"{path}: written with {k}={a.get(k)!r}, this config has {k}={b.get(k)!r}; resume with the "
+                            f"same config, or start from scratch (without --resume) or in another checkpoint.dir")
+
+
+def clear_checkpoints(root: Path) -> List[Path]:
+    """Remove every ``step-N`` (and ``.tmp``) directory under ``root``; returns what was removed."""
+    gone = []
+    if root.is_dir():
+        for p in sorted(root.iterdir()):
+            if p.is_dir() and p.name.startswith("step-"):
+                shutil.rmtree(p)
+                gone.append(p)
+    return gone
+
+
+def load_checkpoint(path: Path, model: nn.Module, env: DistEnv, cfg: TrainConfig) -> Dict[str, Any]:
+    """Load ``path`` into ``model`` (tables, dense parameters, fused optimizer); return this rank's extras.
+
+    Refuses (UserError) a checkpoint of another world size or of an incompatible config
+    (:func:`check_resume_config`) before any tensor is read."""
     import torch.distributed.checkpoint as dcp
 
     extra_file = path / f"extra-rank{env.rank}.pt"
@@ -269,6 +351,7 @@ def load_checkpoint(path: Path, model: nn.Module, env: DistEnv) -> Dict[str, Any
     extra = torch.load(extra_file, weights_only=False)
     if extra["world_size"] != env.world_size:
         raise UserError(f"{path}: written with world_size {extra['world_size']}, this job has {env.world_size}")
+    check_resume_config(path, extra["config"], cfg)
     state = {"model": model.state_dict(), "fused_optim": model.fused_optimizer.state_dict()}
     dcp.load(state, checkpoint_id=str(path))
     model.load_state_dict(state["model"])
@@ -311,7 +394,7 @@ def evaluate(model: nn.Module, loader, env: DistEnv) -> Dict[str, float]:  # noq
     logits, labels, users = [], [], []
     for batch in loader:
         batch = batch.to(env.device)
-        _, (_, lg, lb, u) = model(batch)
+        _, (_, lg, lb, u, _) = model(batch)
         logits.append(lg.float())
         labels.append(lb.float())
         users.append(u.long())
@@ -333,12 +416,19 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 class _Recorder:
     """Rank-0 metrics sink: JSONL records + TensorBoard scalars."""
 
-    def __init__(self, cfg: TrainConfig, env: DistEnv) -> None:
+    def __init__(self, cfg: TrainConfig, env: DistEnv, resumed_from: Optional[int]) -> None:
         self.active = env.rank == 0
         self.out = Path(cfg.output.dir)
         self.tb = None
         if self.active:
             self.out.mkdir(parents=True, exist_ok=True)
+            jl = self.out / "metrics.jsonl"
+            if jl.exists():  # a fresh run starts an empty file; a resumed one drops records past its step
+                keep = [] if resumed_from is None else [
+                    line for line in jl.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= resumed_from]
+                tmp = jl.with_name(jl.name + ".tmp")
+                tmp.write_text("".join(line + "\n" for line in keep))
+                os.replace(tmp, jl)
             if cfg.output.tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -365,6 +455,19 @@ class _Recorder:
 
 
 # ----------------------------------------------------------------------------------- the app
+SHARED_STORE_ENV = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
+
+
+def _warn_shared_rdzv_store(env: DistEnv) -> None:
+    """torch's elastic agent (torchrun --max-restarts N) shares one TCP store across restart rounds; the
+    process group's keys of the failed round are still in it, and a restarted gloo rank can read its
+    peer's stale address and wait forever (pytorch/pytorch#135712). The launcher must run with
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` (launch/components.py:train sets it)."""
+    if env.rank == 0 and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 and os.environ.get(SHARED_STORE_ENV) != "1":
+        logger.warning("elastic restarts are on but %s is not set in the launcher's environment: a restarted attempt can "
+                       "hang in init_process_group (pytorch/pytorch#135712); set %s=1 for torchrun", SHARED_STORE_ENV, SHARED_STORE_ENV)
+
+
 def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = None, metrics_out: Optional[str] = None) -> Dict[str, Any]:
     """Train ``cfg`` on this rank (see the module docstring); returns the final summary (every rank)."""
     from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
@@ -415,7 +518,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = No
         if cfg.train.max_steps is not None:
             total = min(total, cfg.train.max_steps)
         ck_root = Path(cfg.checkpoint.dir or Path(cfg.output.dir) / "checkpoints")
-        recorder = _Recorder(cfg, env)
+        sparse_lr = SparseLR(dmp, cfg.optim.sparse.lr) if cfg.optim.schedule_sparse_lr else None
 
         # ---------------- resume
         step, epoch, pos = 0, 0, 0
@@ -423,10 +526,11 @@ def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = No
         bad_evals, train_time, train_samples = 0, 0.0, 0
         resumed_from = None
         restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        _warn_shared_rdzv_store(env)
         if resume or restarted:
             latest = latest_checkpoint(ck_root)
             if latest is not None:
-                extra = load_checkpoint(latest, dmp, env)
+                extra = load_checkpoint(latest, dmp, env, cfg)
                 optimizer.load_state_dict(extra["optimizer"])
                 step, epoch, pos = extra["step"], extra["epoch"], extra["pos"]
                 best, bad_evals = extra["best"], extra["bad_evals"]
@@ -436,6 +540,14 @@ def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = No
                 logger.info("resumed from %s (step %d, epoch %d, batch %d)", latest, step, epoch, pos)
             elif resume:
                 logger.info("--resume: no checkpoint in %s, starting from scratch", ck_root)
+        if resumed_from is None and env.rank == 0:
+            # a fresh run must not mix with (nor have its new checkpoints pruned in favour of) an older run's
+            gone = clear_checkpoints(ck_root)
+            if gone:
+                logger.warning("starting from scratch: removed %d checkpoint(s) of an earlier run in %s (pass --resume "
+                               "to continue from them instead)", len(gone), ck_root)
+        dist.barrier()
+        recorder = _Recorder(cfg, env, resumed_from)
 
         fault_step = int(os.environ[FAULT_ENV]) if os.environ.get(FAULT_ENV) else None
         fault_marker = Path(os.environ.get(FAULT_MARKER_ENV) or ck_root / "fault.marker")
@@ -453,11 +565,16 @@ def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = No
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             return float(n[0] / t[0]) if t[0] > 0 else float("nan")
 
+        last_eval: Dict[str, Dict[str, Any]] = {}  # split -> its newest eval record
+
         def do_eval(split: str, loss_avg: Optional[float]) -> Dict[str, Any]:
+            if split in last_eval and last_eval[split]["step"] == step:  # this model was already evaluated
+                return last_eval[split]
             pipeline.detach()
             m = evaluate(dmp, eval_loaders[split], env)
             rec = {"step": step, "epoch": epoch, "split": split, **m, "samples_per_s": global_samples_per_s(),
-                   "tflops_per_batch": tflops, "train_loss": loss_avg, "resumed_from_step": resumed_from}
+                   "tflops_per_batch": tflops, "train_logloss": loss_avg, "resumed_from_step": resumed_from}
+            last_eval[split] = rec
             recorder.eval_record(rec)
             if env.rank == 0:
                 logger.info("eval %s step %d epoch %d: auc %.5f gauc %.5f logloss %.5f", split, step, epoch,
@@ -486,19 +603,22 @@ def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = No
                     f = lr_factor(step, total, cfg)
                     for g, lr0 in zip(optimizer.param_groups, base_lrs):
                         g["lr"] = lr0 * f
+                    if sparse_lr is not None:
+                        sparse_lr.set(f)
                     try:
-                        loss, logits, labels, _ = pipeline.progress(seg)
+                        loss, logits, labels, _, bce = pipeline.progress(seg)
                     except StopIteration:
                         break
                     step += 1
                     pos += 1
                     train_samples += int(labels.numel())
-                    loss_sum += float(loss)
+                    loss_sum += float(bce)
                     loss_n += 1
                     pbar.update(1)
                     if step % cfg.train.log_every == 0 and env.rank == 0:
-                        pbar.set_postfix(loss=f"{loss_sum / max(loss_n, 1):.4f}")
-                        recorder.scalar("train/loss", loss_sum / max(loss_n, 1), step)
+                        pbar.set_postfix(logloss=f"{loss_sum / max(loss_n, 1):.4f}")
+                        recorder.scalar("train/logloss", loss_sum / max(loss_n, 1), step)
+                        recorder.scalar("train/loss", float(loss), step)
                     if fault_step is not None and step == fault_step and env.rank == env.world_size - 1 and not fault_marker.exists():
                         fault_marker.parent.mkdir(parents=True, exist_ok=True)
                         fault_marker.write_text(f"killed rank {env.rank} at step {step}\n")
@@ -520,7 +640,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = No
                             stop = True
                 if epoch_done:
                     epoch, pos = epoch + 1, 0
-                if ck_every and (step % ck_every == 0 or epoch_done or stop or step >= total):
+                if cfg.checkpoint.enabled and ((ck_every and step % ck_every == 0) or epoch_done or stop or step >= total):
                     save_checkpoint(ck_root, step, dmp, extra_state(), env, cfg.checkpoint.keep)
                 if stop or step >= total:
                     stop = True

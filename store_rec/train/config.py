@@ -10,13 +10,13 @@ Sections (every key optional except ``data.dir``)::
                 eval_batch_size, sid_table, sid_feature, shuffle, drop_last}
     model:     store_rec.models.config.ModelConfig
     optim:     {sparse: {type: adagrad|rowwise_adagrad, lr, eps}, dense: {type: adam|adagrad, lr},
-                weight_decay, warmup_steps, decay: none|linear|cosine, min_lr_ratio,
+                weight_decay, warmup_steps, decay: none|linear|cosine, min_lr_ratio, schedule_sparse_lr,
                 rotation: {lr, type: adam|sgd}}   # rotation steps follow model.rotation.schedule
     train:     {epochs, max_steps, eval_every, eval_at_epoch_end, early_stop_patience, seed,
                 log_every, eval_splits}
     sharding:  {plan_file, sharding_types, compute_kernels, tables: {t_<feature>: {sharding_types,
                 compute_kernels}}}
-    checkpoint:{dir, every_steps, keep}
+    checkpoint:{enabled, dir, every_steps, keep}
     output:    {dir, metrics_out, tensorboard, progress_bar}
     loss:      {aux_weights: {diversity: 0.1, recon: ..., orth: ...}}  # default: the model's own
 """
@@ -105,9 +105,10 @@ class OptimConfig:
     dense: DenseOptimConfig = field(default_factory=DenseOptimConfig)
     rotation: RotationOptimConfig = field(default_factory=RotationOptimConfig)
     weight_decay: float = 0.0  # dense parameters only
-    warmup_steps: int = 0  # linear warm-up of the dense and rotation LRs
+    warmup_steps: int = 0  # linear warm-up of the dense, rotation (and sparse, see below) LRs
     decay: Literal["none", "linear", "cosine"] = "none"  # after warm-up, to min_lr_ratio * lr at the last step
     min_lr_ratio: float = 0.0
+    schedule_sparse_lr: bool = True  # the embedding tables' (fused) LR follows the same warm-up/decay
 
     def __post_init__(self) -> None:
         check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
@@ -173,8 +174,12 @@ class ShardingConfig:
 
 @dataclass
 class CheckpointConfig:
+    """``checkpoint:``. When enabled, a checkpoint is written every ``every_steps`` optimizer steps (0:
+    none mid-epoch), at every epoch end and at the last step; ``keep`` newest ones are kept."""
+
+    enabled: bool = True
     dir: Optional[str] = None  # default: <output.dir>/checkpoints
-    every_steps: int = 0  # 0: only at epoch ends (when a dir is set) -- see app docs
+    every_steps: int = 0
     keep: int = 2
 
     def __post_init__(self) -> None:
