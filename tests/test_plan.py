@@ -161,20 +161,47 @@ def test_topology_presets_and_bad_keys(tmp_path):
 
 
 def test_insufficient_memory_is_a_user_error_with_suggestion(tmp_path, capsys):
-    spec = load_topology("h100x8").with_world_size(8)
-    big = [EmbeddingBagConfig(name="t_huge", embedding_dim=128, num_embeddings=2_000_000_000, feature_names=["huge"])]
-    with pytest.raises(PlanningError, match=r"TorchRec says: .*suggestion: more ranks \(world_size 8 -> 16\)") as e:
-        plan_tables(big, spec, "table_wise", "fused", PlanConfig(proposer="greedy"))
-    assert e.value.kind in ("insufficient_storage", "partition", "strict_constraints")
-    with pytest.raises(PlanningError, match=r"No available sharding type and compute kernel combination .*suggestion: .*data_parallel needs kernel dense") as e:
+    spec = load_topology("h100x8").with_world_size(8)  # 80 GB HBM + 256 GB DDR per rank, 15% reserved
+    # 2e9 x 128 fp32 = 953.7 GB: no rank holds it whole, whatever the kernel -> more ranks / UVM cannot help
+    huge = [EmbeddingBagConfig(name="t_huge", embedding_dim=128, num_embeddings=2_000_000_000, feature_names=["huge"])]
+    for kernel in ("fused", None):
+        with pytest.raises(PlanningError, match=r"table t_huge needs at least 953.7 GB on one rank .* a rank holds 68.0 GB HBM \+ 217.6 GB DDR") as e:
+            plan_tables(huge, spec, "table_wise", kernel, PlanConfig(proposer="greedy"))
+        msg = str(e.value)
+        assert e.value.kind == "table_too_large"
+        assert "more ranks cannot help (table_wise keeps a shard of this size on one rank)" in msg and "world_size 8 ->" not in msg
+        assert "--strategy row_wise" in msg and "ddr_cap_gb=1122" in msg  # 953.7 GB / 0.85
+        assert "--kernel fused_uvm_caching (table" not in msg  # does not fit DDR either
+    assert "kernels fused/fused_uvm/fused_uvm_caching" in msg  # kernel auto: TorchRec already tried DDR
+    # 4e8 x 128 = 190.7 GB: too big for HBM with the forced fused kernel, fits DDR -> UVM is the suggestion
+    mid = [EmbeddingBagConfig(name="t_mid", embedding_dim=128, num_embeddings=400_000_000, feature_names=["mid"])]
+    with pytest.raises(PlanningError, match=r"table t_mid needs at least 190.7 GB .*more ranks cannot help.*--kernel fused_uvm_caching \(table in host DDR") as e:
+        plan_tables(mid, spec, "table_wise", "fused", PlanConfig(proposer="greedy"))
+    assert e.value.kind == "table_too_large"
+    # row_wise: each table splits over all ranks, but together they exceed the cluster: 40 x 71.5 GB
+    many = [EmbeddingBagConfig(name=f"t_{i}", embedding_dim=128, num_embeddings=150_000_000, feature_names=[f"m{i}"]) for i in range(40)]
+    with pytest.raises(PlanningError, match=r"the tables need at least 2861.\d GB, the cluster has 2284.8 GB .*more ranks \(world_size 8 -> at least 11 ") as e:
+        plan_tables(many, spec, "row_wise", None, PlanConfig(proposer="greedy"))
+    assert e.value.kind == "insufficient_storage"
+    with pytest.raises(PlanningError, match=r"No available sharding type and compute kernel combination .*kernel fused is not offered for data_parallel on cuda \(offered: data_parallel: dense\)") as e:
         plan_tables(_tables(), spec, "data_parallel", "fused")
     assert e.value.kind == "strict_constraints"
-    with pytest.raises(UserError, match=r"--strategy: grid_shard is not available for compute_device cpu.*ROW_WISE_CPU"):
-        plan_tables(_tables(), load_topology("cpu_gloo"), "grid_shard")
+    cpu = load_topology("cpu_gloo")
+    with pytest.raises(PlanningError, match=r"--strategy: grid_shard is not available for compute_device cpu: grid_shard needs compute_device cuda .*ROW_WISE_CPU") as e:
+        plan_tables(_tables(), cpu, "grid_shard")
+    assert e.value.kind == "unsupported_device"
+    with pytest.raises(PlanningError, match=r"kernel fused_uvm_caching is not offered for table_wise on cpu \(offered: table_wise: fused\); UVM kernels need cuda"):
+        plan_tables(_tables(), cpu, "table_wise", "fused_uvm_caching")
     # through the CLI: one line on stderr, exit code 2
     rc = main(["plan", "--synthetic-tables", "3", "--rows-scale", "4", "--topology", "h100x8", "--world-sizes", "8", "--strategy", "table_wise", "--out", str(tmp_path)])
     err = capsys.readouterr().err
-    assert rc == 2 and err.startswith("store-rec plan: error: no sharding plan") and "suggestion:" in err and "Traceback" not in err
+    assert rc == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("store-rec plan: error: no sharding plan for 3 tables on 8 x cuda") and "suggestion:" in err
+    # in a sweep each failure is a row whose status names the reason
+    rc = main(["plan", "--synthetic-tables", "3", "--topology", "cpu_gloo", "--world-sizes", "2", "--strategy", "table_wise,grid_shard", "--out", str(tmp_path / "sweep")])
+    assert rc == 2 and "no run produced a plan" in capsys.readouterr().err
+    with (tmp_path / "sweep" / "comparison.csv").open() as f:
+        assert [(r["strategy"], r["status"]) for r in csv.DictReader(f)] == [("table_wise", "no plan (table_too_large)"), ("grid_shard", "no plan (unsupported_device)")]
 
 
 def test_cpu_plans_auto_keeps_torchrec_types_row_wise_when_forced():
@@ -280,3 +307,77 @@ def test_cli_sweep_from_config_writes_plans_table_and_plots(tmp_path, capsys):
     plan = load_plan(out / "plan_ws8_auto.json", tables, 8, "cuda", module_path=ebc_module_path(model)).plan
     assert list(plan) == ["model.sparse_arch.embedding_bag_collection"]
     assert sorted(plan["model.sparse_arch.embedding_bag_collection"]) == ["t_country", "t_item", "t_tags"]
+
+
+def test_load_checks_ranks_per_host(auto64, tmp_path, monkeypatch):
+    path = save_plan(auto64, tmp_path / "plan.json")  # h100x8: 8 ranks per host
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert sorted(load_plan(path, _tables(), 64, "cuda", local_world_size=8).plan[""]) == [f"t_f{i}" for i in range(6)]
+    with pytest.raises(UserError, match=r"local world size \(ranks per host\): plan has 8, this job has 4 \(shard placements are cuda:\{rank % 8\}"):
+        load_plan(path, _tables(), 64, "cuda", local_world_size=4)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # what torchrun / torchx set: the default when not given
+    with pytest.raises(UserError, match=r"plan has 8, this job has 4"):
+        load_plan(path, _tables(), 64, "cuda")
+    # cpu placements carry no device index: only host-grouped types (table_row_wise) care
+    cpu = load_topology("cpu_gloo").with_world_size(4)  # 2 ranks per host
+    tw = save_plan(plan_tables(_tables(), cpu, "table_wise", None, PlanConfig(proposer="greedy")), tmp_path / "tw.json")
+    assert len(load_plan(tw, _tables(), 4, "cpu", local_world_size=4).plan[""]) == 6
+    twrw = save_plan(plan_tables(_tables(), cpu, "table_row_wise", None, PlanConfig(proposer="greedy")), tmp_path / "twrw.json")
+    assert len(load_plan(twrw, _tables(), 4, "cpu", local_world_size=2).plan[""]) == 6
+    with pytest.raises(UserError, match=r"local world size \(ranks per host\): plan has 2, this job has 4 \(table_row_wise shards are grouped by host\)"):
+        load_plan(twrw, _tables(), 4, "cpu", local_world_size=4)
+
+
+def test_copy_sharding_options_equals_deepcopy(auto64):
+    import copy
+
+    from store_rec.distributed.planning import copy_sharding_options
+
+    opts = auto64.sharding_options
+    fast, ref = copy_sharding_options(opts), copy.deepcopy(opts)
+    assert len(fast) == len(ref) == 6
+    for a, b, o in zip(fast, ref, opts):
+        assert sorted(a.__dict__) == sorted(b.__dict__)
+        assert a.tensor is o.tensor and a.module is o.module  # shared, as ShardingOption.__deepcopy__ does
+        assert (a.name, a.sharding_type, a.compute_kernel, a.cache_params) == (b.name, b.sharding_type, b.compute_kernel, b.cache_params)
+        assert [(s.size, s.offset, s.storage, s.perf, s.rank) for s in a.shards] == [(s.size, s.offset, s.storage, s.perf, s.rank) for s in b.shards]
+        for sa, so in zip(a.shards, o.shards):  # nothing mutable shared with the original
+            assert sa is not so and sa.size is not so.size and sa.perf is not so.perf and sa.storage is not so.storage
+
+
+def test_interface_command_prepares_smoke_data_and_writes_plans(tmp_path, capsys, monkeypatch):
+    """`store-rec plan --config configs/smoke.yaml --topology h100x8 --world-sizes 64,1024 --out DIR` on a fresh
+    checkout: data.dir is missing, so it is generated from data.prepare_if_missing (into a temp dir here)."""
+    import re
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    data, out = tmp_path / "smoke", tmp_path / "plan"
+    rc = main(["plan", "--config", "configs/smoke.yaml", "--topology", "h100x8", "--world-sizes", "64,1024", "--out", str(out), f"data.dir={data}"])
+    text = capsys.readouterr().out
+    assert rc == 0
+    assert (data / "schema.json").exists() and f"data.dir {data} has no schema.json: preparing synthetic data" in text
+    for w in (64, 1024):
+        p = read_plan(out / f"plan_ws{w}_auto.json")
+        assert p["world_size"] == w and p["local_world_size"] == 8 and p["compute_device"] == "cuda"
+        assert len(p["tables"]) == 13 and set(p["plan"]) == {t["name"] for t in p["tables"]}
+        # smoke.yaml's sharding.sharding_types bound the auto search
+        assert {e["sharding_type"] for e in p["plan"].values()} <= {"table_wise", "column_wise", "data_parallel"}
+    times = [float(x) for x in re.findall(r"\[ws(?:64|1024)_auto\] planning time (\d+\.\d+) s \(default proposer\)", text)]
+    assert len(times) == 2 and all(t > 0 for t in times)
+    with (out / "comparison.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(int(r["world_size"]), r["strategy"], r["status"]) for r in rows] == [(64, "auto", "ok"), (1024, "auto", "ok")]
+    assert [float(r["planning_time_s"]) for r in rows] == pytest.approx(times, abs=0.01)
+    assert (out / "comparison.md").read_text().count("| auto | auto | default | ok |") == 2
+
+
+def test_auto_proposer_by_problem_size():
+    from store_rec.distributed.planning import AUTO_PROPOSER_LIMIT, choose_proposer
+
+    assert AUTO_PROPOSER_LIMIT == 200_000
+    assert choose_proposer("auto", 13, 1024) == "default"  # smoke.yaml: 169 * 1024 = 173,056
+    assert choose_proposer("auto", 26, 64) == "default"  # 43,264
+    assert choose_proposer("auto", 23, 1024) == "uniform"  # 541,696
+    assert choose_proposer("auto", 200, 64) == "uniform"  # 2,560,000
+    assert choose_proposer("greedy", 200, 1024) == "greedy" and choose_proposer("default", 200, 1024) == "default"
+    assert PlanConfig().proposer == "auto"

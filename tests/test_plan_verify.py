@@ -34,3 +34,4 @@ def test_verify_table_wise_column_wise_row_wise_on_2_gloo_ranks(tmp_path, capsys
     assert all([s["rank"] for s in e["shards"]] == [0, 1] and e["shards"][1]["offsets"][0] > 0 for e in plan_rw.values())
     assert sum(x["shards_checked"] for x in res["row_wise"]["ranks"]) == 8
     assert "--verify table_wise: 2 gloo ranks" in out and "-> OK" in out
+    assert "--verify: gloo reduce_scatter / reduce_scatter_tensor on 2 ranks (expected [3.0, 3.0] and [6.0, 6.0]): rank 0: [3.0, 3.0] / [3.0, 3.0]; rank 1: [6.0, 6.0] / [6.0, 6.0]" in out

@@ -14,8 +14,9 @@ Config keys read (everything else in the file is ignored, so a train config work
 ``model`` (ModelConfig), ``plan`` (store_rec.distributed.planning.PlanConfig; planning-only configs),
 ``sharding`` (the train config's planner constraints: ``tables.<t>`` overrides, and global
 ``sharding_types`` / ``compute_kernels`` for ``--strategy auto`` runs) and from ``data`` the prepared
-dataset directory (first of ``data.dir``, ``data.data_dir``, ``data.path``, ``data.prepared_dir``) and an
-optional SID table (``data.sid_table``).
+dataset directory (first of ``data.dir``, ``data.data_dir``, ``data.path``, ``data.prepared_dir``; when it
+has no schema.json and ``data.prepare_if_missing`` is set, the synthetic dataset is generated there first,
+exactly as ``store-rec train`` does) and an optional SID table (``data.sid_table``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def register(subparsers) -> None:
     p.add_argument("--kernel", default=None, help="force a compute kernel on every table: fused, fused_uvm_caching, fused_uvm, dense ...")
     p.add_argument("--synthetic-tables", type=int, default=None, metavar="N", help="plan N synthetic industrial tables instead of (or without) a config")
     p.add_argument("--rows-scale", type=float, default=None, help="multiply synthetic table rows (largest table = 1e9 x this)")
-    p.add_argument("--proposer", choices=("default", "greedy", "uniform"), default=None, help="TorchRec proposers (default: all four; greedy is faster for big sweeps)")
+    p.add_argument("--proposer", choices=("auto", "default", "greedy", "uniform"), default=None, help="TorchRec proposers: auto (default: TorchRec's four for small problems, uniform for big ones; see docs/PLANNING.md), default (all four), greedy, uniform")
     p.add_argument("--timeout", type=int, default=None, help="stop each search after this many seconds and keep the best plan so far")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--verify", action="store_true", help="for cpu-runnable strategies: 2 gloo ranks apply a world-size-2 cpu plan and check sharded == unsharded fwd/bwd")
@@ -158,6 +159,26 @@ def _asdict(obj):
     return dataclasses.asdict(obj)
 
 
+def prepare_if_missing(d: Path, params: Any, where: str) -> None:
+    """Generate the synthetic dataset ``data.prepare_if_missing`` describes into ``d``, as ``store-rec
+    train`` does (same validation, :class:`store_rec.train.config.SyntheticConfig`, and the same
+    generator call, :func:`store_rec.data.synthetic.prepare_synthetic`, so both produce identical data)."""
+    from store_rec.config import ConfigError, from_dict
+    from store_rec.data.synthetic import prepare_synthetic
+    from store_rec.train.config import SyntheticConfig
+
+    if not isinstance(params, dict):
+        raise ConfigError(f"{where}: data.prepare_if_missing: expected a mapping (rows, items, users, seed, num_clusters, params), got {params!r}")
+    try:
+        p = from_dict(SyntheticConfig, params, "data.prepare_if_missing")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    t0 = time.perf_counter()
+    print(f"data.dir {d} has no schema.json: preparing synthetic data from data.prepare_if_missing ({p.rows} rows)")
+    prepare_synthetic(d, rows=p.rows, items=p.items, users=p.users, seed=p.seed, num_clusters=p.num_clusters, **p.params)
+    print(f"prepared {d} in {time.perf_counter() - t0:.1f} s")
+
+
 def _schema_from(raw: Dict[str, Any], where: str):
     """Prepared dataset's schema (+ SID features from data.sid_table) -> (DatasetSchema, data dir)."""
     from store_rec.data.schema import SID, DatasetSchema, SparseFeature
@@ -171,12 +192,12 @@ def _schema_from(raw: Dict[str, Any], where: str):
         raise UserError(f"{where}: data: no prepared dataset directory (set one of data.{', data.'.join(DATA_DIR_KEYS)})")
     d = Path(str(data[key]))
     if not (d / "schema.json").exists():
-        hint = (
-            "data.prepare_if_missing is set: run `store-rec train` with this config once, or prepare it"
-            if data.get("prepare_if_missing")
-            else "prepare it"
-        )
-        raise UserError(f"{where}: data.{key}: {d} has no schema.json ({hint} with `store-rec data prepare ... --out {d}`)")
+        if not data.get("prepare_if_missing"):
+            raise UserError(
+                f"{where}: data.{key}: {d} has no schema.json (prepare it with `store-rec data prepare ... --out {d}`, "
+                "or set data.prepare_if_missing)"
+            )
+        prepare_if_missing(d, data["prepare_if_missing"], where)
     schema = DatasetSchema.load(d)
     sid_table = data.get("sid_table")
     if sid_table and not schema.features_with_role(SID):
@@ -200,7 +221,7 @@ def run(args) -> int:
     import logging
 
     from store_rec.distributed.plan_io import save_plan
-    from store_rec.distributed.planning import KERNELS, STRATEGIES, plan_tables
+    from store_rec.distributed.planning import KERNELS, STRATEGIES, choose_proposer, plan_tables
     from store_rec.distributed.topology import load_topology
     from store_rec.errors import UserError
 
@@ -231,7 +252,7 @@ def run(args) -> int:
                 if len(worlds) * len(strategies) == 1:
                     raise
                 failures.append(f"{tag}: {e}")
-                records.append({"world_size": w, "strategy": s, "kernel": args.kernel or "auto", "status": f"no plan ({getattr(e, 'kind', 'other')})", "planning_time_s": round(time.perf_counter() - t0, 3)})
+                records.append({"world_size": w, "strategy": s, "kernel": args.kernel or "auto", "proposer": choose_proposer(cfg.proposer, len(tables), w), "status": f"no plan ({getattr(e, 'kind', 'other')})", "planning_time_s": round(time.perf_counter() - t0, 3)})
                 print(f"[{tag}] no plan ({time.perf_counter() - t0:.1f} s): {e}")
                 continue
             save_plan(res, out / f"plan_{tag}.json")
@@ -240,7 +261,7 @@ def run(args) -> int:
             rec = {**res.summary(), "status": "ok"}
             records.append(rec)
             print(
-                f"[{tag}] planning time {res.planning_time_s:.2f} s | step {rec['step_time_ms']:.3f} ms (est.) | "
+                f"[{tag}] planning time {res.planning_time_s:.2f} s ({rec['proposer']} proposer) | step {rec['step_time_ms']:.3f} ms (est.) | "
                 f"peak HBM {rec['peak_hbm_gb']:.2f} GB, DDR {rec['peak_ddr_gb']:.2f} GB per rank | imbalance perf {rec['perf_imbalance']:.2f}, "
                 f"HBM {rec['hbm_imbalance']:.2f} | {rec['sharding_types']}"
             )
@@ -257,7 +278,7 @@ def run(args) -> int:
 
 
 COLUMNS = [
-    "world_size", "strategy", "kernel", "status", "step_time_ms", "fwd_compute_ms", "fwd_comms_ms", "bwd_compute_ms",
+    "world_size", "strategy", "kernel", "proposer", "status", "step_time_ms", "fwd_compute_ms", "fwd_comms_ms", "bwd_compute_ms",
     "bwd_comms_ms", "input_dist_ms", "peak_hbm_gb", "peak_ddr_gb", "perf_imbalance", "hbm_imbalance", "ddr_imbalance",
     "planning_time_s", "sharding_types",
 ]
@@ -345,6 +366,10 @@ def _verify(args, tables, strategies, out: Path) -> None:
     if not todo:
         return
     results = verify_strategies(tables, todo, out / "verify", max_rows=args.verify_max_rows)
+    probe = next((r["gloo_reduce_scatter"] for r in results if "gloo_reduce_scatter" in r), None)
+    if probe:
+        got = "; ".join(f"rank {p['rank']}: " + (p["error"] if "error" in p else f"{p['reduce_scatter']} / {p['reduce_scatter_tensor']}") for p in probe)
+        print(f"--verify: gloo reduce_scatter / reduce_scatter_tensor on 2 ranks (expected [3.0, 3.0] and [6.0, 6.0]): {got}")
     bad = []
     for r in results:
         print(

@@ -96,8 +96,25 @@ def read_plan(path: os.PathLike) -> Dict[str, Any]:
     return d
 
 
-def check_plan(d: Dict[str, Any], tables: Sequence[Any], world_size: int, device: str, where: str = "plan") -> None:
-    """Raise :class:`UserError` naming every difference between plan ``d`` and the running job."""
+HOST_GROUPED_TYPES = ("table_row_wise", "grid_shard")
+"""Sharding types whose shards TorchRec groups by host (``local_world_size`` ranks per host)."""
+
+
+def check_plan(
+    d: Dict[str, Any],
+    tables: Sequence[Any],
+    world_size: int,
+    device: str,
+    where: str = "plan",
+    local_world_size: Optional[int] = None,
+) -> None:
+    """Raise :class:`UserError` naming every difference between plan ``d`` and the running job.
+
+    ``local_world_size`` (ranks per host of the job; None = unknown, not checked) must equal the plan's
+    for cuda plans: each shard's placement is ``cuda:{rank % local_world_size}`` and the planner's
+    intra-/inter-host cost model assumed it. For cpu plans it matters only where shards are grouped by
+    host (table_row_wise, grid_shard); cpu placements carry no device index.
+    """
     from store_rec.distributed.planning import table_fingerprint
 
     problems: List[str] = []
@@ -106,6 +123,19 @@ def check_plan(d: Dict[str, Any], tables: Sequence[Any], world_size: int, device
     dev = str(device).split(":")[0]
     if d["compute_device"] != dev:
         problems.append(f"device: plan is for {d['compute_device']}, this job runs on {dev}")
+    plan_local = int(d.get("local_world_size") or d["world_size"])
+    if local_world_size is not None and int(local_world_size) != plan_local and d["compute_device"] == dev:
+        grouped = sorted({e.get("sharding_type") for e in d["plan"].values() if isinstance(e, dict)} & set(HOST_GROUPED_TYPES))
+        if dev == "cuda":
+            problems.append(
+                f"local world size (ranks per host): plan has {plan_local}, this job has {local_world_size} "
+                f"(shard placements are cuda:{{rank % {plan_local}}} and the cost model assumed {plan_local} ranks per host)"
+            )
+        elif grouped:
+            problems.append(
+                f"local world size (ranks per host): plan has {plan_local}, this job has {local_world_size} "
+                f"({', '.join(grouped)} shards are grouped by host)"
+            )
     saved = {t["name"]: t for t in d["tables"]}
     now = {t["name"]: t for t in table_fingerprint(tables)}
     missing = sorted(set(now) - set(saved))
@@ -131,6 +161,7 @@ def load_plan(
     world_size: int,
     device: Any,
     module_path: Optional[str] = None,
+    local_world_size: Optional[int] = None,
 ) -> Any:
     """Read a plan JSON and return a ``torchrec.distributed.types.ShardingPlan`` for this job.
 
@@ -142,16 +173,21 @@ def load_plan(
         module_path: FQN of the EmbeddingBagCollection inside the model the plan is applied to
             (e.g. ``"sparse_arch.embedding_bag_collection"`` for a DLRM); default: the file's
             ``module_path`` (``""``: the plan applies to a bare EBC).
+        local_world_size: the job's ranks per host; default: ``$LOCAL_WORLD_SIZE`` (set by torchrun /
+            torchx / elastic launch), not checked when neither is known. See :func:`check_plan`.
 
     Raises:
-        UserError: the plan was made for another world size, device or table set (rows/dims).
+        UserError: the plan was made for another world size, device, ranks per host (cuda) or table
+            set (rows/dims).
     """
     from torch.distributed._shard.sharding_spec import EnumerableShardingSpec, ShardMetadata
     from torchrec.distributed.sharding_plan import placement
     from torchrec.distributed.types import EmbeddingModuleShardingPlan, ParameterSharding, ShardingPlan
 
     d = read_plan(path)
-    check_plan(d, tables, world_size, str(getattr(device, "type", device)), where=str(path))
+    if local_world_size is None and os.environ.get("LOCAL_WORLD_SIZE", "").isdigit():
+        local_world_size = int(os.environ["LOCAL_WORLD_SIZE"])
+    check_plan(d, tables, world_size, str(getattr(device, "type", device)), where=str(path), local_world_size=local_world_size)
     local = int(d.get("local_world_size") or world_size)
     dev = d["compute_device"]
     mod_plan = EmbeddingModuleShardingPlan()

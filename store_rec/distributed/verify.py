@@ -30,6 +30,9 @@ from typing import Any, Dict, List, Sequence
 
 TOL = 1e-5
 WORLD = 2
+SHARDERS = ("store_rec", "torchrec")
+ROW_WISE = ("row_wise", "table_row_wise")
+PROBE = "gloo_reduce_scatter"
 
 
 def _tables_json(tables: Sequence[Any]) -> List[Dict[str, Any]]:
@@ -52,6 +55,36 @@ def _local_batch(tables: List[Any], rank: int, batch_size: int, seed: int):
     return KeyedJaggedTensor.from_lengths_sync(keys=keys, values=torch.cat(values), lengths=torch.cat(lengths))
 
 
+def gloo_reduce_scatter_probe() -> Dict[str, List[float]]:
+    """Call ``reduce_scatter`` and ``reduce_scatter_tensor`` on the current (gloo) process group.
+
+    Rank ``r`` contributes ``(r + 1) * (j + 1)`` (two elements) to destination rank ``j``, so rank ``j``
+    must receive ``(j + 1) * world * (world + 1) / 2`` -- ``[3, 3]`` on rank 0 and ``[6, 6]`` on rank 1 for
+    2 ranks. Returns what this rank received from each call (TorchRec's row-wise output dist uses both:
+    ``reduce_scatter`` in ``ReduceScatter_Req``, the tensor form in the sync path)."""
+    import torch
+    import torch.distributed as dist
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    inputs = [torch.full((2,), float((rank + 1) * (j + 1))) for j in range(world)]
+    got = torch.zeros(2)
+    dist.reduce_scatter(got, inputs)
+    got_t = torch.zeros(2)
+    dist.reduce_scatter_tensor(got_t, torch.cat(inputs))
+    return {"reduce_scatter": got.tolist(), "reduce_scatter_tensor": got_t.tolist()}
+
+
+def _sharder(kind: str, fused_params: Dict[str, Any]) -> Any:
+    """``store_rec``: CpuRowWiseEBCSharder; ``torchrec``: TorchRec's stock EmbeddingBagCollectionSharder."""
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+
+    from store_rec.distributed.cpu_row_wise import CpuRowWiseEBCSharder
+
+    if kind not in SHARDERS:
+        raise ValueError(f"sharder {kind!r} is not one of {SHARDERS}")
+    return (CpuRowWiseEBCSharder if kind == "store_rec" else EmbeddingBagCollectionSharder)(fused_params=fused_params)
+
+
 def _worker(jobs: List[Dict[str, Any]], tables_js: List[Dict[str, Any]], batch_size: int, seed: int) -> List[Dict[str, Any]]:
     import torch
     import torch.distributed as dist
@@ -61,14 +94,18 @@ def _worker(jobs: List[Dict[str, Any]], tables_js: List[Dict[str, Any]], batch_s
     from torchrec.modules.embedding_configs import EmbeddingBagConfig
     from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-    from store_rec.distributed.cpu_row_wise import CpuRowWiseEBCSharder
     from store_rec.distributed.plan_io import load_plan
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     tables = [EmbeddingBagConfig(**t) for t in tables_js]
-    out = []
+    out: List[Dict[str, Any]] = []
     try:
+        if any(j["strategy"] in ROW_WISE for j in jobs):
+            try:
+                out.append({"strategy": PROBE, "rank": rank, **gloo_reduce_scatter_probe()})
+            except RuntimeError as e:  # an older torch: gloo without reduce-scatter
+                out.append({"strategy": PROBE, "rank": rank, "error": " ".join(str(e).split())[:300]})
         for job in jobs:
             torch.manual_seed(seed)
             ref = EmbeddingBagCollection(tables=tables, device=torch.device("cpu"))
@@ -85,7 +122,7 @@ def _worker(jobs: List[Dict[str, Any]], tables_js: List[Dict[str, Any]], batch_s
             ref_out, c_local = outs[rank]
 
             plan = load_plan(job["plan"], tables, world, "cpu")
-            sharder = CpuRowWiseEBCSharder(fused_params={"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 1.0})
+            sharder = _sharder(job.get("sharder", "store_rec"), {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 1.0})
             dmp = DistributedModelParallel(
                 module=EmbeddingBagCollection(tables=tables, device=torch.device("meta")),
                 env=ShardingEnv.from_process_group(dist.group.WORLD),
@@ -125,17 +162,34 @@ def _worker(jobs: List[Dict[str, Any]], tables_js: List[Dict[str, Any]], batch_s
                     checked += 1
                 else:
                     raise RuntimeError(f"{job['strategy']}: replicated table {name} got no gradient")
-            out.append({"strategy": job["strategy"], "rank": rank, "max_fwd_diff": fwd, "max_grad_diff": gdiff, "shards_checked": checked})
+            out.append({"strategy": job["strategy"], "sharder": job.get("sharder", "store_rec"), "rank": rank, "max_fwd_diff": fwd, "max_grad_diff": gdiff, "shards_checked": checked})
             dist.barrier()
     finally:
         dist.destroy_process_group()
     return out
 
 
-def verify_strategies(tables: Sequence[Any], strategies: Sequence[str], out_dir: os.PathLike, max_rows: int = 5000, batch_size: int = 8, seed: int = 0) -> List[Dict[str, Any]]:
+def verify_strategies(
+    tables: Sequence[Any],
+    strategies: Sequence[str],
+    out_dir: os.PathLike,
+    max_rows: int = 5000,
+    batch_size: int = 8,
+    seed: int = 0,
+    sharders: Sequence[str] = ("store_rec",),
+) -> List[Dict[str, Any]]:
     """Plan each strategy for 2 cpu ranks, run the plans on 2 gloo processes, compare with the unsharded EBC.
 
-    Returns one record per strategy: ``{strategy, max_fwd_diff, max_grad_diff, ok, plan}`` (maxima over ranks).
+    Args:
+        sharders: which EBC sharder ``DistributedModelParallel`` applies each plan with: ``store_rec``
+            (:class:`~store_rec.distributed.cpu_row_wise.CpuRowWiseEBCSharder`) and/or ``torchrec``
+            (TorchRec's stock ``EmbeddingBagCollectionSharder``). Plans are always made with the
+            former (TorchRec's planner refuses row-wise types on cpu with the stock one).
+
+    Returns one record per (strategy, sharder): ``{strategy, sharder, max_fwd_diff, max_grad_diff, ok,
+    plan, ranks}`` (maxima over ranks). When a row-wise strategy is checked, the records of row-wise
+    strategies also carry ``gloo_reduce_scatter``: what :func:`gloo_reduce_scatter_probe` received per
+    rank, and ``DIR/gloo_reduce_scatter.json`` is written.
     """
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
     from torchrec.modules.embedding_configs import EmbeddingBagConfig
@@ -144,6 +198,9 @@ def verify_strategies(tables: Sequence[Any], strategies: Sequence[str], out_dir:
     from store_rec.distributed.planning import PlanConfig, TableOverride, plan_tables
     from store_rec.distributed.topology import load_topology
 
+    bad = [s for s in sharders if s not in SHARDERS]
+    if bad or not sharders:
+        raise ValueError(f"sharders: expected some of {SHARDERS}, got {list(sharders)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     small = [EmbeddingBagConfig(name=t.name, embedding_dim=t.embedding_dim, num_embeddings=min(t.num_embeddings, max_rows), feature_names=list(t.feature_names)) for t in tables]
@@ -155,7 +212,7 @@ def verify_strategies(tables: Sequence[Any], strategies: Sequence[str], out_dir:
             cfg.tables = {t.name: TableOverride(min_partition=max(4, (t.embedding_dim // 2) // 4 * 4)) for t in small}
         res = plan_tables(small, spec, s, None, cfg)
         path = save_plan(res, out / f"plan_verify_{s}.json")
-        jobs.append({"strategy": s, "plan": str(path)})
+        jobs += [{"strategy": s, "sharder": sh, "plan": str(path)} for sh in sharders]
     with tempfile.TemporaryDirectory() as tmp:
         lc = LaunchConfig(
             min_nodes=1,
@@ -170,11 +227,18 @@ def verify_strategies(tables: Sequence[Any], strategies: Sequence[str], out_dir:
             max_restarts=0,
         )
         per_rank = elastic_launch(lc, entrypoint=_worker)(jobs, _tables_json(small), batch_size, seed)
+    all_recs = [r for rank_recs in per_rank.values() for r in rank_recs]
+    probe = sorted((r for r in all_recs if r["strategy"] == PROBE), key=lambda r: r["rank"])
+    if probe:
+        (out / "gloo_reduce_scatter.json").write_text(json.dumps(probe, indent=1) + "\n")
     results = []
     for j in jobs:
-        recs = [r for rank_recs in per_rank.values() for r in rank_recs if r["strategy"] == j["strategy"]]
+        recs = [r for r in all_recs if r["strategy"] == j["strategy"] and r.get("sharder") == j["sharder"]]
         fwd = max(r["max_fwd_diff"] for r in recs)
         grad = max(r["max_grad_diff"] for r in recs)
-        results.append({"strategy": j["strategy"], "max_fwd_diff": fwd, "max_grad_diff": grad, "ok": fwd <= TOL and grad <= TOL, "plan": j["plan"], "ranks": recs})
+        rec = {"strategy": j["strategy"], "sharder": j["sharder"], "max_fwd_diff": fwd, "max_grad_diff": grad, "ok": fwd <= TOL and grad <= TOL, "plan": j["plan"], "ranks": recs}
+        if j["strategy"] in ROW_WISE and probe:
+            rec["gloo_reduce_scatter"] = probe
+        results.append(rec)
     (out / "verify.json").write_text(json.dumps(results, indent=1) + "\n")
     return results

@@ -56,7 +56,7 @@ from torch import nn
 
 from store_rec.config import to_dict
 from store_rec.errors import UserError
-from store_rec.train.config import CPU_SHARDING_TYPES, TrainConfig
+from store_rec.train.config import CPU_ROW_WISE_SHARDING_TYPES, CPU_SHARDING_TYPES, TrainConfig
 from store_rec.train.metrics import finite_or_none, gather_predictions, ranking_metrics
 
 logger = logging.getLogger(__name__)
@@ -157,10 +157,11 @@ def planner_constraints(cfg: TrainConfig, tables: List[Any], device: torch.devic
         st = (over.sharding_types if over and over.sharding_types else None) or sh.sharding_types
         ck = (over.compute_kernels if over and over.compute_kernels else None) or sh.compute_kernels
         if device.type == "cpu":
-            bad = [s for s in (st or []) if s not in CPU_SHARDING_TYPES]
+            cpu_ok = CPU_SHARDING_TYPES + CPU_ROW_WISE_SHARDING_TYPES
+            bad = [s for s in (st or []) if s not in cpu_ok]
             if bad:
                 where = f"sharding.tables.{t.name}" if over and over.sharding_types else "sharding"
-                raise UserError(f"{where}.sharding_types: {bad} need CUDA; on CPU use {list(CPU_SHARDING_TYPES)}")
+                raise UserError(f"{where}.sharding_types: {bad} need CUDA; on CPU use {list(cpu_ok)}")
             st = st or list(CPU_SHARDING_TYPES)
         if st or ck:
             out[t.name] = ParameterConstraints(sharding_types=st, compute_kernels=ck)
@@ -173,11 +174,13 @@ def shard_model(wrapper: TrainWrapper, cfg: TrainConfig, env: DistEnv, tables: L
     from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
     from torchrec.distributed.sharding_plan import get_default_sharders
 
-    sharders = get_default_sharders()
+    from store_rec.distributed.cpu_row_wise import with_cpu_row_wise
+
+    sharders = with_cpu_row_wise(get_default_sharders())  # lets the planner offer row_wise on cpu
     if plan_file:
         from store_rec.distributed.plan_io import ebc_module_path, load_plan
 
-        plan = load_plan(plan_file, tables, env.world_size, env.device, module_path=ebc_module_path(wrapper))
+        plan = load_plan(plan_file, tables, env.world_size, env.device, module_path=ebc_module_path(wrapper), local_world_size=env.local_world_size)
     else:
         topology = Topology(world_size=env.world_size, local_world_size=env.local_world_size, compute_device=env.device.type)
         planner = EmbeddingShardingPlanner(topology=topology, constraints=planner_constraints(cfg, tables, env.device))

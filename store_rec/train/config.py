@@ -30,7 +30,8 @@ from store_rec.config import check
 from store_rec.models.config import ModelConfig
 
 CPU_SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise")
-ALL_SHARDING_TYPES = CPU_SHARDING_TYPES + ("row_wise", "table_row_wise", "grid_shard")
+CPU_ROW_WISE_SHARDING_TYPES = ("row_wise", "table_row_wise")  # on cpu when asked for (docs/ROW_WISE_CPU.md)
+ALL_SHARDING_TYPES = CPU_SHARDING_TYPES + CPU_ROW_WISE_SHARDING_TYPES + ("grid_shard",)
 COMPUTE_KERNELS = ("dense", "fused", "fused_uvm", "fused_uvm_caching", "key_value")
 
 
