@@ -256,3 +256,25 @@ def test_no_dense_features_uses_constant_input():
     model = build_model(_cfg(), schema)
     logits, _ = model(tiny_batch(schema, 4))
     assert logits.shape == (4,)
+
+
+def test_interaction_arch_flops_counts_ffn_and_analytic_attention():
+    """``StoreInteractionArch.flops``: FFN/LayerNorm/projection matmuls counted by FlopCounterMode, the
+    attention core analytically; MoBA and vanilla differ by exactly their attention-core difference."""
+    from store_rec.models.config import AttentionConfig, RotationConfig
+    from store_rec.models.store import StoreInteractionArch
+
+    B, L, D, ffn = 8, 32, 16, 32
+
+    def arch(kind):
+        att = AttentionConfig(type=kind, sparsity=0.5, block_size=4, num_layers=1, num_heads=2, ffn_dim=ffn, pooling="mean")
+        return StoreInteractionArch(L - 1, D, rotation=RotationConfig(enabled=False), attention=att)
+
+    m, v = arch("moba"), arch("vanilla")
+    fm, fv = m.flops(B), v.flops(B)
+    # FFN alone: two linears, fwd 2*B*L*D*ffn each, bwd twice that (input + weight grads)
+    ffn_flops = 3 * 2 * (2 * B * L * D * ffn)
+    assert fv - v.attention_flops(B) >= ffn_flops
+    assert fm - m.attention_flops(B) == fv - v.attention_flops(B)
+    assert v.attention_flops(B) > m.attention_flops(B) > 0
+    assert m.flops(2 * B) == 2 * fm  # linear in the batch

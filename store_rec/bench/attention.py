@@ -6,9 +6,17 @@ impl="fast")``) and dense ``F.scaled_dot_product_attention`` run fwd+bwd on the 
 and the medians are compared. FLOPs are analytic (``store_rec.ops.flops``; FlopCounterMode sees 0 for
 CPU SDPA). ``flops_ratio`` is dense / MoBA for the attention core (gate included);
 ``module_flops_ratio`` adds the q/k/v/out projections of a ``BlockSparseAttention`` layer.
-With ``--module`` whole layers are timed instead (``BlockSparseAttention`` MoBA vs ``dense=True``
-with the same weights; fwd + bwd to the input and the parameters) and both FLOPs ratios include the
-projections.
+
+``--level`` picks what is timed (MoBA and dense always share weights; fwd + bwd to the inputs and
+the parameters):
+
+* ``op`` (default): the attention core on ``q, k, v: Tensor[B, H, L, Dh]``;
+* ``layer``: a ``BlockSparseAttention`` layer (q/k/v/out projections included) vs ``dense=True``;
+* ``arch``: STORE's whole interaction arch (``StoreInteractionArch``: L tokens = dense token + L-1
+  sparse features, ``--arch-layers`` post-LN attention + FFN(``--ffn-dim``) blocks, mean pooling, no
+  rotation) with ``attention.type`` moba vs vanilla -- what a model step pays. Its FLOPs come from
+  ``StoreInteractionArch.flops`` (FFN / LayerNorm counted, attention analytic), so at this level
+  ``flops_ratio`` is the arch's ratio, diluted by the FFN and projections that sparsity cannot cut.
 
 Blocks: ``num_blocks`` (default 8) per sequence, so ``block_size = ceil(L / num_blocks)`` and the
 sparsities {0, 1/4, 1/2, 3/4} are exact at every L (``--block-size`` fixes the block size instead).
@@ -66,12 +74,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per point (default 5; quick 3)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1, see module doc)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--module",
-        action="store_true",
-        help="time whole BlockSparseAttention layers (q/k/v/out projections included; MoBA vs dense=True) "
-        "instead of the attention op; flops then include the projections",
-    )
+    parser.add_argument("--level", choices=("op", "layer", "arch"), default="op",
+                        help="what is timed: the attention op, a BlockSparseAttention layer, or the whole "
+                        "StoreInteractionArch (default op; see module doc)")
+    parser.add_argument("--arch-layers", type=int, default=1, help="arch level: attention + FFN blocks (default 1)")
+    parser.add_argument("--ffn-dim", type=int, default=None, help="arch level: FFN width (default 2 * d-model)")
 
 
 def _csv(text, cast):
@@ -82,7 +89,7 @@ def _fwd_bwd(fn, q, k, v, grad_out):
     import torch
 
     out = fn(q, k, v)
-    if k is None:  # --module: input and parameter gradients, as in training
+    if v is None:  # layer / arch level: input and parameter gradients, as in training
         out.backward(grad_out)
     else:
         torch.autograd.grad(out, (q, k, v), grad_out)
@@ -197,9 +204,29 @@ def run(args):
     points = [(L, s, DEFAULT_ROUTING) for L in lengths for s in sparsities]
     points += [(L, 0.5, r) for L in lengths for r in extra]
     records: List[Dict[str, Any]] = []
+    level = args.level
     for L, s, routing in points:
         bs = args.block_size or math.ceil(L / args.num_blocks)
-        if args.module:
+        if level == "arch":
+            from store_rec.models.config import AttentionConfig, RotationConfig
+            from store_rec.models.store import StoreInteractionArch
+
+            def arch(kind: str, bs=bs, s=s, routing=routing) -> StoreInteractionArch:
+                att = AttentionConfig(type=kind, sparsity=s, block_size=bs, routing=routing, num_layers=args.arch_layers,
+                                      num_heads=H, ffn_dim=args.ffn_dim or 2 * D, pooling="mean")
+                return StoreInteractionArch(L - 1, D, rotation=RotationConfig(enabled=False), attention=att).to(device)
+
+            m_arch, d_arch = arch("moba"), arch("vanilla")
+            d_arch.load_state_dict(m_arch.state_dict())
+            dense_x = torch.randn(B, D, generator=gen).to(device).requires_grad_(True)
+            sparse_x = torch.randn(B, L - 1, D, generator=gen).to(device).requires_grad_(True)
+            g = torch.randn(B, D, generator=gen).to(device)
+            t = _time_pair(lambda d, sp, _v: m_arch(dense_features=d, sparse_features=sp),
+                           lambda d, sp, _v: d_arch(dense_features=d, sparse_features=sp), dense_x, sparse_x, None, g,
+                           repeats, sync)
+            mf, df = m_arch.flops(B), d_arch.flops(B)
+            del m_arch, d_arch, dense_x, sparse_x, g
+        elif level == "layer":
             x, g = (torch.randn(B, L, D, generator=gen).to(device) for _ in range(2))
             x.requires_grad_(True)
             layer = BlockSparseAttention(D, H, block_size=bs, sparsity=s, routing=routing).to(device)
@@ -223,7 +250,7 @@ def run(args):
             mf = moba_attention_flops(B, H, L, Dh, block_size=bs, sparsity=s, routing=routing, impl="fast")["total"]
             df = dense_attention_flops(B, H, L, Dh)
             del q, k, v, g
-        proj = 0 if args.module else projection_flops(B, L, D)
+        proj = 0 if level != "op" else projection_flops(B, L, D)
         nb = num_blocks(L, bs)
         records.append(
             {
@@ -247,7 +274,7 @@ def run(args):
                 "head_dim": Dh,
                 "d_model": D,
                 "repeats": t["repeats"],
-                "level": "module" if args.module else "op",
+                "level": level,
             }
         )
 
@@ -276,7 +303,8 @@ def run(args):
         "device": device.type,
         "dtype": "float32",
         "quick": quick,
-        "level": "module (BlockSparseAttention incl. projections)" if args.module else "op (attention core)",
+        "level": {"op": "op (attention core)", "layer": "layer (BlockSparseAttention incl. projections)",
+                  "arch": f"arch (StoreInteractionArch, {args.arch_layers} attention+FFN block(s), ffn {args.ffn_dim or 2 * D})"}[level],
         "timing": "median fwd+bwd wall seconds, MoBA and dense interleaved in one process",
     }
     return BenchResult(suite="attention", records=records, config=config, columns=COLUMNS, summary=summary, plot=_plot)

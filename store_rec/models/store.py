@@ -34,7 +34,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -195,6 +195,61 @@ class StoreInteractionArch(nn.Module):
         """Analytic FLOPs of the attention modules (q/k/v/out projections + attention core)."""
         return sum(int(layer.attn.flops(batch_size, self.seq_len, backward=backward)) for layer in self.layers)
 
+    def analytic_flops_modules(self) -> Dict[nn.Module, "FlopsFn"]:
+        """Attention modules -> ``fn(batch_size, backward) -> FLOPs`` (counted analytically)."""
+        return {layer.attn: (lambda b, bw, a=layer.attn: int(a.flops(b, self.seq_len, backward=bw))) for layer in self.layers}
+
+    def flops(self, batch_size: int, backward: bool = True) -> int:
+        """FLOPs of one fwd(+bwd) of this arch on ``batch_size`` samples (see :func:`count_flops`)."""
+        ref = next(iter(self.parameters()))
+        D, F = self.embedding_dim, self.num_sparse_features
+
+        def step(b: int) -> torch.Tensor:
+            dense = torch.randn(b, D, device=ref.device, dtype=ref.dtype, requires_grad=backward)
+            sparse = torch.randn(b, F, D, device=ref.device, dtype=ref.dtype, requires_grad=backward)
+            return self(dense_features=dense, sparse_features=sparse)
+
+        return count_flops(self, step, self.analytic_flops_modules(), batch_size, backward)
+
+
+FlopsFn = Callable[[int, bool], int]
+
+
+def count_flops(root: nn.Module, step: Callable[[int], torch.Tensor], analytic: Mapping[nn.Module, FlopsFn],
+                batch_size: int, backward: bool = True, owner: Optional[nn.Module] = None) -> int:
+    """FLOPs of ``step(b)`` (a forward of ``root`` on ``b`` synthetic samples, plus its backward when
+    ``backward``) on ``batch_size`` samples.
+
+    ``torch.utils.flop_counter.FlopCounterMode`` counts every op, except that the modules in
+    ``analytic`` (attention: the counter sees 0 for CPU SDPA) are replaced by their analytic count.
+    Everything counted is linear in the batch, so it runs at a batch of 4 and scales exactly.
+    ``root`` is the outermost module ``step`` calls that holds the ``analytic`` ones (the counter names
+    modules from there); ``owner`` (default ``root``) is run in train mode and has its grads cleared.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    b0 = 4
+    owner = root if owner is None else owner
+    was_training = owner.training
+    owner.train()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = step(b0)
+        if backward:
+            out.sum().backward()
+    owner.train(was_training)
+    owner.zero_grad(set_to_none=True)
+    totals = counter.get_flop_counts()
+    # the counter names modules from the outermost module it saw: ``root``
+    names = {id(m): f"{type(root).__name__}.{n}" for n, m in root.named_modules() if n}
+    seen_in_analytic = 0
+    for m in analytic:
+        if names.get(id(m)) not in totals:
+            raise RuntimeError(f"FlopCounterMode did not see attention module {names.get(id(m))}")
+        seen_in_analytic += sum(totals[names[id(m)]].values())
+    per_sample = (counter.get_total_flops() - seen_in_analytic) / b0
+    return int(round(per_sample * batch_size)) + sum(int(fn(batch_size, backward)) for fn in analytic.values())
+
 
 def _feature_indices(names: Sequence[str], groups: Optional[Union[Mapping[str, Sequence[str]], Sequence[Sequence[str]]]]):
     groups_list = list(groups.values()) if isinstance(groups, Mapping) else list(groups or [])
@@ -318,44 +373,22 @@ class RankingModel(nn.Module):
         """FLOPs of one training step (forward + backward) on ``batch_size`` samples.
 
         Counts what runs after the embedding lookups (dense arch, interaction, over arch) with
-        ``torch.utils.flop_counter.FlopCounterMode`` on synthetic inputs (works with a meta-device
-        EBC: call it on the unsharded model), replacing the count of attention modules by their
-        analytic FLOPs (the counter sees 0 for CPU SDPA). Embedding-bag pooling is not counted.
-        All counted ops are linear in the batch, so it runs at a small batch and scales exactly.
+        :func:`count_flops` on synthetic inputs (works with a meta-device EBC: call it on the
+        unsharded model); attention modules are counted analytically. Embedding-bag pooling is not
+        counted.
         """
-        from torch.utils.flop_counter import FlopCounterMode
-
-        b0 = 4
         ref = next(p for p in self.model.over_arch.parameters())
         dev, dt = ref.device, ref.dtype
         D = self.embedding_bag_collection.embedding_bag_configs()[0].embedding_dim
         F = sum(len(c.feature_names) for c in self.embedding_bag_collection.embedding_bag_configs())
         dense_in = 1 if self.const_dense else self.dense_in_features
-        dense = torch.randn(b0, dense_in, device=dev, dtype=dt)
-        sparse = torch.randn(b0, F, D, device=dev, dtype=dt, requires_grad=backward)
-        analytic = self._analytic_modules()
-        counted_in_analytic = 0
-        was_training = self.training
-        self.train()
-        counter = FlopCounterMode(display=False)
-        with counter:
-            ed = self._dense_step(dense, sparse)
-            if backward:
-                ed.sum().backward()
-        self.train(was_training)
-        self.zero_grad(set_to_none=True)
-        totals = counter.get_flop_counts()
-        # the counter names modules from the outermost one it saw: the interaction arch
-        inter = self.model.inter_arch
-        names = {id(m): f"{type(inter).__name__}.{n}" for n, m in inter.named_modules() if n}
-        for m in analytic:
-            if names.get(id(m)) not in totals:
-                raise RuntimeError(f"FlopCounterMode did not see attention module {names.get(id(m))}")
-            counted_in_analytic += sum(totals[names[id(m)]].values())
-        total = counter.get_total_flops() - counted_in_analytic
-        per_sample = total / b0
-        analytic_total = sum(fn(batch_size, backward) for fn in analytic.values())
-        return int(round(per_sample * batch_size)) + int(analytic_total)
+
+        def step(b: int) -> torch.Tensor:
+            dense = torch.randn(b, dense_in, device=dev, dtype=dt)
+            sparse = torch.randn(b, F, D, device=dev, dtype=dt, requires_grad=backward)
+            return self._dense_step(dense, sparse)
+
+        return count_flops(self.model.inter_arch, step, self._analytic_modules(), batch_size, backward, owner=self)
 
     def _dense_step(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         ed = self.model.dense_arch(dense)
@@ -424,11 +457,7 @@ class StoreModel(RankingModel):
         return {"diversity": self.cfg.rotation.diversity_weight} if self.model.inter_arch.use_rotation else {}
 
     def _analytic_modules(self):
-        inter = self.model.inter_arch
-        return {
-            layer.attn: (lambda b, bw, a=layer.attn: int(a.flops(b, inter.seq_len, backward=bw)))
-            for layer in inter.layers
-        }
+        return self.model.inter_arch.analytic_flops_modules()
 
 
 class RankingTrain(nn.Module):
