@@ -78,8 +78,12 @@ def test_make_attention_passes_switches(monkeypatch):
             seen.update(kw, embed_dim=embed_dim, num_heads=num_heads)
 
     monkeypatch.setattr("store_rec.ops.moba.BlockSparseAttention", Recorder)
-    store_mod.make_attention(16, AttentionConfig(type="vanilla", sparsity=0.25, block_size=8, routing="query", num_heads=4))
-    assert seen == dict(embed_dim=16, num_heads=4, block_size=8, sparsity=0.25, routing="query", dense=True, impl="fast", dropout=0.0)
+    store_mod.make_attention(16, AttentionConfig(type="vanilla", sparsity=0.25, block_size=8, routing="query", num_heads=4,
+                                                 own_block=True))
+    assert seen == dict(embed_dim=16, num_heads=4, block_size=8, sparsity=0.25, routing="query", dense=True, impl="fast",
+                        dropout=0.0, own_block=True)
+    with pytest.raises(ConfigError, match="own_block"):
+        AttentionConfig(routing="instance", own_block=True)
     store_mod.make_attention(16, AttentionConfig(type="moba"))
     assert seen["dense"] is False and seen["sparsity"] == 0.5
 
@@ -232,8 +236,10 @@ def test_tables_and_feature_errors():
         model_features(tiny_schema(with_sids=False), _cfg())
     with pytest.raises(UserError, match="item_feature"):
         model_features(schema, _cfg(item_feature="hour"))
-    with pytest.raises(UserError, match="online"):
-        model_features(schema, _cfg(sid_source="online"))
+    with pytest.raises(ConfigError, match="item_feature"):
+        _cfg(sid_source="online", item_feature=None)
+    feats = model_features(schema, _cfg(sid_source="online", item_feature="item"))
+    assert feats.online == ["item"] and feats.tokens == ["item", "site"]  # the batch's sid_* are not used
 
 
 def test_item_gate_uses_target_item_tokens():
@@ -278,3 +284,73 @@ def test_interaction_arch_flops_counts_ffn_and_analytic_attention():
     assert fm - m.attention_flops(B) == fv - v.attention_flops(B)
     assert v.attention_flops(B) > m.attention_flops(B) > 0
     assert m.flops(2 * B) == 2 * fm  # linear in the batch
+
+
+
+def _opmq(dim, k=2, c=4, seed=0):
+    from store_rec.tokenizer import OPMQ
+
+    tok = OPMQ(dim, k, c, hidden_dims=[8], latent_dim=4, seed=seed)
+    tok(torch.randn(64, dim))  # k-means initialisation of the codebooks from data
+    return tok.eval()
+
+
+@pytest.mark.parametrize("finetune", [False, True])
+def test_online_sids_replace_the_item_token(tmp_path, finetune):
+    """sid_source online: the item's pooled embedding -> K SID tokens inside the model; the tokenizer file
+    round-trips; frozen keeps the codebooks, fine-tuning returns the tokenizer's losses as aux."""
+    from store_rec.tokenizer.online import load_tokenizer, save_tokenizer
+
+    torch.manual_seed(0)
+    schema = tiny_schema(with_sids=False)
+    tok = _opmq(8)
+    path = tmp_path / "tok.pt"
+    save_tokenizer(path, tok, "opmq")
+    again, method = load_tokenizer(path)
+    x = torch.randn(32, 8)
+    assert method == "opmq" and torch.equal(again.encode(x), tok.encode(x))
+
+    att = {"num_heads": 2, "ffn_dim": 16, "block_size": 2, "gate": "item"}
+    cfg = _cfg(sid_source="online", item_feature="item", attention=att,
+               online={"tokenizer": str(path), "finetune": finetune, "token_mode": "latent" if finetune else "codes"})
+    model = build_model(cfg, schema)
+    inter = model.model.inter_arch
+    # [dense, site, item's 2 SIDs, rot_user, rot_context]; the item gate is the mean of its SID tokens
+    assert inter.seq_len == 6 and inter.gate_pos.tolist() == [2, 3]
+    before = {k: v.clone() for k, v in inter.sid_tokenizer.tokenizer.state_dict().items()}
+    batch = tiny_batch(schema, 16)
+    model.train()
+    logits, aux = model(batch)
+    assert logits.shape == (16,)
+    if finetune:
+        assert {"sid_recon", "sid_commit"} <= set(aux) and all(torch.isfinite(v) for v in aux.values())
+        assert model.aux_loss_weights()["sid_recon"] == 1.0
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels) + sum(aux.values())
+        loss.backward()
+        enc = inter.sid_tokenizer.tokenizer.experts[0][0].weight.grad
+        assert enc is not None and enc.abs().sum() > 0  # gradients reach the experts (straight-through)
+    else:
+        assert set(aux) == {"diversity"}
+        logits.sum().backward()
+        assert all(p.grad is None for p in inter.sid_tokenizer.tokenizer.parameters())
+        after = inter.sid_tokenizer.tokenizer.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)  # frozen: no EMA / restarts
+        assert inter.sid_tokenizer.sid_emb.grad.abs().sum() > 0
+
+
+def test_online_sid_config_errors(tmp_path):
+    from store_rec.tokenizer.online import save_tokenizer
+
+    schema = tiny_schema(with_sids=False)
+    with pytest.raises(UserError, match="model.online.tokenizer"):
+        build_model(_cfg(sid_source="online", item_feature="item"), schema)
+    path = tmp_path / "tok.pt"
+    save_tokenizer(path, _opmq(12), "opmq")
+    with pytest.raises(UserError, match="input dim 12 != model.embedding_dim 8"):
+        build_model(_cfg(sid_source="online", item_feature="item", online={"tokenizer": str(path)}), schema)
+    save_tokenizer(path, _opmq(8), "opmq")
+    with pytest.raises(UserError, match="holds a 'opmq' tokenizer, model.tokenizer is 'rqvae'"):
+        build_model(_cfg(sid_source="online", item_feature="item", tokenizer="rqvae", online={"tokenizer": str(path)}), schema)
+    (tmp_path / "bad.pt").write_bytes(b"nope")
+    with pytest.raises(UserError, match="not a store_rec tokenizer file"):
+        build_model(_cfg(sid_source="online", item_feature="item", online={"tokenizer": str(tmp_path / "bad.pt")}), schema)

@@ -254,3 +254,52 @@ def test_sparse_lr_follows_the_schedule(data_dir, tmp_path):
             import torch.distributed as dist
 
             dist.destroy_process_group()
+
+
+def test_two_rank_training_with_online_sids(data_dir, tmp_path):
+    """sid_source online on 2 ranks: pre-trained item vectors loaded into the sharded item table, an OPMQ
+    file tokenizes the item inside the model (fine-tuned: its losses join the loss), through the pipeline."""
+    import numpy as np
+
+    from store_rec.data.schema import DatasetSchema
+    from store_rec.tokenizer import OPMQ
+    from store_rec.tokenizer.embeddings import save_embeddings
+    from store_rec.tokenizer.online import save_tokenizer
+
+    n_items = DatasetSchema.load(data_dir).feature("item_id").vocab_size
+    rng = np.random.default_rng(0)
+    ids = np.arange(1, n_items, dtype=np.int64)
+    emb = rng.normal(scale=0.1, size=(len(ids), 16)).astype(np.float32)
+    save_embeddings(tmp_path / "emb.parquet", ids, emb, {"dim": 16, "item_feature": "item_id"})
+    tok = OPMQ(16, 2, 8, hidden_dims=[16], latent_dim=8, seed=0)
+    tok(torch.from_numpy(emb))
+    save_tokenizer(tmp_path / "tok.pt", tok.eval(), "opmq")
+
+    out = tmp_path / "run"
+    ov = _overrides(data_dir, out, "model.tokenizer=opmq", "model.sid_source=online", "model.item_feature=item_id",
+                    f"model.online.tokenizer={tmp_path / 'tok.pt'}", f"model.online.embeddings={tmp_path / 'emb.parquet'}",
+                    "model.online.finetune=true", "model.online.token_mode=latent", "model.attention.gate=item",
+                    "train.eval_every=0", "checkpoint.enabled=false")
+    res = _launch(_train_worker, (ov, str(out / "summary.json")), tmp_path)
+    s = json.loads((out / "summary.json").read_text())
+    assert res[0]["auc"] == res[1]["auc"] == s["auc"] and s["steps"] == 26
+    assert 0.5 < s["auc"] <= 1.0
+
+
+def test_tokenizer_switch_must_match_the_sid_table(tmp_path):
+    import numpy as np
+
+    from store_rec.errors import UserError
+    from store_rec.tokenizer.sid_table import write_sid_table
+    from store_rec.train.app import check_sid_table_method
+
+    path = tmp_path / "sids.parquet"
+    write_sid_table(path, np.arange(1, 5), np.zeros((4, 2), np.int64), method="rqvae", codebook_size=4, item_feature="item_id")
+    cfg = load_train_config(ROOT / "configs" / "smoke.yaml", ["model.tokenizer=rqvae", f"data.sid_table={path}"])
+    check_sid_table_method(cfg)
+    cfg = load_train_config(ROOT / "configs" / "smoke.yaml", ["model.tokenizer=opmq", f"data.sid_table={path}"])
+    with pytest.raises(UserError, match="model.tokenizer: 'opmq', but data.sid_table .* was written by 'rqvae'"):
+        check_sid_table_method(cfg)
+    cfg = load_train_config(ROOT / "configs" / "smoke.yaml", ["model.tokenizer=opmq", f"data.sid_table={tmp_path / 'no.parquet'}"])
+    with pytest.raises(UserError, match="no such file"):
+        check_sid_table_method(cfg)

@@ -7,12 +7,14 @@ YAML example (every key optional; defaults shown)::
       embedding_dim: 16           # every table (divisible by 4 for FBGEMM)
       tokenizer: opmq             # opmq | rqvae | opq: SID features sid_* from the batch; none: raw IDs
       sid_source: batch           # batch (SID table attached by the loader) | online (OnlineSIDTokenizer)
-      item_feature: null          # id feature replaced by its SIDs (dropped from the model's tables)
+      item_feature: null          # id feature replaced by its SIDs (batch: dropped from the tables;
+                                  # online: its pooled embedding is tokenized inside the model)
+      online: {tokenizer: null, embeddings: null, finetune: false, token_mode: codes, aux_weight: 1.0}
       dense_arch: [64]            # hidden sizes of the dense MLP (a final layer of embedding_dim is added)
       over_arch: [64]             # hidden sizes of the over arch (a final layer of 1 is added)
       rotation: {enabled: true, diversity_weight: 0.1, schedule: "1:1", mlp_hidden: 32, method: cayley}
       attention: {type: moba, sparsity: 0.5, block_size: 4, routing: instance, num_layers: 2,
-                  num_heads: 2, ffn_dim: 64, dropout: 0.0, pooling: flatten, gate: query}
+                  num_heads: 2, ffn_dim: 64, dropout: 0.0, pooling: flatten, gate: query, own_block: false}
 
 The paper's ablation variants are switches: ``tokenizer`` {opmq, rqvae, opq, none},
 ``rotation.enabled`` {true, false}, ``attention.type`` {moba, vanilla}.
@@ -68,14 +70,39 @@ class AttentionConfig:
     # instance routing only: "query" = the sample's mean query gates the key blocks (the op's
     # default); "item" = the mean of the target item's tokens (the SID features) gates them.
     gate: Literal["query", "item"] = "query"
+    # query / query_block routing: always select the query's own block (as causal MoBA does)
+    own_block: bool = False
 
     def __post_init__(self) -> None:
         check(0.0 <= self.sparsity < 1.0, "sparsity", f"must be in [0, 1), got {self.sparsity}")
+        check(not (self.own_block and self.routing == "instance"), "own_block",
+              "is undefined for routing 'instance' (all queries of a sample share one selection)")
         check(self.block_size >= 1, "block_size", f"must be >= 1, got {self.block_size}")
         check(self.num_layers >= 1, "num_layers", f"must be >= 1, got {self.num_layers}")
         check(self.num_heads >= 1, "num_heads", f"must be >= 1, got {self.num_heads}")
         check(self.ffn_dim >= 1, "ffn_dim", f"must be >= 1, got {self.ffn_dim}")
         check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class OnlineSIDConfig:
+    """``model.online`` (``sid_source: online``): tokenize the item's pooled embedding inside the model.
+
+    ``tokenizer``: a tokenizer file from ``store-rec tokenize --save-model`` (its method must be
+    ``model.tokenizer``, its input dim ``model.embedding_dim``). ``embeddings``: pre-trained item
+    vectors (EMB.parquet, ``store-rec pretrain --dim <embedding_dim>``) that the train app loads into
+    the sharded item table before the first step (not on resume: the checkpoint has the table).
+    ``finetune``/``token_mode``/``aux_weight``: see ``store_rec.tokenizer.online.OnlineSIDTokenizer``.
+    """
+
+    tokenizer: Optional[str] = None
+    embeddings: Optional[str] = None
+    finetune: bool = False
+    token_mode: Literal["codes", "latent"] = "codes"
+    aux_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        check(self.aux_weight >= 0, "aux_weight", f"must be >= 0, got {self.aux_weight}")
 
 
 @dataclass
@@ -109,6 +136,7 @@ class ModelConfig:
     over_arch: List[int] = field(default_factory=lambda: [64])
     rotation: RotationConfig = field(default_factory=RotationConfig)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
+    online: OnlineSIDConfig = field(default_factory=OnlineSIDConfig)
     dcn: DCNConfig = field(default_factory=DCNConfig)
     deepfm: DeepFMConfig = field(default_factory=DeepFMConfig)
     rankmixer: RankMixerConfig = field(default_factory=RankMixerConfig)
@@ -132,3 +160,4 @@ class ModelConfig:
         )
         if self.sid_source == "online":
             check(self.tokenizer != "none", "sid_source", "online SIDs need a tokenizer (opmq/rqvae/opq), not 'none'")
+            check(self.item_feature is not None, "item_feature", "sid_source 'online' tokenizes this id feature: set it")

@@ -61,6 +61,7 @@ def make_attention(embedding_dim: int, cfg: AttentionConfig) -> nn.Module:
         dense=cfg.type == "vanilla",
         impl=cfg.impl,
         dropout=cfg.dropout,
+        own_block=cfg.own_block,
     )
 
 
@@ -102,6 +103,14 @@ class StoreInteractionArch(nn.Module):
             states gates the key-block selection in every layer (the paper's "filters
             low-contributing tokens based on the target item"). Otherwise the op's default gate
             (the sample's mean query) is used.
+        sid_tokenizer: an :class:`~store_rec.tokenizer.online.OnlineSIDTokenizer` (online SIDs): the
+            pooled embeddings of ``tokenize_indices`` (a subset of ``token_indices``, in the
+            tokenizer's feature order) become K SID tokens each instead of one raw-ID token; its
+            auxiliary losses (fine-tuning) join :meth:`aux_losses`. ``gate_indices`` may then name
+            them: the gate is the mean of their SID tokens.
+
+    Token order: ``[dense, plain tokens (token_indices minus tokenize_indices), SID tokens of the
+    tokenized features (feature-major, K each), rotated blocks]``.
 
     Shapes::
 
@@ -119,6 +128,8 @@ class StoreInteractionArch(nn.Module):
         rotation: Optional[RotationConfig] = None,
         attention: Optional[AttentionConfig] = None,
         gate_indices: Optional[Sequence[int]] = None,
+        sid_tokenizer: Optional[nn.Module] = None,
+        tokenize_indices: Optional[Sequence[int]] = None,
     ) -> None:
         super().__init__()
         F, D = int(num_sparse_features), int(embedding_dim)
@@ -140,6 +151,20 @@ class StoreInteractionArch(nn.Module):
             )
         self.num_sparse_features, self.embedding_dim = F, D
         self.pooling = attention.pooling
+        online = [int(i) for i in (tokenize_indices or [])]
+        if (sid_tokenizer is None) != (not online):
+            raise ValueError("StoreInteractionArch: sid_tokenizer and tokenize_indices come together")
+        if any(i not in tokens for i in online):
+            raise ValueError(f"StoreInteractionArch: tokenize_indices {online} must be token features {tokens}")
+        if sid_tokenizer is not None:
+            if len(sid_tokenizer.features) != len(online) or sid_tokenizer.model_dim != D:
+                raise ValueError(f"StoreInteractionArch: sid_tokenizer emits {len(sid_tokenizer.features)} feature(s) x "
+                                 f"{sid_tokenizer.model_dim} dims, expected {len(online)} x {D}")
+            tokens = [i for i in tokens if i not in online]
+        self.sid_tokenizer = sid_tokenizer
+        self.register_buffer("tokenize_index", torch.tensor(online, dtype=torch.long), persistent=False)
+        n_sid = len(online) * (sid_tokenizer.num_sids if sid_tokenizer is not None else 0)
+        self._sid_aux: Dict[str, torch.Tensor] = {}
         self.use_rotation = bool(rotation.enabled and groups)
         if self.use_rotation:
             self.register_buffer("token_index", torch.tensor(tokens, dtype=torch.long), persistent=False)
@@ -157,17 +182,23 @@ class StoreInteractionArch(nn.Module):
             self.register_buffer("static_index", torch.zeros(0, dtype=torch.long), persistent=False)
             self.rotation = None
             n_rot = 0
-        self.seq_len = 1 + int(self.token_index.numel()) + n_rot
+        n_plain = int(self.token_index.numel())
+        self.seq_len = 1 + n_plain + n_sid + n_rot
         # positions (in the token sequence) whose mean gates MoBA's instance routing
         gate_pos: List[int] = []
         if attention.gate == "item" and attention.type == "moba" and attention.routing == "instance":
-            seq_of = {f: 1 + i for i, f in enumerate(self.token_index.tolist())}
+            seq_of: Dict[int, object] = {f: 1 + i for i, f in enumerate(self.token_index.tolist())}
+            if sid_tokenizer is not None:
+                K = sid_tokenizer.num_sids
+                seq_of.update({f: range(1 + n_plain + j * K, 1 + n_plain + (j + 1) * K) for j, f in enumerate(online)})
             missing = [i for i in (gate_indices or []) if i not in seq_of]
             if not gate_indices or missing:
                 raise ValueError(
                     f"attention.gate='item' needs gate_indices among the token features (got {list(gate_indices or [])})"
                 )
-            gate_pos = [seq_of[int(i)] for i in gate_indices]
+            for i in gate_indices:
+                p = seq_of[int(i)]
+                gate_pos.extend(p if isinstance(p, range) else [p])
         self.register_buffer("gate_pos", torch.tensor(gate_pos, dtype=torch.long), persistent=False)
         self.layers = nn.ModuleList(StoreLayer(D, attention) for _ in range(attention.num_layers))
         self.output_dim = self.seq_len * D if self.pooling == "flatten" else D
@@ -175,6 +206,9 @@ class StoreInteractionArch(nn.Module):
     def tokens(self, dense_features: torch.Tensor, sparse_features: torch.Tensor) -> torch.Tensor:
         """The layer-1 input ``X_0: Tensor[B, L, D]`` = [dense, tokens..., rotated...]."""
         parts = [dense_features.unsqueeze(1), sparse_features.index_select(1, self.token_index)]
+        if self.sid_tokenizer is not None:
+            sid_tokens, self._sid_aux = self.sid_tokenizer(sparse_features.index_select(1, self.tokenize_index))
+            parts.append(sid_tokens)
         if self.rotation is not None:
             parts.append(self.rotation(sparse_features.index_select(1, self.static_index)))
         return torch.cat(parts, dim=1)
@@ -188,8 +222,12 @@ class StoreInteractionArch(nn.Module):
         return x.flatten(1) if self.pooling == "flatten" else x.mean(dim=1)
 
     def aux_losses(self) -> Dict[str, torch.Tensor]:
-        """Unweighted auxiliary losses: ``{"diversity": -sum_{i<j}||R_i - R_j||_F^2}`` with rotation."""
-        return {"diversity": self.rotation.diversity_loss()} if self.rotation is not None else {}
+        """Auxiliary losses: ``{"diversity": -sum_{i<j}||R_i - R_j||_F^2}`` (unweighted) with rotation, plus
+        the online tokenizer's losses of the last forward (``sid_<name>``, weighted by the tokenizer's own
+        weights; only while fine-tuning)."""
+        out = {"diversity": self.rotation.diversity_loss()} if self.rotation is not None else {}
+        out.update({f"sid_{k}": v for k, v in self._sid_aux.items()})
+        return out
 
     def attention_flops(self, batch_size: int, backward: bool = True) -> int:
         """Analytic FLOPs of the attention modules (q/k/v/out projections + attention core)."""
@@ -272,6 +310,8 @@ class DLRM_STORE(DLRM):
         rotation, attention: :class:`RotationConfig` / :class:`AttentionConfig`.
         gate_features: names of the target item's features (e.g. ``sid_0 .. sid_{K-1}``) for
             ``attention.gate == "item"``.
+        sid_tokenizer: an ``OnlineSIDTokenizer`` over some token features (its ``features``, by
+            name): their pooled embeddings become K SID tokens each (online SIDs).
 
     ``forward(dense_features: Tensor[B, dense_in_features], sparse_features: KJT) -> Tensor[B, 1]``
     (DLRM's forward), so ``torchrec.models.dlrm.DLRMTrain(DLRM_STORE(...))`` trains it.
@@ -288,6 +328,7 @@ class DLRM_STORE(DLRM):
         rotation: Optional[RotationConfig] = None,
         attention: Optional[AttentionConfig] = None,
         gate_features: Optional[Sequence[str]] = None,
+        sid_tokenizer: Optional[nn.Module] = None,
         dense_device: Optional[torch.device] = None,
     ) -> None:
         super().__init__(
@@ -306,6 +347,8 @@ class DLRM_STORE(DLRM):
             rotation=rotation,
             attention=attention,
             gate_indices=_feature_indices(names, [list(gate_features or [])])[0],
+            sid_tokenizer=sid_tokenizer,
+            tokenize_indices=_feature_indices(names, [list(sid_tokenizer.features)])[0] if sid_tokenizer is not None else None,
         )
         if dense_device is not None:
             self.inter_arch.to(dense_device)
@@ -400,7 +443,10 @@ class RankingModel(nn.Module):
 
 
 def _item_features(schema, cfg: ModelConfig, tokens: Sequence[str]) -> List[str]:  # noqa: ANN001
-    """The target item's token features: its SIDs, else its raw ID (``model.item_feature``)."""
+    """The target item's token features: its SIDs, else its raw ID (``model.item_feature``; with online
+    SIDs its K SID tokens)."""
+    if cfg.sid_source == "online" and cfg.tokenizer != "none":
+        return [cfg.item_feature]
     sids = [f.name for f in schema.features_with_role("sid") if f.name in tokens]
     if sids:
         return sids
@@ -428,12 +474,21 @@ class StoreModel(RankingModel):
     Loss = ``bce + sum(aux_loss_weights()[k] * aux[k])``; ``aux_loss_weights() == {"diversity":
     cfg.rotation.diversity_weight}``. Rotation parameters for the alternating optimizer:
     ``store_rec.modules.rotation.rotation_parameters(model)`` / ``split_rotation_params``.
+
+    Online SIDs (``sid_source: online``): the EBC keeps the raw ``item_feature`` table (pre-trained
+    vectors loaded into it by the train app, ``model.online.embeddings``) and an
+    ``OnlineSIDTokenizer`` turns its pooled embedding into K SID tokens after the (sharded) EBC, so
+    the pipeline still overlaps the input dist. The tokenizer comes from ``model.online.tokenizer``
+    (or ``sid_tokenizer=``, an already built tokenizer module, e.g. in tests); while fine-tuning,
+    its losses join ``aux`` as ``sid_<name>`` with weight 1 (already weighted by the tokenizer).
     """
 
-    def __init__(self, schema, cfg: ModelConfig, device: Optional[torch.device] = None, dense_device: Optional[torch.device] = None) -> None:  # noqa: ANN001
+    def __init__(self, schema, cfg: ModelConfig, device: Optional[torch.device] = None, dense_device: Optional[torch.device] = None,  # noqa: ANN001
+                 sid_tokenizer: Optional[nn.Module] = None) -> None:
         from store_rec.models.tables import embedding_tables, model_features
 
         feats = model_features(schema, cfg)
+        online = _online_tokenizer(cfg, feats.online, sid_tokenizer) if feats.online else None
         tables = embedding_tables(schema, cfg)
         const_dense = len(schema.dense) == 0
         dense_in = 1 if const_dense else len(schema.dense)
@@ -447,6 +502,7 @@ class StoreModel(RankingModel):
             rotation=cfg.rotation,
             attention=cfg.attention,
             gate_features=_item_features(schema, cfg, feats.tokens) if cfg.attention.gate == "item" else None,
+            sid_tokenizer=online,
             dense_device=dense_device,
         )
         super().__init__(model, len(schema.dense), const_dense, "store")
@@ -454,10 +510,34 @@ class StoreModel(RankingModel):
         self.features = feats
 
     def aux_loss_weights(self) -> Dict[str, float]:
-        return {"diversity": self.cfg.rotation.diversity_weight} if self.model.inter_arch.use_rotation else {}
+        w = {"diversity": self.cfg.rotation.diversity_weight} if self.model.inter_arch.use_rotation else {}
+        tok = self.model.inter_arch.sid_tokenizer
+        if tok is not None and tok.finetune:
+            w.update({f"sid_{k}": 1.0 for k in ("recon", "orth", "commit", "codebook")})
+        return w
 
     def _analytic_modules(self):
         return self.model.inter_arch.analytic_flops_modules()
+
+
+def _online_tokenizer(cfg: ModelConfig, features: Sequence[str], tokenizer: Optional[nn.Module]) -> nn.Module:
+    """The ``OnlineSIDTokenizer`` of ``model.online`` over ``features`` (checks method and dims)."""
+    from store_rec.errors import UserError
+    from store_rec.tokenizer.online import OnlineSIDTokenizer, load_tokenizer
+
+    o = cfg.online
+    if tokenizer is None:
+        if not o.tokenizer:
+            raise UserError("model.online.tokenizer: sid_source 'online' needs a tokenizer file "
+                            "(`store-rec tokenize ... --save-model FILE`)")
+        tokenizer, method = load_tokenizer(o.tokenizer)
+        if method != cfg.tokenizer:
+            raise UserError(f"model.online.tokenizer: {o.tokenizer} holds a {method!r} tokenizer, model.tokenizer is {cfg.tokenizer!r}")
+    if int(tokenizer.input_dim) != cfg.embedding_dim:
+        raise UserError(f"model.online.tokenizer: input dim {tokenizer.input_dim} != model.embedding_dim {cfg.embedding_dim} "
+                        "(the item table feeds it: pre-train and tokenize at the model's embedding_dim)")
+    return OnlineSIDTokenizer(tokenizer, list(features), cfg.embedding_dim, token_mode=o.token_mode,
+                              finetune=o.finetune, aux_weight=o.aux_weight)
 
 
 class RankingTrain(nn.Module):

@@ -12,13 +12,15 @@ comparison sees the same inputs:
 * ``tokenizer: opmq | rqvae | opq`` with ``sid_source: batch`` -> every ``sid`` feature (``sid_0 ..
   sid_{K-1}``, attached by the loader from ``SIDS.parquet``) as a SID token, plus the ``id``
   features except ``model.item_feature`` (the item whose raw ID the SIDs replace).
+* ``tokenizer: opmq | rqvae | opq`` with ``sid_source: online`` -> every ``id`` feature; the pooled
+  embedding of ``model.item_feature`` becomes K SID tokens inside the model (``online``).
 * ``static`` features -> grouped by ``schema.groups`` for the rotation (or plain tokens when
   rotation is off, and for the baselines).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List
 
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
@@ -34,6 +36,7 @@ class ModelFeatures:
 
     tokens: List[str]  # SID / raw-ID features: one token each
     static_groups: Dict[str, List[str]]  # semantic group -> static features
+    online: List[str] = field(default_factory=list)  # token features tokenized into K SIDs in the model
 
     @property
     def static(self) -> List[str]:
@@ -57,11 +60,7 @@ def model_features(schema: DatasetSchema, cfg: ModelConfig) -> ModelFeatures:
     if cfg.tokenizer == "none":
         tokens = ids
     elif cfg.sid_source == "online":
-        raise UserError(
-            "model.sid_source: 'online' needs store_rec.tokenizer.online.OnlineSIDTokenizer, which this "
-            "build of the model does not wire in yet; use sid_source: batch (attach SIDS.parquet) "
-            "or tokenizer: none"
-        )
+        tokens = ids  # model.item_feature is among them (ModelConfig checks it is set, the check above that it exists)
     else:
         if not sids:
             raise UserError(
@@ -75,7 +74,8 @@ def model_features(schema: DatasetSchema, cfg: ModelConfig) -> ModelFeatures:
     groups = {g: list(names) for g, names in schema.groups.items()} if schema.features_with_role(STATIC) else {}
     if not tokens and not groups:
         raise UserError(f"dataset {schema.dataset!r}: the model would use no sparse feature (tokenizer={cfg.tokenizer})")
-    return ModelFeatures(tokens=tokens, static_groups=groups)
+    online = [cfg.item_feature] if cfg.tokenizer != "none" and cfg.sid_source == "online" else []
+    return ModelFeatures(tokens=tokens, static_groups=groups, online=online)
 
 
 def embedding_tables(schema: DatasetSchema, cfg: ModelConfig) -> List[EmbeddingBagConfig]:

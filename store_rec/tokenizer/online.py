@@ -70,6 +70,8 @@ class OnlineSIDTokenizer(nn.Module):
         self.num_sids = int(tokenizer.num_sids)
         self.codebook_size = int(tokenizer.codebook_size)
         self.input_dim = int(tokenizer.input_dim)
+        if not hasattr(tokenizer, "latent_dim") and (finetune or token_mode != "codes"):
+            raise UserError(f"{type(tokenizer).__name__} has no trainable latents: use token_mode='codes' with finetune=False")
         if token_mode == "codes":
             self.sid_emb = nn.Parameter(torch.empty(self.num_sids, self.codebook_size, model_dim))
             nn.init.normal_(self.sid_emb, std=model_dim ** -0.5)
@@ -124,11 +126,12 @@ class OnlineSIDTokenizer(nn.Module):
         if self.finetune and self.training:
             q, codes, losses = self._quantize(flat)
             aux = {k: self.aux_weight * v for k, v in losses.items()}
+        elif self.token_mode == "codes":  # frozen codes: the nearest codewords only (no decoder)
+            with torch.no_grad():
+                q, codes = None, self.tokenizer._encode(flat.detach())
         else:
             with torch.no_grad():
                 q, codes, _ = self._quantize(flat.detach())
-            if self.finetune and self.token_mode == "latent":
-                q = q.detach()
         self.last_codes = codes.reshape(B, F, self.num_sids)
         if self.token_mode == "codes":
             k_idx = torch.arange(self.num_sids, device=codes.device).expand_as(codes)
@@ -141,3 +144,51 @@ class OnlineSIDTokenizer(nn.Module):
         """``x: Tensor[N, d]`` -> ``(quantized latents Tensor[N, K, e], codes LongTensor[N, K], losses)``."""
         out = self.tokenizer(x)
         return out.quantized, out.codes, dict(out.losses)
+
+
+# ------------------------------------------------------------------ tokenizer files
+TOKENIZER_FILE_VERSION = 1
+
+
+def save_tokenizer(path: Union[str, "os.PathLike[str]"], tokenizer: nn.Module, method: str) -> None:
+    """Write a trained tokenizer (``opmq`` / ``rqvae`` / ``opq``) to ``path`` (temp file + rename):
+    its constructor arguments and ``state_dict``, what :func:`load_tokenizer` rebuilds it from."""
+    import dataclasses
+    import os
+
+    if method not in ("opmq", "rqvae", "opq"):
+        raise UserError(f"method must be opmq, rqvae or opq, got {method!r}")
+    cfg = getattr(tokenizer, "cfg", None)
+    blob = {"version": TOKENIZER_FILE_VERSION, "method": method, "input_dim": int(tokenizer.input_dim),
+            "num_sids": int(tokenizer.num_sids), "codebook_size": int(tokenizer.codebook_size),
+            "config": dataclasses.asdict(cfg) if cfg is not None else None,
+            "state_dict": {k: v.detach().cpu() for k, v in tokenizer.state_dict().items()}}
+    tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
+    torch.save(blob, tmp)
+    os.replace(tmp, path)
+
+
+def load_tokenizer(path: Union[str, "os.PathLike[str]"]) -> Tuple[nn.Module, str]:
+    """``(tokenizer, method)`` from a file of :func:`save_tokenizer`; errors name the file."""
+    import os
+
+    from store_rec.tokenizer.opmq import OPMQ, OPMQConfig
+    from store_rec.tokenizer.opq import OPQ
+    from store_rec.tokenizer.rqvae import RQVAE
+
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: no such tokenizer file (write one with `store-rec tokenize ... --save-model FILE`)")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        method = blob["method"]
+        if method == "opq":
+            tok: nn.Module = OPQ(blob["input_dim"], blob["num_sids"], blob["codebook_size"])
+        else:
+            cls = OPMQ if method == "opmq" else RQVAE
+            tok = cls(blob["input_dim"], config=OPMQConfig(**blob["config"]))
+        tok.load_state_dict(blob["state_dict"])
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any malformed file
+        raise UserError(f"{path}: not a store_rec tokenizer file ({type(e).__name__}: {e})") from None
+    return tok.eval(), method

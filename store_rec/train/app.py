@@ -362,6 +362,23 @@ def load_checkpoint(path: Path, model: nn.Module, env: DistEnv, cfg: TrainConfig
     return extra
 
 
+def load_online_item_embeddings(dmp: nn.Module, cfg: TrainConfig, schema) -> int:  # noqa: ANN001
+    """Online SIDs: pre-trained vectors (``model.online.embeddings``) into this rank's shards of the
+    ``item_feature`` table, before training (a resumed run then overwrites them from the checkpoint).
+    Returns the rows written on this rank (0 when nothing is configured)."""
+    m = cfg.model
+    if m.sid_source != "online" or m.tokenizer == "none" or not m.online.embeddings:
+        return 0
+    from store_rec.distributed.embedding_io import load_pretrained_into_ebc
+    from store_rec.tokenizer.embeddings import load_embeddings
+
+    ids, emb = load_embeddings(m.online.embeddings, expected_dim=m.embedding_dim)
+    n = load_pretrained_into_ebc(dmp, f"t_{m.item_feature}", ids, emb)
+    logger.info("model.online.embeddings: %d pre-trained %s vectors from %s (%d rows on this rank)", len(ids),
+                m.item_feature, m.online.embeddings, n)
+    return n
+
+
 # ----------------------------------------------------------------------------------- data
 def prepare_data(cfg: TrainConfig, env: DistEnv) -> Path:
     """``data.dir``; rank 0 generates it from ``data.prepare_if_missing`` when it has no schema.json."""
@@ -377,6 +394,25 @@ def prepare_data(cfg: TrainConfig, env: DistEnv) -> Path:
             prepare_synthetic(d, rows=p.rows, items=p.items, users=p.users, seed=p.seed, num_clusters=p.num_clusters, **p.params)
     dist.barrier()
     return d
+
+
+def check_sid_table_method(cfg: TrainConfig) -> None:
+    """``model.tokenizer`` (the ablation switch opmq / rqvae / opq) must name the method that wrote
+    ``data.sid_table``: the SIDs in the batch decide what the model sees, the switch alone does not."""
+    m = cfg.model
+    if not cfg.data.sid_table or m.name != "store" or m.tokenizer == "none" or m.sid_source != "batch":
+        return
+    import pyarrow.parquet as pq
+
+    try:
+        meta = json.loads((pq.read_schema(cfg.data.sid_table).metadata or {})[b"store_rec"])
+    except FileNotFoundError:
+        raise UserError(f"data.sid_table: {cfg.data.sid_table}: no such file") from None
+    except (KeyError, ValueError, OSError) as e:
+        raise UserError(f"data.sid_table: {cfg.data.sid_table}: not a SID table of `store-rec tokenize` ({e})") from None
+    if meta.get("method") != m.tokenizer:
+        raise UserError(f"model.tokenizer: {m.tokenizer!r}, but data.sid_table {cfg.data.sid_table} was written by "
+                        f"{meta.get('method')!r}: point data.sid_table at the {m.tokenizer} SIDs or set model.tokenizer")
 
 
 def make_loader(cfg: TrainConfig, data_dir: Path, split: str, env: DistEnv, train: bool):  # noqa: ANN201
@@ -487,6 +523,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = No
         torch.manual_seed(cfg.train.seed)
         np.random.seed(cfg.train.seed)
         random.seed(cfg.train.seed)
+        check_sid_table_method(cfg)
         data_dir = prepare_data(cfg, env)
         train_loader = make_loader(cfg, data_dir, "train", env, train=True)
         schema = train_loader.schema
@@ -500,6 +537,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = No
         opt_cls, opt_kw = sparse_optimizer(cfg)
         apply_optimizer_in_backward(opt_cls, model.embedding_bag_collection.parameters(), opt_kw)
         dmp = shard_model(wrapper, cfg, env, tables, plan_file or cfg.sharding.plan_file)
+        load_online_item_embeddings(dmp, cfg, schema)
 
         dense = dict(in_backward_optimizer_filter(dmp.named_parameters()))
         main_p, rot_p = split_rotation_params(dmp, dense.items())
