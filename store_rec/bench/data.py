@@ -15,9 +15,11 @@ split is read, ``--repeats`` times, modes interleaved, and the median is reporte
 (wall) and ``samples_per_cpu_s`` (process CPU time, steadier on a shared machine). One core:
 ``torch.set_num_threads(--threads)`` and pyarrow's CPU/IO pools set to ``--threads`` too.
 
-Stages: ``STAGES`` maps a stage name to a function measuring one (schema, mode). Only ``loader`` is
-here; the training engineer adds ``train_step`` (samples/s of loader + model step on the same
-batches) as another entry, and its records appear next to the loader's in the same table and plot.
+Stages: ``loader`` (above) and ``train_step``: the training app itself (``store_rec.train.app.run``,
+world of one: fused sparse optimizer, ``TrainPipelineSparseDist``, STORE on raw IDs, MoBA 1/2) reading
+the same train split with its own (shuffled) loader for ``--train-steps`` steps; its ``samples_per_s``
+is the app's train-time figure, so loader / train_step is how many times faster the data arrives
+than the model consumes it (the ``loader_headroom`` summary).
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows", type=int, default=None, help="rows per generated dataset (default 1M, quick 40k)")
     parser.add_argument("--batch-size", type=int, default=4096, help="batch size (default 4096)")
     parser.add_argument("--threads", type=int, default=1, help="torch and pyarrow threads (default 1: one core)")
+    parser.add_argument("--train-steps", type=int, default=None, help="train_step stage: app steps (default 60, quick 5)")
     parser.add_argument("--repeats", type=int, default=None, help="epochs timed per mode (default 5, quick 2)")
     parser.add_argument("--schemas", type=str, default="avazu,synthetic", help="comma-separated: avazu,synthetic")
     parser.add_argument("--modes", type=str, default=",".join(MODES), help=f"comma-separated of {list(MODES)}")
@@ -109,9 +112,26 @@ def measure_loader(make_loader: Callable[[], Any], repeats: int) -> List[Dict[st
     return out
 
 
+def measure_train_step(data_dir: Path, batch_size: int, steps: int) -> Dict[str, float]:
+    """The training app on ``data_dir`` for ``steps`` steps (world of one): rows, train seconds."""
+    from store_rec.config import from_dict
+    from store_rec.train.app import run
+    from store_rec.train.config import TrainConfig
+
+    with tempfile.TemporaryDirectory(prefix="store_rec_bench_step_") as out:
+        cfg = from_dict(TrainConfig, {
+            "data": {"dir": str(data_dir), "batch_size": batch_size, "eval_batch_size": 65536},
+            "model": {"name": "store", "tokenizer": "none", "embedding_dim": 16,
+                      "attention": {"type": "moba", "sparsity": 0.5, "block_size": 4, "num_layers": 2, "num_heads": 2}},
+            "train": {"max_steps": steps, "epochs": 1000, "eval_at_epoch_end": False, "eval_splits": ["valid"]},
+            "checkpoint": {"enabled": False}, "output": {"dir": out, "tensorboard": False, "progress_bar": False},
+        }, path="bench")
+        s = run(cfg)
+    return {"rows": s["train_samples"], "wall_s": s["train_time_s"], "cpu_s": float("nan")}
+
+
 STAGES: Dict[str, Callable[[Callable[[], Any], int], List[Dict[str, float]]]] = {
     "loader": measure_loader,
-    # "train_step": added by the training benchmark (same signature: make_loader, repeats -> runs).
 }
 
 
@@ -186,9 +206,24 @@ def run(args: argparse.Namespace) -> BenchResult:
                     "samples_per_cpu_s": n / statistics.median([r["cpu_s"] for r in rs]),
                     "min_s": min(walls), "max_s": max(walls), "vs_target": sps / TARGET_SAMPLES_PER_S,
                 })
-    summary = {f"{r['stage']}_{r['schema']}_{r['mode']}_samples_per_s": round(r["samples_per_s"])
-               for r in records}
+        steps = args.train_steps or (5 if args.quick else 60)
+        for s in schemas:  # the app's own loader shuffles: compare with the loader's "shuffled" mode
+            t = measure_train_step(dirs[s], args.batch_size, steps)
+            sps = t["rows"] / t["wall_s"]
+            records.append({
+                "stage": "train_step", "schema": s, "mode": "shuffled", "batch_size": args.batch_size, "rows": t["rows"],
+                "sparse_features": len(ParquetBatchLoader(dirs[s], "train", args.batch_size).keys), "threads": threads,
+                "samples_per_s": sps, "samples_per_cpu_s": float("nan"), "min_s": t["wall_s"], "max_s": t["wall_s"],
+                "vs_target": sps / TARGET_SAMPLES_PER_S,
+            })
+    summary: Dict[str, Any] = {f"{r['stage']}_{r['schema']}_{r['mode']}_samples_per_s": round(r["samples_per_s"])
+                               for r in records}
+    for s in schemas:
+        load = next((r for r in records if r["stage"] == "loader" and r["schema"] == s and r["mode"] == "shuffled"), None)
+        step = next((r for r in records if r["stage"] == "train_step" and r["schema"] == s), None)
+        if load and step:
+            summary[f"loader_headroom_{s}"] = load["samples_per_s"] / step["samples_per_s"]
     return BenchResult(suite="data", records=records, columns=COLUMNS, summary=summary, plot=_plot,
                        config={"rows": rows, "repeats": repeats, "batch_size": args.batch_size,
                                "threads": threads, "schemas": schemas, "modes": modes,
-                               "data": args.data, "quick": bool(args.quick)})
+                               "data": args.data, "quick": bool(args.quick), "train_steps": steps})
