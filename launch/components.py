@@ -22,7 +22,7 @@ SHARED_STORE_ENV = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 
 def train(
     *script_args: str,
-    config: str = "configs/smoke.yaml",
+    config: Optional[str] = None,
     j: str = "1x2",
     max_retries: int = 0,
     image: str = "ghcr.io/pytorch/torchx:0.7.0",
@@ -46,7 +46,8 @@ def train(
     Args:
         script_args: extra arguments of ``store-rec train`` (``key=value`` overrides,
             ``--metrics-out FILE``, ``--resume``, ``--plan FILE``).
-        config: training YAML (``store_rec.train.config.TrainConfig``), relative to the job's cwd.
+        config: training YAML (``store_rec.train.config.TrainConfig``), relative to the job's cwd;
+            may also be given after ``--`` as ``--config FILE``; default ``configs/smoke.yaml``.
         j: ``{nnodes}x{nproc_per_node}`` (e.g. ``1x2``, ``2x8``); ``{min}:{max}x{nproc}`` for elastic.
         max_retries: job restarts after a rank failure (each restart resumes from the last checkpoint).
         image: container image (ignored by ``local_cwd``; slurm uses the current directory/venv).
@@ -62,8 +63,12 @@ def train(
     Returns:
         the AppDef (one role, ``nnodes`` replicas of torchrun).
     """
+    if config is not None and "--config" in script_args:
+        raise ValueError("give the training config once: --config before `--` or after it, not both")
+    if config is None and "--config" not in script_args:
+        config = "configs/smoke.yaml"
     app = ddp(
-        "--config", config, *script_args, *(["--resume"] if max_retries > 0 else []),
+        *(["--config", config] if config is not None else []), *script_args, *(["--resume"] if max_retries > 0 else []),
         m="store_rec.train", image=image, name=name, h=h, cpu=cpu, gpu=gpu, memMB=memMB, j=j,
         env={SHARED_STORE_ENV: "1", **(env or {})}, max_retries=max_retries, rdzv_port=rdzv_port, mounts=mounts,
     )

@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "train": "train",
     "plan": "plan",
     "bench": "bench",
+    "experiments": "experiments",
 }
 
 

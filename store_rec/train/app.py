@@ -528,7 +528,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = No
         train_loader = make_loader(cfg, data_dir, "train", env, train=True)
         schema = train_loader.schema
         eval_loaders = {s: make_loader(cfg, data_dir, s, env, train=False)
-                        for s in sorted({"valid", *cfg.train.eval_splits}) if s in schema.splits}
+                        for s in sorted({"valid", *cfg.train.eval_splits, *cfg.train.epoch_end_splits}) if s in schema.splits}
 
         model = build_model(cfg.model, schema, device=torch.device("meta"))
         tflops = float(model.tflops_per_batch(1024))
@@ -679,6 +679,10 @@ def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = No
                         if cfg.train.early_stop_patience and bad_evals >= cfg.train.early_stop_patience:
                             logger.info("early stop at step %d: %d evals without a better valid AUC", step, bad_evals)
                             stop = True
+                if epoch_done and cfg.train.eval_at_epoch_end:
+                    for split in cfg.train.epoch_end_splits:
+                        if split != "valid" and split in eval_loaders:
+                            do_eval(split, loss_avg)
                 if epoch_done:
                     epoch, pos = epoch + 1, 0
                 if cfg.checkpoint.enabled and ((ck_every and step % ck_every == 0) or epoch_done or stop or step >= total):

@@ -13,7 +13,7 @@ Sections (every key optional except ``data.dir``)::
                 weight_decay, warmup_steps, decay: none|linear|cosine, min_lr_ratio, schedule_sparse_lr,
                 rotation: {lr, type: adam|sgd}}   # rotation steps follow model.rotation.schedule
     train:     {epochs, max_steps, eval_every, eval_at_epoch_end, early_stop_patience, seed,
-                log_every, eval_splits}
+                log_every, eval_splits, epoch_end_splits}
     sharding:  {plan_file, sharding_types, compute_kernels, tables: {t_<feature>: {sharding_types,
                 compute_kernels}}}
     checkpoint:{enabled, dir, every_steps, keep}
@@ -129,6 +129,8 @@ class LoopConfig:
     seed: int = 0
     log_every: int = 50
     eval_splits: List[str] = field(default_factory=lambda: ["valid", "test"])  # final evaluation
+    # evaluated at every epoch end (with eval_at_epoch_end); valid drives early stop and "best"
+    epoch_end_splits: List[str] = field(default_factory=lambda: ["valid"])
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
@@ -139,6 +141,8 @@ class LoopConfig:
         check(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
         for i, s in enumerate(self.eval_splits):
             check(s in ("train", "valid", "test"), f"eval_splits[{i}]", f"{s!r} is not one of train/valid/test")
+        for i, s in enumerate(self.epoch_end_splits):
+            check(s in ("train", "valid", "test"), f"epoch_end_splits[{i}]", f"{s!r} is not one of train/valid/test")
 
 
 @dataclass

@@ -1,0 +1,210 @@
+"""``RESULTS.md`` and its plots from the runs' ``summary.json`` / ``metrics.jsonl`` files.
+
+Per experiment kind:
+
+* ``table``: mean +- std (over seeds) of test AUC / GAUC / LogLoss, TFLOPs per batch of 1024 and
+  train samples/s per (dataset, variant), and for every dataset what the numbers say about the
+  first variant (STORE) against the others: the difference of means and the larger seed std;
+* ``epochs``: test AUC after every epoch (``train.epoch_end_splits`` includes test), one line per
+  variant and dataset, and the AUC change from the first to the last epoch;
+* ``sweep``: test AUC (and TFLOPs per batch) against the swept value.
+
+The statements are computed from the numbers, so they stay true when the numbers change; the
+experiment's ``notes`` (hand-written) follow them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from store_rec.experiments.runner import Run
+from store_rec.experiments.spec import ExperimentSpec, PaperSpec
+
+METRICS = ("auc", "gauc", "logloss")
+
+
+def _ms(xs: Sequence[float]) -> Tuple[float, float]:
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    if not xs:
+        return float("nan"), float("nan")
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def _fmt(m: float, s: float, digits: int = 4) -> str:
+    if math.isnan(m):
+        return "n/a"
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def _epoch_curve(run: Run) -> Dict[int, float]:
+    """Test AUC after each epoch (1-based) from the run's metrics.jsonl."""
+    out: Dict[int, float] = {}
+    path = run.dir / "metrics.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            if r["split"] == "test" and r.get("auc") is not None:
+                out[int(r["epoch"]) + 1] = float(r["auc"])
+    return out
+
+
+def _group(runs: List[Run]) -> Dict[Tuple[str, str, Any], List[Dict[str, Any]]]:
+    g: Dict[Tuple[str, str, Any], List[Dict[str, Any]]] = {}
+    for r in runs:
+        s = json.loads(r.summary_path.read_text())
+        s["_run"] = r
+        g.setdefault((r.dataset, r.variant, r.x), []).append(s)
+    return g
+
+
+def _table(name: str, e: ExperimentSpec, runs: List[Run], fig_dir: Path) -> List[str]:
+    g = _group(runs)
+    lines = ["| dataset | model | seeds | test AUC | GAUC | LogLoss | TFLOPs/batch | samples/s |", "|---|---|---|---|---|---|---|---|"]
+    stats: Dict[Tuple[str, str], Dict[str, Tuple[float, float]]] = {}
+    for (dn, vn, _), ss in g.items():
+        st = {m: _ms([s[m] for s in ss]) for m in METRICS}
+        stats[(dn, vn)] = st
+        lines.append(f"| {dn} | {vn} | {len(ss)} | {_fmt(*st['auc'])} | {_fmt(*st['gauc'])} | {_fmt(*st['logloss'])} | "
+                     f"{statistics.fmean(s['tflops_per_batch'] for s in ss):.3g} | {statistics.fmean(s['samples_per_s'] for s in ss):.0f} |")
+    lines.append("")
+    first = next(iter(e.variants))
+    for dn in e.datasets:
+        if (dn, first) not in stats:
+            continue
+        ref_m, ref_s = stats[(dn, first)]["auc"]
+        others = sorted(((stats[(dn, v)]["auc"], v) for v in e.variants if v != first and (dn, v) in stats), reverse=True)
+        for (m, s), v in others:
+            d = ref_m - m
+            noise = max(ref_s, s)
+            verdict = "above" if d > 0 else "below"
+            lines.append(f"- {dn}: {first} is {abs(d):.4f} AUC {verdict} {v} (seed std up to {noise:.4f}"
+                         f"{'; within noise' if abs(d) <= noise else ''}).")
+        best = max(((stats[(dn, v)]["auc"][0], v) for v in e.variants if (dn, v) in stats))
+        lines.append(f"- {dn}: highest mean test AUC: **{best[1]}** ({best[0]:.4f}).")
+    notes = sorted({n for r in runs for n in r.notes})
+    lines += [f"- note: {n}." for n in notes]
+    return lines
+
+
+def _epochs(name: str, e: ExperimentSpec, runs: List[Run], fig_dir: Path) -> List[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves: Dict[Tuple[str, str], Dict[int, List[float]]] = {}
+    for r in runs:
+        for ep, auc in _epoch_curve(r).items():
+            curves.setdefault((r.dataset, r.variant), {}).setdefault(ep, []).append(auc)
+    lines = []
+    fig, axes = plt.subplots(1, len(e.datasets), figsize=(5 * len(e.datasets), 3.6), squeeze=False)
+    for i, dn in enumerate(e.datasets):
+        ax = axes[0][i]
+        for vn in e.variants:
+            c = curves.get((dn, vn), {})
+            if not c:
+                continue
+            eps = sorted(c)
+            ms = [_ms(c[k]) for k in eps]
+            ax.errorbar(eps, [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", capsize=3, label=vn)
+            row = " | ".join(_fmt(m, s) for m, s in ms)
+            lines.append(f"| {dn} | {vn} | {row} |")
+            best_ep = eps[max(range(len(ms)), key=lambda j: ms[j][0])]
+            lines.append(f"|  |  | change epoch {eps[0]} -> {eps[-1]}: {ms[-1][0] - ms[0][0]:+.4f}; best epoch {best_ep} |")
+        ax.set_title(dn)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test AUC")
+        ax.legend()
+    fig.tight_layout()
+    png = fig_dir / f"{name}.png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    n_ep = max((max(c) for c in curves.values() if c), default=0)
+    head = ["| dataset | model | " + " | ".join(f"epoch {k}" for k in range(1, n_ep + 1)) + " |",
+            "|---|---|" + "---|" * n_ep]
+    return head + lines + ["", f"![{name}](results/{png.name})"]
+
+
+def _sweep(name: str, e: ExperimentSpec, runs: List[Run], fig_dir: Path) -> List[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    g = _group(runs)
+    lines = [f"| dataset | model | {e.sweep.label} | seeds | test AUC | GAUC | LogLoss | TFLOPs/batch |", "|---|---|---|---|---|---|---|---|"]
+    fig, axes = plt.subplots(1, len(e.datasets), figsize=(5 * len(e.datasets), 3.6), squeeze=False)
+    for i, dn in enumerate(e.datasets):
+        ax = axes[0][i]
+        ax2 = None
+        for vn in e.variants:
+            pts = sorted((x, ss) for (d, v, x), ss in g.items() if d == dn and v == vn)
+            if not pts:
+                continue
+            xs, aucs, tfl = [], [], []
+            for x, ss in pts:
+                st = {m: _ms([s[m] for s in ss]) for m in METRICS}
+                t = statistics.fmean(s["tflops_per_batch"] for s in ss)
+                lines.append(f"| {dn} | {vn} | {x} | {len(ss)} | {_fmt(*st['auc'])} | {_fmt(*st['gauc'])} | "
+                             f"{_fmt(*st['logloss'])} | {t:.3g} |")
+                xs.append(x)
+                aucs.append(st["auc"])
+                tfl.append(t)
+            ax.errorbar(xs, [m for m, _ in aucs], yerr=[s for _, s in aucs], marker="o", capsize=3, label=f"{vn} AUC")
+            if max(tfl) > 1.05 * min(tfl):
+                ax2 = ax2 or ax.twinx()
+                ax2.plot(xs, tfl, "s--", color="gray", label=f"{vn} TFLOPs/batch")
+                ax2.set_ylabel("TFLOPs per batch of 1024")
+            lo, hi = min(range(len(xs)), key=lambda j: aucs[j][0]), max(range(len(xs)), key=lambda j: aucs[j][0])
+            lines.append(f"|  |  | AUC range {aucs[lo][0]:.4f} ({e.sweep.label}={xs[lo]}) .. {aucs[hi][0]:.4f} "
+                         f"({e.sweep.label}={xs[hi]}); TFLOPs {tfl[0]:.3g} -> {tfl[-1]:.3g} |  |  |  |  |  |")
+        ax.set_title(dn)
+        ax.set_xlabel(e.sweep.label)
+        ax.set_ylabel("test AUC")
+        ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    png = fig_dir / f"{name}.png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return lines + ["", f"![{name}](results/{png.name})"]
+
+
+KINDS = {"table": _table, "epochs": _epochs, "sweep": _sweep}
+
+
+def write_results(spec: PaperSpec, runs: List[Run], path: Path, command: str, tiny: bool, header: Optional[str] = None) -> Path:
+    """Write ``path`` (markdown) and its PNGs into ``path.parent / "results"``; temp file + rename."""
+    from store_rec.bench.common import machine_info
+
+    fig_dir = path.parent / "results"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    info = machine_info()
+    out = [
+        "# store_rec results",
+        "",
+        f"Regenerate with `{command}`" + (" (**tiny mode**: smoke-sized data, not results)" if tiny else "") + ".",
+        f"Machine: {info.get('cpu_model', '?')}, {info['cpu_count']} cores, torch {info['torch']}, torchrec {info['torchrec']}, "
+        f"device {info['device']}. Each run: 1 process, 1 thread. Cells are mean ± sample std over the seeds listed.",
+        "",
+    ]
+    if header:
+        out += [header.strip(), ""]
+    for name, e in spec.experiments.items():
+        mine = [r for r in runs if r.experiment == name and r.summary_path.exists()]
+        if not mine:
+            continue
+        out += [f"## {e.title}", "", f"`{name}`: datasets {', '.join(e.datasets)}; seeds "
+                f"{sorted({r.seed for r in mine})}; variants {', '.join(e.variants)}.", ""]
+        out += KINDS[e.kind](name, e, mine, fig_dir)
+        if e.notes.strip():
+            out += ["", e.notes.strip()]
+        out.append("")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("\n".join(out) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,146 @@
+"""The experiments YAML (``configs/experiments/paper.yaml``) validated into dataclasses.
+
+Layout (every key checked; errors name the key path)::
+
+    base: configs/experiments/base.yaml     # training config every run starts from
+    jobs: 2                                 # runs in parallel (1 thread each)
+    datasets:
+      <name>:
+        prepare: {dataset: movielens|avazu|criteo|synthetic, source: PATH, set: {KEY: VALUE}}
+        pretrain: {epochs, dim, max_len}    # SASRec item embeddings; null: no SIDs (raw IDs)
+        sids: {num_sids, codebook_size, steps}   # default semantic-ID shape on this dataset
+        item_feature: movie_id              # the id feature SIDs replace
+        set: [KEY=VALUE, ...]               # training overrides of every run on it
+        tiny: {KEY: VALUE}                  # prepare overrides in --tiny mode
+    experiments:
+      <name>:
+        title: ...
+        kind: table | epochs | sweep        # table: mean/std per variant; epochs: test AUC per
+                                            # epoch (x = 1..train.epochs); sweep: metric vs x
+        datasets: [<name>, ...]
+        seeds: [0, 1, 2]
+        set: [KEY=VALUE, ...]               # overrides of every run of the experiment
+        variants: {<label>: {sids: opmq|rqvae|opq|null, set: [...]}}
+        sweep: {label, key: <config key> | sids_key: num_sids|codebook_size, values: [...]}
+        notes: free text copied into RESULTS.md
+    tiny: {set: [...], seeds: [0], max_values: 2}   # --tiny: what CI runs
+
+A run is (experiment, dataset, variant, x, seed); its overrides are, in order: the dataset's
+``set``, data location / SIDs, the experiment's ``set``, the variant's ``set``, the sweep value,
+``train.seed``, the output location (and ``tiny.set`` in tiny mode).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Literal, Optional
+
+from store_rec.config import check
+
+
+@dataclass
+class PrepareSpec:
+    dataset: Literal["movielens", "avazu", "criteo", "synthetic"]
+    source: Optional[str] = None
+    set: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check(self.dataset == "synthetic" or bool(self.source), "source", f"{self.dataset} needs the raw data path")
+
+
+@dataclass
+class PretrainSpec:
+    epochs: int = 20
+    dim: int = 32
+    max_len: int = 50
+
+    def __post_init__(self) -> None:
+        check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        check(self.dim >= 4 and self.dim % 4 == 0, "dim", f"must be a positive multiple of 4, got {self.dim}")
+
+
+@dataclass
+class SidShape:
+    num_sids: int = 3
+    codebook_size: int = 16
+    steps: Optional[int] = None  # tokenizer training steps (default: store-rec tokenize's)
+
+    def __post_init__(self) -> None:
+        check(self.num_sids >= 1, "num_sids", f"must be >= 1, got {self.num_sids}")
+        check(self.codebook_size >= 2, "codebook_size", f"must be >= 2, got {self.codebook_size}")
+
+
+@dataclass
+class DatasetSpec:
+    prepare: PrepareSpec
+    pretrain: Optional[PretrainSpec] = None
+    sids: SidShape = field(default_factory=SidShape)
+    item_feature: Optional[str] = None
+    set: List[str] = field(default_factory=list)
+    tiny: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check(self.pretrain is None or bool(self.item_feature), "item_feature", "needed when SIDs are pre-trained")
+
+
+@dataclass
+class VariantSpec:
+    sids: Optional[Literal["opmq", "rqvae", "opq"]] = None  # None: raw IDs (model.tokenizer=none)
+    set: List[str] = field(default_factory=list)
+
+
+@dataclass
+class SweepSpec:
+    label: str
+    values: List[Any]
+    key: Optional[str] = None  # a training-config key, e.g. model.attention.sparsity
+    sids_key: Optional[Literal["num_sids", "codebook_size"]] = None  # or a SID-table shape
+
+    def __post_init__(self) -> None:
+        check((self.key is None) != (self.sids_key is None), "key", "give exactly one of key / sids_key")
+        check(len(self.values) >= 1, "values", "needs at least one value")
+
+
+@dataclass
+class ExperimentSpec:
+    title: str
+    kind: Literal["table", "epochs", "sweep"]
+    datasets: List[str]
+    variants: Dict[str, VariantSpec]
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
+    set: List[str] = field(default_factory=list)
+    sweep: Optional[SweepSpec] = None
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        check(bool(self.variants), "variants", "needs at least one variant")
+        check(bool(self.seeds), "seeds", "needs at least one seed")
+        check((self.kind == "sweep") == (self.sweep is not None), "sweep", "kind 'sweep' needs a sweep (and only it)")
+
+
+@dataclass
+class TinySpec:
+    set: List[str] = field(default_factory=list)
+    seeds: List[int] = field(default_factory=lambda: [0])
+    max_values: int = 2  # sweep values kept in tiny mode
+
+
+@dataclass
+class PaperSpec:
+    base: str
+    datasets: Dict[str, DatasetSpec]
+    experiments: Dict[str, ExperimentSpec]
+    jobs: int = 2
+    tiny: TinySpec = field(default_factory=TinySpec)
+
+    def __post_init__(self) -> None:
+        check(self.jobs >= 1, "jobs", f"must be >= 1, got {self.jobs}")
+        for name, e in self.experiments.items():
+            for i, d in enumerate(e.datasets):
+                check(d in self.datasets, f"experiments.{name}.datasets[{i}]", f"{d!r} is not one of {sorted(self.datasets)}")
+
+
+def load_spec(path: str) -> PaperSpec:
+    from store_rec.config import load_config
+
+    return load_config(PaperSpec, path)
