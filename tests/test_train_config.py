@@ -11,10 +11,19 @@ from store_rec.train.config import TrainConfig, load_train_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("cfg", ["smoke.yaml", "store_synthetic.yaml", "dlrm_dcn_synthetic.yaml"])
+TRAIN_CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.yaml")) + ["experiments/base.yaml"]
+
+
+@pytest.mark.parametrize("cfg", TRAIN_CONFIGS)
 def test_shipped_configs_validate(cfg):
+    """Every training YAML shipped in configs/ (the top level) and the experiments' base validates."""
     c = load_train_config(ROOT / "configs" / cfg)
     assert isinstance(c, TrainConfig)
+
+
+def test_the_shipped_train_configs_are_the_expected_ones():
+    assert {"smoke.yaml", "quickstart.yaml", "store_synthetic.yaml", "dlrm_dcn_synthetic.yaml", "store_movielens.yaml",
+            "store_avazu.yaml", "store_criteo.yaml"} <= set(TRAIN_CONFIGS)
 
 
 @pytest.mark.parametrize(
