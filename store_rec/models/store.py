@@ -556,7 +556,8 @@ class RankingTrain(nn.Module):
         self.loss_fn = nn.BCEWithLogitsLoss()
         self.last_aux: Dict[str, torch.Tensor] = {}
 
-    def forward(self, batch) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # noqa: ANN001
+    def weighted_loss(self, batch) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # noqa: ANN001
+        """``(loss, bce, logits: Tensor[B], labels: Tensor[B])`` with ``loss = bce + sum_k w_k * aux_k``."""
         logits, aux = self.model(batch)
         labels = batch.labels.float()
         bce = self.loss_fn(logits, labels)
@@ -566,4 +567,8 @@ class RankingTrain(nn.Module):
             if w:
                 loss = loss + w * v
         self.last_aux = {k: v.detach() for k, v in aux.items()}
+        return loss, bce, logits, labels
+
+    def forward(self, batch) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # noqa: ANN001
+        loss, bce, logits, labels = self.weighted_loss(batch)
         return loss, (bce.detach(), logits.detach(), labels.detach())

@@ -56,6 +56,7 @@ from torch import nn
 
 from store_rec.config import to_dict
 from store_rec.errors import UserError
+from store_rec.models.store import RankingTrain
 from store_rec.train.config import CPU_ROW_WISE_SHARDING_TYPES, CPU_SHARDING_TYPES, TrainConfig
 from store_rec.train.metrics import finite_or_none, gather_predictions, ranking_metrics
 
@@ -101,31 +102,17 @@ def init_distributed() -> DistEnv:
 
 
 # ----------------------------------------------------------------------------------- model pieces
-class TrainWrapper(nn.Module):
+class TrainWrapper(RankingTrain):
     """``forward(batch) -> (loss, (loss, logits, labels, user_ids, bce))`` for ``TrainPipelineSparseDist``.
 
-    ``loss = bce + sum_k w_k * aux_k`` with ``bce = BCEWithLogits(logits: Tensor[B], labels: Tensor[B])``,
-    ``aux`` the model's auxiliary losses and ``w = aux_weights`` (default: ``model.aux_loss_weights()``).
-    The second element is detached (what ``pipeline.progress`` returns); ``user_ids: Tensor[B]`` is
-    the batch's user key for GAUC (``-1`` when the batch has none); ``bce`` is the log loss alone (the
+    :class:`~store_rec.models.store.RankingTrain`'s loss (``bce + sum_k w_k * aux_k``, ``w =
+    aux_weights`` or ``model.aux_loss_weights()``) with what the app's loop and evals need: the
+    second element is detached (what ``pipeline.progress`` returns); ``user_ids: Tensor[B]`` is the
+    batch's user key for GAUC (``-1`` when the batch has none); ``bce`` is the log loss alone (the
     total can be negative: STORE's diversity term is a negated distance)."""
 
-    def __init__(self, model: nn.Module, aux_weights: Optional[Mapping[str, float]] = None) -> None:
-        super().__init__()
-        self.model = model
-        own = model.aux_loss_weights() if hasattr(model, "aux_loss_weights") else {}
-        self.aux_weights = dict(own if aux_weights is None else aux_weights)
-        self.loss_fn = nn.BCEWithLogitsLoss()
-
-    def forward(self, batch) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:  # noqa: ANN001
-        logits, aux = self.model(batch)
-        labels = batch.labels.float()
-        bce = self.loss_fn(logits, labels)
-        loss = bce
-        for k, v in aux.items():
-            w = self.aux_weights.get(k, 0.0)
-            if w:
-                loss = loss + w * v
+    def forward(self, batch) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:  # noqa: ANN001
+        loss, bce, logits, labels = self.weighted_loss(batch)
         user_ids = getattr(batch, "user_ids", None)
         if user_ids is None:
             user_ids = torch.full_like(labels, -1, dtype=torch.int64)
