@@ -86,3 +86,89 @@ def train(
         raise RuntimeError(f"unexpected torchx ddp command (torchx != 0.7.0?): {cmd[:80]}")
     role.args[-1] = f"{launcher} --max-restarts {max_retries} " + cmd[len("torchrun "):]
     return app
+
+
+def tokenize(
+    *script_args: str,
+    embeddings: str,
+    out: str,
+    report: Optional[str] = None,
+    method: str = "opmq",
+    num_sids: int = 3,
+    codebook_size: int = 16,
+    config: Optional[str] = None,
+    steps: Optional[int] = None,
+    epochs: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    seed: Optional[int] = None,
+    dedup: bool = False,
+    item_feature: Optional[str] = None,
+    j: str = "1x2",
+    image: str = "ghcr.io/pytorch/torchx:0.7.0",
+    name: str = "store-rec-tokenize",
+    cpu: int = 2,
+    gpu: int = 0,
+    memMB: int = 4096,
+    h: Optional[str] = None,
+    env: Optional[Dict[str, str]] = None,
+    rdzv_port: int = 29500,
+    mounts: Optional[List[str]] = None,
+) -> specs.AppDef:
+    """Offline data-parallel tokenizer (OPMQ / RQ-VAE / OPQ) on ``j`` = NNODESxNPROC_PER_NODE ranks.
+
+    Every rank runs ``python -m store_rec.distributed.tokenizer``: it reads its shard of EMBEDDINGS, the
+    tokenizer trains data-parallel (identical state on every rank, checked), each rank encodes its shard
+    and rank 0 writes the complete SID table OUT and the REPORT (from all-reduced statistics). The flags
+    mirror ``store-rec tokenize``.
+
+    Args:
+        script_args: extra arguments of ``store_rec.distributed.tokenizer``.
+        embeddings: EMB.parquet (item, embedding), relative to the job's cwd.
+        out: SIDS.parquet written by rank 0 (atomically).
+        report: report JSON written by rank 0.
+        method: opmq, rqvae or opq.
+        num_sids: K, SIDs per item.
+        codebook_size: C, codewords per codebook.
+        config: YAML with model:/train:/opq: sections (as ``store-rec tokenize --config``).
+        steps: training steps per rank (overrides train.steps).
+        epochs: epochs over each rank's shard (overrides train.epochs).
+        batch_size: per-rank batch size (overrides train.batch_size).
+        seed: train.seed.
+        dedup: add the sid_dedup disambiguation column.
+        item_feature: item feature name (default: from the EMB metadata).
+        j: ``{nnodes}x{nproc_per_node}`` (e.g. ``1x2``, ``2x8``).
+        image: container image (ignored by ``local_cwd``).
+        name: job name.
+        cpu: CPUs per replica (node).
+        gpu: GPUs per replica (node).
+        memMB: memory per replica in MB.
+        h: a named resource instead of cpu/gpu/memMB.
+        env: extra environment variables, ``KEY=VALUE,...``.
+        rdzv_port: c10d rendezvous port on the first node.
+        mounts: mounts for container schedulers (``type=bind,src=/data,dst=/data``).
+
+    Returns:
+        the AppDef (one role, ``nnodes`` replicas of torchrun).
+    """
+    args = ["--embeddings", embeddings, "--out", out, "--method", method, "--num-sids", str(num_sids),
+            "--codebook-size", str(codebook_size)]
+    for flag, value in (("--report", report), ("--config", config), ("--steps", steps), ("--epochs", epochs),
+                        ("--batch-size", batch_size), ("--seed", seed), ("--item-feature", item_feature)):
+        if value is not None:
+            args += [flag, str(value)]
+    if dedup:
+        args.append("--dedup")
+    app = ddp(
+        *args, *script_args, m="store_rec.distributed.tokenizer", image=image, name=name, h=h, cpu=cpu, gpu=gpu,
+        memMB=memMB, j=j, env={SHARED_STORE_ENV: "1", **(env or {})}, max_retries=0, rdzv_port=rdzv_port,
+        mounts=mounts,
+    )
+    role = app.roles[0]
+    # same launcher fix-up as `train`: the torchrun of this Python when the job's PATH has none
+    here = Path(sys.executable).parent / "torchrun"
+    cmd = role.args[-1]
+    if not cmd.startswith("torchrun "):
+        raise RuntimeError(f"unexpected torchx ddp command (torchx != 0.7.0?): {cmd[:80]}")
+    if shutil.which("torchrun") is None and here.exists():
+        role.args[-1] = f'"$$(command -v torchrun || echo {here})" ' + cmd[len("torchrun "):]
+    return app

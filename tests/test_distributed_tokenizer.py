@@ -248,6 +248,63 @@ def test_offline_distributed_tokenizer_identical_state_and_complete_table(tmp_pa
     assert rep["distributed"]["world_size"] == 2 and len(set(rep["distributed"]["state_sha256"])) == 1
 
 
+def _offline_method_worker(emb_path: str, out: str, report: str, method: str, config: str):
+    import torch.distributed as dist
+
+    from store_rec.distributed import tokenizer as dt
+
+    args = dt.build_parser().parse_args(["--embeddings", emb_path, "--out", out, "--report", report, "--method", method,
+                                         "--num-sids", "3", "--codebook-size", "8", "--config", config,
+                                         "--steps", "20", "--seed", "5"])
+    try:
+        s = dt.run_offline(args)
+        return {"sha": s["state_sha256"], "state": {k: v.clone() for k, v in s["tokenizer"].state_dict().items()}}
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("method", ["opmq", "rqvae", "opq"])
+def test_offline_methods_config_and_report_from_partials(tmp_path, method):
+    """Every method trains data-parallel with the tokenize YAML; the report, built from all-reduced partial
+    statistics and gathered codes, equals the single-process report of the same tokenizer."""
+    import json
+
+    from store_rec.tokenizer.embeddings import save_embeddings
+    from store_rec.tokenizer.report import tokenizer_report
+    from store_rec.tokenizer.sid_table import read_sid_table
+    from store_rec.tokenizer.train import build_tokenizer, load_tokenize_spec
+
+    ids, emb = _planted_embeddings(n=240, d=8)
+    save_embeddings(tmp_path / "emb.parquet", ids, emb, {"item_feature": "movie"})
+    cfg = tmp_path / "tok.yaml"
+    cfg.write_text("model:\n  hidden_dims: [16]\n  latent_dim: 6\n  dead_code_steps: 20\n"
+                   "train:\n  batch_size: 32\n  lr: 0.003\nopq:\n  outer_iters: 3\n")
+    out = _launch(_offline_method_worker, str(tmp_path / "emb.parquet"), str(tmp_path / "s.parquet"),
+                  str(tmp_path / "r.json"), method, str(cfg))
+    assert out[0]["sha"] == out[1]["sha"]
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["method"] == method and rep["config"]["train"] == {"batch_size": 32, "lr": 0.003, "steps": 20, "seed": 5}
+    assert rep["config"]["model"]["hidden_dims"] == [16]
+    rid, codes, _, meta = read_sid_table(tmp_path / "s.parquet")
+    np.testing.assert_array_equal(rid, ids)
+    assert meta["method"] == method and rep["num_items"] == 240
+    # the same tokenizer in this process (rank 0's state): single-process report == distributed report
+    spec = load_tokenize_spec(str(cfg), method=method, num_sids=3, codebook_size=8, steps=20, seed=5)
+    tok = build_tokenizer(spec, 8)
+    assert type(tok).__name__ == {"opmq": "OPMQ", "rqvae": "RQVAE", "opq": "OPQ"}[method]
+    tok.load_state_dict(out[0]["state"])
+    x = torch.from_numpy(emb)
+    np.testing.assert_array_equal(tok.encode(x).numpy(), codes)
+    ref = tokenizer_report(tok, x)
+    for key in ("recon_mse", "recon_cosine", "data_variance"):
+        assert rep[key] == pytest.approx(ref[key], rel=1e-6), key
+    for key in ("utilization", "unique_tuple_rate", "largest_collision_group", "collided_items"):
+        assert rep[key] == ref[key], key
+    assert rep["perplexity"] == pytest.approx(ref["perplexity"], rel=1e-9)
+    assert 0 < rep["recon_mse"] < rep["data_variance"]
+    assert rep["encode_items_per_s"] > 0 and len(rep["encode_seconds_per_rank"]) == 2
+
+
 def _has_opmq() -> bool:
     try:
         import store_rec.tokenizer.opmq  # noqa: F401

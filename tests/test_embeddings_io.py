@@ -108,3 +108,29 @@ def test_ragged_parquet_list(tmp_path):
     pq.write_table(pa.table({"item": [1, 2], "embedding": [[0.0, 1.0], [1.0]]}), tmp_path / "r.parquet")
     with pytest.raises(DataError, match="row 1 \\(id 2\\) has an embedding of length 1"):
         load_embeddings(tmp_path / "r.parquet")
+
+
+def test_load_item_embeddings_checks(tmp_path):
+    from store_rec.errors import UserError
+    from store_rec.tokenizer.embeddings import load_item_embeddings
+
+    ids, emb = _table()
+    np.save(tmp_path / "e.npy", emb)
+    with pytest.raises(UserError, match="carries no item ids"):
+        load_item_embeddings(tmp_path / "e.npy")
+    got, e2, feat = load_item_embeddings(tmp_path / "e.npy", positional_ids=1)
+    np.testing.assert_array_equal(got, np.arange(1, 7))
+    assert feat == "item" and e2.shape == (6, 4)
+    got, e2, _ = load_item_embeddings(tmp_path / "e.npy", positional_ids=0)  # row 0 = OOV row, dropped
+    np.testing.assert_array_equal(got, np.arange(1, 6))
+    np.testing.assert_array_equal(e2, emb[1:])
+    np.save(tmp_path / "ids.npy", ids)
+    with pytest.raises(UserError, match="either an id file"):
+        load_item_embeddings(tmp_path / "e.npy", ids_path=tmp_path / "ids.npy", positional_ids=1)
+    p = save_embeddings(tmp_path / "e.parquet", ids, emb, {"item_feature": "movie"})
+    got, _, feat = load_item_embeddings(p, expected_dim=4)
+    np.testing.assert_array_equal(got, ids)
+    assert feat == "movie"
+    with pytest.raises(DataError, match="metadata dim 4 != expected dimension 8"):
+        load_item_embeddings(p, expected_dim=8)
+    np.testing.assert_array_equal(load_embeddings(tmp_path / "e.npy", first_id=10)[0], np.arange(10, 16))

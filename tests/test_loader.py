@@ -204,11 +204,14 @@ def _sid_table(path: Path, items, sids, c: int, item_feature="a") -> Path:
 
 
 @pytest.mark.parametrize("features", [None, ["b"]])
-def test_sid_attachment_with_oov(tmp_path, features):
+def test_sid_attachment_with_oov(tmp_path, features, caplog):
     d = make_dataset(tmp_path / "ds", 12)
     # items 1..4 have SIDs; every other id of 'a' (0, 5..9) maps to the OOV SID = C = 3
     sid = _sid_table(tmp_path / "sids.parquet", [1, 2, 3, 4], [[0, 1], [1, 2], [2, 0], [2, 2]], 3)
-    loader = ParquetBatchLoader(d, "train", 6, sid_table=sid, features=features)
+    with caplog.at_level("WARNING", logger="store_rec.data.loader"):
+        loader = ParquetBatchLoader(d, "train", 6, sid_table=sid, features=features)
+    assert loader.sid_oov_items == 5  # ids 5..9 of the 10-row vocabulary (0 is OOV itself)
+    assert "5 of 9 'a' ids have no row in the SID table; they get the OOV SID 3" in caplog.text
     data_keys = ["a", "m", "b"] if features is None else ["b"]
     assert loader.schema.sparse_names == data_keys + ["sid_0", "sid_1"]
     f = loader.schema.feature("sid_1")

@@ -13,7 +13,7 @@ from store_rec.errors import UserError
 from store_rec.tokenizer import OPMQ, OPQ, RQVAE, OPMQConfig, TrainConfig, fit_tokenizer
 from store_rec.tokenizer.opmq import orthogonality_error
 from store_rec.tokenizer.quantizer import VectorQuantizer
-from store_rec.tokenizer.report import code_stats, dedup_tokens, tokenizer_report
+from store_rec.tokenizer.report import code_stats, dedup_tokens, finish_partials, partial_stats, tokenizer_report
 from store_rec.tokenizer.sid_table import read_sid_table, write_sid_table
 
 
@@ -51,6 +51,107 @@ def test_fused_experts_match_reference(hidden):
     m = OPMQ(8, 3, 4, hidden_dims=hidden, latent_dim=5)
     x = torch.randn(7, 8)
     torch.testing.assert_close(m.experts_forward_fused(x), m.experts_forward(x), atol=1e-5, rtol=1e-5)
+
+
+def _reference_codes(m, x):
+    """The pre-optimisation encode: module-by-module experts, then the quantizer's batched nearest."""
+    with torch.no_grad():
+        z = m.experts_forward(x)
+        if m.shared_codebook:
+            n, k, e = z.shape
+            return m.quantizer.nearest(z.reshape(n * k, 1, e)).reshape(n, k), z
+        return m.quantizer.nearest(z), z
+
+
+@pytest.mark.parametrize("kw", [{}, {"hidden_dims": []}, {"hidden_dims": [48, 24]}, {"shared_codebook": True}])
+def test_fast_encode_matches_reference(kw):
+    torch.manual_seed(1)
+    m = OPMQ(64, 3, 16, seed=3, **kw).eval()
+    x = torch.randn(5000, 64)
+    ref, z = _reference_codes(m, x)
+    torch.testing.assert_close(m.experts_forward_fused(x), z, atol=1e-6, rtol=0)
+    for bs in (None, 777, 5000):  # default (memory-budgeted), ragged last batch, one batch
+        codes = m.encode(x, batch_size=bs)
+        assert codes.dtype == torch.long and codes.shape == (5000, 3)
+        # measured: bit-identical codes; allow only genuine near-ties should a BLAS reorder sums
+        diff = (codes != ref).any(1)
+        assert int(diff.sum()) <= 1, int(diff.sum())
+    torch.testing.assert_close(m._encode(x[:10]), ref[:10], atol=0, rtol=0)
+
+
+def test_encode_is_memory_bounded_and_batches_agree():
+    m = OPMQ(64, 32, 300).eval()  # the case that took ~11 GB at batch 262144 ([N, K, C] distances)
+    bs = m.encode_batch_size()
+    assert bs == 1024 and bs * m.encode_bytes_per_row() < 64 * 2 ** 20  # ~58 MiB working set
+    assert OPMQ(64, 3, 16).encode_batch_size() == 3927  # 8 MiB / 2136 bytes per row
+    x = torch.randn(2500, 64)
+    full = m.encode(x, batch_size=2500)
+    torch.testing.assert_close(m.encode(x), full, atol=0, rtol=0)
+    rq = RQVAE(64, 3, 16).eval()
+    torch.testing.assert_close(rq.encode(x, batch_size=700), rq._encode(x), atol=0, rtol=0)
+    opq = OPQ(64, 4, 16)
+    opq.fit(x[:500], outer_iters=1)
+    torch.testing.assert_close(opq.encode(x, batch_size=700), opq._encode(x), atol=0, rtol=0)
+
+
+def test_empty_encode_and_bad_decode():
+    for m in (OPMQ(8, 3, 4), RQVAE(8, 3, 4), OPQ(8, 2, 4)):
+        e = m.encode(torch.zeros(0, 8))
+        assert e.shape == (0, m.num_sids) and e.dtype == torch.long
+        assert m.decode(e).shape == (0, 8)
+        ok = torch.zeros(2, m.num_sids, dtype=torch.long)
+        assert m.decode(ok).shape == (2, 8)
+        oov = ok.clone()
+        oov[1, 1] = 4
+        with pytest.raises(UserError, match=r"row 1, sid_1 = 4 is the OOV SID \(C = 4\).*cannot be decoded"):
+            m.decode(oov)
+        neg = ok.clone()
+        neg[0, 0] = -1
+        with pytest.raises(UserError, match=r"row 0, sid_0 = -1 outside \[0, 4\)"):
+            m.decode(neg)
+        big = ok.clone()
+        big[1, 0] = 9
+        with pytest.raises(UserError, match=r"sid_0 = 9 outside \[0, 4\)"):
+            m.decode(big)
+        with pytest.raises(UserError, match=r"expected LongTensor\[N, K=%d\]" % m.num_sids):
+            m.decode(torch.zeros(2, m.num_sids + 1, dtype=torch.long))
+        with pytest.raises(UserError, match="integer tensor"):
+            m.decode(ok.float())
+
+
+def test_codebook_larger_than_items_and_zero_dims():
+    x, _ = clustered(n=20, d=8, k=4)
+    for m in (OPMQ(8, 2, 32), RQVAE(8, 2, 32)):
+        with pytest.raises(UserError, match="codebook_size C=32 > number of training items 20"):
+            fit_tokenizer(m, x, TrainConfig(steps=1))
+    with pytest.raises(UserError, match="codebook_size C=32 > number of training items 20"):
+        OPQ(8, 2, 32).fit(x)
+    with pytest.warns(UserWarning, match="batch_size 16 < codebook_size 18"):
+        fit_tokenizer(OPMQ(8, 2, 18), x, TrainConfig(steps=1, batch_size=16))
+    for cls in (OPMQ, RQVAE, OPQ):
+        with pytest.raises(ConfigError, match="input_dim: must be > 0, got 0"):
+            cls(0, 2, 4)
+
+
+def test_report_from_partials_matches_direct():
+    x, _ = clustered(n=600, d=16, k=8)
+    m = OPMQ(16, 2, 8, hidden_dims=[16], latent_dim=8)
+    fit_tokenizer(m, x, TrainConfig(steps=30, batch_size=128))
+    codes = m.encode(x)
+    rep = tokenizer_report(m, x)
+    assert rep["encode_seconds"] > 0 and rep["encode_items_per_s"] > 0  # measured, not precomputed
+    assert tokenizer_report(m, x, codes)["encode_seconds"] is None  # precomputed without a time: not 0
+    r = m.decode(codes)
+    assert rep["recon_mse"] == pytest.approx(float(((r - x) ** 2).mean()), rel=1e-5)
+    assert rep["data_variance"] == pytest.approx(float(x.var(0).mean()), rel=1e-5)
+    # two shards' partials summed == the whole table's (what the distributed tokenizer all-reduces)
+    p1, p2 = partial_stats(m, x[:250], codes[:250]), partial_stats(m, x[250:], codes[250:])
+    whole = finish_partials({k: p1[k] + p2[k] for k in p1})
+    direct = finish_partials(partial_stats(m, x, codes))
+    for key in ("recon_mse", "recon_cosine", "data_variance"):
+        assert whole[key] == pytest.approx(direct[key], rel=1e-9)
+    assert whole["utilization"] == direct["utilization"] == code_stats(codes.numpy(), 8)["utilization"]
+    assert whole["perplexity"] == pytest.approx(code_stats(codes.numpy(), 8)["perplexity"])
 
 
 def test_orthogonality_error_values():
@@ -199,3 +300,82 @@ def test_cli_codebook_larger_than_items(tmp_path):
     rc = main(["tokenize", "--embeddings", str(tmp_path / "emb.parquet"), "--num-sids", "2",
                "--codebook-size", "64", "--out", str(tmp_path / "s.parquet")])
     assert rc == 2 and not (tmp_path / "s.parquet").exists()
+
+
+def _tokenize(tmp_path, *extra):
+    from store_rec.cli import main
+    return main(["tokenize", "--num-sids", "2", "--codebook-size", "8", "--steps", "20",
+                 "--out", str(tmp_path / "s.parquet"), "--report", str(tmp_path / "r.json"), *extra])
+
+
+def test_cli_npy_needs_ids(tmp_path, capsys):
+    x, _ = clustered(n=100, d=16, k=8)
+    np.save(tmp_path / "e.npy", x.numpy())
+    assert _tokenize(tmp_path, "--embeddings", str(tmp_path / "e.npy")) == 2
+    assert "carries no item ids; pass --ids FILE" in capsys.readouterr().err
+    ids = np.arange(1000, 1100)
+    (tmp_path / "ids.txt").write_text("\n".join(map(str, ids)) + "\n")
+    assert _tokenize(tmp_path, "--embeddings", str(tmp_path / "e.npy"), "--ids", str(tmp_path / "ids.txt"),
+                     "--dim", "16") == 0
+    rid, codes, _, _ = read_sid_table(tmp_path / "s.parquet")
+    np.testing.assert_array_equal(rid, ids)
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["num_items"] == 100 and rep["encode_seconds"] > 0
+    # --positional-ids 0: row 0 is the OOV id and is not tokenized; 1: rows are items 1..N
+    assert _tokenize(tmp_path, "--embeddings", str(tmp_path / "e.npy"), "--positional-ids", "0") == 0
+    np.testing.assert_array_equal(read_sid_table(tmp_path / "s.parquet")[0], np.arange(1, 100))
+    assert _tokenize(tmp_path, "--embeddings", str(tmp_path / "e.npy"), "--positional-ids", "1") == 0
+    np.testing.assert_array_equal(read_sid_table(tmp_path / "s.parquet")[0], np.arange(1, 101))
+
+
+def test_cli_validation_errors(tmp_path, capsys):
+    x, _ = clustered(n=100, d=16, k=8)
+    np.save(tmp_path / "e.npy", x.numpy())
+    ids = np.arange(1, 101)
+    ids[5] = ids[4]
+    np.save(tmp_path / "dup.npy", ids)
+    assert _tokenize(tmp_path, "--embeddings", str(tmp_path / "e.npy"), "--ids", str(tmp_path / "dup.npy")) == 2
+    assert "duplicate id 5 (rows [4, 5])" in capsys.readouterr().err
+    np.save(tmp_path / "zero.npy", np.arange(0, 100))
+    assert _tokenize(tmp_path, "--embeddings", str(tmp_path / "e.npy"), "--ids", str(tmp_path / "zero.npy")) == 2
+    assert "row 0 has id 0; item ids must be >= 1 (0 is the OOV id" in capsys.readouterr().err
+    assert _tokenize(tmp_path, "--embeddings", str(tmp_path / "e.npy"), "--positional-ids", "1", "--dim", "32") == 2
+    assert "embedding dimension 16 != expected 32" in capsys.readouterr().err
+    _write_emb(tmp_path / "emb.parquet", n=100)
+    assert _tokenize(tmp_path, "--embeddings", str(tmp_path / "emb.parquet"), "--ids", str(tmp_path / "zero.npy")) == 2
+    assert "only apply to .npy embeddings" in capsys.readouterr().err
+    # --data: every item of the dataset's item vocabulary (ids 1..vocab_size-1) must have an embedding
+    from store_rec.data.schema import DatasetSchema, SparseFeature
+    DatasetSchema(dataset="t", label="label", sparse=[SparseFeature(name="movie", role="id", vocab_size=104,
+                                                                    vocab_file="vocab/movie.parquet")]).save(tmp_path)
+    assert _tokenize(tmp_path, "--embeddings", str(tmp_path / "emb.parquet"), "--data", str(tmp_path)) == 2
+    assert "3 expected ids have no embedding, e.g. [101, 102, 103]" in capsys.readouterr().err
+    assert _tokenize(tmp_path, "--embeddings", str(tmp_path / "emb.parquet"), "--data", str(tmp_path),
+                     "--item-feature", "site") == 2
+    assert "no sparse feature 'site'" in capsys.readouterr().err
+    (tmp_path / "bad.yaml").write_text("model:\n  latent_dim: 0\n")
+    assert _tokenize(tmp_path, "--embeddings", str(tmp_path / "emb.parquet"), "--config", str(tmp_path / "bad.yaml")) == 2
+    assert "bad.yaml: model.latent_dim: must be > 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["opmq", "opq"])
+def test_tokenize_save_model_round_trip(tmp_path, method):
+    """``--save-model`` writes the tokenizer that ``model.online.tokenizer`` loads: same codes as the table."""
+    import numpy as np
+
+    from store_rec.cli import main
+    from store_rec.tokenizer.embeddings import save_embeddings
+    from store_rec.tokenizer.online import load_tokenizer
+    from store_rec.tokenizer.sid_table import read_sid_table
+
+    rng = np.random.default_rng(0)
+    ids = np.arange(1, 201, dtype=np.int64)
+    emb = rng.normal(size=(200, 16)).astype(np.float32)
+    save_embeddings(tmp_path / "emb.parquet", ids, emb, {"dim": 16, "item_feature": "item"})
+    assert main(["tokenize", "--embeddings", str(tmp_path / "emb.parquet"), "--method", method, "--num-sids", "2",
+                 "--codebook-size", "8", "--steps", "40", "--out", str(tmp_path / "sids.parquet"),
+                 "--save-model", str(tmp_path / "tok.pt")]) == 0
+    tok, m = load_tokenizer(tmp_path / "tok.pt")
+    t_ids, t_codes, _, _ = read_sid_table(tmp_path / "sids.parquet")
+    assert m == method and np.array_equal(t_ids, ids)
+    assert np.array_equal(tok.encode(torch.from_numpy(emb)).numpy(), t_codes)

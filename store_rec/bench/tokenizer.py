@@ -1,9 +1,18 @@
 """Tokenizer benchmark: encode items/s at d=64, training time, and quality on planted-cluster data.
 
-Records (one per method x setting): ``encode_items_per_s`` (median of repeats, inference_mode,
-batch 262144), ``train_seconds`` (OPMQ/RQ-VAE: ``epochs`` passes of minibatch Adam over ``train_items``
-synthetic items; OPQ: Procrustes/k-means alternation on up to 200k of them), and on clustered synthetic
-embeddings (64 planted clusters) ``recon_mse``, mean ``utilization`` and ``unique_tuple_rate``.
+Records (one per method x KxC setting), all on ``--dim`` (64) synthetic embeddings with 64 planted
+gaussian clusters:
+
+* ``train_items`` / ``train_steps`` / ``train_seconds``: OPMQ / RQ-VAE: ``--epochs`` passes of minibatch
+  Adam (``--batch-size``) over ``train_items`` (default 1M) items, k-means init included; OPQ: the
+  Procrustes / k-means alternation on up to 200k of them.
+* ``encode_items`` / ``encode_items_per_s``: ``model.encode`` on ``encode_items`` (default 1M) items with
+  its default memory-budgeted batching, median of ``--repeats`` timed runs after one warm-up.
+  ``encode_peak_mib``: the largest batch working set (``encode_batch_size * encode_bytes_per_row``).
+* ``report_encode_seconds``: the time ``tokenizer_report`` measured for its own encode of the train items
+  (the report times encoding itself; it is only ``None`` when codes are handed in untimed).
+* quality on the train items: ``recon_mse`` (vs ``data_variance``), mean ``utilization``,
+  ``unique_tuple_rate``.
 """
 
 from __future__ import annotations
@@ -14,7 +23,8 @@ import time
 from store_rec.bench.common import BenchResult, time_fn
 
 COLUMNS = ["method", "K", "C", "train_items", "train_steps", "train_seconds", "encode_items",
-           "encode_items_per_s", "recon_mse", "data_variance", "utilization", "unique_tuple_rate"]
+           "encode_items_per_s", "encode_batch", "encode_peak_mib", "report_encode_seconds", "recon_mse",
+           "data_variance", "utilization", "unique_tuple_rate"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,10 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--repeats", type=int, default=None, help="encode timing repeats (default 5, quick 2)")
     parser.add_argument("--settings", default="3x16,8x64", help="comma list of KxC")
     parser.add_argument("--methods", default="opmq,rqvae,opq")
-    parser.add_argument("--hidden-dims", default="128", help="encoder/expert hidden widths, comma list ('' = linear)")
+    parser.add_argument("--hidden-dims", default="128",
+                        help="encoder/expert hidden widths, comma list ('' = linear); default = OPMQConfig's [128]")
+    parser.add_argument("--latent-dim", type=int, default=32, help="default = OPMQConfig's 32")
 
 
 def clustered_embeddings(n: int, d: int, clusters: int = 64, noise: float = 0.3, seed: int = 0):
+    """``Tensor[n, d]``: ``clusters`` standard-normal centres plus ``noise`` gaussian noise (seeded)."""
     import torch
     g = torch.Generator().manual_seed(seed)
     cent = torch.randn(clusters, d, generator=g)
@@ -59,21 +72,26 @@ def run(args: argparse.Namespace) -> BenchResult:
                 m.fit(x[:n_train], outer_iters=5 if quick else 20)
                 steps = None
             else:
-                m = (OPMQ if method == "opmq" else RQVAE)(args.dim, k, c, hidden_dims=hidden, latent_dim=32)
+                m = (OPMQ if method == "opmq" else RQVAE)(args.dim, k, c, hidden_dims=hidden,
+                                                          latent_dim=args.latent_dim)
                 steps = args.epochs * -(-n_train // args.batch_size)
                 fit_tokenizer(m, x[:n_train], TrainConfig(steps=steps, batch_size=args.batch_size))
             train_s = time.perf_counter() - t0
+            m.eval()
             xe = x[:n_enc]
-            with torch.inference_mode():
-                t = time_fn(lambda: m.encode(xe), repeats=repeats, warmup=1)
+            t = time_fn(lambda: m.encode(xe), repeats=repeats, warmup=1)
             rep = tokenizer_report(m, x[:n_train])
+            bs = m.encode_batch_size()
             records.append({"method": method, "K": k, "C": c, "train_items": n_train, "train_steps": steps,
                             "train_seconds": round(train_s, 2), "encode_items": n_enc,
-                            "encode_items_per_s": round(n_enc / t["median_s"]),
+                            "encode_items_per_s": round(n_enc / t["median_s"]), "encode_batch": bs,
+                            "encode_peak_mib": round(bs * m.encode_bytes_per_row() / 2 ** 20, 1),
+                            "report_encode_seconds": round(rep["encode_seconds"], 3),
                             "recon_mse": round(rep["recon_mse"], 5), "data_variance": round(rep["data_variance"], 4),
                             "utilization": round(sum(rep["utilization"]) / k, 3),
                             "unique_tuple_rate": round(rep["unique_tuple_rate"], 4)})
     return BenchResult(suite="tokenizer", records=records, columns=COLUMNS,
                        config={"dim": args.dim, "train_items": n_train, "encode_items": n_enc, "epochs": args.epochs,
                                "batch_size": args.batch_size, "repeats": repeats, "quick": quick,
-                               "threads": torch.get_num_threads(), "hidden_dims": hidden, "data": "64 planted gaussian clusters, noise 0.3"})
+                               "threads": torch.get_num_threads(), "hidden_dims": hidden,
+                               "latent_dim": args.latent_dim, "data": "64 planted gaussian clusters, noise 0.3"})

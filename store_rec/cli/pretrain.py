@@ -3,10 +3,16 @@
 Sources:
 
 * ``--data DIR``: a prepared dataset with ``sequences.parquet`` (ids = the item feature's vocab
-  ids). Every vocab id ``1 .. num_items - 1`` is exported (ids that never occur in a sequence keep
-  their initial vector; their count is logged and written to the JSON as ``unseen_items``).
+  ids, ``schema.json`` ``sequences.num_items`` = N items with ids ``1 .. N``, 0 = OOV). Every vocab id
+  ``1 .. N`` is exported (ids that never occur in a sequence keep their initial vector; their count is
+  logged and written to the JSON as ``unseen_items``).
 * ``--sequences FILE``: the raw SASRec text format (``user item`` per line, optionally ``.gz``);
   the file's own item ids are kept and only ids that occur in the file are exported.
+
+Evaluation: leave-last-out, HR@10 / NDCG@10 of the held-out item against 100 negatives drawn from the
+items that occur in the data and that the user never interacted with; the same lists ranked by
+training popularity are the baseline. If SASRec does not beat popularity on test NDCG@10 a warning is
+printed and the JSON says ``"beats_popularity": false`` with a ``"warning"``.
 """
 
 from __future__ import annotations
@@ -57,7 +63,7 @@ def run(args) -> int:
     seen = np.unique(np.concatenate(seqs.items))
     seen = seen[seen > 0]
     if args.data:
-        ids = np.arange(1, seqs.num_items, dtype=np.int64)
+        ids = np.arange(1, seqs.num_items + 1, dtype=np.int64)
         unseen = int(len(ids) - len(seen))
         if unseen:
             log.warning("%d of %d vocab items never occur in a sequence; exported with their initial vectors",
@@ -67,10 +73,19 @@ def run(args) -> int:
     meta = {"dim": cfg.dim, "item_feature": seqs.item_feature, "source": "sasrec", "num_items": seqs.num_items,
             "input": str(args.data or args.sequences)}
     save_embeddings(out, ids, res.embeddings[ids], meta)
-    report = {"metrics": res.metrics, "epochs": res.epochs, "seconds": round(res.seconds, 2),
+    sas, pop = res.metrics["sasrec_test"]["ndcg@10"], res.metrics["popularity_test"]["ndcg@10"]
+    report = {"metrics": res.metrics, "beats_popularity": res.beats_popularity,
+              "epochs": res.epochs, "seconds": round(res.seconds, 2),
               "num_users": res.num_users, "num_items": seqs.num_items, "exported_items": int(len(ids)),
-              "unseen_items": unseen, "config": cfg.__dict__, "input": meta["input"],
-              "eval": "leave-last-out, true item vs 100 sampled non-interacted negatives"}
+              "unseen_items": unseen, "catalog_items": res.catalog_size, "config": cfg.__dict__,
+              "input": meta["input"],
+              "eval": (f"leave-last-out, true item vs {cfg.num_eval_negatives} negatives drawn uniformly from the "
+                       f"{res.catalog_size} items occurring in the data, excluding the user's items")}
+    warning = None
+    if not res.beats_popularity:
+        warning = (f"SASRec does not beat popularity on test NDCG@10 ({sas:.4f} <= {pop:.4f}): these embeddings "
+                   "are no better than item counts (train longer, check that sequences are in interaction order)")
+        report["warning"] = warning
     write_json_atomic(out.with_suffix(".json"), report)
     print(f"wrote {out} ({len(ids)} items x {cfg.dim}) and {out.with_suffix('.json')}")
     print(f"{'':12s} {'valid HR@10':>12s} {'valid NDCG@10':>14s} {'test HR@10':>11s} {'test NDCG@10':>13s}")
@@ -78,4 +93,8 @@ def run(args) -> int:
         v, t = res.metrics[f"{name}_valid"], res.metrics[f"{name}_test"]
         print(f"{name:12s} {v['hr@10']:12.4f} {v['ndcg@10']:14.4f} {t['hr@10']:11.4f} {t['ndcg@10']:13.4f}")
     print(f"epochs {res.epochs}, training {res.seconds:.1f} s")
+    if warning:
+        import sys
+
+        print(f"WARNING: {warning}", file=sys.stderr)
     return 0

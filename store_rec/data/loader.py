@@ -418,6 +418,13 @@ class ParquetBatchLoader:
             if len(badk):
                 raise DataError(f"{path}: row {badk[0]}: {col}={v[badk[0]]} out of range [0, {c}) (codebook_size)")
             lut[k, items] = v
+        covered = np.zeros(vocab, bool)
+        covered[items] = True
+        missing = np.flatnonzero(~covered[1:]) + 1  # id 0 is the OOV item
+        self.sid_oov_items = int(len(missing))
+        if len(missing):
+            logger.warning("%s: %d of %d %r ids have no row in the SID table; they get the OOV SID %d in every sid_k "
+                           "(e.g. ids %s)", path, len(missing), vocab - 1, self._sid_item, c, missing[:5].tolist())
         return lut
 
     # ------------------------------------------------------------------ reading

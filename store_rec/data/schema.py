@@ -91,6 +91,8 @@ class SequenceInfo:
 
     ``file`` is a parquet file with columns ``user`` (int64) and ``items`` (list<int64>), items are
     ids of ``item_feature``'s vocabulary in interaction order (``order`` says which order).
+    ``num_items`` counts the items, ids ``1 .. num_items`` (the OOV id 0 is not counted):
+    ``num_items + 1 == vocab_size`` of ``item_feature``.
     """
 
     file: str

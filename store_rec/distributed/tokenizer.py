@@ -1,25 +1,36 @@
-"""Offline distributed OPMQ: train data-parallel on N ranks, encode each shard, write one SID table.
+"""Offline distributed tokenizer: train data-parallel on N ranks, encode each shard, write one SID table.
 
-Run under ``torchrun`` or torchx (gloo on cpu, nccl on cuda)::
+Run under torchx (the ``tokenize`` component of ``launch/components.py``), ``torchrun`` or plain
+``python`` (1 rank); gloo on cpu, nccl on cuda::
 
+    torchx run -s local_cwd launch/components.py:tokenize --embeddings EMB.parquet --out SIDS.parquet \\
+        --report REPORT.json --num_sids 3 --codebook_size 16 --j 1x2
     torchx run -s local_cwd dist.ddp -j 1x2 -m store_rec.distributed.tokenizer -- \\
-        --embeddings EMB.parquet --out SIDS.parquet --report REPORT.json --num-sids 3 --codebook-size 16
+        --embeddings EMB.parquet --out SIDS.parquet --num-sids 3 --codebook-size 16
     torchrun --nproc-per-node 2 -m store_rec.distributed.tokenizer --embeddings EMB.parquet ...
+
+Flags are those of ``store-rec tokenize`` (``--method opmq|rqvae|opq``, ``--config YAML`` with
+``model:``/``train:``/``opq:`` sections, ``--steps``, ``--seed``, ``--dedup``, ``--item-feature``) plus
+``--epochs`` / ``--batch-size`` (per rank).
 
 What each rank does:
 
 1. reads its contiguous row range of the embedding parquet (only the row groups it needs);
-2. builds the same OPMQ (seeded) and broadcasts rank 0's parameters and buffers, so training starts
+2. builds the same tokenizer (seeded) and broadcasts rank 0's parameters and buffers, so training starts
    identical everywhere;
-3. trains with :func:`store_rec.tokenizer.train.fit_tokenizer` on its shard. Gradients are averaged
-   across ranks by autograd hooks on every parameter (the DDP all-reduce, without wrapping the
-   module, so the tokenizer's own methods stay reachable); OPMQ itself all-reduces its EMA codebook
-   statistics and makes k-means initialisation and dead-code restarts identical on every rank when
-   ``torch.distributed`` is initialised. Every rank trains on the same number of rows (the smallest
-   shard size) so all ranks run the same number of steps;
+3. trains on its shard. OPMQ / RQ-VAE: :func:`store_rec.tokenizer.train.fit_tokenizer`; gradients are
+   averaged across ranks by autograd hooks on every parameter (the DDP all-reduce, without wrapping
+   the module, so the tokenizer's own methods stay reachable); the quantizer all-reduces its EMA
+   codebook statistics and makes k-means initialisation and dead-code restarts identical on every rank.
+   Every rank trains on the same number of rows (the smallest shard size) so all ranks run the same
+   number of steps. OPQ: k-means sums/counts and the Procrustes cross-covariance ``X^T Y`` are
+   all-reduced, so every rank computes the same rotation;
 4. checks that the tokenizer state is bit-identical on every rank (sha256 of the state dict), encodes
-   its own full shard, and sends ``(ids, codes)`` to rank 0, which writes the complete SID table
-   atomically (temp file + rename) and the report.
+   its own full shard, computes additive report statistics of its shard (reconstruction error, cosine,
+   embedding moments, per-codebook code counts: :func:`store_rec.tokenizer.report.partial_stats`) which
+   are all-reduced, and sends ``(ids, codes as int16)`` to rank 0, which writes the complete SID table
+   atomically (temp file + rename) and the report (tuple statistics need the codes; nothing else is
+   re-read or re-encoded on rank 0).
 """
 
 from __future__ import annotations
@@ -180,53 +191,79 @@ def gather_to_rank0(ids: np.ndarray, codes: np.ndarray) -> Optional[Tuple[np.nda
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m store_rec.distributed.tokenizer",
-                                description="Offline data-parallel OPMQ: train on N ranks, write one complete SID table.")
+                                description="Offline data-parallel tokenizer: train on N ranks, write one complete "
+                                            "SID table (flags as store-rec tokenize).")
     p.add_argument("--embeddings", required=True, help="EMB.parquet (item, embedding)")
     p.add_argument("--out", required=True, help="SIDS.parquet to write (rank 0, atomic)")
     p.add_argument("--report", help="report JSON (rank 0)")
+    p.add_argument("--method", choices=["opmq", "rqvae", "opq"], default="opmq")
     p.add_argument("--num-sids", type=int, default=3, help="K")
     p.add_argument("--codebook-size", type=int, default=16, help="C")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (tokenizer default if omitted)")
-    p.add_argument("--batch-size", type=int, default=None, help="per-rank batch size (tokenizer default if omitted)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", default=None, help="YAML with model:/train:/opq: sections (as store-rec tokenize)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per rank (train.steps)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs over each shard (train.epochs)")
+    p.add_argument("--batch-size", type=int, default=None, help="per-rank batch size (train.batch_size)")
+    p.add_argument("--seed", type=int, default=None, help="train.seed (default 0)")
     p.add_argument("--item-feature", default=None, help="item feature name (default: from EMB metadata)")
     p.add_argument("--dedup", action="store_true", help="add the sid_dedup disambiguation column")
     return p
 
 
-def _default_build(dim: int, args: argparse.Namespace) -> nn.Module:
-    from store_rec.tokenizer.opmq import OPMQ
+def _spec(args: argparse.Namespace) -> Any:
+    from store_rec.tokenizer.train import load_tokenize_spec
 
-    return OPMQ(input_dim=dim, num_sids=args.num_sids, codebook_size=args.codebook_size)
+    return load_tokenize_spec(getattr(args, "config", None), method=getattr(args, "method", "opmq"),
+                              num_sids=args.num_sids, codebook_size=args.codebook_size,
+                              steps=getattr(args, "steps", None), seed=args.seed, epochs=args.epochs,
+                              batch_size=args.batch_size)
+
+
+def _default_build(dim: int, args: argparse.Namespace) -> nn.Module:
+    from store_rec.tokenizer.train import build_tokenizer
+
+    return build_tokenizer(_spec(args), dim)
 
 
 def _default_fit(model: nn.Module, emb: Tensor, args: argparse.Namespace) -> Dict[str, Any]:
-    from store_rec.tokenizer.train import fit_tokenizer
+    from store_rec.tokenizer.train import train_tokenizer
 
-    return fit_tokenizer(model, emb, _train_config(args)) or {}
-
-
-def _train_config(args: argparse.Namespace) -> Any:
-    from store_rec.tokenizer import train as tt
-
-    cfg = tt.TrainConfig()
-    for name in ("epochs", "batch_size", "seed"):
-        if getattr(args, name, None) is not None and hasattr(cfg, name):
-            setattr(cfg, name, getattr(args, name))
-    return cfg
+    return train_tokenizer(model, emb, _spec(args)) or {}
 
 
-def _encode(model: nn.Module, emb: Tensor, batch: int = 65536) -> np.ndarray:
+def _encode(model: nn.Module, emb: Tensor) -> np.ndarray:
+    """``Tensor[n, d] -> int64[n, K]`` (memory-bounded batching is the tokenizer's own)."""
     model.eval()
-    out = []
     with torch.no_grad():
-        for i in range(0, len(emb), batch):
-            out.append(model.encode(emb[i:i + batch]).cpu().numpy().astype(np.int64))
-    return np.concatenate(out) if out else np.zeros((0, 0), np.int64)
+        return model.encode(emb).cpu().numpy().astype(np.int64)
+
+
+def _reduced_report_stats(model: nn.Module, emb: Tensor, codes: np.ndarray) -> Dict[str, Any]:
+    """Report fields from this rank's shard, summed over all ranks (every rank calls this).
+
+    With a decodable tokenizer: reconstruction MSE / cosine, data variance, utilization, perplexity
+    (:func:`store_rec.tokenizer.report.partial_stats`); otherwise utilization / perplexity from the codes.
+    """
+    from store_rec.tokenizer.report import finish_partials, partial_stats, usage_stats
+
+    k, c = codes.shape[1], int(model.codebook_size)
+    codes_t = torch.from_numpy(codes)
+    if hasattr(model, "decode") and hasattr(model, "_decode"):
+        parts = partial_stats(model, emb, codes_t.to(emb.device))
+    else:
+        parts = {"counts": torch.stack([torch.bincount(codes_t[:, j], minlength=c) for j in range(k)])}
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for key in sorted(parts):  # same order on every rank; nccl needs device tensors
+            t = parts[key].to(emb.device)
+            dist.all_reduce(t)
+            parts[key] = t.cpu()
+    if "n" in parts:
+        return finish_partials(parts)
+    return usage_stats(parts["counts"].numpy())
 
 
 def run_offline(args: argparse.Namespace, *, build=_default_build, fit=_default_fit) -> Dict[str, Any]:
-    """The per-rank program (see module docstring). Returns a summary dict on every rank.
+    """The per-rank program (see module docstring). Returns a summary dict on every rank (``tokenizer``:
+    the trained module, identical on every rank; rank 0 also has ``report``).
 
     ``build(dim, args) -> tokenizer`` and ``fit(tokenizer, Tensor[n, d], args)`` are injectable so the
     distributed mechanics can be exercised with any tokenizer that has ``encode``.
@@ -234,13 +271,14 @@ def run_offline(args: argparse.Namespace, *, build=_default_build, fit=_default_
     rank, world, device = init_distributed()
     if args.num_sids <= 0 or args.codebook_size <= 0:
         raise UserError(f"--num-sids and --codebook-size must be > 0 (got {args.num_sids}, {args.codebook_size})")
+    spec = _spec(args)  # validates --config / flags on every rank before any collective
     t0 = time.perf_counter()
     ids, emb_np, start, total = read_embedding_shard(args.embeddings, rank, world)
     emb = torch.from_numpy(emb_np).to(device)
     if args.codebook_size > total:
         raise UserError(f"--codebook-size {args.codebook_size} > number of items {total}: codebooks cannot be "
                         "initialised from data")
-    torch.manual_seed(args.seed)
+    torch.manual_seed(spec.train.seed)
     model = build(emb.shape[1], args).to(device)
     broadcast_module(model)
     # equal step counts on every rank: train on the first (smallest shard size) rows of each shard
@@ -251,46 +289,72 @@ def run_offline(args: argparse.Namespace, *, build=_default_build, fit=_default_
     finally:
         for h in hooks:
             h.remove()
+    train_s = time.perf_counter() - t0
     digests = check_identical_across_ranks(model)
+    t1 = time.perf_counter()
     codes = _encode(model, emb)
-    gathered = gather_to_rank0(ids, codes)
+    enc_s = time.perf_counter() - t1
+    stats = _reduced_report_stats(model, emb, codes)
+    code_dtype = np.int16 if args.codebook_size <= np.iinfo(np.int16).max else np.int32
+    gathered = gather_to_rank0(ids, codes.astype(code_dtype))
+    enc_all = _gather_floats(enc_s)
     summary: Dict[str, Any] = {"rank": rank, "world_size": world, "rows": [start, start + len(ids)],
-                               "state_sha256": digests[0], "train_rows_per_rank": n_train}
+                               "state_sha256": digests[0], "train_rows_per_rank": n_train, "tokenizer": model}
     if rank == 0:
         assert gathered is not None
         all_ids, all_codes = gathered
-        summary.update(_write_outputs(args, model, all_ids, all_codes, fit_info, world,
-                                      time.perf_counter() - t0, digests))
+        timing = {"train_seconds": round(train_s, 3), "encode_seconds_per_rank": [round(v, 4) for v in enc_all],
+                  "encode_items_per_s": float(total / max(max(enc_all), 1e-9))}
+        summary.update(_write_outputs(args, model, all_ids, all_codes.astype(np.int64), fit_info, world,
+                                      time.perf_counter() - t0, digests, stats, timing))
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
     return summary
 
 
+def _gather_floats(value: float) -> List[float]:
+    """Every rank's ``value`` (all ranks get the list)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    out: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return [float(v) for v in out]
+
+
 def _write_outputs(args: argparse.Namespace, model: nn.Module, ids: np.ndarray, codes: np.ndarray,
-                   fit_info: Any, world: int, seconds: float, digests: Sequence[str]) -> Dict[str, Any]:
+                   fit_info: Any, world: int, seconds: float, digests: Sequence[str],
+                   stats: Dict[str, Any], timing: Dict[str, Any]) -> Dict[str, Any]:
+    """Rank 0: the SID table and the report (from the all-reduced ``stats`` and the gathered codes)."""
     from store_rec.tokenizer.embeddings import read_metadata, write_json_atomic
+    from store_rec.tokenizer.report import tuple_stats
+
     uniq, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         raise DataError(f"{args.embeddings}: duplicate id {int(uniq[np.argmax(counts > 1)])} across shards")
     meta = read_metadata(args.embeddings)
     feature = args.item_feature or meta.get("item_feature", "item")
-    write_sid_parquet(args.out, ids, codes, method="opmq", codebook_size=args.codebook_size, item_feature=feature,
+    method = getattr(args, "method", "opmq")
+    write_sid_parquet(args.out, ids, codes, method=method, codebook_size=args.codebook_size, item_feature=feature,
                       dedup=args.dedup)
-    tuples, tcounts = np.unique(codes, axis=0, return_counts=True)
-    report = {"method": "opmq", "distributed": {"world_size": world, "state_sha256": list(digests)},
-              "num_items": int(len(ids)), "num_sids": int(codes.shape[1]), "codebook_size": args.codebook_size,
-              "unique_tuple_rate": float(len(tuples) / len(ids)), "largest_collision_group": int(tcounts.max()),
-              "utilization": [float(len(np.unique(codes[:, k])) / args.codebook_size) for k in range(codes.shape[1])],
-              "seconds": round(seconds, 3)}
-    try:
-        from store_rec.tokenizer.report import tokenizer_report
-
-        _, emb = _load_full(args.embeddings, ids)
-        report.update(tokenizer_report(model, torch.from_numpy(emb)))
-    except ImportError:
-        pass
+    report: Dict[str, Any] = {"method": method, "item_feature": feature,
+                              "distributed": {"world_size": world, "state_sha256": list(digests),
+                                              "report": "additive statistics all-reduced over ranks; tuple "
+                                                        "statistics from the codes gathered on rank 0"},
+                              "num_items": int(len(ids)), "num_sids": int(codes.shape[1]),
+                              "codebook_size": args.codebook_size, "embedding_dim": int(model.input_dim),
+                              "seconds": round(seconds, 3), **timing}
+    report.update(stats)
+    report["num_items"] = int(len(ids))
+    report.update(tuple_stats(codes, args.codebook_size))
+    if hasattr(model, "orthogonality_error"):
+        with torch.no_grad():
+            report["orthogonality_error"] = float(model.orthogonality_error())
     if isinstance(fit_info, dict):
         report["training"] = {k: v for k, v in fit_info.items() if isinstance(v, (int, float, str, list))}
+    try:
+        report["config"] = _spec(args).raw
+    except Exception:  # injected builders (tests) may not use the tokenize config
+        pass
     if args.report:
         write_json_atomic(args.report, report)
     return {"report": report}
@@ -298,57 +362,13 @@ def _write_outputs(args: argparse.Namespace, model: nn.Module, ids: np.ndarray, 
 
 def write_sid_parquet(path: os.PathLike, ids: np.ndarray, codes: np.ndarray, *, method: str, codebook_size: int,
                       item_feature: str, dedup: bool = False) -> Path:
-    """Write the SID table of the agreed layout atomically (temp file + rename).
+    """Write the SID table (:func:`store_rec.tokenizer.sid_table.write_sid_table` layout) with rows sorted by
+    item id, atomically; ``sid_dedup`` (0, 1, 2 ... among items sharing a tuple) then follows item-id order."""
+    from store_rec.tokenizer.sid_table import write_sid_table
 
-    Columns ``item`` int64, ``sid_0 .. sid_{K-1}`` int64 in ``[0, C)``, optional ``sid_dedup`` (0, 1, 2 ...
-    among items sharing a tuple, in item-id order); metadata ``store_rec`` = JSON
-    ``{"method", "num_sids", "codebook_size", "item_feature"}``. Rows sorted by item id.
-    """
-    import json
-    import tempfile
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = Path(path)
     order = np.argsort(ids, kind="stable")
-    ids, codes = ids[order], codes[order]
-    if codes.size and (codes.min() < 0 or codes.max() >= codebook_size):
-        raise RuntimeError(f"codes outside [0, {codebook_size})")
-    cols = {"item": pa.array(ids, pa.int64())}
-    for k in range(codes.shape[1]):
-        cols[f"sid_{k}"] = pa.array(codes[:, k], pa.int64())
-    if dedup:
-        _, inv = np.unique(codes, axis=0, return_inverse=True)
-        inv = inv.reshape(-1)
-        by = np.argsort(inv, kind="stable")
-        starts = np.r_[0, np.flatnonzero(np.diff(inv[by])) + 1]
-        rank_in_group = np.arange(len(by)) - np.repeat(starts, np.diff(np.r_[starts, len(by)]))
-        d = np.empty(len(by), np.int64)
-        d[by] = rank_in_group
-        cols["sid_dedup"] = pa.array(d, pa.int64())
-    meta = {"method": method, "num_sids": int(codes.shape[1]), "codebook_size": int(codebook_size),
-            "item_feature": item_feature}
-    table = pa.table(cols).replace_schema_metadata({b"store_rec": json.dumps(meta).encode()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _load_full(path: os.PathLike, ids: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    from store_rec.tokenizer.embeddings import load_embeddings
-
-    all_ids, emb = load_embeddings(path)
-    order = {int(i): r for r, i in enumerate(all_ids)}
-    return ids, emb[[order[int(i)] for i in ids]]
+    return write_sid_table(path, ids[order], codes[order], method=method, codebook_size=codebook_size,
+                           item_feature=item_feature, dedup=dedup)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -366,8 +386,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             dist.destroy_process_group()
     if summary["rank"] == 0:
         rep = summary["report"]
-        print(f"wrote {args.out}: {rep['num_items']} items, K={rep['num_sids']}, C={rep['codebook_size']}, "
-              f"world_size={summary['world_size']}, unique-tuple rate {rep['unique_tuple_rate']:.4f}, "
+        print(f"wrote {args.out}: {rep['method']} {rep['num_items']} items, K={rep['num_sids']}, "
+              f"C={rep['codebook_size']}, world_size={summary['world_size']}, "
+              f"recon_mse {rep.get('recon_mse', float('nan')):.4g}, unique-tuple rate {rep['unique_tuple_rate']:.4f}, "
               f"utilization {[round(u, 3) for u in rep['utilization']]}, state sha256 {summary['state_sha256'][:12]} "
               f"(identical on all ranks), {rep['seconds']:.1f} s")
     return 0

@@ -5,7 +5,10 @@ Parquet layout (``EMB.parquet``, written by ``store-rec pretrain``): columns ``i
 ``{"dim", "item_feature", "source", "num_items", ...}``.
 
 Foreign layout: ``EMB.npy`` holding ``float[N, d]`` plus an id file (``.npy`` int ``[N]`` or text with
-one integer id per line) naming the item of each row. Without an id file, row ``i`` is item ``i``.
+one integer id per line) naming the item of each row. Without an id file :func:`load_embeddings` numbers
+rows ``first_id, first_id + 1, ...`` (default 0). Id ``0`` is the OOV id of every vocabulary, so the
+CLI-level :func:`load_item_embeddings` refuses a ``.npy`` without ids unless positional ids are asked
+for explicitly, and refuses id 0 / negative ids.
 
 Validation (each raises :class:`store_rec.errors.DataError` naming the file and the offending
 row / id): wrong shapes, dimension mismatch, duplicate ids, missing ids, NaN/inf values.
@@ -14,6 +17,7 @@ row / id): wrong shapes, dimension mismatch, duplicate ids, missing ids, NaN/inf
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -22,6 +26,8 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from store_rec.errors import DataError
+
+logger = logging.getLogger(__name__)
 
 META_KEY = b"store_rec"
 PathLike = Union[str, os.PathLike]
@@ -97,14 +103,14 @@ def read_metadata(path: PathLike) -> Dict[str, Any]:
 
 
 def load_embeddings(path: PathLike, *, ids_path: Optional[PathLike] = None, expected_dim: Optional[int] = None,
-                    expected_ids: Optional[Union[int, Sequence[int], np.ndarray]] = None
+                    expected_ids: Optional[Union[int, Sequence[int], np.ndarray]] = None, first_id: int = 0
                     ) -> Tuple[np.ndarray, np.ndarray]:
     """Read and validate an item-embedding table.
 
     Args:
         path: ``.parquet`` (our layout) or ``.npy`` (``float[N, d]``).
         ids_path: for ``.npy`` only: ids of the rows (``.npy`` or text, one id per line); default
-            ``arange(N)``.
+            ``first_id + arange(N)``.
         expected_dim: required embedding width ``d``.
         expected_ids: either the vocabulary size (int: every id ``1 .. size-1`` must be present and
             no id may fall outside ``[0, size)``) or the collection of ids that must be present.
@@ -124,7 +130,7 @@ def load_embeddings(path: PathLike, *, ids_path: Optional[PathLike] = None, expe
             ids = _read_ids(Path(ids_path))
             where = f"{path} (ids from {ids_path})"
         else:
-            ids = np.arange(len(emb) if emb.ndim else 0, dtype=np.int64)
+            ids = np.arange(len(emb) if emb.ndim else 0, dtype=np.int64) + int(first_id)
     elif path.suffix == ".parquet":
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -155,6 +161,77 @@ def load_embeddings(path: PathLike, *, ids_path: Optional[PathLike] = None, expe
         raise DataError(f"{path}: unknown embedding format (expected .parquet or .npy)")
     _validate(where, ids, emb, expected_dim, expected_ids)
     return ids, np.ascontiguousarray(emb, dtype=np.float32)
+
+
+def load_item_embeddings(path: PathLike, *, ids_path: Optional[PathLike] = None, positional_ids: Optional[int] = None,
+                         expected_dim: Optional[int] = None, data_dir: Optional[PathLike] = None,
+                         item_feature: Optional[str] = None) -> Tuple[np.ndarray, np.ndarray, str]:
+    """Load an item table for tokenization, with every check that applies (what ``store-rec tokenize`` uses).
+
+    Args:
+        path: ``EMB.parquet`` or ``EMB.npy``.
+        ids_path: ids of a ``.npy``'s rows (``.npy`` or text, one id per line).
+        positional_ids: for a ``.npy`` without ``ids_path``, explicitly number the rows: ``1`` = row i is
+            item ``i + 1``; ``0`` = row i is item ``i`` and row 0 (the OOV id's row, e.g. a padding row) is
+            dropped. Without ids or this, a ``.npy`` is refused (id 0 is OOV: positional ids are a guess).
+        expected_dim: required width ``d`` (also checked against the parquet's ``dim`` metadata).
+        data_dir: a prepared dataset; every id ``1 .. vocab_size - 1`` of the item feature must have an
+            embedding and no id may fall outside the vocabulary.
+        item_feature: item feature name (default: the parquet metadata, else the dataset's
+            ``sequences.item_feature``, else ``"item"``).
+
+    Returns:
+        ``(ids int64[N], emb float32[N, d], item_feature)``; ids are >= 1, unique.
+
+    Raises:
+        UserError / DataError naming the file, row or id.
+    """
+    from store_rec.errors import UserError
+
+    path = Path(path)
+    if path.suffix == ".npy":
+        if ids_path is not None and positional_ids is not None:
+            raise UserError(f"{path}: pass either an id file (--ids) or --positional-ids, not both")
+        if ids_path is None and positional_ids is None:
+            raise UserError(f"{path}: a .npy table carries no item ids; pass --ids FILE (.npy or text, one id per "
+                            "row) or, if rows are positional, --positional-ids 1 (row i = item i+1) or 0 "
+                            "(row i = item i, row 0 = the OOV id, dropped)")
+        if positional_ids is not None and positional_ids not in (0, 1):
+            raise UserError(f"--positional-ids must be 0 or 1, got {positional_ids}")
+    elif ids_path is not None or positional_ids is not None:
+        raise UserError(f"{path}: --ids / --positional-ids only apply to .npy embeddings (a parquet table has "
+                        "an 'item' column)")
+    meta = read_metadata(path) if path.suffix == ".parquet" and path.is_file() else {}
+    if meta.get("dim") is not None:
+        if expected_dim is not None and int(meta["dim"]) != int(expected_dim):
+            raise DataError(f"{path}: metadata dim {meta['dim']} != expected dimension {expected_dim}")
+        expected_dim = int(meta["dim"]) if expected_dim is None else expected_dim
+    feature = item_feature or meta.get("item_feature")
+    expected_ids = None
+    if data_dir is not None:
+        from store_rec.data.schema import DatasetSchema
+
+        schema = DatasetSchema.load(data_dir)
+        if feature is None and schema.sequences is not None:
+            feature = schema.sequences.item_feature
+        feat = next((f for f in schema.sparse if f.name == feature), None)
+        if feat is None:
+            raise UserError(f"{data_dir}/schema.json: no sparse feature {feature!r} (has "
+                            f"{[f.name for f in schema.sparse]}); pass --item-feature")
+        expected_ids = int(feat.vocab_size)
+    ids, emb = load_embeddings(path, ids_path=ids_path, expected_dim=expected_dim, expected_ids=expected_ids,
+                               first_id=positional_ids or 0)
+    if positional_ids == 0 and len(ids) and ids[0] == 0:
+        logger.info("%s: --positional-ids 0: row 0 is the OOV id and is not tokenized", path)
+        ids, emb = ids[1:], emb[1:]
+    bad = np.flatnonzero(ids <= 0)
+    if bad.size:
+        r = int(bad[0])
+        raise DataError(f"{path}: row {r} has id {int(ids[r])}; item ids must be >= 1 (0 is the OOV id, which "
+                        "gets the OOV SID and no codes)")
+    if len(ids) == 0:
+        raise DataError(f"{path}: no item rows left")
+    return ids, emb, feature or "item"
 
 
 def save_embeddings(path: PathLike, ids: np.ndarray, emb: np.ndarray, meta: Optional[Dict[str, Any]] = None) -> Path:

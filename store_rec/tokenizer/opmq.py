@@ -20,7 +20,7 @@ Unknown items: an id missing from the SID table gets the OOV SID ``C`` (see :mod
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, NamedTuple, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -111,20 +111,88 @@ class OPMQ(SemanticTokenizer):
         """``Tensor[N, d] -> z: Tensor[N, K, latent]``."""
         return torch.stack([e(emb) for e in self.experts], dim=1)
 
-    def experts_forward_fused(self, emb: Tensor) -> Tensor:
-        """Same as :meth:`experts_forward` (to float rounding) with all experts in one matmul per layer:
-        layer 0 as ``emb @ [W_1 .. W_K]``, deeper layers as one batched matmul over K. ``Tensor[N, K, latent]``."""
+    def fused_expert_weights(self) -> List[Tuple[Tensor, Tensor]]:
+        """The K experts' layers stacked for batched evaluation (detached; rebuilt on every call, so
+        fine-tuned weights are always current).
+
+        Returns ``[(W_0 Tensor[d, K*h_0], b_0 Tensor[K*h_0]), (W_1 Tensor[K, h_0, h_1], b_1 Tensor[K, h_1]),
+        ...]``: layer 0 of all experts is one ``emb @ W_0`` (expert k owns columns ``k*h_0 .. (k+1)*h_0``),
+        deeper layers are per-expert ``[h_{j-1}, h_j]`` matrices.
+        """
         layers = [[m for m in e if isinstance(m, nn.Linear)] for e in self.experts]
-        k = len(layers)
-        w0 = torch.cat([ls[0].weight for ls in layers], 0)  # [K*h, d]
-        b0 = torch.cat([ls[0].bias for ls in layers], 0)
-        h = torch.addmm(b0, emb, w0.t()).view(emb.shape[0], k, -1)  # [N, K, h]
+        out = [(torch.cat([ls[0].weight for ls in layers], 0).detach().t(),
+                torch.cat([ls[0].bias for ls in layers], 0).detach())]
         for j in range(1, len(layers[0])):
-            h = torch.relu(h).transpose(0, 1)  # [K, N, h]
-            w = torch.stack([ls[j].weight.t() for ls in layers])  # [K, h, h']
-            b = torch.stack([ls[j].bias for ls in layers])[:, None, :]
-            h = torch.baddbmm(b, h, w).transpose(0, 1)
-        return h
+            out.append((torch.stack([ls[j].weight.detach().t() for ls in layers]),
+                        torch.stack([ls[j].bias.detach() for ls in layers])))
+        return out
+
+    def experts_forward_fused(self, emb: Tensor) -> Tensor:
+        """Same as :meth:`experts_forward` (to float rounding) with layer 0 of all experts as one matmul
+        and deeper layers as one matmul per expert. ``Tensor[N, d] -> Tensor[N, K, latent]``."""
+        return self._latents_kn(emb, self.fused_expert_weights()).transpose(0, 1)
+
+    def _latents_kn(self, emb: Tensor, weights: List[Tuple[Tensor, Tensor]],
+                    bufs: Optional[List[Tensor]] = None) -> Tensor:
+        """Expert latents in expert-major layout ``Tensor[K, n, latent]`` (a view for linear experts).
+
+        ``bufs`` (optional, from :meth:`_encode_buffers`) are reused output buffers: no allocation per batch.
+        """
+        n, k = emb.shape[0], self.num_sids
+        w0, b0 = weights[0]
+        h = torch.addmm(b0, emb, w0, out=bufs[0][:n] if bufs else None)  # [n, K*h_0]
+        if len(weights) == 1:
+            return h.view(n, k, -1).transpose(0, 1)
+        h.relu_()
+        prev = [h[:, i * w0.shape[1] // k:(i + 1) * w0.shape[1] // k] for i in range(k)]  # [n, h_0] each
+        for j, (w, b) in enumerate(weights[1:], start=1):
+            z = bufs[j][:, :n] if bufs else emb.new_empty(k, n, w.shape[2])
+            for i in range(k):
+                torch.addmm(b[i], prev[i], w[i], out=z[i])
+            if j < len(weights) - 1:
+                z.relu_()
+            prev = list(z)
+        return z
+
+    def _encode_buffers(self, rows: int, weights: List[Tuple[Tensor, Tensor]], device) -> List[Tensor]:
+        """Reusable buffers for :meth:`_encode_into`: layer outputs, distances ``[G, rows*K/G, C]`` and codes."""
+        k = self.num_sids
+        bufs = [torch.empty(rows, weights[0][0].shape[1], device=device)]
+        bufs += [torch.empty(k, rows, w.shape[2], device=device) for w, _ in weights[1:]]
+        bufs.append(torch.empty(k, rows, self.codebook_size, device=device))
+        bufs.append(torch.empty(k, rows, dtype=torch.long, device=device))
+        return bufs
+
+    def _encode_into(self, emb: Tensor, out: Tensor, weights: List[Tuple[Tensor, Tensor]],
+                     bufs: Optional[List[Tensor]] = None) -> None:
+        """Codes of ``emb: Tensor[n, d]`` written into ``out: LongTensor[n, K]``.
+
+        Nearest codeword per expert by ``||c||^2 - 2 z.c`` (``||z||^2`` is constant per row), one
+        ``[n, latent] @ [latent, C]`` matmul per expert, argmin over C.
+        """
+        n, k = emb.shape[0], self.num_sids
+        z = self._latents_kn(emb, weights, bufs)  # [K, n, e]
+        cb = self.quantizer.codebook.detach()  # [G, C, e]
+        cbt = cb.transpose(1, 2)
+        cnorm = (cb * cb).sum(-1)  # [G, C]
+        dist = bufs[-2][:, :n] if bufs else emb.new_empty(k, n, self.codebook_size)
+        for i in range(k):
+            g = 0 if self.shared_codebook else i
+            torch.addmm(cnorm[g], z[i], cbt[g], alpha=-2.0, out=dist[i])
+        codes = bufs[-1][:, :n] if bufs else None
+        codes = torch.argmin(dist, -1, out=codes) if codes is not None else dist.argmin(-1)
+        out.copy_(codes.t())
+
+    def encode_bytes_per_row(self) -> int:
+        widths = [self.num_sids * w for w in (*self.cfg.hidden_dims, self.latent_dim)]
+        return 4 * (sum(widths) + self.num_sids * self.codebook_size) + 8 * self.num_sids
+
+    def _encode_batches(self, emb: Tensor, out: Tensor, batch_size: int) -> None:
+        weights = self.fused_expert_weights()
+        bufs = self._encode_buffers(min(batch_size, emb.shape[0]), weights, emb.device)
+        for i in range(0, emb.shape[0], batch_size):
+            x = self._check_batch(emb, i, batch_size)
+            self._encode_into(x, out[i:i + x.shape[0]], weights, bufs)
 
     def _quantize(self, z: Tensor):
         if self.shared_codebook:
@@ -147,15 +215,15 @@ class OPMQ(SemanticTokenizer):
         return OPMQOutput(recon, codes, z, q, losses)
 
     def _encode(self, emb: Tensor) -> Tensor:
-        z = self.experts_forward_fused(emb)
-        if self.shared_codebook:
-            n, k, e = z.shape
-            return self.quantizer.nearest(z.reshape(n * k, 1, e)).reshape(n, k)
-        return self.quantizer.nearest(z)
+        """Unvalidated codes of one batch ``Tensor[n, d] -> LongTensor[n, K]`` (also used by the online
+        tokenizer on pooled EBC outputs)."""
+        out = torch.empty(emb.shape[0], self.num_sids, dtype=torch.long, device=emb.device)
+        if emb.shape[0]:
+            self._encode_into(emb, out, self.fused_expert_weights())
+        return out
 
-    @torch.inference_mode()
-    def decode(self, codes: Tensor) -> Tensor:
-        """``LongTensor[N, K] -> Tensor[N, d]``."""
+    def _decode(self, codes: Tensor) -> Tensor:
+        """``LongTensor[N, K]`` (validated by :meth:`decode`) -> ``Tensor[N, d]``."""
         if self.shared_codebook:
             q = self.quantizer.codebook[0][codes]
         else:

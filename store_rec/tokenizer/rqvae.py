@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from store_rec.config import ConfigError
 from store_rec.tokenizer.base import SemanticTokenizer
 from store_rec.tokenizer.opmq import OPMQConfig, OPMQOutput, mlp
 from store_rec.tokenizer.quantizer import VectorQuantizer
@@ -21,6 +22,10 @@ class RQVAE(SemanticTokenizer):
     def __init__(self, input_dim: int, num_sids: int = 3, codebook_size: int = 256, *,
                  config: OPMQConfig = None, seed: int = 0, **overrides):
         super().__init__()
+        if config is not None and overrides:
+            raise ConfigError(f"pass either config or keyword overrides, not both: {sorted(overrides)}")
+        if input_dim <= 0:
+            raise ConfigError(f"input_dim: must be > 0, got {input_dim}")
         cfg = config or OPMQConfig(num_sids=num_sids, codebook_size=codebook_size, **overrides)
         self.cfg = cfg
         self.input_dim, self.num_sids, self.codebook_size = input_dim, cfg.num_sids, cfg.codebook_size
@@ -53,15 +58,20 @@ class RQVAE(SemanticTokenizer):
         return OPMQOutput(recon, torch.stack(codes, 1), torch.stack(res, 1), quant, losses)
 
     def _encode(self, emb: Tensor) -> Tensor:
+        """Unvalidated codes of one batch ``Tensor[n, d] -> LongTensor[n, K]``: level k takes the nearest
+        codeword of the residual left by levels ``< k``."""
         residual = self.encoder(emb)
-        codes = []
-        for vq in self.levels:
+        codes = torch.empty(emb.shape[0], self.num_sids, dtype=torch.long, device=emb.device)
+        for k, vq in enumerate(self.levels):
             c = vq.nearest(residual[:, None, :])
-            codes.append(c[:, 0])
+            codes[:, k] = c[:, 0]
             residual = residual - vq.lookup(c)[:, 0]
-        return torch.stack(codes, 1)
+        return codes
 
-    @torch.inference_mode()
-    def decode(self, codes: Tensor) -> Tensor:
+    def encode_bytes_per_row(self) -> int:
+        return 4 * (sum(self.cfg.hidden_dims) + 3 * self.latent_dim + self.codebook_size) + 8 * self.num_sids
+
+    def _decode(self, codes: Tensor) -> Tensor:
+        """``LongTensor[N, K]`` (validated by :meth:`decode`) -> ``Tensor[N, d]``."""
         q = sum(vq.lookup(codes[:, k:k + 1])[:, 0] for k, vq in enumerate(self.levels))
         return self.decoder(q)

@@ -12,12 +12,17 @@ Recipe (the standard one, as in the paper and pmixer/SASRec.pytorch):
 * split: leave-last-out per user: last item = test target, second-to-last = validation target,
   the rest is training. Validation input is the training prefix; test input adds the validation item.
 * metrics: HR@10 and NDCG@10 ranking the true item against ``num_eval_negatives`` (100) items the user
-  never interacted with, drawn uniformly. The same candidate lists are ranked by training-set
-  popularity as the baseline. Ties are broken uniformly at random (seeded), so a constant score
-  gets the chance-level rank, not the best one.
+  never interacted with, drawn uniformly from the **catalog** = the items that occur in the data (any
+  user, any position). Ids that never occur (gaps in raw MovieLens ids, vocabulary entries without a
+  sequence) are never drawn: their untrained vectors would be trivially easy negatives and inflate
+  HR/NDCG. Training negatives come from the same catalog. The same candidate lists are ranked by
+  training-set popularity as the baseline. Ties are broken uniformly at random (seeded), so a
+  constant score gets the chance-level rank, not the best one.
 
-Item ids are the vocabulary ids of the prepared dataset (``0`` = OOV / padding, items
-``1 .. num_items - 1``); ``num_items`` counts the OOV row like ``SparseFeature.vocab_size``.
+Id convention (the one of ``schema.json`` ``sequences.num_items``): items have ids
+``1 .. num_items``; ``0`` is the OOV / padding id. ``num_items`` does **not** count the OOV row; the
+embedding table has ``num_items + 1`` rows (:attr:`Sequences.num_rows`), which equals the item
+feature's ``SparseFeature.vocab_size``.
 """
 
 from __future__ import annotations
@@ -48,8 +53,9 @@ class Sequences:
     """Per-user item sequences in interaction order.
 
     Attributes:
-        items: one ``np.int64[L_u]`` array per user, ids in ``[1, num_items)``.
-        num_items: embedding rows needed (max id + 1; row 0 = padding / OOV).
+        items: one ``np.int64[L_u]`` array per user, ids in ``[1, num_items]``.
+        num_items: number of items = largest possible id (ids ``1 .. num_items``; the padding / OOV
+            id 0 is not counted). The embedding table has :attr:`num_rows` = ``num_items + 1`` rows.
         item_feature: name of the item feature whose vocabulary the ids belong to.
         users: user key per sequence (``np.int64[U]``).
     """
@@ -58,6 +64,18 @@ class Sequences:
     num_items: int
     item_feature: str = "item"
     users: Optional[np.ndarray] = None
+
+    @property
+    def num_rows(self) -> int:
+        """Embedding rows: ``num_items + 1`` (row 0 = padding / OOV)."""
+        return self.num_items + 1
+
+    def catalog(self) -> np.ndarray:
+        """Sorted unique ids ``int64[M]`` that occur in at least one sequence (the sampling catalog)."""
+        if not self.items:
+            return np.zeros(0, np.int64)
+        flat = np.concatenate(self.items)
+        return np.unique(flat[flat > 0])
 
 
 def load_sequences_dir(data_dir: str | Path) -> Sequences:
@@ -79,26 +97,35 @@ def load_sequences_dir(data_dir: str | Path) -> Sequences:
     for col in ("user", "items"):
         if col not in table.column_names:
             raise DataError(f"{path}: missing column {col!r} (has {table.column_names})")
+    n_items = int(info.num_items)
+    if n_items < 1:
+        raise DataError(f"{data_dir}/schema.json: sequences.num_items must be >= 1, got {n_items}")
+    item_feat = next((f for f in schema.sparse if f.name == info.item_feature), None)
+    if item_feat is not None and item_feat.vocab_size != n_items + 1:
+        raise DataError(
+            f"{data_dir}/schema.json: sequences.num_items = {n_items} but feature {info.item_feature!r} has "
+            f"vocab_size = {item_feat.vocab_size}; expected vocab_size = num_items + 1 (num_items counts the "
+            f"items 1..num_items, vocab_size also counts the OOV id 0)")
     users = table.column("user").to_numpy().astype(np.int64)
     lists = table.column("items").combine_chunks()
     offsets = lists.offsets.to_numpy()
     flat = lists.values.to_numpy(zero_copy_only=False).astype(np.int64)
-    bad = np.nonzero((flat < 0) | (flat >= info.num_items))[0]
+    bad = np.nonzero((flat < 0) | (flat > n_items))[0]
     if bad.size:
         row = int(np.searchsorted(offsets, bad[0], side="right") - 1)
-        raise DataError(f"{path}: row {row}: item id {int(flat[bad[0]])} outside [0, {info.num_items}) "
-                        f"(schema.json sequences.num_items)")
+        raise DataError(f"{path}: row {row}: item id {int(flat[bad[0]])} outside [0, {n_items}] "
+                        f"(schema.json sequences.num_items = {n_items}: ids 1..{n_items}, 0 = OOV)")
     items = [flat[offsets[i]:offsets[i + 1]] for i in range(len(users))]
     items = [s[s > 0] for s in items]  # OOV items carry no signal for next-item prediction
-    return Sequences(items=items, num_items=int(info.num_items), item_feature=info.item_feature,
-                     users=users)
+    return Sequences(items=items, num_items=n_items, item_feature=info.item_feature, users=users)
 
 
 def load_sequences_text(path: str | Path) -> Sequences:
     """Read the raw SASRec text format: one ``user item`` pair per line (ints >= 1), in order.
 
     Lines of a user need not be contiguous; each user's items keep file order. ``.gz`` is read
-    transparently. Item ids are used as given (the file's own ids, 1-based), ``num_items = max + 1``.
+    transparently. Item ids are used as given (the file's own ids, 1-based), ``num_items = max id``;
+    ids in ``1 .. max`` that never occur are not in the sampling catalog (see the module docstring).
     """
     path = Path(path)
     if not path.is_file():
@@ -123,7 +150,7 @@ def load_sequences_text(path: str | Path) -> Sequences:
     items_sorted = arr[order, 1]
     bounds = list(starts) + [len(arr)]
     items = [items_sorted[bounds[i]:bounds[i + 1]] for i in range(len(uniq))]
-    return Sequences(items=items, num_items=int(arr[:, 1].max()) + 1, item_feature="item",
+    return Sequences(items=items, num_items=int(arr[:, 1].max()), item_feature="item",
                      users=uniq.astype(np.int64))
 
 
@@ -189,14 +216,14 @@ class SASRec(nn.Module):
     """Self-attentive sequential recommender.
 
     Args:
-        num_items: item rows including the padding row 0.
+        num_items: items (ids ``1 .. num_items``); the table gets ``num_items + 1`` rows, row 0 = padding.
         cfg: hyper-parameters.
     """
 
     def __init__(self, num_items: int, cfg: SASRecConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.item_emb = nn.Embedding(num_items, cfg.dim, padding_idx=0)
+        self.item_emb = nn.Embedding(num_items + 1, cfg.dim, padding_idx=0)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(_Block(cfg.dim, cfg.num_heads, cfg.dropout) for _ in range(cfg.num_blocks))
@@ -226,7 +253,7 @@ class SASRec(nn.Module):
         return torch.einsum("bd,bcd->bc", h, self.item_emb(candidates))
 
     def item_embeddings(self) -> Tensor:
-        """The learned item table ``Tensor[num_items, D]`` (row 0 = padding)."""
+        """The learned item table ``Tensor[num_items + 1, D]`` (row 0 = padding)."""
         return self.item_emb.weight.detach()
 
 
@@ -241,14 +268,36 @@ def _left_pad(seq: np.ndarray, max_len: int) -> np.ndarray:
     return out
 
 
-def _sample_not_in(rng: np.random.Generator, num_items: int, exclude: set, n: int) -> np.ndarray:
-    """``n`` ids uniform in ``[1, num_items)`` not in ``exclude`` (with replacement)."""
-    out = rng.integers(1, num_items, size=n)
-    bad = np.fromiter((x in exclude for x in out), dtype=bool, count=n)
-    while bad.any():
-        out[bad] = rng.integers(1, num_items, size=int(bad.sum()))
-        bad = np.fromiter((x in exclude for x in out), dtype=bool, count=n)
-    return out
+def history_keys(seqs: Sequence[np.ndarray], num_rows: int) -> np.ndarray:
+    """Sorted unique keys ``u * num_rows + item`` of every (user index ``u``, item) pair: ``int64[P]``."""
+    if not len(seqs):
+        return np.zeros(0, np.int64)
+    lens = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    users = np.repeat(np.arange(len(seqs), dtype=np.int64), lens)
+    return np.unique(users * num_rows + np.concatenate(seqs).astype(np.int64))
+
+
+def sample_negatives(rng: np.random.Generator, catalog: np.ndarray, users: np.ndarray, keys: np.ndarray,
+                     num_rows: int, max_rounds: int = 1000) -> np.ndarray:
+    """One negative per entry of ``users`` (user indices ``int64[M]``): uniform over ``catalog``
+    (``int64[C]``, the items that exist), with replacement, excluding the user's own items
+    (``keys`` = :func:`history_keys`). Vectorised rejection sampling; returns ``int64[M]``."""
+    m = len(users)
+    out = catalog[rng.integers(0, len(catalog), size=m)]
+    todo = np.arange(m)
+    if not len(keys):
+        return out
+    last = len(keys) - 1
+    for _ in range(max_rounds):
+        k = users[todo] * num_rows + out[todo]
+        pos = np.searchsorted(keys, k)
+        hit = keys[np.minimum(pos, last)] == k
+        todo = todo[hit]
+        if not len(todo):
+            return out
+        out[todo] = catalog[rng.integers(0, len(catalog), size=len(todo))]
+    raise UserError(f"negative sampling did not finish after {max_rounds} rounds: user index "
+                    f"{int(users[todo[0]])} interacted with almost every one of the {len(catalog)} catalog items")
 
 
 def rank_of_target(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -271,37 +320,59 @@ class SASRecResult:
     """What :func:`train_sasrec` returns: the model, the item table and the metrics."""
 
     model: SASRec
-    embeddings: np.ndarray  # float32[num_items, D], row 0 = padding
+    embeddings: np.ndarray  # float32[num_items + 1, D], row 0 = padding
     metrics: Dict[str, Dict[str, float]] = field(default_factory=dict)
     epochs: int = 0
     seconds: float = 0.0
     num_users: int = 0
     history: List[Dict[str, float]] = field(default_factory=list)
+    catalog_size: int = 0
+
+    @property
+    def beats_popularity(self) -> bool:
+        """Whether SASRec's test NDCG@10 is strictly above the popularity ranking's."""
+        return self.metrics["sasrec_test"]["ndcg@10"] > self.metrics["popularity_test"]["ndcg@10"]
 
 
 class _Split:
-    """Leave-last-out split plus the fixed evaluation candidate lists (target first)."""
+    """Leave-last-out split plus the fixed evaluation candidate lists (target first).
+
+    Attributes:
+        catalog: ``int64[M]`` sorted ids that occur anywhere in the sequences; every negative (evaluation
+            and training) is drawn from it.
+        cands: ``{"valid", "test"} -> int64[U, 1 + n_neg]``, column 0 = the held-out item.
+        popularity: ``float64[num_items + 1]`` training-set counts per id.
+    """
 
     def __init__(self, seqs: Sequences, n_neg: int, seed: int) -> None:
         users = [s for s in seqs.items if len(s) >= 3]
         if not users:
             raise UserError("no user has >= 3 items: leave-last-out needs train/valid/test items")
         self.num_items = seqs.num_items
-        if self.num_items - 1 <= n_neg:
-            raise UserError(f"{self.num_items - 1} items cannot give {n_neg} evaluation negatives")
+        self.num_rows = seqs.num_rows
+        self.catalog = seqs.catalog()
+        if len(self.catalog) <= n_neg:
+            raise UserError(f"only {len(self.catalog)} distinct items occur in the sequences: cannot draw "
+                            f"{n_neg} evaluation negatives per user from items the user did not interact with")
         self.full = users
         self.train = [s[:-2] for s in users]
-        self.seen = [set(s.tolist()) for s in users]  # whole history: evaluation negatives avoid it
-        self.train_seen = [set(s[:-2].tolist()) for s in users]  # training negatives avoid only these
+        n_hist = np.array([len(np.unique(s)) for s in users])
+        full_users = np.flatnonzero(n_hist >= len(self.catalog))
+        if full_users.size:
+            raise UserError(f"user index {int(full_users[0])} interacted with all {len(self.catalog)} catalog items: "
+                            "no negative can be drawn for it")
+        self.seen_keys = history_keys(users, self.num_rows)  # whole history: evaluation negatives avoid it
+        self.train_keys = history_keys(self.train, self.num_rows)  # training negatives avoid only these
         rng = np.random.default_rng(seed + 1)
         self.cands = {}
+        user_idx = np.repeat(np.arange(len(users), dtype=np.int64), n_neg)
         for split, pos in (("valid", -2), ("test", -1)):
             c = np.empty((len(users), 1 + n_neg), dtype=np.int64)
-            for i, s in enumerate(users):
-                c[i, 0] = s[pos]
-                c[i, 1:] = _sample_not_in(rng, self.num_items, self.seen[i], n_neg)
+            c[:, 0] = [s[pos] for s in users]
+            c[:, 1:] = sample_negatives(rng, self.catalog, user_idx, self.seen_keys,
+                                        self.num_rows).reshape(len(users), n_neg)
             self.cands[split] = c
-        self.popularity = np.bincount(np.concatenate(self.train), minlength=self.num_items).astype(np.float64)
+        self.popularity = np.bincount(np.concatenate(self.train), minlength=self.num_rows).astype(np.float64)
 
     def inputs(self, split: str) -> List[np.ndarray]:
         return self.train if split == "valid" else [s[:-1] for s in self.full]
@@ -333,7 +404,8 @@ def train_sasrec(seqs: Sequences, cfg: SASRecConfig, *, eval_every: int = 0) -> 
     """Train SASRec on ``seqs`` with leave-last-out, return the model, its table and metrics.
 
     ``metrics`` has keys ``sasrec_valid``, ``sasrec_test``, ``popularity_valid``, ``popularity_test``,
-    each ``{"hr@10", "ndcg@10"}``. ``eval_every > 0`` logs validation metrics every that many epochs
+    each ``{"hr@10", "ndcg@10"}``; a warning is logged when SASRec does not beat popularity on test
+    NDCG@10 (``SASRecResult.beats_popularity``). ``eval_every > 0`` logs validation metrics every that many epochs
     into ``history``. The returned model is the one after the last epoch.
     """
     cfg.validate()
@@ -345,6 +417,8 @@ def train_sasrec(seqs: Sequences, cfg: SASRecConfig, *, eval_every: int = 0) -> 
     seq_np = np.stack([_left_pad(s[:-1], cfg.max_len) for s in split.train])
     pos_np = np.stack([_left_pad(s[1:], cfg.max_len) for s in split.train])
     model = SASRec(seqs.num_items, cfg).to(cfg.device)
+    train_mask = pos_np != 0
+    train_users = np.nonzero(train_mask)[0].astype(np.int64)  # user index of every training position
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.98))
     history: List[Dict[str, float]] = []
     t0 = time.perf_counter()
@@ -354,9 +428,7 @@ def train_sasrec(seqs: Sequences, cfg: SASRecConfig, *, eval_every: int = 0) -> 
         # one negative per position, not among the user's training items (valid/test items stay
         # eligible, so the held-out targets get no special treatment during training)
         neg_np = np.zeros_like(pos_np)
-        for i in range(n_users):
-            m = pos_np[i] != 0
-            neg_np[i, m] = _sample_not_in(rng, seqs.num_items, split.train_seen[i], int(m.sum()))
+        neg_np[train_mask] = sample_negatives(rng, split.catalog, train_users, split.train_keys, split.num_rows)
         neg_t = torch.from_numpy(neg_np)
         perm = torch.from_numpy(rng.permutation(n_users))
         total = 0.0
@@ -385,15 +457,20 @@ def train_sasrec(seqs: Sequences, cfg: SASRecConfig, *, eval_every: int = 0) -> 
         metrics[f"sasrec_{which}"] = evaluate(model, split, which, cfg.max_len, cfg.device, cfg.seed)
         metrics[f"popularity_{which}"] = evaluate_popularity(split, which, cfg.seed)
     emb = model.item_embeddings().float().cpu().numpy().astype(np.float32)
-    return SASRecResult(model=model, embeddings=emb, metrics=metrics, epochs=cfg.epochs, seconds=seconds,
-                        num_users=n_users, history=history)
+    res = SASRecResult(model=model, embeddings=emb, metrics=metrics, epochs=cfg.epochs, seconds=seconds,
+                       num_users=n_users, history=history, catalog_size=int(len(split.catalog)))
+    if not res.beats_popularity:
+        logger.warning("SASRec does NOT beat the popularity ranking on test NDCG@10 (%.4f <= %.4f): the item "
+                       "embeddings carry no more signal than item counts; train longer or check the data order",
+                       metrics["sasrec_test"]["ndcg@10"], metrics["popularity_test"]["ndcg@10"])
+    return res
 
 
 def training_items(seqs: Sequences) -> np.ndarray:
-    """Item ids ``1 .. num_items - 1`` (the rows exported as embeddings)."""
-    return np.arange(1, seqs.num_items, dtype=np.int64)
+    """Item ids ``1 .. num_items`` (the rows exported as embeddings of a prepared dataset)."""
+    return np.arange(1, seqs.num_items + 1, dtype=np.int64)
 
 
 __all__: Sequence[str] = ("SASRec", "SASRecConfig", "SASRecResult", "Sequences", "load_sequences_dir",
                           "load_sequences_text", "train_sasrec", "evaluate", "evaluate_popularity", "hr_ndcg",
-                          "rank_of_target", "training_items")
+                          "rank_of_target", "training_items", "history_keys", "sample_negatives")
