@@ -339,6 +339,18 @@ class BlockSparseAttention(nn.Module):
         self.impl, self.dropout, self.own_block = impl, float(dropout), bool(own_block)
         self.in_proj = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``nn.MultiheadAttention``'s initialisation: Xavier-uniform packed q/k/v weight, zero biases.
+
+        ``nn.Linear``'s default (Kaiming-uniform with a=sqrt(5)) on the packed ``[3D, D]`` weight
+        measured 0.037 test AUC lower on the quickstart data (0.670 vs 0.707, 1 rank, 2 epochs),
+        below TorchRec's transformer DLRM, which uses this initialisation."""
+        nn.init.xavier_uniform_(self.in_proj.weight)
+        if self.in_proj.bias is not None:
+            nn.init.zeros_(self.in_proj.bias)
+            nn.init.zeros_(self.out_proj.bias)
 
     def extra_repr(self) -> str:
         if self.dense:
