@@ -6,7 +6,8 @@ Steps (each a store_rec command users run themselves on their own data):
 
 1. ``store-rec data prepare synthetic`` -> ``OUT/data`` (planted item clusters, user sequences);
 2. ``store-rec pretrain`` -> SASRec item embeddings ``OUT/emb.parquet`` (HR@10 / NDCG@10 vs popularity);
-3. ``store-rec tokenize --method opmq`` -> semantic IDs ``OUT/sids.parquet`` + report;
+3. ``store-rec tokenize --method opmq`` -> semantic IDs ``OUT/sids.parquet`` + report, and the
+   tokenizer itself ``OUT/tokenizer.pt`` (``configs/quickstart_online.yaml`` tokenizes inside the model);
 4. ``torchx run -s local_cwd launch/components.py:train`` on ``--nproc`` local gloo ranks: STORE
    (``configs/quickstart.yaml``, SIDs from the batch) and one baseline on the same data;
 5. prints AUC / GAUC / LogLoss / samples/s / TFLOPs per batch of 1024 side by side and writes
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if not (REPO / "launch" / "components.py").exists() or not (REPO / CONFIG).exists():
         raise UserError(f"quickstart launches {REPO}/launch/components.py with {CONFIG}: run it from a store_rec checkout")
     out = Path(args.out).resolve()
-    data, emb, sids = out / "data", out / "emb.parquet", out / "sids.parquet"
+    data, emb, sids, tok = out / "data", out / "emb.parquet", out / "sids.parquet", out / "tokenizer.pt"
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
 
@@ -97,12 +98,12 @@ def run(args: argparse.Namespace) -> int:
         if cli(["pretrain", "--data", str(data), "--out", str(emb), "--epochs", str(args.pretrain_epochs),
                 "--max-len", "50", "--dim", "32", "--seed", str(args.seed)]):
             raise UserError("pretrain failed")
-    if _step(f"3/4 tokenize OPMQ K={args.num_sids} C={args.codebook_size} -> {sids}", sids.exists()):
+    if _step(f"3/4 tokenize OPMQ K={args.num_sids} C={args.codebook_size} -> {sids}", sids.exists() and tok.exists()):
         from store_rec.cli import main as cli
 
         if cli(["tokenize", "--embeddings", str(emb), "--method", "opmq", "--num-sids", str(args.num_sids),
                 "--codebook-size", str(args.codebook_size), "--out", str(sids), "--report", str(out / "sids_report.json"),
-                "--seed", str(args.seed)]):
+                "--seed", str(args.seed), "--save-model", str(tok)]):
             raise UserError("tokenize failed")
 
     common = [f"data.dir={data}", "data.prepare_if_missing=null", f"train.epochs={args.epochs}", f"train.seed={args.seed}"]
