@@ -55,6 +55,10 @@ def test_two_rank_training(data_dir, tmp_path, model):
     assert s["steps"] == 26 and s["world_size"] == 2 and s["model"] == model
     assert 0.5 < s["auc"] <= 1.0 and 0.0 <= s["gauc"] <= 1.0 and 0 < s["logloss"] < 0.7  # tiny data: GAUC is noisy
     assert s["samples_per_s"] > 0 and s["tflops_per_batch"] > 0
+    if model == "store":  # the rotations are still orthogonal after training (Cayley parametrization)
+        assert s["rotation_orthogonality_error"] < 1e-5
+    else:
+        assert s["rotation_orthogonality_error"] is None
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs if r["split"] == "valid"][:3] == [10, 13, 20]
     assert s["final"]["test"]["num_samples"] == recs[-1]["num_samples"]

@@ -693,6 +693,8 @@ def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = No
             "best_valid": best, "final": {s: {k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in r.items()}
                                           for s, r in final.items()},
             "resumed_from_step": resumed_from, "train_time_s": train_time, "train_samples": train_samples,
+            # max |R^T R - I| over every rotation matrix after training (None without rotation)
+            "rotation_orthogonality_error": max((m.orthogonality_error() for m in rotation_modules(dmp)), default=None),
         }
         out = Path(metrics_out or cfg.output.metrics_out or Path(cfg.output.dir) / "summary.json")
         if env.rank == 0:
