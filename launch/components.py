@@ -72,11 +72,15 @@ def train(
         m="store_rec.train", image=image, name=name, h=h, cpu=cpu, gpu=gpu, memMB=memMB, j=j,
         env={SHARED_STORE_ENV: "1", **(env or {})}, max_retries=max_retries, rdzv_port=rdzv_port, mounts=mounts,
     )
+    return _launcher(app, max_restarts=max_retries)
+
+
+def _launcher(app: specs.AppDef, max_restarts: Optional[int] = None) -> specs.AppDef:
+    """ddp's role runs ``bash -c "torchrun ..."``: use the torchrun of this Python when the host running
+    the job has none on PATH (a venv that is not activated; ``$$`` is torchx's escape of ``$``, the bash
+    of the job evaluates ``$(...)``), and with ``max_restarts`` add in-job restarts (torchrun's elastic
+    agent restarts all local ranks when one fails; local_cwd ignores the scheduler-level max_retries)."""
     role = app.roles[0]
-    # ddp's role runs `bash -c "torchrun ..."`: add in-job restarts (torchrun's elastic agent restarts all
-    # local ranks when one fails; local_cwd ignores the scheduler-level max_retries), and use the torchrun
-    # of this Python when the host running the job has none on PATH (a venv that is not activated; `$$` is
-    # torchx's escape of `$`, the bash of the job evaluates `$(...)`).
     launcher = "torchrun"
     here = Path(sys.executable).parent / "torchrun"
     if shutil.which("torchrun") is None and here.exists():
@@ -84,7 +88,8 @@ def train(
     cmd = role.args[-1]
     if not cmd.startswith("torchrun "):
         raise RuntimeError(f"unexpected torchx ddp command (torchx != 0.7.0?): {cmd[:80]}")
-    role.args[-1] = f"{launcher} --max-restarts {max_retries} " + cmd[len("torchrun "):]
+    restarts = f" --max-restarts {max_restarts}" if max_restarts is not None else ""
+    role.args[-1] = f"{launcher}{restarts} " + cmd[len("torchrun "):]
     return app
 
 
@@ -163,12 +168,4 @@ def tokenize(
         memMB=memMB, j=j, env={SHARED_STORE_ENV: "1", **(env or {})}, max_retries=0, rdzv_port=rdzv_port,
         mounts=mounts,
     )
-    role = app.roles[0]
-    # same launcher fix-up as `train`: the torchrun of this Python when the job's PATH has none
-    here = Path(sys.executable).parent / "torchrun"
-    cmd = role.args[-1]
-    if not cmd.startswith("torchrun "):
-        raise RuntimeError(f"unexpected torchx ddp command (torchx != 0.7.0?): {cmd[:80]}")
-    if shutil.which("torchrun") is None and here.exists():
-        role.args[-1] = f'"$$(command -v torchrun || echo {here})" ' + cmd[len("torchrun "):]
-    return app
+    return _launcher(app)
