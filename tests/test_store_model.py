@@ -124,7 +124,7 @@ def test_ranking_train_loss_adds_weighted_aux():
     torch.testing.assert_close(loss, expected)
     assert not bce.requires_grad and labels.shape == (8,)
     assert set(train.last_aux) == {"diversity"}
-    no_aux = RankingTrain(model, aux_weights={})
+    no_aux = RankingTrain(model, aux_weights={"diversity": 0.0})  # given weights override the model's per key
     torch.testing.assert_close(no_aux(batch)[0], no_aux(batch)[1][0])
 
 
@@ -354,3 +354,31 @@ def test_online_sid_config_errors(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"nope")
     with pytest.raises(UserError, match="not a store_rec tokenizer file"):
         build_model(_cfg(sid_source="online", item_feature="item", online={"tokenizer": str(tmp_path / "bad.pt")}), schema)
+
+
+@pytest.mark.parametrize("codebook_update", ["ema", "loss"])
+def test_user_aux_weights_override_per_key_and_keep_online_sid_losses(tmp_path, codebook_update):
+    """``loss.aux_weights: {diversity: 0.05}`` changes the diversity weight only: a fine-tuned online
+    tokenizer's ``sid_*`` losses keep weight 1, for whatever loss names the tokenizer returns."""
+    from store_rec.tokenizer import OPMQ
+    from store_rec.tokenizer.online import save_tokenizer
+
+    torch.manual_seed(0)
+    schema = tiny_schema(with_sids=False)
+    tok = OPMQ(8, 2, 4, hidden_dims=[8], latent_dim=4, codebook_update=codebook_update, orth_weight=0.1)
+    tok(torch.randn(64, 8))
+    save_tokenizer(tmp_path / "tok.pt", tok.eval(), "opmq")
+    cfg = _cfg(sid_source="online", item_feature="item",
+               online={"tokenizer": str(tmp_path / "tok.pt"), "finetune": True, "token_mode": "latent"})
+    model = build_model(cfg, schema)
+    model.train()
+    batch = tiny_batch(schema, 16)
+    _, aux = model(batch)
+    sid_keys = {k for k in aux if k.startswith("sid_")}
+    expected_sid = {"sid_recon", "sid_commit", "sid_orth"} | ({"sid_codebook"} if codebook_update == "loss" else set())
+    assert sid_keys == expected_sid
+    assert model.aux_loss_weights() == {"diversity": 0.1, **{k: 1.0 for k in sid_keys}}
+    train = RankingTrain(model, aux_weights={"diversity": 0.05})
+    assert train.aux_weights == {"diversity": 0.05, **{k: 1.0 for k in sid_keys}}
+    assert RankingTrain(model).aux_weights == model.aux_loss_weights()
+    assert RankingTrain(model, aux_weights={"sid_recon": 0.0}).aux_weights["sid_recon"] == 0.0

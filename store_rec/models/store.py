@@ -480,7 +480,8 @@ class StoreModel(RankingModel):
     ``OnlineSIDTokenizer`` turns its pooled embedding into K SID tokens after the (sharded) EBC, so
     the pipeline still overlaps the input dist. The tokenizer comes from ``model.online.tokenizer``
     (or ``sid_tokenizer=``, an already built tokenizer module, e.g. in tests); while fine-tuning,
-    its losses join ``aux`` as ``sid_<name>`` with weight 1 (already weighted by the tokenizer).
+    its losses join ``aux`` as ``sid_<name>`` and ``aux_loss_weights()`` gives each of them weight 1
+    (they are already weighted by the tokenizer), for whatever names the tokenizer returns.
     """
 
     def __init__(self, schema, cfg: ModelConfig, device: Optional[torch.device] = None, dense_device: Optional[torch.device] = None,  # noqa: ANN001
@@ -513,7 +514,7 @@ class StoreModel(RankingModel):
         w = {"diversity": self.cfg.rotation.diversity_weight} if self.model.inter_arch.use_rotation else {}
         tok = self.model.inter_arch.sid_tokenizer
         if tok is not None and tok.finetune:
-            w.update({f"sid_{k}": 1.0 for k in ("recon", "orth", "commit", "codebook")})
+            w.update({f"sid_{k}": 1.0 for k in tok.loss_names})
         return w
 
     def _analytic_modules(self):
@@ -544,15 +545,17 @@ class RankingTrain(nn.Module):
     """Train wrapper for ``TrainPipelineSparseDist`` (like TorchRec's ``DLRMTrain``).
 
     ``forward(batch) -> (loss, (bce, logits, labels))`` with ``loss = BCEWithLogits(logits, labels)
-    + sum_k weights[k] * aux[k]`` (``weights`` default: ``model.aux_loss_weights()``); the second
-    element is detached, as ``pipeline.progress`` returns it. The last aux values (detached) are
-    kept in ``self.last_aux`` for logging.
+    + sum_k weights[k] * aux[k]``, ``weights = {**model.aux_loss_weights(), **aux_weights}``: the
+    given weights override the model's defaults key by key (``{"diversity": 0.05}`` keeps an online
+    tokenizer's ``sid_*`` weights; set a key to 0 to drop that loss). The second element is detached,
+    as ``pipeline.progress`` returns it. The last aux values (detached) are kept in ``self.last_aux``
+    for logging.
     """
 
     def __init__(self, model: RankingModel, aux_weights: Optional[Mapping[str, float]] = None) -> None:
         super().__init__()
         self.model = model
-        self.aux_weights = dict(model.aux_loss_weights() if aux_weights is None else aux_weights)
+        self.aux_weights = {**model.aux_loss_weights(), **(aux_weights or {})}
         self.loss_fn = nn.BCEWithLogitsLoss()
         self.last_aux: Dict[str, torch.Tensor] = {}
 

@@ -84,6 +84,8 @@ class OnlineSIDTokenizer(nn.Module):
             for p in self.tokenizer.parameters():
                 p.requires_grad_(False)
             self.tokenizer.eval()
+        # names of the losses fine-tuning returns (keys of ``aux_losses`` without the model's ``sid_`` prefix)
+        self.loss_names: Tuple[str, ...] = self._probe_loss_names() if finetune else ()
 
     def train(self, mode: bool = True) -> "OnlineSIDTokenizer":
         super().train(mode)
@@ -91,9 +93,18 @@ class OnlineSIDTokenizer(nn.Module):
             self.tokenizer.eval()  # frozen: no EMA updates, no dead-code restarts
         return self
 
-    @property
-    def num_tokens_per_feature(self) -> int:
-        return self.num_sids
+    def _probe_loss_names(self) -> Tuple[str, ...]:
+        """The loss names the tokenizer returns, from one forward of two zero rows in eval mode (no
+        codebook update, no k-means init: nothing in the tokenizer changes)."""
+        p = next(self.tokenizer.parameters(), None)
+        was = self.tokenizer.training
+        self.tokenizer.eval()
+        try:
+            with torch.no_grad():
+                _, _, losses = self._quantize(torch.zeros(2, self.input_dim, device=p.device if p is not None else None))
+        finally:
+            self.tokenizer.train(was)
+        return tuple(losses)
 
     def _pooled(self, pooled: Any) -> Tensor:
         """KeyedTensor (keys include ``features``) or ``Tensor[B, F, d]`` -> ``Tensor[B, F, d]``."""

@@ -106,7 +106,7 @@ class TrainWrapper(RankingTrain):
     """``forward(batch) -> (loss, (loss, logits, labels, user_ids, bce))`` for ``TrainPipelineSparseDist``.
 
     :class:`~store_rec.models.store.RankingTrain`'s loss (``bce + sum_k w_k * aux_k``, ``w =
-    aux_weights`` or ``model.aux_loss_weights()``) with what the app's loop and evals need: the
+    {**model.aux_loss_weights(), **aux_weights}``) with what the app's loop and evals need: the
     second element is detached (what ``pipeline.progress`` returns); ``user_ids: Tensor[B]`` is the
     batch's user key for GAUC (``-1`` when the batch has none); ``bce`` is the log loss alone (the
     total can be negative: STORE's diversity term is a negated distance)."""

@@ -18,7 +18,7 @@ Sections (every key optional except ``data.dir``)::
                 compute_kernels}}}
     checkpoint:{enabled, dir, every_steps, keep}
     output:    {dir, metrics_out, tensorboard, progress_bar}
-    loss:      {aux_weights: {diversity: 0.1, recon: ..., orth: ...}}  # default: the model's own
+    loss:      {aux_weights: {diversity: 0.1, sid_recon: ...}}  # per key, over the model's own weights
 """
 
 from __future__ import annotations
@@ -202,8 +202,10 @@ class OutputConfig:
 
 @dataclass
 class LossConfig:
-    """``loss.aux_weights``: weight of each auxiliary loss the model returns (e.g. ``diversity``).
-    Unset: the model's own weights (``model.aux_loss_weights()``, from ``model.rotation``)."""
+    """``loss.aux_weights``: weight of auxiliary losses the model returns (e.g. ``diversity``,
+    ``sid_recon``). Each key given overrides the model's own weight of that loss
+    (``model.aux_loss_weights()``: ``diversity`` from ``model.rotation``, 1 for every ``sid_<name>``
+    loss of a fine-tuned online tokenizer); the others keep the model's weight. 0 drops a loss."""
 
     aux_weights: Optional[Dict[str, float]] = None
 
