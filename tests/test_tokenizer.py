@@ -379,3 +379,19 @@ def test_tokenize_save_model_round_trip(tmp_path, method):
     t_ids, t_codes, _, _ = read_sid_table(tmp_path / "sids.parquet")
     assert m == method and np.array_equal(t_ids, ids)
     assert np.array_equal(tok.encode(torch.from_numpy(emb)).numpy(), t_codes)
+
+
+def test_cli_config_file_errors_name_the_file(tmp_path, capsys):
+    """``tokenize --config``: a missing file, bad YAML or a non-mapping exit 2 with the file named."""
+    _write_emb(tmp_path / "emb.parquet", n=100)
+    emb = str(tmp_path / "emb.parquet")
+    missing = tmp_path / "missing.yaml"
+    assert _tokenize(tmp_path, "--embeddings", emb, "--config", str(missing)) == 2
+    assert f"{missing}: config file not found" in capsys.readouterr().err
+    (tmp_path / "broken.yaml").write_text("model: [unclosed\n")
+    assert _tokenize(tmp_path, "--embeddings", emb, "--config", str(tmp_path / "broken.yaml")) == 2
+    assert f"{tmp_path / 'broken.yaml'}: not valid YAML" in capsys.readouterr().err
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    assert _tokenize(tmp_path, "--embeddings", emb, "--config", str(tmp_path / "list.yaml")) == 2
+    assert f"{tmp_path / 'list.yaml'}: top level must be a mapping" in capsys.readouterr().err
+    assert not (tmp_path / "s.parquet").exists()

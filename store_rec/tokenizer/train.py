@@ -107,9 +107,7 @@ def load_tokenize_spec(config_path: Optional[str], *, method: str, num_sids: int
                        batch_size: Optional[int] = None) -> TokenizeSpec:
     """Read ``--config YAML`` (sections ``model:`` OPMQConfig, ``train:`` TrainConfig, ``opq:`` {outer_iters,
     kmeans_iters, max_train}); the explicit arguments win over the file. Errors name the file and key."""
-    import yaml
-
-    from store_rec.config import ConfigError, from_dict
+    from store_rec.config import ConfigError, from_dict, load_yaml
     from store_rec.tokenizer.opmq import OPMQConfig
 
     if method not in METHODS:
@@ -118,11 +116,9 @@ def load_tokenize_spec(config_path: Optional[str], *, method: str, num_sids: int
         raise ConfigError(f"--num-sids/--codebook-size: must be > 0, got {num_sids}/{codebook_size}")
     raw: Dict[str, Any] = {}
     if config_path:
-        with open(config_path) as f:
-            raw = yaml.safe_load(f) or {}
-        if not isinstance(raw, dict) or set(raw) - {"model", "train", "opq"}:
-            raise ConfigError(f"{config_path}: expected a mapping with keys model/train/opq, got "
-                              f"{list(raw) if isinstance(raw, dict) else type(raw).__name__}")
+        raw = load_yaml(config_path)  # ConfigError naming the file: missing, not YAML, not a mapping
+        if set(raw) - {"model", "train", "opq"}:
+            raise ConfigError(f"{config_path}: expected a mapping with keys model/train/opq, got {list(raw)}")
     mcfg = dict(raw.get("model") or {}, num_sids=num_sids, codebook_size=codebook_size)
     tcfg = dict(raw.get("train") or {})
     for key, val in (("steps", steps), ("seed", seed), ("epochs", epochs), ("batch_size", batch_size)):
