@@ -307,3 +307,23 @@ def test_tokenizer_switch_must_match_the_sid_table(tmp_path):
     cfg = load_train_config(ROOT / "configs" / "smoke.yaml", ["model.tokenizer=opmq", f"data.sid_table={tmp_path / 'no.parquet'}"])
     with pytest.raises(UserError, match="no such file"):
         check_sid_table_method(cfg)
+
+
+def test_nan_valid_auc_is_worse_than_any_finite_auc():
+    """A single-class valid split gives AUC NaN; it must not become an unbeatable best (early stop)."""
+    from store_rec.train.app import improves_on_best
+
+    nan = float("nan")
+    assert improves_on_best(nan, None) and improves_on_best(0.6, None)  # the first eval sets the best
+    assert improves_on_best(0.51, {"auc": nan}) and improves_on_best(0.51, {"auc": None})
+    assert not improves_on_best(nan, {"auc": nan}) and not improves_on_best(nan, {"auc": 0.5})
+    assert not improves_on_best(None, {"auc": 0.5}) and not improves_on_best(float("inf"), {"auc": 0.5})
+    assert improves_on_best(0.7, {"auc": 0.6}) and not improves_on_best(0.6, {"auc": 0.6})
+    # the loop's early stop: NaN first, then improving finite AUCs -> no bad evals
+    best, bad = None, 0
+    for auc in (nan, 0.55, 0.6, nan, 0.65):
+        if improves_on_best(auc, best):
+            best, bad = {"auc": auc}, 0
+        else:
+            bad += 1
+    assert best == {"auc": 0.65} and bad == 0

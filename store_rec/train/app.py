@@ -431,6 +431,20 @@ def evaluate(model: nn.Module, loader, env: DistEnv) -> Dict[str, float]:  # noq
     return ranking_metrics(lg.cpu(), lb.cpu(), u.cpu() if has_users else None)
 
 
+def improves_on_best(auc: Optional[float], best: Optional[Mapping[str, Any]]) -> bool:
+    """Whether a valid ``auc`` makes a new best (early stop counts the evals where it does not).
+
+    The first eval always does (``best is None``). A non-finite or missing AUC (NaN from a
+    single-class valid split) is worse than any finite one: it never beats a best, and any finite AUC
+    beats a non-finite best, so one NaN eval cannot freeze ``best`` and trigger early stop."""
+    if best is None:
+        return True
+    if auc is None or not math.isfinite(auc):
+        return False
+    b = best.get("auc")
+    return b is None or not math.isfinite(b) or auc > b
+
+
 # ----------------------------------------------------------------------------------- outputs
 def write_json_atomic(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -659,7 +673,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = No
                     if "valid" in eval_loaders:
                         rec = do_eval("valid", loss_avg)
                         loss_sum, loss_n = 0.0, 0
-                        if best is None or (rec["auc"] == rec["auc"] and rec["auc"] > (best["auc"] or -1.0)):
+                        if improves_on_best(rec["auc"], best):
                             best, bad_evals = {k: rec[k] for k in ("step", "epoch", "auc", "gauc", "logloss")}, 0
                         else:
                             bad_evals += 1
