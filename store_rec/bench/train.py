@@ -16,7 +16,8 @@ Each (world size, model) is a real run of the training app (``store_rec.train.ap
 EBCs, fused sparse optimizer, ``TrainPipelineSparseDist``) launched with ``elastic_launch`` on
 ``--world-sizes`` local gloo ranks for ``--steps`` steps; ``samples_per_s`` is the app's own figure
 (train samples over the slowest rank's train time, evals excluded) and ``tflops_per_batch`` the
-model's analytic-plus-counted FLOPs of one fwd+bwd on 1024 samples. Runs of one world size go
+model's analytic-plus-counted TFLOPs of one fwd+bwd per batch of 1024 samples (whatever the run's
+batch size). Runs of one world size go
 back to back in one process; ``speedup_vs_vanilla`` divides by ``store_vanilla`` of the same world
 size. Each rank uses ``--threads`` intra-op threads (default 1, as torchrun sets for several ranks):
 on a small shared CPU a multi-threaded op waits for descheduled workers, which measured a 1-rank run
@@ -41,7 +42,7 @@ MODELS = {
 }
 
 COLUMNS = ("world_size", "model", "seq_len", "steps", "batch_size", "samples_per_s", "speedup_vs_vanilla",
-           "tflops_per_batch", "flops_ratio_vs_vanilla", "train_time_s")
+           "tflops_per_batch", "flops_ratio_vs_vanilla", "train_time_s")  # tflops_per_batch: per batch of 1024
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
 

@@ -11,7 +11,7 @@ import sys
 
 SUITES = {
     "attention": ("store_rec.bench.attention", "MoBA vs dense SDPA: fwd+bwd time and FLOPs vs sequence length and sparsity"),
-    "train": ("store_rec.bench.train", "end-to-end training samples/s and TFLOPs per batch, STORE vs baselines"),
+    "train": ("store_rec.bench.train", "end-to-end training samples/s and TFLOPs per batch of 1024, STORE vs baselines"),
     "data": ("store_rec.bench.data", "loader samples/s (Avazu-shaped and synthetic schemas)"),
     "tokenizer": ("store_rec.bench.tokenizer", "tokenizer encode items/s and training time"),
 }

@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:
+        # tflops_per_batch: TFLOPs of one fwd+bwd step per batch of 1024 samples
         keys = ("auc", "gauc", "logloss", "samples_per_s", "tflops_per_batch", "steps", "resumed_from_step")
         print(json.dumps({k: summary.get(k) for k in keys}))
     return 0

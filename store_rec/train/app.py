@@ -20,8 +20,9 @@
    valid AUC; final eval of the last model on ``train.eval_splits``.
 6. Outputs (rank 0): ``<output.dir>/metrics.jsonl`` (one record per eval), TensorBoard scalars in
    ``<output.dir>/tb``, a tqdm bar, and the final JSON summary (``auc``, ``gauc``, ``logloss`` of the
-   test split -- valid if there is no test -- plus ``samples_per_s``, ``tflops_per_batch``, best/valid/
-   test details) at ``output.metrics_out``; written to a temp file then renamed.
+   test split -- valid if there is no test -- plus ``samples_per_s``, ``tflops_per_batch`` (TFLOPs of
+   one fwd+bwd step on a batch of 1024 samples, whatever ``data.batch_size`` is, as the paper reports
+   them), best/valid/test details) at ``output.metrics_out``; written to a temp file then renamed.
 7. Checkpoints (``torch.distributed.checkpoint``): ``<checkpoint.dir>/step-N`` holds the DMP state dict
    (sharded tables + dense parameters) and the fused optimizer state (DCP, sharded), plus one
    ``extra-rank<r>.pt`` per rank (dense/rotation optimizer states, loader position, RNG states, step,
@@ -702,6 +703,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = No
         summary = {
             "auc": finite_or_none(head.get("auc")), "gauc": finite_or_none(head.get("gauc")),
             "logloss": finite_or_none(head.get("logloss")), "split": head.get("split"),
+            # TFLOPs of one fwd+bwd step per batch of 1024 samples (not per data.batch_size batch)
             "samples_per_s": finite_or_none(global_samples_per_s()), "tflops_per_batch": tflops,
             "steps": step, "epochs_completed": epoch, "world_size": env.world_size, "model": cfg.model.name,
             "best_valid": best, "final": {s: {k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in r.items()}
