@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from store_rec.fileio import atomic_path, atomic_write_json, atomic_write_text
+
 
 def machine_info() -> Dict[str, Any]:
     """Cores, library versions and device, recorded in every benchmark JSON."""
@@ -111,12 +113,6 @@ def markdown_table(records: Sequence[Dict[str, Any]], columns: Optional[Sequence
     return "\n".join(lines) + "\n"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_result(result: BenchResult, out_json: os.PathLike) -> Dict[str, Path]:
     """Write OUT.json, OUT.md and (if the suite plots) OUT.png; returns the paths written."""
     out = Path(out_json)
@@ -128,21 +124,20 @@ def write_result(result: BenchResult, out_json: os.PathLike) -> Dict[str, Path]:
         "summary": result.summary,
         "records": result.records,
     }
-    _atomic_write_text(out, json.dumps(payload, indent=2, default=float) + "\n")
+    atomic_write_json(out, payload, default=float)
     paths = {"json": out}
     md = out.with_suffix(".md")
     head = f"# bench {result.suite}\n\n"
     if result.summary:
         head += "".join(f"- {k}: {_fmt(v)}\n" for k, v in result.summary.items()) + "\n"
-    _atomic_write_text(md, head + markdown_table(result.records, result.columns))
+    atomic_write_text(md, head + markdown_table(result.records, result.columns))
     paths["md"] = md
     if result.plot is not None and result.records:
         import matplotlib
 
         matplotlib.use("Agg")
         png = out.with_suffix(".png")
-        tmp = png.with_name(f".{png.stem}.tmp.png")
-        result.plot(result.records, tmp)
-        os.replace(tmp, png)
+        with atomic_path(png) as tmp:  # the plot functions save with format="png" (tmp has no .png suffix)
+            result.plot(result.records, tmp)
         paths["png"] = png
     return paths

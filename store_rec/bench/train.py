@@ -118,7 +118,7 @@ def _plot(records: List[Dict[str, Any]], path: Path) -> None:
     axes[1].set_xticks(range(len(models)), models, rotation=20)
     axes[1].set_ylabel("TFLOPs per batch of 1024 (fwd+bwd)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, format="png", dpi=110)
     plt.close(fig)
 
 

@@ -224,6 +224,7 @@ def run(args) -> int:
     from store_rec.distributed.planning import KERNELS, STRATEGIES, choose_proposer, plan_tables
     from store_rec.distributed.topology import load_topology
     from store_rec.errors import UserError
+    from store_rec.fileio import atomic_write_text
 
     logging.getLogger("torchrec").setLevel(logging.ERROR)  # the planner logs a lot at INFO/WARNING
     base = load_topology(args.topology, args.topology_set)
@@ -256,7 +257,7 @@ def run(args) -> int:
                 print(f"[{tag}] no plan ({time.perf_counter() - t0:.1f} s): {e}")
                 continue
             save_plan(res, out / f"plan_{tag}.json")
-            (out / f"stats_{tag}.txt").write_text(res.stats_text)
+            atomic_write_text(out / f"stats_{tag}.txt", res.stats_text)
             _write_ranks(out / f"ranks_{tag}.csv", res)
             rec = {**res.summary(), "status": "ok"}
             records.append(rec)
@@ -295,38 +296,38 @@ def _write_ranks(path: Path, res) -> None:
     import csv
     import dataclasses
 
+    from store_rec.fileio import atomic_path
+
     fields = [f.name for f in dataclasses.fields(res.ranks[0])] + ["total_ms"]
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(fields)
         for r in res.ranks:
             w.writerow([*(round(v, 6) if isinstance(v, float) else v for v in dataclasses.astuple(r)), round(r.total_ms, 6)])
-    tmp.replace(path)
 
 
 def write_comparison(records: List[Dict[str, Any]], out: Path) -> List[Path]:
-    """comparison.md, comparison.csv, step_time.png, peak_memory.png (written to temp names, then renamed)."""
+    """comparison.md, comparison.csv, step_time.png, peak_memory.png (each written atomically)."""
     import csv
 
     import matplotlib
 
+    from store_rec.fileio import atomic_path, atomic_write_text
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    md = out / "comparison.md"
-    (out / "comparison.md.tmp").write_text(
+    md = atomic_write_text(
+        out / "comparison.md",
         "Estimated by TorchRec's planner cost model (not measured): step time = max over ranks of "
-        "fwd/bwd compute + comms of the embedding tables; memory = table shards per rank.\n\n" + _markdown(records)
+        "fwd/bwd compute + comms of the embedding tables; memory = table shards per rank.\n\n" + _markdown(records),
     )
-    (out / "comparison.md.tmp").replace(md)
     cs = out / "comparison.csv"
-    with (out / "comparison.csv.tmp").open("w", newline="") as f:
+    with atomic_path(cs) as tmp, tmp.open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in records:
             w.writerow(r)
-    (out / "comparison.csv.tmp").replace(cs)
     pngs = []
     ok = [r for r in records if r.get("status") == "ok"]
     for fname, key, ylabel in (
@@ -347,9 +348,9 @@ def write_comparison(records: List[Dict[str, Any]], out: Path) -> List[Path]:
             ax.legend()
         fig.tight_layout()
         p = out / fname
-        fig.savefig(out / (fname + ".tmp.png"), dpi=110)
+        with atomic_path(p) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
         plt.close(fig)
-        (out / (fname + ".tmp.png")).replace(p)
         pngs.append(p)
     return [md, cs, *pngs]
 

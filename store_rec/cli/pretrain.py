@@ -46,7 +46,8 @@ def run(args) -> int:
 
     import numpy as np
 
-    from store_rec.tokenizer.embeddings import save_embeddings, write_json_atomic
+    from store_rec.fileio import atomic_write_json
+    from store_rec.tokenizer.embeddings import save_embeddings
     from store_rec.tokenizer.sasrec import SASRecConfig, load_sequences_dir, load_sequences_text, train_sasrec
 
     log = logging.getLogger("store_rec.cli.pretrain")
@@ -86,7 +87,7 @@ def run(args) -> int:
         warning = (f"SASRec does not beat popularity on test NDCG@10 ({sas:.4f} <= {pop:.4f}): these embeddings "
                    "are no better than item counts (train longer, check that sequences are in interaction order)")
         report["warning"] = warning
-    write_json_atomic(out.with_suffix(".json"), report)
+    atomic_write_json(out.with_suffix(".json"), report)
     print(f"wrote {out} ({len(ids)} items x {cfg.dim}) and {out.with_suffix('.json')}")
     print(f"{'':12s} {'valid HR@10':>12s} {'valid NDCG@10':>14s} {'test HR@10':>11s} {'test NDCG@10':>13s}")
     for name in ("sasrec", "popularity"):

@@ -80,6 +80,7 @@ def _torchx_train(run_dir: Path, overrides: List[str], nproc: int) -> Dict[str, 
 
 def run(args: argparse.Namespace) -> int:
     from store_rec.errors import UserError
+    from store_rec.fileio import atomic_write_json
 
     if not (REPO / "launch" / "components.py").exists() or not (REPO / CONFIG).exists():
         raise UserError(f"quickstart launches {REPO}/launch/components.py with {CONFIG}: run it from a store_rec checkout")
@@ -118,9 +119,7 @@ def run(args: argparse.Namespace) -> int:
               "tokenizer": json.loads((out / "sids_report.json").read_text()) if (out / "sids_report.json").exists() else None,
               "total_wall_s": round(time.perf_counter() - t_start, 1),
               "args": {k: v for k, v in vars(args).items() if k != "func"}}
-    tmp = out / "quickstart.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    os.replace(tmp, out / "quickstart.json")
+    atomic_write_json(out / "quickstart.json", report, default=str)
 
     print(f"\n{'model':12s} {'test AUC':>9s} {'GAUC':>7s} {'LogLoss':>8s} {'samples/s':>10s} {'TFLOPs/1024':>12s} {'wall s':>7s}")
     for name, r in results.items():

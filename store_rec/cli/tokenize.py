@@ -59,7 +59,8 @@ def run(args) -> int:
     import torch
 
     from store_rec.errors import UserError
-    from store_rec.tokenizer.embeddings import load_item_embeddings, write_json_atomic
+    from store_rec.fileio import atomic_write_json
+    from store_rec.tokenizer.embeddings import load_item_embeddings
     from store_rec.tokenizer.report import tokenizer_report
     from store_rec.tokenizer.sid_table import write_sid_table
     from store_rec.tokenizer.train import build_tokenizer, load_tokenize_spec, train_tokenizer
@@ -92,7 +93,7 @@ def run(args) -> int:
                 "config": spec.raw, "embeddings": str(args.embeddings),
                 "history": {k: v for k, v in history.items() if k != "step"}})
     if args.report:
-        write_json_atomic(args.report, rep)
+        atomic_write_json(args.report, rep)
     print(f"tokenize {args.method}: {n} items K={args.num_sids} C={args.codebook_size} "
           f"recon_mse={rep['recon_mse']:.4g} cos={rep['recon_cosine']:.3f} "
           f"util={min(rep['utilization']):.2f}-{max(rep['utilization']):.2f} "

@@ -194,11 +194,9 @@ class DatasetSchema:
 
     def save(self, directory: os.PathLike) -> Path:
         """Write ``directory/schema.json`` atomically (temp file + rename)."""
-        path = Path(directory) / SCHEMA_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
-        os.replace(tmp, path)
-        return path
+        from store_rec.fileio import atomic_write_json
+
+        return atomic_write_json(Path(directory) / SCHEMA_FILE, self.to_dict(), indent=2)
 
     @classmethod
     def load(cls, directory: os.PathLike) -> "DatasetSchema":

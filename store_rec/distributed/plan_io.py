@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from store_rec.errors import UserError
+from store_rec.fileio import atomic_write_json
 
 FORMAT = "store_rec.plan/1"
 
@@ -71,12 +72,7 @@ def plan_to_dict(result: Any, module_path: str = "") -> Dict[str, Any]:
 
 def save_plan(result: Any, path: os.PathLike, module_path: str = "") -> Path:
     """Write the plan JSON atomically (temp file + rename); returns the path."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(json.dumps(plan_to_dict(result, module_path), indent=1) + "\n")
-    os.replace(tmp, p)
-    return p
+    return atomic_write_json(path, plan_to_dict(result, module_path), indent=1)
 
 
 def read_plan(path: os.PathLike) -> Dict[str, Any]:

@@ -325,7 +325,8 @@ def _write_outputs(args: argparse.Namespace, model: nn.Module, ids: np.ndarray, 
                    fit_info: Any, world: int, seconds: float, digests: Sequence[str],
                    stats: Dict[str, Any], timing: Dict[str, Any]) -> Dict[str, Any]:
     """Rank 0: the SID table and the report (from the all-reduced ``stats`` and the gathered codes)."""
-    from store_rec.tokenizer.embeddings import read_metadata, write_json_atomic
+    from store_rec.fileio import atomic_write_json
+    from store_rec.tokenizer.embeddings import read_metadata
     from store_rec.tokenizer.report import tuple_stats
 
     uniq, counts = np.unique(ids, return_counts=True)
@@ -356,7 +357,7 @@ def _write_outputs(args: argparse.Namespace, model: nn.Module, ids: np.ndarray, 
     except Exception:  # injected builders (tests) may not use the tokenize config
         pass
     if args.report:
-        write_json_atomic(args.report, report)
+        atomic_write_json(args.report, report)
     return {"report": report}
 
 

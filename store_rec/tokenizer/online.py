@@ -165,7 +165,8 @@ def save_tokenizer(path: Union[str, "os.PathLike[str]"], tokenizer: nn.Module, m
     """Write a trained tokenizer (``opmq`` / ``rqvae`` / ``opq``) to ``path`` (temp file + rename):
     its constructor arguments and ``state_dict``, what :func:`load_tokenizer` rebuilds it from."""
     import dataclasses
-    import os
+
+    from store_rec.fileio import atomic_path
 
     if method not in ("opmq", "rqvae", "opq"):
         raise UserError(f"method must be opmq, rqvae or opq, got {method!r}")
@@ -174,9 +175,8 @@ def save_tokenizer(path: Union[str, "os.PathLike[str]"], tokenizer: nn.Module, m
             "num_sids": int(tokenizer.num_sids), "codebook_size": int(tokenizer.codebook_size),
             "config": dataclasses.asdict(cfg) if cfg is not None else None,
             "state_dict": {k: v.detach().cpu() for k, v in tokenizer.state_dict().items()}}
-    tmp = f"{os.fspath(path)}.tmp{os.getpid()}"
-    torch.save(blob, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
 
 
 def load_tokenizer(path: Union[str, "os.PathLike[str]"]) -> Tuple[nn.Module, str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -18,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from store_rec.errors import DataError
+from store_rec.fileio import atomic_path
 from store_rec.tokenizer.report import dedup_tokens
 
 
@@ -39,15 +39,8 @@ def write_sid_table(path: os.PathLike, ids: np.ndarray, codes: np.ndarray, *, me
     meta = {"method": method, "num_sids": int(codes.shape[1]), "codebook_size": int(codebook_size),
             "item_feature": item_feature}
     table = pa.table(cols).replace_schema_metadata({"store_rec": json.dumps(meta)})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

@@ -57,6 +57,7 @@ from torch import nn
 
 from store_rec.config import to_dict
 from store_rec.errors import UserError
+from store_rec.fileio import atomic_write_json, atomic_write_text
 from store_rec.models.store import RankingTrain
 from store_rec.train.config import CPU_ROW_WISE_SHARDING_TYPES, CPU_SHARDING_TYPES, TrainConfig
 from store_rec.train.metrics import finite_or_none, gather_predictions, ranking_metrics
@@ -447,13 +448,6 @@ def improves_on_best(auc: Optional[float], best: Optional[Mapping[str, Any]]) ->
 
 
 # ----------------------------------------------------------------------------------- outputs
-def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 class _Recorder:
     """Rank-0 metrics sink: JSONL records + TensorBoard scalars."""
 
@@ -467,9 +461,7 @@ class _Recorder:
             if jl.exists():  # a fresh run starts an empty file; a resumed one drops records past its step
                 keep = [] if resumed_from is None else [
                     line for line in jl.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= resumed_from]
-                tmp = jl.with_name(jl.name + ".tmp")
-                tmp.write_text("".join(line + "\n" for line in keep))
-                os.replace(tmp, jl)
+                atomic_write_text(jl, "".join(line + "\n" for line in keep))
             if cfg.output.tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -714,7 +706,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = No
         }
         out = Path(metrics_out or cfg.output.metrics_out or Path(cfg.output.dir) / "summary.json")
         if env.rank == 0:
-            write_json_atomic(out, summary)
+            atomic_write_json(out, summary, sort_keys=True)
             logger.info("summary: %s", out)
         recorder.close()
         dist.barrier()
