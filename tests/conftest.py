@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -31,3 +32,14 @@ def _quiet_threads(monkeypatch):
     # CI has 2 cores; keep torch from oversubscribing when tests spawn worker processes.
     monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))
     yield
+
+
+@pytest.fixture(autouse=True)
+def _drop_stale_log_handlers():
+    # store_rec.cli.main calls logging.basicConfig(force=True): under capsys its root handler writes to the
+    # test's capture stream, which is closed after the test; a later test's log record then prints
+    # "--- Logging error --- Traceback ..." into that test's stderr. Drop such handlers after each test.
+    yield
+    for h in list(logging.root.handlers):
+        if isinstance(h, logging.StreamHandler) and getattr(h.stream, "closed", False):
+            logging.root.removeHandler(h)
