@@ -271,7 +271,7 @@ def test_offline_methods_config_and_report_from_partials(tmp_path, method):
 
     from store_rec.tokenizer.embeddings import save_embeddings
     from store_rec.tokenizer.report import tokenizer_report
-    from store_rec.tokenizer.sid_table import read_sid_table
+    from _sid_utils import read_sids as read_sid_table
     from store_rec.tokenizer.train import build_tokenizer, load_tokenize_spec
 
     ids, emb = _planted_embeddings(n=240, d=8)

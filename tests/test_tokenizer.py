@@ -8,13 +8,15 @@ import numpy as np
 import pytest
 import torch
 
+from _sid_utils import read_sids as read_sid_table
+
 from store_rec.config import ConfigError
 from store_rec.errors import UserError
 from store_rec.tokenizer import OPMQ, OPQ, RQVAE, OPMQConfig, TrainConfig, fit_tokenizer
 from store_rec.tokenizer.opmq import orthogonality_error
 from store_rec.tokenizer.quantizer import VectorQuantizer
 from store_rec.tokenizer.report import code_stats, dedup_tokens, finish_partials, partial_stats, tokenizer_report
-from store_rec.tokenizer.sid_table import read_sid_table, write_sid_table
+from store_rec.tokenizer.sid_table import write_sid_table
 
 
 def clustered(n=2000, d=16, k=8, noise=0.2, seed=0):
@@ -358,29 +360,6 @@ def test_cli_validation_errors(tmp_path, capsys):
     assert "bad.yaml: model.latent_dim: must be > 0" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("method", ["opmq", "opq"])
-def test_tokenize_save_model_round_trip(tmp_path, method):
-    """``--save-model`` writes the tokenizer that ``model.online.tokenizer`` loads: same codes as the table."""
-    import numpy as np
-
-    from store_rec.cli import main
-    from store_rec.tokenizer.embeddings import save_embeddings
-    from store_rec.tokenizer.online import load_tokenizer
-    from store_rec.tokenizer.sid_table import read_sid_table
-
-    rng = np.random.default_rng(0)
-    ids = np.arange(1, 201, dtype=np.int64)
-    emb = rng.normal(size=(200, 16)).astype(np.float32)
-    save_embeddings(tmp_path / "emb.parquet", ids, emb, {"dim": 16, "item_feature": "item"})
-    assert main(["tokenize", "--embeddings", str(tmp_path / "emb.parquet"), "--method", method, "--num-sids", "2",
-                 "--codebook-size", "8", "--steps", "40", "--out", str(tmp_path / "sids.parquet"),
-                 "--save-model", str(tmp_path / "tok.pt")]) == 0
-    tok, m = load_tokenizer(tmp_path / "tok.pt")
-    t_ids, t_codes, _, _ = read_sid_table(tmp_path / "sids.parquet")
-    assert m == method and np.array_equal(t_ids, ids)
-    assert np.array_equal(tok.encode(torch.from_numpy(emb)).numpy(), t_codes)
-
-
 def test_cli_config_file_errors_name_the_file(tmp_path, capsys):
     """``tokenize --config``: a missing file, bad YAML or a non-mapping exit 2 with the file named."""
     _write_emb(tmp_path / "emb.parquet", n=100)
@@ -395,3 +374,26 @@ def test_cli_config_file_errors_name_the_file(tmp_path, capsys):
     assert _tokenize(tmp_path, "--embeddings", emb, "--config", str(tmp_path / "list.yaml")) == 2
     assert f"{tmp_path / 'list.yaml'}: top level must be a mapping" in capsys.readouterr().err
     assert not (tmp_path / "s.parquet").exists()
+
+
+@pytest.mark.parametrize("method", ["opmq", "opq"])
+def test_tokenize_save_model_round_trip(tmp_path, method):
+    """``--save-model`` writes the tokenizer that ``model.online.tokenizer`` loads: same codes as the table."""
+    import numpy as np
+
+    from store_rec.cli import main
+    from store_rec.tokenizer.embeddings import save_embeddings
+    from store_rec.tokenizer.online import load_tokenizer
+
+    rng = np.random.default_rng(0)
+    ids = np.arange(1, 201, dtype=np.int64)
+    emb = rng.normal(size=(200, 16)).astype(np.float32)
+    save_embeddings(tmp_path / "emb.parquet", ids, emb, {"dim": 16, "item_feature": "item"})
+    assert main(["tokenize", "--embeddings", str(tmp_path / "emb.parquet"), "--method", method, "--num-sids", "2",
+                 "--codebook-size", "8", "--steps", "40", "--out", str(tmp_path / "sids.parquet"),
+                 "--save-model", str(tmp_path / "tok.pt")]) == 0
+    tok, m = load_tokenizer(tmp_path / "tok.pt")
+    t_ids, t_codes, _, _ = read_sid_table(tmp_path / "sids.parquet")
+    assert m == method and np.array_equal(t_ids, ids)
+    assert np.array_equal(tok.encode(torch.from_numpy(emb)).numpy(), t_codes)
+

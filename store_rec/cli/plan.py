@@ -181,7 +181,7 @@ def prepare_if_missing(d: Path, params: Any, where: str) -> None:
 
 def _schema_from(raw: Dict[str, Any], where: str):
     """Prepared dataset's schema (+ SID features from data.sid_table) -> (DatasetSchema, data dir)."""
-    from store_rec.data.schema import SID, DatasetSchema, SparseFeature
+    from store_rec.data.schema import SID, DatasetSchema
     from store_rec.errors import UserError
 
     data = raw.get("data") or {}
@@ -201,19 +201,12 @@ def _schema_from(raw: Dict[str, Any], where: str):
     schema = DatasetSchema.load(d)
     sid_table = data.get("sid_table")
     if sid_table and not schema.features_with_role(SID):
-        import json
+        from store_rec.data.loader import schema_with_sids
 
-        import pyarrow.parquet as pq
-
-        p = Path(str(sid_table))
-        if not p.exists():
-            raise UserError(f"{where}: data.sid_table: {p} not found (run `store-rec tokenize`)")
-        meta = pq.read_schema(p).metadata or {}
-        if b"store_rec" not in meta:
-            raise UserError(f"{p}: no store_rec metadata (num_sids, codebook_size): not a SID table written by store-rec tokenize")
-        info = json.loads(meta[b"store_rec"])
-        k, c = int(info["num_sids"]), int(info["codebook_size"])
-        schema.sparse += [SparseFeature(name=f"sid_{i}", role=SID, vocab_size=c + 1) for i in range(k)]
+        try:  # the features the loader attaches: sid_0..sid_{K-1}, vocab C + 1
+            schema = schema_with_sids(schema, str(sid_table), data.get("sid_feature"))
+        except FileNotFoundError as e:
+            raise UserError(f"{where}: data.sid_table: {e}") from None
     return schema, d
 
 

@@ -96,22 +96,46 @@ class StoreBatch(Batch):
 
 
 # ---------------------------------------------------------------------------------------- SID tables
+def _sid_table_meta(path: Path, schema: pa.Schema) -> Dict[str, Any]:
+    """The ``store_rec`` JSON metadata of a SID table's arrow schema (``{}`` when it has none)."""
+    meta_raw = (schema.metadata or {}).get(b"store_rec")
+    if not meta_raw:
+        return {}
+    try:
+        meta = json.loads(meta_raw)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: metadata 'store_rec' is not JSON: {e}") from e
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: metadata 'store_rec' is not a JSON object: {meta!r}")
+    return meta
+
+
+def _check_sid_table_file(path: Path) -> None:
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: SID table not found (write one with `store-rec tokenize`)")
+
+
+def read_sid_table_metadata(path: os.PathLike) -> Dict[str, Any]:
+    """The ``store_rec`` metadata of a SID table (``method``, ``num_sids``, ``codebook_size``,
+    ``item_feature``; ``{}`` when absent), read from the parquet footer only (no rows)."""
+    path = Path(path)
+    _check_sid_table_file(path)
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{path}: not a readable parquet file: {e}") from e
+    return _sid_table_meta(path, schema)
+
+
 def read_sid_table(path: os.PathLike) -> Tuple[pa.Table, Dict[str, Any], List[str]]:
     """Read a SID table: (table, metadata dict, sid column names ``sid_0..sid_{K-1}`` in order)."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: SID table not found (write one with `store-rec tokenize`)")
+    _check_sid_table_file(path)
     try:
         table = pq.read_table(path)
     except pa.ArrowInvalid as e:
         raise DataError(f"{path}: not a readable parquet file: {e}") from e
-    meta_raw = (table.schema.metadata or {}).get(b"store_rec")
-    meta: Dict[str, Any] = {}
-    if meta_raw:
-        try:
-            meta = json.loads(meta_raw)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: metadata 'store_rec' is not JSON: {e}") from e
+    meta = _sid_table_meta(path, table.schema)
     if "item" not in table.column_names:
         raise DataError(f"{path}: SID table has no 'item' column (columns: {table.column_names})")
     k = 0

@@ -3,6 +3,8 @@
 Columns: ``item`` int64, ``sid_0 .. sid_{K-1}`` int64 in ``[0, C)``, optional ``sid_dedup`` int64;
 key-value metadata ``store_rec`` = JSON {"method", "num_sids", "codebook_size", "item_feature"}.
 Items absent from the table get the OOV SID ``C`` when the loader attaches it (``vocab_size = C + 1``).
+Read one with :func:`store_rec.data.loader.read_sid_table` (metadata only:
+:func:`store_rec.data.loader.read_sid_table_metadata`).
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -42,26 +43,3 @@ def write_sid_table(path: os.PathLike, ids: np.ndarray, codes: np.ndarray, *, me
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return path
-
-
-def read_sid_table(path: os.PathLike) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Dict[str, Any]]:
-    """-> ``(ids int64[N], codes int64[N, K], sid_dedup int64[N] or None, metadata dict)``; validated."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: SID table not found")
-    t = pq.read_table(path)
-    raw = (t.schema.metadata or {}).get(b"store_rec")
-    if raw is None:
-        raise DataError(f"{path}: missing 'store_rec' metadata (not written by store-rec tokenize?)")
-    meta = json.loads(raw)
-    k, c = int(meta["num_sids"]), int(meta["codebook_size"])
-    for name in ["item"] + [f"sid_{j}" for j in range(k)]:
-        if name not in t.column_names:
-            raise DataError(f"{path}: missing column {name!r}")
-    ids = t.column("item").to_numpy().astype(np.int64)
-    codes = np.stack([t.column(f"sid_{j}").to_numpy() for j in range(k)], 1).astype(np.int64)
-    bad = np.flatnonzero(((codes < 0) | (codes >= c)).any(1))
-    if bad.size:
-        raise DataError(f"{path}: row {int(bad[0])} (item {int(ids[bad[0]])}) has a SID outside [0, {c})")
-    dedup = t.column("sid_dedup").to_numpy().astype(np.int64) if "sid_dedup" in t.column_names else None
-    return ids, codes, dedup, meta

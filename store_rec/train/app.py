@@ -391,14 +391,16 @@ def check_sid_table_method(cfg: TrainConfig) -> None:
     m = cfg.model
     if not cfg.data.sid_table or m.name != "store" or m.tokenizer == "none" or m.sid_source != "batch":
         return
-    import pyarrow.parquet as pq
+    from store_rec.data.loader import read_sid_table_metadata
 
     try:
-        meta = json.loads((pq.read_schema(cfg.data.sid_table).metadata or {})[b"store_rec"])
+        meta = read_sid_table_metadata(cfg.data.sid_table)
     except FileNotFoundError:
         raise UserError(f"data.sid_table: {cfg.data.sid_table}: no such file") from None
-    except (KeyError, ValueError, OSError) as e:
-        raise UserError(f"data.sid_table: {cfg.data.sid_table}: not a SID table of `store-rec tokenize` ({e})") from None
+    except UserError as e:  # DataError: not parquet, metadata not JSON
+        raise UserError(f"data.sid_table: {e}") from None
+    if not meta:
+        raise UserError(f"data.sid_table: {cfg.data.sid_table}: not a SID table of `store-rec tokenize` (no store_rec metadata)")
     if meta.get("method") != m.tokenizer:
         raise UserError(f"model.tokenizer: {m.tokenizer!r}, but data.sid_table {cfg.data.sid_table} was written by "
                         f"{meta.get('method')!r}: point data.sid_table at the {m.tokenizer} SIDs or set model.tokenizer")
