@@ -68,7 +68,7 @@ def _int_list(text: str, flag: str) -> List[int]:
 
 def load_tables(args) -> Tuple[List[Any], Dict[str, float], Any, str]:
     """(tables, pooling factors, PlanConfig, description) from --config and/or --synthetic-tables."""
-    from store_rec.config import ConfigError, deep_merge, from_dict, load_yaml, parse_overrides
+    from store_rec.config import ConfigError, deep_merge, from_dict, load_yaml, parse_overrides, to_dict
     from store_rec.distributed.planning import PlanConfig, measure_pooling_factors, synthetic_pooling_factors, synthetic_tables
     from store_rec.errors import UserError
 
@@ -80,7 +80,7 @@ def load_tables(args) -> Tuple[List[Any], Dict[str, float], Any, str]:
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
     if args.synthetic_tables is not None or args.rows_scale is not None:
-        syn = {**_asdict(cfg.synthetic)}
+        syn = to_dict(cfg.synthetic)
         if args.synthetic_tables is not None:
             syn["num_tables"] = args.synthetic_tables
         if args.rows_scale is not None:
@@ -151,12 +151,6 @@ def _merge_sharding_section(sec: Any, cfg: Any, tables: List[Any], where: str) -
             cfg.auto_defaults = from_dict(TableOverride, {"sharding_types": st, "compute_kernels": ck}, "sharding")
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
-
-
-def _asdict(obj):
-    import dataclasses
-
-    return dataclasses.asdict(obj)
 
 
 def prepare_if_missing(d: Path, params: Any, where: str) -> None:

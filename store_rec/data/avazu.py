@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from store_rec.config import check
+from store_rec.config import check, to_dict
 from store_rec.data.csvio import check_label, drop_or_raise, first_line, list_source_files, read_delimited
 from store_rec.data.dsconfig import check_layout, load_dataset_config
 from store_rec.data.schema import ID, STATIC, DatasetSchema
@@ -148,15 +148,9 @@ def prepare_avazu(source: str, out: os.PathLike, *, config=None, seed: int = 0, 
         for name in names:
             features.append(FeatureSpec(name, STATIC, g, cfg.min_count_per_feature.get(name, cfg.min_count)))
     params = {"seed": seed, "files": [str(f) for f in files], "skipped_rows": skipped,
-              "distinct_hours": int(len(hours)), "config": _plain(cfg)}
+              "distinct_hours": int(len(hours)), "config": to_dict(cfg)}
     schema = write_prepared(out, overwrite=overwrite, dataset="avazu", splits=splits, label="label", dense=[],
                             features=features, user_key=USER_KEY_COLUMN, split_method=split_method,
                             source=str(source), params=params)
     logger.info("avazu: %d rows prepared in %.2fs", n, time.perf_counter() - t0)
     return schema
-
-
-def _plain(cfg) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(cfg)

@@ -27,7 +27,6 @@ Criteo has no user column: ``user_key`` is None (no GAUC).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -38,7 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from store_rec.config import check
+from store_rec.config import check, to_dict
 from store_rec.data.csvio import check_label, check_numeric, first_line, list_source_files, read_delimited
 from store_rec.data.dsconfig import check_layout, load_dataset_config
 from store_rec.data.schema import ID, STATIC, DatasetSchema
@@ -196,7 +195,7 @@ def prepare_criteo(source: str, out: os.PathLike, *, config=None, seed: int = 0,
     features = [spec(c, ID, None) for c in cfg.id_features]
     features += [spec(c, STATIC, g) for g, names in cfg.static_groups.items() for c in names]
     params = {"seed": seed, "files": [str(f) for f in files], "skipped_rows": skipped,
-              "dense_transform": "log1p(max(x, 0)), missing -> 0", "config": dataclasses.asdict(cfg)}
+              "dense_transform": "log1p(max(x, 0)), missing -> 0", "config": to_dict(cfg)}
     schema = write_prepared(out, overwrite=overwrite, dataset="criteo", splits=splits, label="label", dense=DENSE,
                             features=features, user_key=None, split_method=split_method, source=str(source),
                             params=params)

@@ -51,7 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from store_rec.config import check
+from store_rec.config import check, to_dict
 from store_rec.data.csvio import RawTable, drop_or_raise, line_of_row, numeric_bad_mask, read_delimited
 from store_rec.data.dsconfig import load_dataset_config
 from store_rec.data.schema import ID, SPLITS, STATIC, DatasetSchema, SequenceInfo
@@ -495,7 +495,7 @@ def prepare_movielens(source: str, out: os.PathLike, *, config=None, seed: int =
               "movies_file": str(movies_path), "has_ratings": has_ratings, "positives": int(len(pos_idx)),
               "sampled_negatives": int(len(parent)), "users": int(len(np.unique(user))),
               "item_feature": "movie_id", "skipped_rows": int(sum(skipped.values())),
-              "skipped_rows_by_file": skipped, "config": dataclasses.asdict(cfg)}
+              "skipped_rows_by_file": skipped, "config": to_dict(cfg)}
     schema = write_prepared(out, overwrite=overwrite, dataset="movielens", splits=splits, label="label", dense=[],
                             features=features, user_key=USER_KEY_COLUMN, split_method=split_method,
                             source=str(source), params=params, extra=write_sequences)
