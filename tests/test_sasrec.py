@@ -10,9 +10,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from store_rec.data.sampling import sample_negatives
 from store_rec.errors import DataError, UserError
 from store_rec.tokenizer.sasrec import (SASRecConfig, Sequences, _Split, history_keys, hr_ndcg, load_sequences_dir,
-                                        load_sequences_text, rank_of_target, sample_negatives, train_sasrec)
+                                        load_sequences_text, rank_of_target, train_sasrec)
 
 
 def planted_sequences(num_users=400, num_items=240, cluster=12, length=16, seed=0) -> Sequences:

@@ -52,6 +52,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from store_rec.config import check, to_dict
+from store_rec.data.sampling import pair_keys, sample_negatives, users_with_every_item
 from store_rec.data.csvio import RawTable, drop_or_raise, line_of_row, numeric_bad_mask, read_delimited
 from store_rec.data.dsconfig import load_dataset_config
 from store_rec.data.schema import ID, SPLITS, STATIC, DatasetSchema, SequenceInfo
@@ -299,30 +300,6 @@ def _encode_attr(values: List[Optional[str]]) -> Tuple[np.ndarray, pa.Array]:
 YEAR_RE = re.compile(r"\((\d{4})\)\s*$")
 
 
-# ---------------------------------------------------------------------------------------- sampling
-def sample_negatives(user: np.ndarray, interacted_keys: np.ndarray, catalog: np.ndarray, n_per_row: int,
-                     rng: np.random.Generator, max_rounds: int) -> np.ndarray:
-    """For each entry of ``user`` draw ``n_per_row`` movies of ``catalog`` not in the user's history.
-
-    ``interacted_keys``: sorted unique ``user * K + movie`` keys (``K = catalog.max() + 1``) of every
-    interaction. Returns ``int64[len(user) * n_per_row]`` (row-major: the negatives of entry 0 first).
-    """
-    k = int(catalog.max()) + 1
-    users = np.repeat(user, n_per_row)
-    out = catalog[rng.integers(0, len(catalog), size=len(users))]
-    todo = np.arange(len(users))
-    for _ in range(max_rounds):
-        keys = users[todo] * k + out[todo]
-        pos = np.searchsorted(interacted_keys, keys)
-        hit = (pos < len(interacted_keys)) & (interacted_keys[np.minimum(pos, len(interacted_keys) - 1)] == keys)
-        todo = todo[hit]
-        if len(todo) == 0:
-            return out
-        out[todo] = catalog[rng.integers(0, len(catalog), size=len(todo))]
-    raise DataError(f"negative sampling did not finish after {max_rounds} rounds: some users interacted with "
-                    "(almost) every movie; lower neg_ratio")
-
-
 def _split_leave_last_out(user: np.ndarray, label: np.ndarray) -> np.ndarray:
     """Rows sorted by user then time. Code 2 from the user's last positive on, 1 from the second-to-last."""
     n = len(user)
@@ -420,13 +397,14 @@ def prepare_movielens(source: str, out: os.PathLike, *, config=None, seed: int =
     if k > 0 and len(pos_idx):
         catalog = np.unique(movie)
         kk = int(catalog.max()) + 1
-        keys = np.unique(user * kk + movie)
-        hist_users, hist_len = np.unique(keys // kk, return_counts=True)
-        full = hist_users[hist_len >= len(catalog)]
+        keys = pair_keys(user, movie, kk)
+        full = users_with_every_item(keys, kk, len(catalog))
         if len(full):
             raise DataError(f"{inter_path}: user {int(full[0])} interacted with every movie of the catalogue "
                             f"({len(catalog)}): no negative can be sampled (set neg_ratio: 0)")
-        neg_movie = sample_negatives(user[pos_idx], keys, catalog, k, rng, cfg.max_sampling_rounds)
+        # k negatives per positive, row-major (the negatives of positive 0 first)
+        neg_movie = sample_negatives(rng, catalog, np.repeat(user[pos_idx], k), keys, kk, cfg.max_sampling_rounds,
+                                     hint="; lower neg_ratio")
         parent = np.repeat(pos_idx, k)
     else:
         neg_movie, parent = np.zeros(0, np.int64), np.zeros(0, np.int64)

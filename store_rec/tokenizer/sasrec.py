@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from store_rec.data.sampling import pair_keys, sample_negatives, users_with_every_item
 from store_rec.errors import DataError, UserError
 
 logger = logging.getLogger(__name__)
@@ -273,31 +274,7 @@ def history_keys(seqs: Sequence[np.ndarray], num_rows: int) -> np.ndarray:
     if not len(seqs):
         return np.zeros(0, np.int64)
     lens = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-    users = np.repeat(np.arange(len(seqs), dtype=np.int64), lens)
-    return np.unique(users * num_rows + np.concatenate(seqs).astype(np.int64))
-
-
-def sample_negatives(rng: np.random.Generator, catalog: np.ndarray, users: np.ndarray, keys: np.ndarray,
-                     num_rows: int, max_rounds: int = 1000) -> np.ndarray:
-    """One negative per entry of ``users`` (user indices ``int64[M]``): uniform over ``catalog``
-    (``int64[C]``, the items that exist), with replacement, excluding the user's own items
-    (``keys`` = :func:`history_keys`). Vectorised rejection sampling; returns ``int64[M]``."""
-    m = len(users)
-    out = catalog[rng.integers(0, len(catalog), size=m)]
-    todo = np.arange(m)
-    if not len(keys):
-        return out
-    last = len(keys) - 1
-    for _ in range(max_rounds):
-        k = users[todo] * num_rows + out[todo]
-        pos = np.searchsorted(keys, k)
-        hit = keys[np.minimum(pos, last)] == k
-        todo = todo[hit]
-        if not len(todo):
-            return out
-        out[todo] = catalog[rng.integers(0, len(catalog), size=len(todo))]
-    raise UserError(f"negative sampling did not finish after {max_rounds} rounds: user index "
-                    f"{int(users[todo[0]])} interacted with almost every one of the {len(catalog)} catalog items")
+    return pair_keys(np.repeat(np.arange(len(seqs), dtype=np.int64), lens), np.concatenate(seqs), num_rows)
 
 
 def rank_of_target(scores: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -356,12 +333,11 @@ class _Split:
                             f"{n_neg} evaluation negatives per user from items the user did not interact with")
         self.full = users
         self.train = [s[:-2] for s in users]
-        n_hist = np.array([len(np.unique(s)) for s in users])
-        full_users = np.flatnonzero(n_hist >= len(self.catalog))
+        self.seen_keys = history_keys(users, self.num_rows)  # whole history: evaluation negatives avoid it
+        full_users = users_with_every_item(self.seen_keys, self.num_rows, len(self.catalog))
         if full_users.size:
             raise UserError(f"user index {int(full_users[0])} interacted with all {len(self.catalog)} catalog items: "
                             "no negative can be drawn for it")
-        self.seen_keys = history_keys(users, self.num_rows)  # whole history: evaluation negatives avoid it
         self.train_keys = history_keys(self.train, self.num_rows)  # training negatives avoid only these
         rng = np.random.default_rng(seed + 1)
         self.cands = {}
@@ -473,4 +449,4 @@ def training_items(seqs: Sequences) -> np.ndarray:
 
 __all__: Sequence[str] = ("SASRec", "SASRecConfig", "SASRecResult", "Sequences", "load_sequences_dir",
                           "load_sequences_text", "train_sasrec", "evaluate", "evaluate_popularity", "hr_ndcg",
-                          "rank_of_target", "training_items", "history_keys", "sample_negatives")
+                          "rank_of_target", "training_items", "history_keys")
