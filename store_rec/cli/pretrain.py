@@ -44,11 +44,9 @@ def run(args) -> int:
     import logging
     from pathlib import Path
 
-    import numpy as np
-
     from store_rec.fileio import atomic_write_json
     from store_rec.tokenizer.embeddings import save_embeddings
-    from store_rec.tokenizer.sasrec import SASRecConfig, load_sequences_dir, load_sequences_text, train_sasrec
+    from store_rec.tokenizer.sasrec import SASRecConfig, load_sequences_dir, load_sequences_text, train_sasrec, training_items
 
     log = logging.getLogger("store_rec.cli.pretrain")
     out = Path(args.out)
@@ -61,16 +59,14 @@ def run(args) -> int:
                        dropout=args.dropout, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
                        seed=args.seed, device=args.device)
     res = train_sasrec(seqs, cfg)
-    seen = np.unique(np.concatenate(seqs.items))
-    seen = seen[seen > 0]
     if args.data:
-        ids = np.arange(1, seqs.num_items + 1, dtype=np.int64)
-        unseen = int(len(ids) - len(seen))
+        ids = training_items(seqs)
+        unseen = int(len(ids) - res.catalog_size)  # the catalog: the ids that occur in a sequence
         if unseen:
             log.warning("%d of %d vocab items never occur in a sequence; exported with their initial vectors",
                         unseen, len(ids))
     else:
-        ids, unseen = seen, 0
+        ids, unseen = seqs.catalog(), 0
     meta = {"dim": cfg.dim, "item_feature": seqs.item_feature, "source": "sasrec", "num_items": seqs.num_items,
             "input": str(args.data or args.sequences)}
     save_embeddings(out, ids, res.embeddings[ids], meta)
