@@ -15,9 +15,8 @@ from typing import Dict, List, Optional
 import torchx.specs as specs
 from torchx.components.dist import ddp
 
-# torchrun's elastic agent keeps one TCP store across restart rounds; without this a restarted gloo rank
-# can read its peer's stale address from the failed round and hang (pytorch/pytorch#135712).
-SHARED_STORE_ENV = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
+# set to 1 for every job: a restarted gloo rank can otherwise hang (pytorch/pytorch#135712, see the module)
+from store_rec.distributed.env import SHARED_STORE_ENV
 
 
 def train(

@@ -49,31 +49,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from store_rec.distributed.env import init_distributed
 from store_rec.errors import DataError, UserError
 
 logger = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------------- primitives
-
-
-def init_distributed() -> Tuple[int, int, torch.device]:
-    """Initialise the default process group from the torchrun/torchx environment (if not done).
-
-    Returns ``(rank, world_size, device)``: nccl + ``cuda:LOCAL_RANK`` when cuda is available, gloo +
-    cpu otherwise. Without ``WORLD_SIZE`` in the environment this is a single process (1 rank).
-    """
-    if dist.is_available() and not dist.is_initialized() and "WORLD_SIZE" in os.environ:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    if dist.is_available() and dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-        if dist.get_backend() == "nccl":
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            torch.cuda.set_device(local)
-            return rank, world, torch.device("cuda", local)
-        return rank, world, torch.device("cpu")
-    return 0, 1, torch.device("cpu")
 
 
 def shard_range(n: int, rank: int, world: int) -> Tuple[int, int]:
@@ -210,24 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _spec(args: argparse.Namespace) -> Any:
+    """The :class:`~store_rec.tokenizer.train.TokenizeSpec` of the flags and ``--config`` (validates both,
+    including K, C > 0)."""
     from store_rec.tokenizer.train import load_tokenize_spec
 
     return load_tokenize_spec(getattr(args, "config", None), method=getattr(args, "method", "opmq"),
                               num_sids=args.num_sids, codebook_size=args.codebook_size,
                               steps=getattr(args, "steps", None), seed=args.seed, epochs=args.epochs,
                               batch_size=args.batch_size)
-
-
-def _default_build(dim: int, args: argparse.Namespace) -> nn.Module:
-    from store_rec.tokenizer.train import build_tokenizer
-
-    return build_tokenizer(_spec(args), dim)
-
-
-def _default_fit(model: nn.Module, emb: Tensor, args: argparse.Namespace) -> Dict[str, Any]:
-    from store_rec.tokenizer.train import train_tokenizer
-
-    return train_tokenizer(model, emb, _spec(args)) or {}
 
 
 def _encode(model: nn.Module, emb: Tensor) -> np.ndarray:
@@ -261,17 +233,23 @@ def _reduced_report_stats(model: nn.Module, emb: Tensor, codes: np.ndarray) -> D
     return usage_stats(parts["counts"].numpy())
 
 
-def run_offline(args: argparse.Namespace, *, build=_default_build, fit=_default_fit) -> Dict[str, Any]:
+def run_offline(args: argparse.Namespace, *, build=None, fit=None) -> Dict[str, Any]:
     """The per-rank program (see module docstring). Returns a summary dict on every rank (``tokenizer``:
     the trained module, identical on every rank; rank 0 also has ``report``).
 
     ``build(dim, args) -> tokenizer`` and ``fit(tokenizer, Tensor[n, d], args)`` are injectable so the
-    distributed mechanics can be exercised with any tokenizer that has ``encode``.
+    distributed mechanics can be exercised with any tokenizer that has ``encode``; by default they are
+    :func:`~store_rec.tokenizer.train.build_tokenizer` / ``train_tokenizer`` of the spec built here once.
     """
-    rank, world, device = init_distributed()
-    if args.num_sids <= 0 or args.codebook_size <= 0:
-        raise UserError(f"--num-sids and --codebook-size must be > 0 (got {args.num_sids}, {args.codebook_size})")
-    spec = _spec(args)  # validates --config / flags on every rank before any collective
+    from store_rec.tokenizer.train import build_tokenizer, train_tokenizer
+
+    env = init_distributed()
+    rank, world, device = env.rank, env.world_size, env.device
+    spec = _spec(args)  # validates --config / flags (K, C > 0) on every rank before any collective
+    if build is None:
+        build = lambda dim, _args: build_tokenizer(spec, dim)  # noqa: E731
+    if fit is None:
+        fit = lambda model, emb, _args: train_tokenizer(model, emb, spec) or {}  # noqa: E731
     t0 = time.perf_counter()
     ids, emb_np, start, total = read_embedding_shard(args.embeddings, rank, world)
     emb = torch.from_numpy(emb_np).to(device)
@@ -305,7 +283,7 @@ def run_offline(args: argparse.Namespace, *, build=_default_build, fit=_default_
         all_ids, all_codes = gathered
         timing = {"train_seconds": round(train_s, 3), "encode_seconds_per_rank": [round(v, 4) for v in enc_all],
                   "encode_items_per_s": float(total / max(max(enc_all), 1e-9))}
-        summary.update(_write_outputs(args, model, all_ids, all_codes.astype(np.int64), fit_info, world,
+        summary.update(_write_outputs(args, spec, model, all_ids, all_codes.astype(np.int64), fit_info, world,
                                       time.perf_counter() - t0, digests, stats, timing))
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -321,7 +299,7 @@ def _gather_floats(value: float) -> List[float]:
     return [float(v) for v in out]
 
 
-def _write_outputs(args: argparse.Namespace, model: nn.Module, ids: np.ndarray, codes: np.ndarray,
+def _write_outputs(args: argparse.Namespace, spec: Any, model: nn.Module, ids: np.ndarray, codes: np.ndarray,
                    fit_info: Any, world: int, seconds: float, digests: Sequence[str],
                    stats: Dict[str, Any], timing: Dict[str, Any]) -> Dict[str, Any]:
     """Rank 0: the SID table and the report (from the all-reduced ``stats`` and the gathered codes)."""
@@ -334,7 +312,7 @@ def _write_outputs(args: argparse.Namespace, model: nn.Module, ids: np.ndarray, 
         raise DataError(f"{args.embeddings}: duplicate id {int(uniq[np.argmax(counts > 1)])} across shards")
     meta = read_metadata(args.embeddings)
     feature = args.item_feature or meta.get("item_feature", "item")
-    method = getattr(args, "method", "opmq")
+    method = spec.method
     write_sid_parquet(args.out, ids, codes, method=method, codebook_size=args.codebook_size, item_feature=feature,
                       dedup=args.dedup)
     report: Dict[str, Any] = {"method": method, "item_feature": feature,
@@ -352,10 +330,7 @@ def _write_outputs(args: argparse.Namespace, model: nn.Module, ids: np.ndarray, 
             report["orthogonality_error"] = float(model.orthogonality_error())
     if isinstance(fit_info, dict):
         report["training"] = {k: v for k, v in fit_info.items() if isinstance(v, (int, float, str, list))}
-    try:
-        report["config"] = _spec(args).raw
-    except Exception:  # injected builders (tests) may not use the tokenize config
-        pass
+    report["config"] = spec.raw
     if args.report:
         atomic_write_json(args.report, report)
     return {"report": report}

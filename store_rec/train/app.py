@@ -46,7 +46,6 @@ import random
 import shutil
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
@@ -56,6 +55,7 @@ import torch.distributed as dist
 from torch import nn
 
 from store_rec.config import to_dict
+from store_rec.distributed.env import SHARED_STORE_ENV, DistEnv, init_distributed  # noqa: F401  (public here too)
 from store_rec.errors import UserError
 from store_rec.fileio import atomic_write_json, atomic_write_text
 from store_rec.models.store import RankingTrain
@@ -66,41 +66,6 @@ logger = logging.getLogger(__name__)
 
 FAULT_ENV = "STORE_REC_FAULT_AT_STEP"
 FAULT_MARKER_ENV = "STORE_REC_FAULT_MARKER"
-
-
-# ----------------------------------------------------------------------------------- environment
-@dataclass
-class DistEnv:
-    rank: int
-    world_size: int
-    local_rank: int
-    local_world_size: int
-    device: torch.device
-    backend: str
-    owns_group: bool  # this module initialised the process group (and destroys it)
-
-
-def init_distributed() -> DistEnv:
-    """Process group from torchrun's environment, or a world of one without it.
-
-    cuda + nccl when a GPU is visible, else cpu + gloo."""
-    rank = int(os.environ.get("RANK", 0))
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    if torch.cuda.is_available():
-        device, backend = torch.device("cuda", local_rank), "nccl"
-        torch.cuda.set_device(device)
-    else:
-        device, backend = torch.device("cpu"), "gloo"
-    owns = False
-    if not dist.is_initialized():
-        if "MASTER_ADDR" in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:
-            dist.init_process_group(backend=backend)
-        else:
-            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
-        owns = True
-    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, local_world, device, backend, owns)
 
 
 # ----------------------------------------------------------------------------------- model pieces
@@ -490,9 +455,6 @@ class _Recorder:
 
 
 # ----------------------------------------------------------------------------------- the app
-SHARED_STORE_ENV = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
-
-
 def _warn_shared_rdzv_store(env: DistEnv) -> None:
     """torch's elastic agent (torchrun --max-restarts N) shares one TCP store across restart rounds; the
     process group's keys of the failed round are still in it, and a restarted gloo rank can read its
