@@ -28,9 +28,8 @@ from __future__ import annotations
 from typing import Any, List, Sequence
 
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-from torchrec.distributed.types import ShardingType
 
-CPU_ROW_WISE_TYPES = (ShardingType.ROW_WISE.value, ShardingType.TABLE_ROW_WISE.value)
+from store_rec.distributed.sharding_types import CPU_ROW_WISE_SHARDING_TYPES
 
 
 class CpuRowWiseEBCSharder(EmbeddingBagCollectionSharder):
@@ -39,7 +38,7 @@ class CpuRowWiseEBCSharder(EmbeddingBagCollectionSharder):
     def sharding_types(self, compute_device_type: str) -> List[str]:
         types = list(super().sharding_types(compute_device_type))
         if compute_device_type == "cpu":
-            types += [t for t in CPU_ROW_WISE_TYPES if t not in types]
+            types += [t for t in CPU_ROW_WISE_SHARDING_TYPES if t not in types]
         return types
 
 

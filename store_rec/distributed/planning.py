@@ -36,24 +36,16 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Literal, Optional, Sequence
 
 from store_rec.config import check
+from store_rec.distributed.sharding_types import CPU_SHARDING_TYPES, SHARDING_TYPES, TORCHREC_CPU_SHARDING_TYPES
 from store_rec.distributed.topology import GB, TopologySpec, make_topology
 from store_rec.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-STRATEGIES = (
-    "auto",
-    "data_parallel",
-    "table_wise",
-    "row_wise",
-    "column_wise",
-    "table_row_wise",
-    "table_column_wise",
-    "grid_shard",
-)
-TORCHREC_CPU_STRATEGIES = ("data_parallel", "table_wise", "column_wise", "table_column_wise")
+STRATEGIES = ("auto", *SHARDING_TYPES)
+TORCHREC_CPU_STRATEGIES = TORCHREC_CPU_SHARDING_TYPES
 """Sharding types TorchRec itself offers for compute_device cpu."""
-CPU_STRATEGIES = TORCHREC_CPU_STRATEGIES + ("row_wise", "table_row_wise")
+CPU_STRATEGIES = CPU_SHARDING_TYPES
 """What store_rec plans and runs on cpu/gloo: TorchRec's four plus row-wise through
 :class:`store_rec.distributed.cpu_row_wise.CpuRowWiseEBCSharder` (see docs/ROW_WISE_CPU.md)."""
 KERNELS = ("dense", "fused", "fused_uvm", "fused_uvm_caching", "quant", "key_value")
@@ -574,8 +566,13 @@ def build_constraints(
     overrides: Dict[str, TableOverride],
     cpu: bool = False,
     auto_defaults: Optional[TableOverride] = None,
+    overrides_key: str = "plan.tables",
 ) -> Dict[str, Any]:
-    """Per-table ``ParameterConstraints``: forced strategy / kernel, pooling factors, config overrides."""
+    """Per-table ``ParameterConstraints``: forced strategy / kernel, pooling factors, config overrides.
+
+    ``overrides[t]`` replaces ``auto_defaults`` for table ``t``; a ``data_parallel``-only table without
+    kernels gets the dense kernel (the only one TorchRec offers for it). ``overrides_key`` names the
+    config section of ``overrides`` in errors (``plan.tables``; the train app's ``sharding.tables``)."""
     from torchrec.distributed.planner.types import ParameterConstraints
 
     names = {t.name for t in tables}
@@ -588,7 +585,7 @@ def build_constraints(
         auto_types = [st for st in (auto_types or STRATEGIES[1:]) if st != "data_parallel"]
     unknown = sorted(set(overrides) - names)
     if unknown:
-        raise UserError(f"plan.tables.{unknown[0]}: no such table (tables: {', '.join(sorted(names)[:20])}{' ...' if len(names) > 20 else ''})")
+        raise UserError(f"{overrides_key}.{unknown[0]}: no such table (tables: {', '.join(sorted(names)[:20])}{' ...' if len(names) > 20 else ''})")
     out = {}
     for t in tables:
         o = overrides.get(t.name) or (auto_defaults if strategy == "auto" and auto_defaults else TableOverride())

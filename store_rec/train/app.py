@@ -59,7 +59,7 @@ from store_rec.distributed.env import SHARED_STORE_ENV, DistEnv, init_distribute
 from store_rec.errors import UserError
 from store_rec.fileio import atomic_write_json, atomic_write_text
 from store_rec.models.store import RankingTrain
-from store_rec.train.config import CPU_ROW_WISE_SHARDING_TYPES, CPU_SHARDING_TYPES, TrainConfig
+from store_rec.train.config import TrainConfig
 from store_rec.train.metrics import finite_or_none, gather_predictions, ranking_metrics
 
 logger = logging.getLogger(__name__)
@@ -97,28 +97,27 @@ def sparse_optimizer(cfg: TrainConfig) -> Tuple[type, Dict[str, Any]]:
 
 
 def planner_constraints(cfg: TrainConfig, tables: List[Any], device: torch.device) -> Dict[str, Any]:
-    """``ParameterConstraints`` per table from ``sharding:`` (global lists, then per-table overrides)."""
-    from torchrec.distributed.planner.types import ParameterConstraints
+    """``ParameterConstraints`` per table from ``sharding:`` (global lists, then per-table overrides),
+    built by :func:`store_rec.distributed.planning.build_constraints` as ``store-rec plan`` builds them
+    (``--strategy auto``; on CPU the search defaults to TorchRec's CPU sharding types)."""
+    from store_rec.distributed.planning import TableOverride, build_constraints
+    from store_rec.distributed.sharding_types import CPU_SHARDING_TYPES
 
     sh = cfg.sharding
-    names = {t.name for t in tables}
-    unknown = sorted(set(sh.tables) - names)
-    if unknown:
-        raise UserError(f"sharding.tables.{unknown[0]}: no such table (tables: {', '.join(sorted(names))})")
-    out = {}
-    for t in tables:
-        over = sh.tables.get(t.name)
-        st = (over.sharding_types if over and over.sharding_types else None) or sh.sharding_types
-        ck = (over.compute_kernels if over and over.compute_kernels else None) or sh.compute_kernels
-        if device.type == "cpu":
-            cpu_ok = CPU_SHARDING_TYPES + CPU_ROW_WISE_SHARDING_TYPES
-            bad = [s for s in (st or []) if s not in cpu_ok]
+    overrides: Dict[str, TableOverride] = {}
+    for name, over in sh.tables.items():  # each key given per table wins over the global one
+        overrides[name] = TableOverride(sharding_types=over.sharding_types or sh.sharding_types,
+                                        compute_kernels=over.compute_kernels or sh.compute_kernels)
+    every = TableOverride(sharding_types=sh.sharding_types, compute_kernels=sh.compute_kernels)
+    out = build_constraints(tables, "auto", None, {}, overrides, cpu=device.type == "cpu",
+                            auto_defaults=every if (sh.sharding_types or sh.compute_kernels) else None,
+                            overrides_key="sharding.tables")
+    if device.type == "cpu":
+        for t in tables:
+            bad = [s for s in (out[t.name].sharding_types or []) if s not in CPU_SHARDING_TYPES]
             if bad:
-                where = f"sharding.tables.{t.name}" if over and over.sharding_types else "sharding"
-                raise UserError(f"{where}.sharding_types: {bad} need CUDA; on CPU use {list(cpu_ok)}")
-            st = st or list(CPU_SHARDING_TYPES)
-        if st or ck:
-            out[t.name] = ParameterConstraints(sharding_types=st, compute_kernels=ck)
+                where = f"sharding.tables.{t.name}" if t.name in sh.tables and sh.tables[t.name].sharding_types else "sharding"
+                raise UserError(f"{where}.sharding_types: {bad} need CUDA; on CPU use {list(CPU_SHARDING_TYPES)}")
     return out
 
 

@@ -27,11 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional
 
 from store_rec.config import check
+from store_rec.distributed.sharding_types import SHARDING_TYPES
 from store_rec.models.config import ModelConfig
 
-CPU_SHARDING_TYPES = ("data_parallel", "table_wise", "column_wise", "table_column_wise")
-CPU_ROW_WISE_SHARDING_TYPES = ("row_wise", "table_row_wise")  # on cpu when asked for (docs/ROW_WISE_CPU.md)
-ALL_SHARDING_TYPES = CPU_SHARDING_TYPES + CPU_ROW_WISE_SHARDING_TYPES + ("grid_shard",)
 COMPUTE_KERNELS = ("dense", "fused", "fused_uvm", "fused_uvm_caching", "key_value")
 
 
@@ -156,7 +154,7 @@ class TableShardingConfig:
 
 def _check_kinds(sharding_types: Optional[List[str]], kernels: Optional[List[str]]) -> None:
     for i, s in enumerate(sharding_types or []):
-        check(s in ALL_SHARDING_TYPES, f"sharding_types[{i}]", f"{s!r} is not one of {list(ALL_SHARDING_TYPES)}")
+        check(s in SHARDING_TYPES, f"sharding_types[{i}]", f"{s!r} is not one of {list(SHARDING_TYPES)}")
     for i, k in enumerate(kernels or []):
         check(k in COMPUTE_KERNELS, f"compute_kernels[{i}]", f"{k!r} is not one of {list(COMPUTE_KERNELS)}")
 
@@ -166,7 +164,9 @@ class ShardingConfig:
     """``sharding:``: a saved plan (``store-rec plan``), or planner constraints.
 
     ``sharding_types`` / ``compute_kernels`` apply to every table; ``tables.<t_feature>`` override them
-    per table. On CPU only data_parallel / table_wise / column_wise / table_column_wise exist."""
+    per table (each key given there replaces the global one). On CPU: data_parallel / table_wise /
+    column_wise / table_column_wise (the planner's default search there), and row_wise / table_row_wise
+    when asked for (docs/ROW_WISE_CPU.md); grid_shard needs CUDA."""
 
     plan_file: Optional[str] = None
     sharding_types: Optional[List[str]] = None
