@@ -581,7 +581,10 @@ def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = No
 
         pbar = tqdm(total=total, initial=step, desc="train", disable=not (env.rank == 0 and cfg.output.progress_bar), dynamic_ncols=True)
         stop = step >= total
-        loss_sum, loss_n = 0.0, 0
+        # sum of the steps' log loss since the last valid eval, kept on the device: float() of it syncs host and
+        # device, so it happens only at log_every and at segment ends (where the pipeline is drained anyway)
+        new_loss_sum = lambda: torch.zeros((), dtype=torch.float64, device=env.device)  # noqa: E731
+        loss_sum, loss_n = new_loss_sum(), 0
         eval_every, ck_every = cfg.train.eval_every, cfg.checkpoint.every_steps
         while not stop and epoch < cfg.train.epochs:
             train_loader.set_epoch(epoch)
@@ -610,12 +613,13 @@ def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = No
                     step += 1
                     pos += 1
                     train_samples += int(labels.numel())
-                    loss_sum += float(bce)
+                    loss_sum += bce.to(torch.float64)
                     loss_n += 1
                     pbar.update(1)
                     if step % cfg.train.log_every == 0 and env.rank == 0:
-                        pbar.set_postfix(logloss=f"{loss_sum / max(loss_n, 1):.4f}")
-                        recorder.scalar("train/logloss", loss_sum / max(loss_n, 1), step)
+                        logloss = float(loss_sum) / loss_n
+                        pbar.set_postfix(logloss=f"{logloss:.4f}")
+                        recorder.scalar("train/logloss", logloss, step)
                         recorder.scalar("train/loss", float(loss), step)
                     if fault_step is not None and step == fault_step and env.rank == env.world_size - 1 and not fault_marker.exists():
                         fault_marker.parent.mkdir(parents=True, exist_ok=True)
@@ -623,12 +627,12 @@ def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = No
                         logger.warning("fault injection: SIGKILL rank %d at step %d", env.rank, step)
                         os.kill(os.getpid(), signal.SIGKILL)
                 train_time += time.perf_counter() - t0
-                loss_avg = loss_sum / loss_n if loss_n else None
+                loss_avg = float(loss_sum) / loss_n if loss_n else None
                 epoch_done = pos >= steps_per_epoch
                 if (eval_every and step % eval_every == 0) or (epoch_done and cfg.train.eval_at_epoch_end) or step >= total:
                     if "valid" in eval_loaders:
                         rec = do_eval("valid", loss_avg)
-                        loss_sum, loss_n = 0.0, 0
+                        loss_sum, loss_n = new_loss_sum(), 0
                         if improves_on_best(rec["auc"], best):
                             best, bad_evals = {k: rec[k] for k in ("step", "epoch", "auc", "gauc", "logloss")}, 0
                         else:
