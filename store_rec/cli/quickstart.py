@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -65,11 +64,11 @@ def _torchx_train(run_dir: Path, overrides: List[str], nproc: int) -> Dict[str, 
     cmd = [sys.executable, "-m", "torchx.cli.main", "run", "-s", "local_cwd", "launch/components.py:train",
            "--config", CONFIG, "--j", f"1x{nproc}", "--", *overrides, f"output.dir={run_dir}",
            f"checkpoint.dir={run_dir}/checkpoints", "output.progress_bar=false", "--metrics-out", str(summary)]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # no PATH set-up for an unactivated venv: the component runs this Python's torchrun when none is on PATH
     t0 = time.perf_counter()
     log = run_dir.with_suffix(".log")
     with open(log, "w") as f:
-        r = subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT)
+        r = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
     if r.returncode != 0 or not summary.exists():
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
         raise UserError(f"training failed (exit {r.returncode}); log: {log}\n{tail}")
