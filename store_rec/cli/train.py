@@ -30,7 +30,6 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = load_train_config(args.config, args.overrides)
     summary = run_app(cfg, resume=args.resume, plan_file=args.plan, metrics_out=args.metrics_out)
-    import torch.distributed as dist  # noqa: F401  (already imported by the app)
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:

@@ -72,10 +72,6 @@ class TopologySpec:
             v = getattr(self, key)
             check(v > 0, key, f"must be > 0 GB/s, got {v}")
 
-    @property
-    def num_hosts(self) -> int:
-        return -(-self.world_size // self.local_world_size)
-
     def with_world_size(self, world_size: int) -> "TopologySpec":
         """Same cluster with ``world_size`` ranks (``local_world_size`` capped at it)."""
         return from_dict(

@@ -553,8 +553,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = No
         def extra_state() -> Dict[str, Any]:
             return {"step": step, "epoch": epoch, "pos": pos, "optimizer": optimizer.state_dict(), "best": best,
                     "bad_evals": bad_evals, "train_time": train_time, "train_samples": train_samples,
-                    "rng": _rng_state(), "loader": {**train_loader.state_dict(), "epoch": epoch, "batches": pos},
-                    "world_size": env.world_size, "rank": env.rank, "config": to_dict(cfg)}
+                    "rng": _rng_state(), "world_size": env.world_size, "config": to_dict(cfg)}
 
         def global_samples_per_s() -> float:
             n = torch.tensor([float(train_samples)], dtype=torch.float64)
