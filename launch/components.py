@@ -122,8 +122,12 @@ def tokenize(
 
     Every rank runs ``python -m store_rec.distributed.tokenizer``: it reads its shard of EMBEDDINGS, the
     tokenizer trains data-parallel (identical state on every rank, checked), each rank encodes its shard
-    and rank 0 writes the complete SID table OUT and the REPORT (from all-reduced statistics). The flags
-    mirror ``store-rec tokenize``.
+    and rank 0 writes the complete SID table OUT and the REPORT (from all-reduced statistics).
+
+    The arguments below become flags of ``python -m store_rec.distributed.tokenizer``. They are a subset
+    of ``store-rec tokenize``'s (EMB.parquet input only: no ``--ids`` / ``--positional-ids`` / ``--dim`` /
+    ``--data`` / ``--save-model``; ``num_sids`` and ``codebook_size`` have defaults) plus ``epochs`` and
+    ``batch_size`` per rank.
 
     Args:
         script_args: extra arguments of ``store_rec.distributed.tokenizer``.

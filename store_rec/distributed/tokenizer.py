@@ -9,9 +9,10 @@ Run under torchx (the ``tokenize`` component of ``launch/components.py``), ``tor
         --embeddings EMB.parquet --out SIDS.parquet --num-sids 3 --codebook-size 16
     torchrun --nproc-per-node 2 -m store_rec.distributed.tokenizer --embeddings EMB.parquet ...
 
-Flags are those of ``store-rec tokenize`` (``--method opmq|rqvae|opq``, ``--config YAML`` with
-``model:``/``train:``/``opq:`` sections, ``--steps``, ``--seed``, ``--dedup``, ``--item-feature``) plus
-``--epochs`` / ``--batch-size`` (per rank).
+Flags: a subset of ``store-rec tokenize``'s (``--method opmq|rqvae|opq``, ``--config YAML`` with
+``model:``/``train:``/``opq:`` sections, ``--steps``, ``--seed``, ``--dedup``, ``--item-feature``; the
+input is an EMB.parquet, and ``--num-sids`` / ``--codebook-size`` default to 3 / 16) plus ``--epochs`` /
+``--batch-size`` (per rank).
 
 What each rank does:
 

@@ -5,8 +5,9 @@ Where it sits::
     KJT (from the batch) -> ShardedEmbeddingBagCollection -> KeyedTensor -> OnlineSIDTokenizer -> tokens
 
 It consumes the EBC's *output*, so the EBC's KJT still comes straight from the batch and TorchRec's
-``TrainPipelineSparseDist`` keeps overlapping the input dist (see NOTES_FROM_ANCHORS: anything computed
-on EBC outputs is free). It runs data-parallel: every rank holds the same tokenizer, and the
+``TrainPipelineSparseDist`` keeps overlapping the input dist: the pipeline only needs the sparse
+module's input to come from the batch unchanged; whatever runs on the pooled embeddings is ordinary
+dense compute of the forward and does not stall the pipelined input dist. It runs data-parallel: every rank holds the same tokenizer, and the
 tokenizer's codebook state stays identical across ranks because OPMQ all-reduces its EMA statistics
 and makes k-means init / dead-code restarts identical when ``torch.distributed`` is initialised.
 

@@ -1,6 +1,7 @@
 """Vector quantizer shared by OPMQ and RQ-VAE: G independent codebooks of C codewords of width e.
 
-Machinery (what real VQ needs, see NOTES_FROM_ANCHORS "Vector quantization"):
+Machinery (what a VQ tokenizer needs in practice: without k-means init and dead-code restarts most codes
+of a randomly initialised codebook are never used):
 
 * nearest codeword by ||z||^2 - 2 z c + ||c||^2 (one batched matmul);
 * straight-through estimator: ``q_st = z + sg(q - z)`` so d q_st / d z = I;

@@ -13,7 +13,9 @@
    from ``sharding:``) or a plan file (``store-rec plan``).
 4. Dense optimizer (Adam/Adagrad) over the non-rotation dense parameters and the rotation optimizer,
    stepped by :class:`~store_rec.modules.rotation.AlternatingOptimizer` on ``model.rotation.schedule``;
-   linear warm-up then none/linear/cosine decay of their LRs (the fused sparse LR is constant).
+   linear warm-up then none/linear/cosine decay of their LRs. With ``optim.schedule_sparse_lr`` (the
+   default) the fused sparse LR of the embedding tables follows the same schedule (:class:`SparseLR`);
+   without it it stays at ``optim.sparse.lr``.
 5. Loop: ``TrainPipelineSparseDist`` over segments of the epoch that end at the next eval /
    checkpoint / stop step (the pipeline is drained there, so a checkpoint holds the exact loader
    position). Eval on ``valid`` every ``train.eval_every`` steps and at each epoch end; early stop on
