@@ -381,3 +381,17 @@ def test_auto_proposer_by_problem_size():
     assert choose_proposer("auto", 200, 64) == "uniform"  # 2,560,000
     assert choose_proposer("greedy", 200, 1024) == "greedy" and choose_proposer("default", 200, 1024) == "default"
     assert PlanConfig().proposer == "auto"
+
+
+def test_plan_reads_the_data_section_as_train_does(tmp_path, capsys):
+    """`store-rec plan --config` validates ``data:`` with the train config's DataConfig: keys train rejects
+    (the old aliases data_dir / path / prepared_dir) are errors naming the file and key; a missing
+    dataset without prepare_if_missing is a one-line error naming data.dir."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data:\n  data_dir: {tmp_path / 'd'}\nmodel:\n  name: dlrm_dcn\n")
+    assert main(["plan", "--config", str(cfg), "--topology", "h100x8", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}: data.data_dir: unknown key" in err and "Traceback" not in err
+    cfg.write_text(f"data:\n  dir: {tmp_path / 'd'}\nmodel:\n  name: dlrm_dcn\n")
+    assert main(["plan", "--config", str(cfg), "--topology", "h100x8", "--out", str(tmp_path / "o")]) == 2
+    assert f"{cfg}: data.dir: {tmp_path / 'd'} has no schema.json" in capsys.readouterr().err

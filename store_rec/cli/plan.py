@@ -13,10 +13,11 @@ and ``step_time.png`` / ``peak_memory.png`` (one line per strategy vs world size
 Config keys read (everything else in the file is ignored, so a train config works as is):
 ``model`` (ModelConfig), ``plan`` (store_rec.distributed.planning.PlanConfig; planning-only configs),
 ``sharding`` (the train config's planner constraints: ``tables.<t>`` overrides, and global
-``sharding_types`` / ``compute_kernels`` for ``--strategy auto`` runs) and from ``data`` the prepared
-dataset directory (first of ``data.dir``, ``data.data_dir``, ``data.path``, ``data.prepared_dir``; when it
-has no schema.json and ``data.prepare_if_missing`` is set, the synthetic dataset is generated there first,
-exactly as ``store-rec train`` does) and an optional SID table (``data.sid_table``).
+``sharding_types`` / ``compute_kernels`` for ``--strategy auto`` runs) and ``data``, validated as the train
+config's ``data:`` section (:class:`store_rec.train.config.DataConfig`): the prepared dataset directory
+``data.dir`` (when it has no schema.json and ``data.prepare_if_missing`` is set, the synthetic dataset is
+generated there first, exactly as ``store-rec train`` does) and an optional SID table (``data.sid_table``,
+``data.sid_feature``).
 """
 
 from __future__ import annotations
@@ -26,9 +27,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
-
-DATA_DIR_KEYS = ("dir", "data_dir", "path", "prepared_dir")
-
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -153,52 +151,40 @@ def _merge_sharding_section(sec: Any, cfg: Any, tables: List[Any], where: str) -
             raise ConfigError(f"{where}: {e}") from None
 
 
-def prepare_if_missing(d: Path, params: Any, where: str) -> None:
-    """Generate the synthetic dataset ``data.prepare_if_missing`` describes into ``d``, as ``store-rec
-    train`` does (same validation, :class:`store_rec.train.config.SyntheticConfig`, and the same
-    generator call, :func:`store_rec.data.synthetic.prepare_synthetic`, so both produce identical data)."""
-    from store_rec.config import ConfigError, from_dict
-    from store_rec.data.synthetic import prepare_synthetic
-    from store_rec.train.config import SyntheticConfig
-
-    if not isinstance(params, dict):
-        raise ConfigError(f"{where}: data.prepare_if_missing: expected a mapping (rows, items, users, seed, num_clusters, params), got {params!r}")
-    try:
-        p = from_dict(SyntheticConfig, params, "data.prepare_if_missing")
-    except ConfigError as e:
-        raise ConfigError(f"{where}: {e}") from None
-    t0 = time.perf_counter()
-    print(f"data.dir {d} has no schema.json: preparing synthetic data from data.prepare_if_missing ({p.rows} rows)")
-    prepare_synthetic(d, rows=p.rows, items=p.items, users=p.users, seed=p.seed, num_clusters=p.num_clusters, **p.params)
-    print(f"prepared {d} in {time.perf_counter() - t0:.1f} s")
-
-
 def _schema_from(raw: Dict[str, Any], where: str):
-    """Prepared dataset's schema (+ SID features from data.sid_table) -> (DatasetSchema, data dir)."""
+    """The config's ``data`` section (:class:`store_rec.train.config.DataConfig`, as ``store-rec train``
+    reads it) -> (prepared dataset's schema + SID features of data.sid_table, data dir). A missing
+    dataset is generated from ``data.prepare_if_missing`` exactly as ``store-rec train`` does."""
+    from store_rec.config import ConfigError, from_dict
     from store_rec.data.schema import SID, DatasetSchema
     from store_rec.errors import UserError
+    from store_rec.train.config import DataConfig, ensure_data_dir
 
-    data = raw.get("data") or {}
-    if not isinstance(data, dict):
-        raise UserError(f"{where}: data: expected a mapping")
-    key = next((k for k in DATA_DIR_KEYS if data.get(k)), None)
-    if key is None:
-        raise UserError(f"{where}: data: no prepared dataset directory (set one of data.{', data.'.join(DATA_DIR_KEYS)})")
-    d = Path(str(data[key]))
-    if not (d / "schema.json").exists():
-        if not data.get("prepare_if_missing"):
-            raise UserError(
-                f"{where}: data.{key}: {d} has no schema.json (prepare it with `store-rec data prepare ... --out {d}`, "
-                "or set data.prepare_if_missing)"
-            )
-        prepare_if_missing(d, data["prepare_if_missing"], where)
+    section = raw.get("data") or {}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{where}: data: expected a mapping, got {type(section).__name__} {section!r}")
+    try:
+        data = from_dict(DataConfig, section, "data")
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    d = Path(data.dir)
+    generate = not (d / "schema.json").exists() and data.prepare_if_missing is not None
+    if generate:
+        print(f"data.dir {d} has no schema.json: preparing synthetic data from data.prepare_if_missing "
+              f"({data.prepare_if_missing.rows} rows)")
+    t0 = time.perf_counter()
+    try:
+        ensure_data_dir(data)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+    if generate:
+        print(f"prepared {d} in {time.perf_counter() - t0:.1f} s")
     schema = DatasetSchema.load(d)
-    sid_table = data.get("sid_table")
-    if sid_table and not schema.features_with_role(SID):
+    if data.sid_table and not schema.features_with_role(SID):
         from store_rec.data.loader import schema_with_sids
 
         try:  # the features the loader attaches: sid_0..sid_{K-1}, vocab C + 1
-            schema = schema_with_sids(schema, str(sid_table), data.get("sid_feature"))
+            schema = schema_with_sids(schema, data.sid_table, data.sid_feature)
         except FileNotFoundError as e:
             raise UserError(f"{where}: data.sid_table: {e}") from None
     return schema, d

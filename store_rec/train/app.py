@@ -61,7 +61,7 @@ from store_rec.distributed.env import SHARED_STORE_ENV, DistEnv, init_distribute
 from store_rec.errors import UserError
 from store_rec.fileio import atomic_write_json, atomic_write_text
 from store_rec.models.store import RankingTrain
-from store_rec.train.config import TrainConfig
+from store_rec.train.config import TrainConfig, ensure_data_dir
 from store_rec.train.metrics import finite_or_none, gather_predictions, ranking_metrics
 
 logger = logging.getLogger(__name__)
@@ -336,17 +336,9 @@ def load_online_item_embeddings(dmp: nn.Module, cfg: TrainConfig, schema) -> int
 
 # ----------------------------------------------------------------------------------- data
 def prepare_data(cfg: TrainConfig, env: DistEnv) -> Path:
-    """``data.dir``; rank 0 generates it from ``data.prepare_if_missing`` when it has no schema.json."""
-    d = Path(cfg.data.dir)
-    if not (d / "schema.json").exists():
-        p = cfg.data.prepare_if_missing
-        if p is None:
-            raise UserError(f"data.dir: {d} has no schema.json (prepare it with `store-rec data`, or set data.prepare_if_missing)")
-        if env.rank == 0:
-            from store_rec.data.synthetic import prepare_synthetic
-
-            logger.info("preparing synthetic data in %s (%d rows)", d, p.rows)
-            prepare_synthetic(d, rows=p.rows, items=p.items, users=p.users, seed=p.seed, num_clusters=p.num_clusters, **p.params)
+    """``data.dir``; rank 0 generates it from ``data.prepare_if_missing`` when it has no schema.json
+    (:func:`store_rec.train.config.ensure_data_dir`), the other ranks wait for it."""
+    d = ensure_data_dir(cfg.data, generate=env.rank == 0)
     dist.barrier()
     return d
 

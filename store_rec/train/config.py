@@ -23,7 +23,9 @@ Sections (every key optional except ``data.dir``)::
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional
 
 from store_rec.config import check
@@ -31,6 +33,8 @@ from store_rec.distributed.sharding_types import SHARDING_TYPES
 from store_rec.models.config import ModelConfig
 
 COMPUTE_KERNELS = ("dense", "fused", "fused_uvm", "fused_uvm_caching", "key_value")
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -66,6 +70,29 @@ class DataConfig:
         check(bool(self.dir), "dir", "must be a dataset directory")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(self.eval_batch_size >= 1, "eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
+
+
+def ensure_data_dir(data: DataConfig, *, generate: bool = True) -> Path:
+    """``data.dir``, generated from ``data.prepare_if_missing`` when it has no ``schema.json``.
+
+    Shared by ``store-rec train`` (rank 0 generates, the others pass ``generate=False`` and wait at a
+    barrier) and ``store-rec plan`` (no process group), so both produce identical data. Raises
+    ``UserError`` when the directory has no schema.json and nothing says how to make it."""
+    from store_rec.errors import UserError
+
+    d = Path(data.dir)
+    if (d / "schema.json").exists():
+        return d
+    p = data.prepare_if_missing
+    if p is None:
+        raise UserError(f"data.dir: {d} has no schema.json (prepare it with `store-rec data prepare ... --out {d}`, "
+                        "or set data.prepare_if_missing)")
+    if generate:
+        from store_rec.data.synthetic import prepare_synthetic
+
+        logger.info("data.dir %s has no schema.json: preparing synthetic data from data.prepare_if_missing (%d rows)", d, p.rows)
+        prepare_synthetic(d, rows=p.rows, items=p.items, users=p.users, seed=p.seed, num_clusters=p.num_clusters, **p.params)
+    return d
 
 
 @dataclass
