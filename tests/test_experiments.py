@@ -5,7 +5,10 @@ with numbers from the runs, plots exist, and a second invocation reuses the fini
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+
+import pytest
 
 from store_rec.cli import main
 
@@ -98,3 +101,150 @@ def test_shipped_paper_config_validates_and_plans():
     assert all(len(spec.experiments[n].seeds) >= 3 for n in ("table1", "table2", "epochs", "sparsity"))
     t2 = spec.experiments["table2"].variants
     assert {v.sids for v in t2.values()} >= {"opmq", "opq", "rqvae"}
+
+
+# --- build records, the run cache and --report-only / --adopt-artifacts, on a smaller config ---------------
+# Everything is relative to the working directory (--out out), so one built OUT (the module fixture) can be
+# copied into each test's own directory and changed there.
+
+SMALL = """
+base: base.yaml
+jobs: 2
+datasets:
+  syn:
+    prepare: {dataset: synthetic, set: {rows: 1500, items: 120, users: 60, num_clusters: 4}}
+    pretrain: {epochs: 1, dim: 16, max_len: 20}
+    sids: {num_sids: 2, codebook_size: 4, steps: 30}
+    item_feature: item_id
+    set: [data.batch_size=128, train.epochs=1, model.attention.num_layers=1]
+    tiny: {rows: 800}
+experiments:
+  t:
+    title: "small table"
+    kind: table
+    datasets: [syn]
+    seeds: [0]
+    variants:
+      STORE: {sids: opmq}
+      DCNv2: {set: [model.name=dlrm_dcn]}
+tiny: {set: [train.epochs=1], seeds: [0]}
+"""
+SMALL_ARGV = ["experiments", "--config", "small.yaml", "--out", "out", "--results", "RESULTS.md", "--tiny"]
+STORE_RUN, DCN_RUN = Path("out/runs-tiny/t/syn/STORE/seed0"), Path("out/runs-tiny/t/syn/DCNv2/seed0")
+DATA = Path("out/data-tiny/syn")
+
+
+def _mtimes(root: Path) -> dict:
+    return {str(p): p.stat().st_mtime_ns for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def small_out(tmp_path_factory):
+    d = tmp_path_factory.mktemp("small")
+    shutil.copy(ROOT / "configs" / "experiments" / "base.yaml", d / "base.yaml")
+    (d / "small.yaml").write_text(SMALL)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(d)
+        assert main(SMALL_ARGV) == 0
+    return d
+
+
+@pytest.fixture
+def small(small_out, tmp_path, monkeypatch):
+    """A private copy of the built small OUT (and its configs); the test runs in it."""
+    w = tmp_path / "w"
+    shutil.copytree(small_out, w)
+    monkeypatch.chdir(w)
+    return w
+
+
+def test_tiny_artifacts_have_their_own_root_and_build_records(small):
+    assert not Path("out/data").exists() and not Path("out/runs").exists()
+    rec = json.loads(Path("out/data-tiny/syn/emb.parquet.build.json").read_text())
+    assert rec["args"][:3] == ["pretrain", "--data", "{root}/syn"] and "--epochs" in rec["args"]
+    assert set(rec["inputs"]) == {"data"} and Path("out/data-tiny/syn.build.json").exists()
+    assert json.loads((DATA / "sids_opmq_K2_C4.parquet.build.json").read_text())["inputs"]["embeddings"]
+    meta = json.loads((STORE_RUN / "run.json").read_text())
+    assert len(meta["base_sha256"]) == 64 and set(meta["inputs"]) == {"data", "sid_table"}
+    # a full (non-tiny) run would not see the tiny artifacts: its artifacts are missing, nothing is built
+    from store_rec.experiments.runner import plan_runs
+    from store_rec.experiments.spec import load_spec
+
+    full = plan_runs(load_spec("small.yaml"), Path("out"), tiny=False, build=False)
+    assert [r.ready for r in full] == [False, False] and str(full[0].dir).startswith("out/runs/")
+    assert not Path("out/data").exists()
+
+
+def test_changed_dataset_setting_rebuilds_the_artifact_and_reruns_its_runs(small, capsys):
+    before = _mtimes(Path("out"))
+    cfg = Path("small.yaml")
+    cfg.write_text(SMALL.replace("dim: 16", "dim: 8"))
+    capsys.readouterr()
+    assert main(SMALL_ARGV) == 0
+    err = capsys.readouterr().err
+    assert "emb.parquet is out of date" in err and "`--dim 16`, now needs `--dim 8`" in err
+    after = _mtimes(Path("out"))
+    changed = {p for p in after if after[p] != before.get(p)}
+    # embeddings and the SID table built from them are rebuilt; the prepared data is not
+    assert {str(DATA / "emb.parquet"), str(DATA / "sids_opmq_K2_C4.parquet")} <= changed
+    assert not any(p.startswith(str(DATA) + "/") and p.endswith("schema.json") for p in changed)
+    assert str(DATA) + ".build.json" not in changed
+    assert json.loads((DATA / "emb.parquet.build.json").read_text())["args"][-3] == "8"
+    # the run that read the SID table reruns; the raw-ID run reads only the data: it does not
+    assert str(STORE_RUN / "summary.json") in changed and str(DCN_RUN / "summary.json") not in changed
+    # an artifact without a record (unknown origin) is stale too: --report-only leaves its run out, builds nothing
+    (DATA / "sids_opmq_K2_C4.parquet.build.json").unlink()
+    before = _mtimes(Path("out"))
+    assert main([*SMALL_ARGV, "--report-only"]) == 0
+    assert "has no build record" in capsys.readouterr().err and _mtimes(Path("out")) == before
+    assert "results: 1 of 2 runs (the others are not trained yet or out of date)." in Path("RESULTS.md").read_text()
+
+
+def test_changed_base_config_reruns_runs_but_no_artifacts(small):
+    base = Path("base.yaml")
+    base.write_text(base.read_text().replace("log_every: 100", "log_every: 50"))
+    before = _mtimes(Path("out"))
+    assert main(SMALL_ARGV) == 0
+    after = _mtimes(Path("out"))
+    assert all(after[p] == before[p] for p in before if p.startswith(str(DATA.parent)))
+    for r in (STORE_RUN, DCN_RUN):
+        assert after[str(r / "summary.json")] != before[str(r / "summary.json")]
+    from store_rec.experiments.runner import sha256_file
+
+    assert json.loads((STORE_RUN / "run.json").read_text())["base_sha256"] == sha256_file(base)
+    assert main(SMALL_ARGV) == 0 and _mtimes(Path("out")) == after  # and then it is current
+
+
+def test_report_only_on_a_fresh_out_builds_nothing(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY.format(base=ROOT / "configs" / "experiments" / "base.yaml"))
+    out, md = tmp_path / "runs", tmp_path / "RESULTS.md"
+    assert main(["experiments", "--config", str(cfg), "--out", str(out), "--results", str(md), "--report-only"]) == 0
+    assert not out.exists()
+    text = md.read_text()
+    assert "results: 0 of 6 runs" in text and "results: 0 of 1 runs" in text and "results: 0 of 2 runs" in text
+    assert text.count("No results yet.") == 3 and "hand-written note" in text
+
+
+def test_adopt_artifacts_keeps_an_out_made_before_build_records(small, capsys):
+    # what an OUT made before this change looks like: no build records, run.json without the hashes
+    for p in Path("out").rglob("*.build.json"):
+        p.unlink()
+    for r in (STORE_RUN, DCN_RUN):
+        meta = json.loads((r / "run.json").read_text())
+        (r / "run.json").write_text(json.dumps({"overrides": meta["overrides"], "seconds": meta["seconds"]}))
+    before = _mtimes(Path("out"))
+    # without the flag they are stale: --report-only leaves both runs out (and removes / builds nothing)
+    assert main([*SMALL_ARGV, "--report-only"]) == 0
+    assert "results: 0 of 2 runs" in Path("RESULTS.md").read_text() and _mtimes(Path("out")) == before
+    capsys.readouterr()
+    assert main([*SMALL_ARGV, "--adopt-artifacts"]) == 0
+    assert "adopted" in capsys.readouterr().err
+    after = _mtimes(Path("out"))
+    assert all(after[p] == before[p] for p in before if not p.endswith("run.json"))  # nothing rebuilt or retrained
+    assert {Path(p).name for p in after if p.endswith(".build.json")} == {
+        "syn.build.json", "emb.parquet.build.json", "sids_opmq_K2_C4.parquet.build.json"}
+    assert "base_sha256" in json.loads((STORE_RUN / "run.json").read_text())
+    text = Path("RESULTS.md").read_text()
+    assert "results: 2 of 2 runs." in text and "--adopt-artifacts" not in text
+    assert main(SMALL_ARGV) == 0 and _mtimes(Path("out")) == after  # adopted for good: nothing to do

@@ -3,10 +3,29 @@
     store-rec experiments --config configs/experiments/paper.yaml \\
         [--out runs/experiments] [--results docs/RESULTS.md] [--jobs N] [--only table1,epochs] [--tiny]
 
-Builds the datasets / item embeddings / SID tables the experiments need, runs every training run
-that has no result yet (``--force``: all of them), and writes the results markdown plus its PNG
-plots (``<results dir>/results/``). ``--report-only`` rewrites the markdown from existing runs.
-``--tiny`` shrinks everything to a smoke test (what CI runs); its output is not a result.
+Builds the datasets / item embeddings / SID tables the experiments need (under OUT/data/, or
+OUT/data-tiny/ with --tiny), runs every training run that has no current result yet (under OUT/runs/,
+or OUT/runs-tiny/; ``--force``: all of them), and writes the results markdown plus its PNG plots
+(``<results dir>/results/``). ``--tiny`` shrinks everything to a smoke test (what CI runs); its output
+is not a result.
+
+Every artifact has a build record (``<artifact>.build.json``: the store-rec arguments it was built with
+and its inputs' records) and every run a ``run.json`` (its overrides, the sha256 of the base training
+config and of the records of the data / SID table it read). When the config now asks for something
+else, the artifact is rebuilt, with everything built from it, and the runs that used it are rerun.
+
+``--report-only`` trains and builds nothing: it rewrites the markdown from the runs whose results are
+current; runs whose artifacts or results are missing or out of date are left out (each experiment
+says "N of M runs").
+
+``--adopt-artifacts`` is for an OUT directory made before build records existed: artifacts without a
+record, and finished runs whose run.json has no base config hash, are recorded as if they had been
+made with the current config (and the current base config), instead of being rebuilt / rerun. Use it
+once, only when that is true (and not for an OUT made with --tiny before this change: those artifacts
+sit under OUT/data/); artifacts and runs with a record that differs are still rebuilt / rerun. With
+--report-only it adopts without training anything:
+
+    store-rec experiments --config configs/experiments/paper.yaml --out runs/experiments --adopt-artifacts --report-only
 """
 
 from __future__ import annotations
@@ -22,32 +41,44 @@ def register(subparsers) -> None:  # noqa: ANN001
     p.add_argument("--results", default="docs/RESULTS.md", help="markdown to write (default docs/RESULTS.md)")
     p.add_argument("--jobs", type=int, default=None, help="parallel runs (default: the YAML's jobs)")
     p.add_argument("--only", default=None, help="comma-separated experiment names")
-    p.add_argument("--tiny", action="store_true", help="smoke-test sizes (CI)")
+    p.add_argument("--tiny", action="store_true", help="smoke-test sizes (CI); artifacts and runs go to OUT/data-tiny, OUT/runs-tiny")
     p.add_argument("--force", action="store_true", help="re-run runs that already have results")
-    p.add_argument("--report-only", action="store_true", help="do not train; rewrite the markdown from existing runs")
+    p.add_argument("--report-only", action="store_true",
+                   help="build and train nothing; rewrite the markdown from the runs whose results are current")
+    p.add_argument("--adopt-artifacts", action="store_true",
+                   help="for an OUT made before build records existed: record existing artifacts without a build record, "
+                        "and finished runs without a base config hash, as made with the current config instead of "
+                        "rebuilding / rerunning them (explicit opt-in; see the description above)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import logging
     import shlex
     import sys
     from pathlib import Path
 
     from store_rec.experiments.report import write_results
-    from store_rec.experiments.runner import execute, plan_runs
+    from store_rec.experiments.runner import base_config_sha256, execute, finished_runs, plan_runs
     from store_rec.experiments.spec import load_spec
 
+    log = logging.getLogger("store_rec.experiments")
     spec = load_spec(args.config)
+    base_sha = base_config_sha256(spec.base, args.config)
     out = Path(args.out)
     only = [x for x in args.only.split(",") if x] if args.only else None
-    runs = plan_runs(spec, out, only, tiny=args.tiny)
+    runs = plan_runs(spec, out, only, tiny=args.tiny, build=not args.report_only, adopt=args.adopt_artifacts)
     if not args.report_only:
-        counts = execute(runs, spec.base, args.jobs or spec.jobs, force=args.force)
+        counts = execute(runs, spec.base, args.jobs or spec.jobs, force=args.force, base_sha=base_sha, adopt=args.adopt_artifacts)
         print(f"experiments: {counts['runs']} runs ({counts['ran']} trained now)")
+    done = finished_runs(runs, base_sha, adopt=args.adopt_artifacts)
+    if args.report_only:
+        log.info("experiments: --report-only: %d of %d planned runs have current results", len(done), len(runs))
     header_file = Path(args.config).with_name("RESULTS_HEADER.md")
     header = header_file.read_text() if header_file.exists() else None
-    command = "store-rec " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if sys.argv[1:2] == ["experiments"] else \
-        f"store-rec experiments --config {args.config}"
-    path = write_results(spec, runs, Path(args.results), command, args.tiny, header)
+    # --adopt-artifacts is a one-off migration, not part of how the results are made
+    command = "store-rec experiments " + " ".join(shlex.quote(a) for a in sys.argv[2:] if a != "--adopt-artifacts") \
+        if sys.argv[1:2] == ["experiments"] else f"store-rec experiments --config {args.config}"
+    path = write_results(spec, runs, Path(args.results), command, args.tiny, header, done=done)
     print(f"wrote {path} and its plots in {path.parent / 'results'}")
     return 0

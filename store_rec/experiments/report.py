@@ -10,20 +10,21 @@ Per experiment kind:
 * ``sweep``: test AUC (and TFLOPs per batch) against the swept value.
 
 The statements are computed from the numbers, so they stay true when the numbers change; the
-experiment's ``notes`` (hand-written) follow them.
+experiment's ``notes`` (hand-written) follow them. Every experiment says how many of its planned runs
+had results ("9 of 9 runs"); one with only some (or none) still renders from what there is.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from store_rec.experiments.runner import Run
 from store_rec.experiments.spec import ExperimentSpec, PaperSpec
+from store_rec.fileio import atomic_path, atomic_write_text
 
 METRICS = ("auc", "gauc", "logloss")
 
@@ -121,8 +122,7 @@ def _epochs(name: str, e: ExperimentSpec, runs: List[Run], fig_dir: Path) -> Lis
         ax.set_ylabel("test AUC")
         ax.legend()
     fig.tight_layout()
-    png = fig_dir / f"{name}.png"
-    fig.savefig(png, dpi=110)
+    png = _save(fig, fig_dir / f"{name}.png")
     plt.close(fig)
     n_ep = max((max(c) for c in curves.values() if c), default=0)
     head = ["| dataset | model | " + " | ".join(f"epoch {k}" for k in range(1, n_ep + 1)) + " |",
@@ -168,8 +168,7 @@ def _sweep(name: str, e: ExperimentSpec, runs: List[Run], fig_dir: Path) -> List
         ax.set_ylabel("test AUC")
         ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    png = fig_dir / f"{name}.png"
-    fig.savefig(png, dpi=110)
+    png = _save(fig, fig_dir / f"{name}.png")
     plt.close(fig)
     return lines + ["", f"![{name}](results/{png.name})"]
 
@@ -177,12 +176,24 @@ def _sweep(name: str, e: ExperimentSpec, runs: List[Run], fig_dir: Path) -> List
 KINDS = {"table": _table, "epochs": _epochs, "sweep": _sweep}
 
 
-def write_results(spec: PaperSpec, runs: List[Run], path: Path, command: str, tiny: bool, header: Optional[str] = None) -> Path:
-    """Write ``path`` (markdown) and its PNGs into ``path.parent / "results"``; temp file + rename."""
+def _save(fig: Any, png: Path) -> Path:
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    return png
+
+
+def write_results(spec: PaperSpec, runs: List[Run], path: Path, command: str, tiny: bool, header: Optional[str] = None,
+                  done: Optional[List[Run]] = None) -> Path:
+    """Write ``path`` (markdown, atomically) and its PNGs into ``path.parent / "results"``.
+
+    ``runs``: every planned run; ``done``: those whose results are current (default: every run with a
+    ``summary.json``). Each planned experiment gets a section saying how many of its runs had results.
+    """
     from store_rec.bench.common import machine_info
 
     fig_dir = path.parent / "results"
     fig_dir.mkdir(parents=True, exist_ok=True)
+    done_dirs = {r.dir for r in (done if done is not None else [r for r in runs if r.summary_path.exists()])}
     info = machine_info()
     out = [
         "# store_rec results",
@@ -195,16 +206,20 @@ def write_results(spec: PaperSpec, runs: List[Run], path: Path, command: str, ti
     if header:
         out += [header.strip(), ""]
     for name, e in spec.experiments.items():
-        mine = [r for r in runs if r.experiment == name and r.summary_path.exists()]
-        if not mine:
+        planned = [r for r in runs if r.experiment == name]
+        if not planned:  # not selected (--only)
             continue
-        out += [f"## {e.title}", "", f"`{name}`: datasets {', '.join(e.datasets)}; seeds "
-                f"{sorted({r.seed for r in mine})}; variants {', '.join(e.variants)}.", ""]
-        out += KINDS[e.kind](name, e, mine, fig_dir)
+        mine = [r for r in planned if r.dir in done_dirs]
+        seeds = sorted({r.seed for r in mine}) if mine else sorted({r.seed for r in planned})
+        out += [f"## {e.title}", "", f"`{name}`: datasets {', '.join(e.datasets)}; seeds {seeds}; variants "
+                f"{', '.join(e.variants)}; results: {len(mine)} of {len(planned)} runs"
+                + ("." if len(mine) == len(planned) else " (the others are not trained yet or out of date)."), ""]
+        if mine:
+            out += KINDS[e.kind](name, e, mine, fig_dir)
+        else:
+            out.append("No results yet.")
         if e.notes.strip():
             out += ["", e.notes.strip()]
         out.append("")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(out) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(out) + "\n")
     return path

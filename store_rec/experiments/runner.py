@@ -1,30 +1,45 @@
 """Build what the experiments need (prepared data, SASRec embeddings, SID tables), then run them.
 
-Artifacts live under ``OUT/data/<dataset>/`` and are built once, in this process, with the same
-commands users run (``store-rec data prepare`` / ``pretrain`` / ``tokenize``); a file that exists is
-reused. Runs live under ``OUT/runs/<experiment>/<dataset>/<variant>[/<x>]/seed<s>/`` and are
-launched as ``python -m store_rec.train`` subprocesses (one thread each, ``jobs`` at a time). A run
-whose ``summary.json`` exists and whose ``run.json`` holds the same overrides is not run again, so a
-re-run after editing one experiment only recomputes what changed.
+Artifacts live under ``OUT/data/<dataset>/`` (``OUT/data-tiny/`` with ``--tiny``) and are built in
+this process with the same commands users run (``store-rec data prepare`` / ``pretrain`` /
+``tokenize``). Every artifact gets a build record beside it, ``<artifact>.build.json``: the store-rec
+arguments it was built with (paths under the artifacts root written as ``{root}/...``) and the
+sha256 of its inputs' build records. An artifact is reused only when its record matches what the
+current config asks for; otherwise it is removed together with everything built from it, and rebuilt
+(a warning names what changed). An artifact without a record (built before records existed, or an
+interrupted build: the record is written last) is stale, unless ``adopt`` is set: then a record is
+written for it as if it matched the current config.
+
+Runs live under ``OUT/runs/<experiment>/<dataset>/<variant>[/<x>]/seed<s>/`` (``OUT/runs-tiny/``
+with ``--tiny``) and are launched as ``python -m store_rec.train`` subprocesses (one thread each,
+``jobs`` at a time). A run is not run again when its ``summary.json`` exists and its ``run.json``
+holds the same overrides, the same sha256 of the base training config's content, and the same
+build-record hashes of the data / SID table it used; a re-run after editing one experiment, the base
+config or a dataset's settings recomputes exactly what changed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from store_rec.errors import UserError
 from store_rec.experiments.spec import DatasetSpec, ExperimentSpec, PaperSpec, SidShape
+from store_rec.fileio import atomic_write_json
 
 logger = logging.getLogger(__name__)
+
+RECORD_SUFFIX = ".build.json"
 
 
 @dataclass
@@ -38,10 +53,74 @@ class Run:
     dir: Path
     sids: Optional[str]  # method actually used (None: raw IDs)
     notes: List[str] = field(default_factory=list)
+    # build-record sha256 of each artifact the run reads ("data", "sid_table"); None: missing or stale
+    # (only when planned with build=False)
+    inputs: Dict[str, Optional[str]] = field(default_factory=dict)
 
     @property
     def summary_path(self) -> Path:
         return self.dir / "summary.json"
+
+    @property
+    def meta_path(self) -> Path:
+        return self.dir / "run.json"
+
+    @property
+    def ready(self) -> bool:
+        """Every artifact the run reads exists and is up to date."""
+        return all(v is not None for v in self.inputs.values())
+
+
+@dataclass
+class Artifact:
+    path: Path
+    digest: Optional[str]  # sha256 of its build record; None: missing or stale (not built: build=False)
+
+
+def record_path(path: Path) -> Path:
+    """The build record of an artifact: ``<artifact>.build.json`` beside it."""
+    return path.with_name(path.name + RECORD_SUFFIX)
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def base_config_sha256(base: str, config: Optional[str] = None) -> str:
+    """sha256 of the base training config's content (what run.json records)."""
+    p = Path(base)
+    if not p.is_file():
+        raise UserError(f"{config or 'experiments config'}: base: training config {base} not found")
+    return sha256_file(p)
+
+
+def _flags(argv: List[str]) -> List[str]:
+    """``--flag value`` pairs (and lone tokens) of an argv, for naming what changed."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i].startswith("--") and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+            out.append(f"{argv[i]} {argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
+def _what_changed(old: Optional[Dict[str, Any]], new: Dict[str, Any]) -> str:
+    if old is None:
+        return ("it has no build record (built before build records existed, or its build did not finish; "
+                "--adopt-artifacts keeps artifacts built before records existed)")
+    parts = []
+    if old.get("args") != new["args"]:
+        o, n = _flags(old.get("args") or []), _flags(new["args"])
+        gone, added = [f for f in o if f not in n], [f for f in n if f not in o]
+        parts.append(f"built with `{' '.join(gone) or '-'}`, now needs `{' '.join(added) or '-'}`")
+    old_in = old.get("inputs") or {}
+    for k in sorted(set(old_in) | set(new["inputs"])):
+        if old_in.get(k) != new["inputs"].get(k):
+            parts.append(f"its input {k} was rebuilt since")
+    return "; ".join(parts)
 
 
 def _x_dir(x: Any) -> str:
@@ -49,15 +128,20 @@ def _x_dir(x: Any) -> str:
 
 
 class Artifacts:
-    """Prepared datasets, embeddings and SID tables under ``root`` (built on demand, cached)."""
+    """Prepared datasets, embeddings and SID tables under ``root``, checked against their build records.
 
-    def __init__(self, spec: PaperSpec, root: Path, tiny: bool) -> None:
-        self.spec, self.root, self.tiny = spec, root, tiny
+    ``build=False`` only resolves paths: a missing or stale artifact is reported with ``digest=None``
+    and nothing is built or removed. ``adopt=True`` writes a record for an existing artifact that has
+    none, as if it matched the current config (artifacts whose record differs are still rebuilt).
+    """
 
-    def data_dir(self, name: str) -> Path:
+    def __init__(self, spec: PaperSpec, root: Path, tiny: bool, build: bool = True, adopt: bool = False) -> None:
+        self.spec, self.root, self.tiny, self.build, self.adopt = spec, root, tiny, build, adopt
+        self._seen: Dict[Path, Artifact] = {}
+        self.counts = {"reused": 0, "built": 0, "rebuilt": 0, "adopted": 0, "unavailable": 0}
+
+    def data_dir(self, name: str) -> Artifact:
         d = self.root / name
-        if (d / "schema.json").exists():
-            return d
         ds = self.spec.datasets[name]
         p = ds.prepare
         sets = {**p.set, **(ds.tiny if self.tiny else {})}
@@ -66,31 +150,99 @@ class Artifacts:
             argv += ["--source", p.source]
         for k, v in sets.items():
             argv += ["--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}"]
-        self._cli(argv, f"prepare {name}")
-        return d
 
-    def embeddings(self, name: str) -> Path:
+        def remove() -> None:  # everything else under d (embeddings, SID tables) was built from it
+            if d.exists():
+                shutil.rmtree(d)
+
+        return self._ensure(d, argv, {}, lambda: (d / "schema.json").exists(), remove, f"prepare {name}")
+
+    def embeddings(self, name: str) -> Artifact:
         ds = self.spec.datasets[name]
         out = self.root / name / "emb.parquet"
-        if out.exists():
-            return out
+        data = self.data_dir(name)
         pt = ds.pretrain
         epochs = 1 if self.tiny else pt.epochs
-        self._cli(["pretrain", "--data", str(self.data_dir(name)), "--out", str(out), "--epochs", str(epochs),
-                   "--dim", str(pt.dim), "--max-len", str(pt.max_len)], f"pretrain {name}")
-        return out
+        argv = ["pretrain", "--data", str(data.path), "--out", str(out), "--epochs", str(epochs),
+                "--dim", str(pt.dim), "--max-len", str(pt.max_len)]
 
-    def sid_table(self, name: str, method: str, shape: SidShape) -> Path:
+        def remove() -> None:  # with it: its metrics JSON and every SID table built from it
+            for f in [out, out.with_suffix(".json"), *out.parent.glob("sids_*")]:
+                f.unlink(missing_ok=True)
+
+        return self._ensure(out, argv, {"data": data}, out.exists, remove, f"pretrain {name}")
+
+    def sid_table(self, name: str, method: str, shape: SidShape) -> Artifact:
         out = self.root / name / f"sids_{method}_K{shape.num_sids}_C{shape.codebook_size}.parquet"
-        if out.exists():
-            return out
-        argv = ["tokenize", "--embeddings", str(self.embeddings(name)), "--method", method, "--num-sids", str(shape.num_sids),
+        emb = self.embeddings(name)
+        argv = ["tokenize", "--embeddings", str(emb.path), "--method", method, "--num-sids", str(shape.num_sids),
                 "--codebook-size", str(shape.codebook_size), "--out", str(out), "--report", str(out.with_suffix(".json"))]
         steps = 50 if self.tiny else shape.steps
         if steps and method != "opq":
             argv += ["--steps", str(steps)]
-        self._cli(argv, f"tokenize {name} {method} K={shape.num_sids} C={shape.codebook_size}")
-        return out
+
+        def remove() -> None:
+            for f in (out, out.with_suffix(".json")):
+                f.unlink(missing_ok=True)
+
+        return self._ensure(out, argv, {"embeddings": emb}, out.exists, remove,
+                            f"tokenize {name} {method} K={shape.num_sids} C={shape.codebook_size}")
+
+    def _rel(self, tok: str) -> str:
+        """A path under the artifacts root as ``{root}/...`` (records survive moving OUT)."""
+        try:
+            return "{root}/" + Path(tok).relative_to(self.root).as_posix()
+        except ValueError:
+            return tok
+
+    def _ensure(self, path: Path, argv: List[str], inputs: Dict[str, Artifact], exists: Callable[[], bool],
+                remove: Callable[[], None], what: str) -> Artifact:
+        if path in self._seen:
+            return self._seen[path]
+        art = self._resolve(path, argv, inputs, exists, remove, what)
+        self._seen[path] = art
+        return art
+
+    def _resolve(self, path: Path, argv: List[str], inputs: Dict[str, Artifact], exists: Callable[[], bool],
+                 remove: Callable[[], None], what: str) -> Artifact:
+        rec_path = record_path(path)
+        if any(a.digest is None for a in inputs.values()):  # build=False and an input is not usable
+            self.counts["unavailable"] += 1
+            return Artifact(path, None)
+        want = {"args": [self._rel(t) for t in argv], "inputs": {k: a.digest for k, a in inputs.items()}}
+        present = exists()
+        old = None
+        if present and rec_path.exists():
+            try:
+                old = json.loads(rec_path.read_text())
+            except (OSError, ValueError):
+                logger.warning("experiments: %s: unreadable build record, treated as missing", rec_path)
+        if present and old is not None and old.get("args") == want["args"] and old.get("inputs") == want["inputs"]:
+            self.counts["reused"] += 1
+            return Artifact(path, sha256_file(rec_path))
+        if present and old is None and self.adopt:
+            atomic_write_json(rec_path, {**want, "command": "store-rec " + " ".join(argv), "adopted": time.strftime("%Y-%m-%dT%H:%M:%S")})
+            logger.warning("experiments: adopted %s (--adopt-artifacts): recorded as built by store-rec %s", path, " ".join(argv))
+            self.counts["adopted"] += 1
+            return Artifact(path, sha256_file(rec_path))
+        if not self.build:
+            why = _what_changed(old, want) if present else "missing"
+            logger.info("experiments: %s is not usable (%s); not built (report only)", path, why)
+            self.counts["unavailable"] += 1
+            return Artifact(path, None)
+        if present:
+            logger.warning("experiments: %s is out of date: %s; removing it and everything built from it, then rebuilding",
+                           path, _what_changed(old, want))
+            self.counts["rebuilt"] += 1
+        else:
+            self.counts["built"] += 1
+        # no artifact (or an interrupted build's leftovers): start clean so a half-written one is never reused
+        rec_path.unlink(missing_ok=True)
+        remove()
+        self._cli(argv, what)
+        # the record is written last: an artifact without one was never finished (or predates records)
+        atomic_write_json(rec_path, {**want, "command": "store-rec " + " ".join(argv), "built": time.strftime("%Y-%m-%dT%H:%M:%S")})
+        return Artifact(path, sha256_file(rec_path))
 
     @staticmethod
     def _cli(argv: List[str], what: str) -> None:
@@ -103,14 +255,21 @@ class Artifacts:
         logger.info("experiments: %s done in %.1f s", what, time.perf_counter() - t0)
 
 
-def plan_runs(spec: PaperSpec, out: Path, only: Optional[List[str]] = None, tiny: bool = False) -> List[Run]:
-    """Every run of the selected experiments (artifacts are built as their paths are needed)."""
-    arts = Artifacts(spec, out / "data", tiny)
-    runs: List[Run] = []
+def plan_runs(spec: PaperSpec, out: Path, only: Optional[List[str]] = None, tiny: bool = False, build: bool = True,
+              adopt: bool = False) -> List[Run]:
+    """Every run of the selected experiments.
+
+    ``build=True``: the artifacts the runs read are built (or rebuilt) as their paths are needed.
+    ``build=False``: only paths are computed; a run whose artifacts are missing or stale has
+    ``ready == False`` (``--report-only`` leaves it out). ``adopt``: see :class:`Artifacts`.
+    """
     names = only or list(spec.experiments)
     unknown = [n for n in names if n not in spec.experiments]
     if unknown:
         raise UserError(f"--only: unknown experiment(s) {unknown}; known: {list(spec.experiments)}")
+    arts = Artifacts(spec, out / ("data-tiny" if tiny else "data"), tiny, build=build, adopt=adopt)
+    runs_root = out / ("runs-tiny" if tiny else "runs")
+    runs: List[Run] = []
     for en in names:
         e = spec.experiments[en]
         seeds = spec.tiny.seeds if tiny else e.seeds
@@ -123,7 +282,7 @@ def plan_runs(spec: PaperSpec, out: Path, only: Optional[List[str]] = None, tiny
                 for x in xs:
                     base = _data_overrides(arts, dn, ds, e, v.sids, x)
                     for seed in seeds:
-                        d = out / "runs" / en / dn / vn
+                        d = runs_root / en / dn / vn
                         if x is not None:
                             d = d / _x_dir(x)
                         d = d / f"seed{seed}"
@@ -134,43 +293,106 @@ def plan_runs(spec: PaperSpec, out: Path, only: Optional[List[str]] = None, tiny
                                "output.progress_bar=false", "output.tensorboard=false"]
                         if tiny:
                             ov += spec.tiny.set
-                        runs.append(Run(en, dn, vn, seed, x, ov, d, base["sids"], base["notes"]))
+                        runs.append(Run(en, dn, vn, seed, x, ov, d, base["sids"], base["notes"], dict(base["inputs"])))
+    c = arts.counts
+    logger.info("experiments: artifacts under %s: %d reused, %d built, %d rebuilt, %d adopted%s", arts.root, c["reused"],
+                c["built"], c["rebuilt"], c["adopted"], f", {c['unavailable']} missing or stale (not built)" if not build else "")
     return runs
 
 
 def _data_overrides(arts: Artifacts, dn: str, ds: DatasetSpec, e: ExperimentSpec, method: Optional[str], x: Any) -> Dict[str, Any]:
-    ov = [f"data.dir={arts.data_dir(dn)}", "data.prepare_if_missing=null"]
+    data = arts.data_dir(dn)
+    ov = [f"data.dir={data.path}", "data.prepare_if_missing=null"]
+    inputs: Dict[str, Optional[str]] = {"data": data.digest}
     notes: List[str] = []
     if method is not None and ds.pretrain is None:
         notes.append(f"{dn} has no user sequences to pre-train item embeddings: raw IDs instead of {method} SIDs")
         method = None
     if method is None:
         ov += ["model.tokenizer=none", "data.sid_table=null"]
-        return {"overrides": ov, "sids": None, "notes": notes}
+        return {"overrides": ov, "sids": None, "notes": notes, "inputs": inputs}
     shape = ds.sids
     if e.sweep is not None and e.sweep.sids_key is not None:
         shape = replace(shape, **{e.sweep.sids_key: int(x)})
     table = arts.sid_table(dn, method, shape)
-    ov += [f"data.sid_table={table}", f"model.tokenizer={method}", "model.sid_source=batch", f"model.item_feature={ds.item_feature}"]
-    return {"overrides": ov, "sids": method, "notes": notes}
+    inputs["sid_table"] = table.digest
+    ov += [f"data.sid_table={table.path}", f"model.tokenizer={method}", "model.sid_source=batch", f"model.item_feature={ds.item_feature}"]
+    return {"overrides": ov, "sids": method, "notes": notes, "inputs": inputs}
 
 
-def execute(runs: List[Run], base_config: str, jobs: int, force: bool = False) -> Dict[str, int]:
-    """Run what is not done yet, ``jobs`` at a time; returns counts of done / ran / failed."""
-    todo = []
+def _read_meta(r: Run) -> Optional[Dict[str, Any]]:
+    try:
+        return json.loads(r.meta_path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        logger.warning("experiments: %s: unreadable, the run counts as not done", r.meta_path)
+        return None
+
+
+def _run_state(r: Run, base_sha: str, adopt: bool) -> Optional[str]:
+    """None when the run's result is current (adopting a pre-hash run.json if ``adopt``), else why not."""
+    if not r.ready:
+        return "artifacts missing or stale"
+    if not r.summary_path.exists():
+        return "no summary"
+    meta = _read_meta(r)
+    if meta is None:
+        return "no run.json"
+    if meta.get("overrides") != r.overrides:
+        return "overrides changed"
+    if "base_sha256" not in meta:
+        if not adopt:
+            return "run.json without a base config hash (made before hashes were recorded; --adopt-artifacts keeps it)"
+        atomic_write_json(r.meta_path, {**meta, "base_sha256": base_sha, "inputs": r.inputs, "adopted": True}, indent=1)
+        logger.warning("experiments: adopted run %s (--adopt-artifacts): recorded as made with the current base config", r.dir)
+        return None
+    if meta["base_sha256"] != base_sha:
+        return "base config changed"
+    if meta.get("inputs") != r.inputs:
+        return "data or SID table rebuilt"
+    return None
+
+
+def _why_counts(why: List[str]) -> str:
+    counts: Dict[str, int] = {}
+    for w in why:
+        counts[w] = counts.get(w, 0) + 1
+    return "; ".join(f"{n}: {w}" for w, n in counts.items())
+
+
+def finished_runs(runs: List[Run], base_sha: str, adopt: bool = False) -> List[Run]:
+    """The runs whose results are current (what ``--report-only`` reports); logs how many are left out."""
+    done, why = [], []
     for r in runs:
-        meta = r.dir / "run.json"
-        if not force and r.summary_path.exists() and meta.exists() and json.loads(meta.read_text()).get("overrides") == r.overrides:
-            continue
-        todo.append(r)
-    logger.info("experiments: %d runs, %d to do (%d done)", len(runs), len(todo), len(runs) - len(todo))
+        w = _run_state(r, base_sha, adopt)
+        if w is None:
+            done.append(r)
+        else:
+            why.append(w)
+    if why:
+        logger.info("experiments: %d of %d planned runs left out of the report (%s)", len(why), len(runs), _why_counts(why))
+    return done
+
+
+def execute(runs: List[Run], base_config: str, jobs: int, force: bool = False, base_sha: Optional[str] = None,
+            adopt: bool = False) -> Dict[str, int]:
+    """Run what is not done yet, ``jobs`` at a time; returns counts of runs / ran."""
+    base_sha = base_sha or base_config_sha256(base_config)
+    todo, why = [], []
+    for r in runs:
+        w = "--force" if force else _run_state(r, base_sha, adopt)
+        if w is not None:
+            todo.append(r)
+            why.append(w)
+    logger.info("experiments: %d runs, %d to do (%d done)%s", len(runs), len(todo), len(runs) - len(todo),
+                f": {_why_counts(why)}" if why else "")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     failed = []
 
     def one(r: Run) -> None:
         r.dir.mkdir(parents=True, exist_ok=True)
-        if r.summary_path.exists():
-            r.summary_path.unlink()
+        r.summary_path.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "store_rec.train", "--config", base_config, *r.overrides, "--metrics-out", str(r.summary_path)]
         t0 = time.perf_counter()
         with open(r.dir / "train.log", "w") as log:
@@ -179,9 +401,8 @@ def execute(runs: List[Run], base_config: str, jobs: int, force: bool = False) -
             failed.append(r)
             logger.error("experiments: FAILED %s (exit %d), log %s", r.dir, rc, r.dir / "train.log")
             return
-        tmp = r.dir / "run.json.tmp"
-        tmp.write_text(json.dumps({"overrides": r.overrides, "seconds": round(time.perf_counter() - t0, 1)}, indent=1))
-        os.replace(tmp, r.dir / "run.json")
+        atomic_write_json(r.meta_path, {"overrides": r.overrides, "base_config": base_config, "base_sha256": base_sha,
+                                        "inputs": r.inputs, "seconds": round(time.perf_counter() - t0, 1)}, indent=1)
         logger.info("experiments: %s/%s/%s x=%s seed %d done in %.0f s", r.experiment, r.dataset, r.variant, r.x, r.seed,
                     time.perf_counter() - t0)
 
