@@ -19,3 +19,16 @@ def test_failed_write_keeps_the_old_file(tmp_path):
     with pytest.raises(TypeError):
         atomic_write_json(p, {"bad": object()})
     assert p.read_text() == "old" and [q.name for q in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_outputs_get_the_mode_a_plain_open_gives(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+        out = atomic_write_text(tmp_path / "atomic.txt", "x")  # mkstemp alone would leave 0600
+        assert out.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(mask)

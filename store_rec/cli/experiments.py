@@ -76,8 +76,10 @@ def run(args: argparse.Namespace) -> int:
         log.info("experiments: --report-only: %d of %d planned runs have current results", len(done), len(runs))
     header_file = Path(args.config).with_name("RESULTS_HEADER.md")
     header = header_file.read_text() if header_file.exists() else None
-    # --adopt-artifacts is a one-off migration, not part of how the results are made
-    command = "store-rec experiments " + " ".join(shlex.quote(a) for a in sys.argv[2:] if a != "--adopt-artifacts") \
+    # --adopt-artifacts is a one-off migration and --report-only only rewrites the markdown: neither is
+    # part of how the results are made (a plain re-run reuses the current runs and writes the same file)
+    command = "store-rec experiments " + " ".join(
+        shlex.quote(a) for a in sys.argv[2:] if a not in ("--adopt-artifacts", "--report-only")) \
         if sys.argv[1:2] == ["experiments"] else f"store-rec experiments --config {args.config}"
     path = write_results(spec, runs, Path(args.results), command, args.tiny, header, done=done)
     print(f"wrote {path} and its plots in {path.parent / 'results'}")
