@@ -45,6 +45,15 @@ def test_bench_attention_arch_level(tmp_path):
     assert r["level"] == "arch" and 1.0 < r["flops_ratio"] < 2.0  # diluted by FFN and projections
 
 
+def test_bench_attention_routings_naming_the_default_measures_it_once(tmp_path):
+    # 'instance' runs at every sparsity anyway; naming it in --routings once crashed the summary's sort
+    p = _bench(tmp_path, "attention", "--level", "layer", "--lengths", "16,32", "--sparsities", "0,0.5",
+               "--routings", "instance,query_block", "--batch", "2", "--d-model", "16", "--heads", "2", "--repeats", "1")
+    keys = [(r["seq_len"], r["sparsity"], r["routing"]) for r in p["records"]]
+    assert len(keys) == len(set(keys)) == 6  # 2 lengths x (2 sparsities of instance + query_block at 0.5)
+    assert "dense_time_exponent" in p["summary"]
+
+
 def test_bench_data_quick_has_loader_and_train_step(tmp_path):
     p = _bench(tmp_path, "data", "--rows", "6000", "--batch-size", "512", "--repeats", "1", "--train-steps", "2")
     stages = {(r["stage"], r["schema"]) for r in p["records"]}
@@ -65,3 +74,13 @@ def test_bench_train_quick(tmp_path):
     assert rs["store_moba"]["tflops_per_batch"] < rs["store_vanilla"]["tflops_per_batch"]
     assert math.isclose(rs["store_moba"]["flops_ratio_vs_vanilla"],
                         rs["store_vanilla"]["tflops_per_batch"] / rs["store_moba"]["tflops_per_batch"])
+
+
+def test_bench_tokenizer_quick(tmp_path):
+    p = _bench(tmp_path, "tokenizer", "--train-items", "3000", "--encode-items", "2000", "--settings", "2x8",
+               "--batch-size", "512", "--repeats", "1")
+    assert [r["method"] for r in p["records"]] == ["opmq", "rqvae", "opq"]
+    for r in p["records"]:
+        assert (r["K"], r["C"], r["encode_items"], r["train_items"]) == (2, 8, 2000, 3000)
+        assert r["encode_items_per_s"] > 0 and r["train_seconds"] > 0 and 0 < r["utilization"] <= 1
+        assert 0 < r["unique_tuple_rate"] <= 1 and r["recon_mse"] > 0

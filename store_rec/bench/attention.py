@@ -181,7 +181,8 @@ def run(args):
     lengths = _csv(args.lengths, int) if args.lengths else list(QUICK_LENGTHS if quick else FULL_LENGTHS)
     sparsities = _csv(args.sparsities, float) if args.sparsities else list(SPARSITIES)
     if args.routings is not None:
-        extra = _csv(args.routings, str)
+        # the default routing is measured at every sparsity already; listing it adds nothing
+        extra = list(dict.fromkeys(r for r in _csv(args.routings, str) if r != DEFAULT_ROUTING))
     else:
         extra = [] if quick else [r for r in ALL_ROUTINGS if r != DEFAULT_ROUTING]
     repeats = args.repeats or (3 if quick else 5)
@@ -279,7 +280,8 @@ def run(args):
         )
 
     summary: Dict[str, Any] = {}
-    half = sorted((r["seq_len"], r) for r in records if r["routing"] == DEFAULT_ROUTING and r["sparsity"] == 0.5)
+    half = sorted(((r["seq_len"], r) for r in records if r["routing"] == DEFAULT_ROUTING and r["sparsity"] == 0.5),
+                  key=lambda t: t[0])
     if half:
         summary["dense_time_exponent"] = _fit_exponent([(L, r["dense_s"]) for L, r in half])
         summary["moba_time_exponent_s0.5"] = _fit_exponent([(L, r["moba_s"]) for L, r in half])

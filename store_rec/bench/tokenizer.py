@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
+from typing import Any, Dict, List
 
 from store_rec.bench.common import BenchResult, time_fn
 
@@ -39,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden-dims", default="128",
                         help="encoder/expert hidden widths, comma list ('' = linear); default = OPMQConfig's [128]")
     parser.add_argument("--latent-dim", type=int, default=32, help="default = OPMQConfig's 32")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's own, i.e. all cores); 1 = one core")
 
 
 def clustered_embeddings(n: int, d: int, clusters: int = 64, noise: float = 0.3, seed: int = 0):
@@ -50,6 +54,29 @@ def clustered_embeddings(n: int, d: int, clusters: int = 64, noise: float = 0.3,
     return cent[lab] + noise * torch.randn(n, d, generator=g)
 
 
+def _plot(records: List[Dict[str, Any]], path: Path) -> None:
+    """Encode items/s and training seconds per method, one bar group per KxC setting."""
+    import matplotlib.pyplot as plt
+
+    settings = list(dict.fromkeys(f"{r['K']}x{r['C']}" for r in records))
+    methods = list(dict.fromkeys(r["method"] for r in records))
+    at = {(f"{r['K']}x{r['C']}", r["method"]): r for r in records}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    width = 0.8 / len(methods)
+    for ax, key, label in ((axes[0], "encode_items_per_s", "encode items/s"), (axes[1], "train_seconds", "training seconds")):
+        for i, m in enumerate(methods):
+            xs = [j + i * width for j in range(len(settings))]
+            ax.bar(xs, [at[(s, m)][key] if (s, m) in at else 0 for s in settings], width, label=m)
+        ax.set_xticks([j + width * (len(methods) - 1) / 2 for j in range(len(settings))], [f"K x C = {s}" for s in settings])
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    axes[0].set_title(f"encode {records[0]['encode_items']} items")
+    axes[1].set_title(f"train on {records[0]['train_items']} items")
+    fig.tight_layout()
+    fig.savefig(path, format="png", dpi=110)
+    plt.close(fig)
+
+
 def run(args: argparse.Namespace) -> BenchResult:
     import torch
 
@@ -57,6 +84,8 @@ def run(args: argparse.Namespace) -> BenchResult:
     from store_rec.tokenizer.report import tokenizer_report
 
     quick = bool(getattr(args, "quick", False))
+    if getattr(args, "threads", None):
+        torch.set_num_threads(int(args.threads))
     n_train = args.train_items or (20000 if quick else 1_000_000)
     n_enc = args.encode_items or (50000 if quick else 1_000_000)
     repeats = args.repeats or (2 if quick else 5)
@@ -94,4 +123,5 @@ def run(args: argparse.Namespace) -> BenchResult:
                        config={"dim": args.dim, "train_items": n_train, "encode_items": n_enc, "epochs": args.epochs,
                                "batch_size": args.batch_size, "repeats": repeats, "quick": quick,
                                "threads": torch.get_num_threads(), "hidden_dims": hidden,
-                               "latent_dim": args.latent_dim, "data": "64 planted gaussian clusters, noise 0.3"})
+                               "latent_dim": args.latent_dim, "data": "64 planted gaussian clusters, noise 0.3"},
+                       plot=_plot)
