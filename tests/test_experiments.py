@@ -103,6 +103,21 @@ def test_shipped_paper_config_validates_and_plans():
     assert {v.sids for v in t2.values()} >= {"opmq", "opq", "rqvae"}
 
 
+def test_variant_names_are_one_directory_level(tmp_path, capsys):
+    from store_rec.experiments.runner import plan_runs
+    from store_rec.experiments.spec import load_spec
+
+    spec = load_spec(str(ROOT / "configs" / "experiments" / "paper.yaml"))
+    runs = [r for r in plan_runs(spec, tmp_path / "out", only=["table2"], build=False)
+            if r.variant == "w/o orthogonal rotation"]
+    assert runs and all(r.dir.parent.name == "w_o orthogonal rotation" and r.dir.parent.parent.name == r.dataset
+                        for r in runs)
+    cfg = tmp_path / "dots.yaml"
+    cfg.write_text(TINY.format(base="b.yaml").replace("      STORE:", "      '..':", 1))
+    assert main(["experiments", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    assert "experiments.t1.variants['..']: is not usable as a run directory name" in capsys.readouterr().err
+
+
 # --- build records, the run cache and --report-only / --adopt-artifacts, on a smaller config ---------------
 # Everything is relative to the working directory (--out out), so one built OUT (the module fixture) can be
 # copied into each test's own directory and changed there.

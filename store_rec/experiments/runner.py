@@ -124,7 +124,12 @@ def _what_changed(old: Optional[Dict[str, Any]], new: Dict[str, Any]) -> str:
 
 
 def _x_dir(x: Any) -> str:
-    return "x=" + str(x).replace("/", "_")
+    return "x=" + _path_part(str(x))
+
+
+def _path_part(name: str) -> str:
+    """``name`` as one directory level: path separators become ``_`` ("w/o rotation" -> "w_o rotation")."""
+    return name.replace("/", "_").replace("\\", "_")
 
 
 class Artifacts:
@@ -282,7 +287,7 @@ def plan_runs(spec: PaperSpec, out: Path, only: Optional[List[str]] = None, tiny
                 for x in xs:
                     base = _data_overrides(arts, dn, ds, e, v.sids, x)
                     for seed in seeds:
-                        d = runs_root / en / dn / vn
+                        d = runs_root / _path_part(en) / _path_part(dn) / _path_part(vn)
                         if x is not None:
                             d = d / _x_dir(x)
                         d = d / f"seed{seed}"

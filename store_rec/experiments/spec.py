@@ -114,6 +114,8 @@ class ExperimentSpec:
 
     def __post_init__(self) -> None:
         check(bool(self.variants), "variants", "needs at least one variant")
+        for name in self.variants:  # a variant names a run directory (separators become '_')
+            check(name.strip(" ./\\") != "", f"variants[{name!r}]", "is not usable as a run directory name (only dots, slashes or spaces)")
         check(bool(self.seeds), "seeds", "needs at least one seed")
         check((self.kind == "sweep") == (self.sweep is not None), "sweep", "kind 'sweep' needs a sweep (and only it)")
 
