@@ -103,6 +103,24 @@ def test_shipped_paper_config_validates_and_plans():
     assert {v.sids for v in t2.values()} >= {"opmq", "opq", "rqvae"}
 
 
+def test_runs_with_the_same_training_config_share_one_directory(tmp_path):
+    """table2's STORE row and num_sids at K=3 train exactly what table1's STORE row trains: one run each."""
+    from store_rec.experiments.runner import plan_runs
+    from store_rec.experiments.spec import load_spec
+
+    spec = load_spec(str(ROOT / "configs" / "experiments" / "paper.yaml"))
+    runs = plan_runs(spec, tmp_path / "out", build=False)
+    by = {(r.experiment, r.dataset, r.variant, r.x, r.seed): r for r in runs}
+    t1 = by[("table1", "movielens", "STORE", None, 0)]
+    assert by[("table2", "movielens", "STORE", None, 0)].dir == t1.dir
+    assert by[("num_sids", "movielens", "STORE", 3, 0)].dir == t1.dir
+    assert by[("num_sids", "movielens", "STORE", 4, 0)].dir != t1.dir
+    assert by[("table1", "movielens", "STORE", None, 1)].dir != t1.dir  # another seed is another run
+    dirs = {r.dir: r.overrides for r in runs}
+    assert all(dirs[r.dir] == r.overrides for r in runs)  # a shared directory means identical overrides
+    assert len(runs) == 168 and len(dirs) == 158
+
+
 def test_variant_names_are_one_directory_level(tmp_path, capsys):
     from store_rec.experiments.runner import plan_runs
     from store_rec.experiments.spec import load_spec

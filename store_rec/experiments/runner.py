@@ -11,7 +11,10 @@ interrupted build: the record is written last) is stale, unless ``adopt`` is set
 written for it as if it matched the current config.
 
 Runs live under ``OUT/runs/<experiment>/<dataset>/<variant>[/<x>]/seed<s>/`` (``OUT/runs-tiny/``
-with ``--tiny``) and are launched as ``python -m store_rec.train`` subprocesses (one thread each,
+with ``--tiny``); a run whose training config (its overrides but ``output.dir``) equals one planned
+earlier, like table 2's STORE row and table 1's, shares that run's directory and is trained once
+(among the experiments selected: ``--only table2`` trains its STORE row in its own directory).
+Runs are launched as ``python -m store_rec.train`` subprocesses (one thread each,
 ``jobs`` at a time). A run is not run again when its ``summary.json`` exists and its ``run.json``
 holds the same overrides, the same sha256 of the base training config's content, and the same
 build-record hashes of the data / SID table it used; a re-run after editing one experiment, the base
@@ -28,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -275,6 +279,7 @@ def plan_runs(spec: PaperSpec, out: Path, only: Optional[List[str]] = None, tiny
     arts = Artifacts(spec, out / ("data-tiny" if tiny else "data"), tiny, build=build, adopt=adopt)
     runs_root = out / ("runs-tiny" if tiny else "runs")
     runs: List[Run] = []
+    first_dir: Dict[tuple, Path] = {}  # training config (overrides but output.dir) -> the run dir planned first
     for en in names:
         e = spec.experiments[en]
         seeds = spec.tiny.seeds if tiny else e.seeds
@@ -291,13 +296,14 @@ def plan_runs(spec: PaperSpec, out: Path, only: Optional[List[str]] = None, tiny
                         if x is not None:
                             d = d / _x_dir(x)
                         d = d / f"seed{seed}"
-                        ov = [*ds.set, *base["overrides"], *e.set, *v.set]
+                        pre = [*ds.set, *base["overrides"], *e.set, *v.set]
                         if e.sweep is not None and e.sweep.key is not None:
-                            ov.append(f"{e.sweep.key}={json.dumps(x)}")
-                        ov += [f"train.seed={seed}", f"output.dir={d}", "checkpoint.enabled=false",
-                               "output.progress_bar=false", "output.tensorboard=false"]
-                        if tiny:
-                            ov += spec.tiny.set
+                            pre.append(f"{e.sweep.key}={json.dumps(x)}")
+                        post = ["checkpoint.enabled=false", "output.progress_bar=false", "output.tensorboard=false",
+                                *(spec.tiny.set if tiny else [])]
+                        # the same training config planned again (table2's STORE is table1's): share its run
+                        d = first_dir.setdefault((tuple(pre), seed, tuple(post)), d)
+                        ov = [*pre, f"train.seed={seed}", f"output.dir={d}", *post]
                         runs.append(Run(en, dn, vn, seed, x, ov, d, base["sids"], base["notes"], dict(base["inputs"])))
     c = arts.counts
     logger.info("experiments: artifacts under %s: %d reused, %d built, %d rebuilt, %d adopted%s", arts.root, c["reused"],
@@ -360,10 +366,7 @@ def _run_state(r: Run, base_sha: str, adopt: bool) -> Optional[str]:
 
 
 def _why_counts(why: List[str]) -> str:
-    counts: Dict[str, int] = {}
-    for w in why:
-        counts[w] = counts.get(w, 0) + 1
-    return "; ".join(f"{n}: {w}" for w, n in counts.items())
+    return "; ".join(f"{n}: {w}" for w, n in Counter(why).items())
 
 
 def finished_runs(runs: List[Run], base_sha: str, adopt: bool = False) -> List[Run]:
@@ -384,13 +387,16 @@ def execute(runs: List[Run], base_config: str, jobs: int, force: bool = False, b
             adopt: bool = False) -> Dict[str, int]:
     """Run what is not done yet, ``jobs`` at a time; returns counts of runs / ran."""
     base_sha = base_sha or base_config_sha256(base_config)
-    todo, why = [], []
+    todo, why, seen = [], [], set()
     for r in runs:
+        if r.dir in seen:  # a run shared by several experiments (plan_runs) is trained once
+            continue
+        seen.add(r.dir)
         w = "--force" if force else _run_state(r, base_sha, adopt)
         if w is not None:
             todo.append(r)
             why.append(w)
-    logger.info("experiments: %d runs, %d to do (%d done)%s", len(runs), len(todo), len(runs) - len(todo),
+    logger.info("experiments: %d runs, %d to do (%d done)%s", len(seen), len(todo), len(seen) - len(todo),
                 f": {_why_counts(why)}" if why else "")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     failed = []
@@ -415,4 +421,4 @@ def execute(runs: List[Run], base_config: str, jobs: int, force: bool = False, b
         list(pool.map(one, todo))
     if failed:
         raise UserError(f"experiments: {len(failed)} run(s) failed, first: {failed[0].dir / 'train.log'}")
-    return {"runs": len(runs), "ran": len(todo)}
+    return {"runs": len(seen), "ran": len(todo)}
