@@ -4,7 +4,8 @@ Sources:
 
 * ``--data DIR``: a prepared dataset with ``sequences.parquet`` (ids = the item feature's vocab
   ids, ``schema.json`` ``sequences.num_items`` = N items with ids ``1 .. N``, 0 = OOV). Every vocab id
-  ``1 .. N`` is exported (ids that never occur in a sequence keep their initial vector; their count is
+  ``1 .. N`` is exported (ids that never occur in a sequence keep their initial vector, are marked
+  ``trained = false`` in EMB.parquet so ``store-rec tokenize`` gives them the OOV SID; their count is
   logged and written to the JSON as ``unseen_items``).
 * ``--sequences FILE``: the raw SASRec text format (``user item`` per line, optionally ``.gz``);
   the file's own item ids are kept and only ids that occur in the file are exported.
@@ -63,13 +64,16 @@ def run(args) -> int:
         ids = training_items(seqs)
         unseen = int(len(ids) - res.catalog_size)  # the catalog: the ids that occur in a sequence
         if unseen:
-            log.warning("%d of %d vocab items never occur in a sequence; exported with their initial vectors",
+            log.warning("%d of %d vocab items never occur in a sequence; exported with their initial vectors, marked untrained (OOV SID)",
                         unseen, len(ids))
     else:
         ids, unseen = seqs.catalog(), 0
     meta = {"dim": cfg.dim, "item_feature": seqs.item_feature, "source": "sasrec", "num_items": seqs.num_items,
             "input": str(args.data or args.sequences)}
-    save_embeddings(out, ids, res.embeddings[ids], meta)
+    import numpy as np
+
+    # rows never trained (ids in no sequence) are marked, so tokenize gives them the OOV SID
+    save_embeddings(out, ids, res.embeddings[ids], meta, trained=np.isin(ids, seqs.catalog()))
     sas, pop = res.metrics["sasrec_test"]["ndcg@10"], res.metrics["popularity_test"]["ndcg@10"]
     report = {"metrics": res.metrics, "beats_popularity": res.beats_popularity,
               "epochs": res.epochs, "seconds": round(res.seconds, 2),

@@ -60,7 +60,7 @@ def run(args) -> int:
 
     from store_rec.errors import UserError
     from store_rec.fileio import atomic_write_json
-    from store_rec.tokenizer.embeddings import load_item_embeddings
+    from store_rec.tokenizer.embeddings import load_item_embeddings, load_trained_mask
     from store_rec.tokenizer.report import tokenizer_report
     from store_rec.tokenizer.sid_table import write_sid_table
     from store_rec.tokenizer.train import build_tokenizer, load_tokenize_spec, train_tokenizer
@@ -70,6 +70,21 @@ def run(args) -> int:
     ids, emb_np, feature = load_item_embeddings(args.embeddings, ids_path=args.ids, positional_ids=args.positional_ids,
                                                 expected_dim=args.dim, data_dir=args.data,
                                                 item_feature=args.item_feature)
+    trained = load_trained_mask(args.embeddings)
+    n_untrained = 0
+    if trained is not None:
+        if len(trained) != len(ids):
+            raise UserError(f"{args.embeddings}: 'trained' column has {len(trained)} rows for {len(ids)} items")
+        n_untrained = int((~trained).sum())
+        if n_untrained:
+            import logging
+
+            logging.getLogger("store_rec.cli.tokenize").warning(
+                "%s: %d of %d items have an untrained (initial) embedding; they are not tokenized and get the "
+                "OOV SID", args.embeddings, n_untrained, len(ids))
+            ids, emb_np = ids[trained], emb_np[trained]
+        if len(ids) == 0:
+            raise UserError(f"{args.embeddings}: no item has a trained embedding ('trained' column all false)")
     n, d = emb_np.shape
     if args.codebook_size > n:
         raise UserError(f"--codebook-size {args.codebook_size} > number of items {n} in {args.embeddings}: "
@@ -89,14 +104,20 @@ def run(args) -> int:
     write_sid_table(args.out, ids, codes.numpy(), method=args.method, codebook_size=args.codebook_size,
                     item_feature=feature, dedup=args.dedup)
     rep = tokenizer_report(model, emb, codes, encode_seconds=enc_s)
-    rep.update({"method": args.method, "item_feature": feature, "embedding_dim": d, "train_seconds": train_s,
+    rep.update({"untrained_items": n_untrained, "oov_sid_items": n_untrained,
+                "method": args.method, "item_feature": feature, "embedding_dim": d, "train_seconds": train_s,
                 "config": spec.raw, "embeddings": str(args.embeddings),
                 "history": {k: v for k, v in history.items() if k != "step"}})
+    for w in rep.get("warnings", []):
+        import logging
+
+        logging.getLogger("store_rec.cli.tokenize").warning("%s", w)
     if args.report:
         atomic_write_json(args.report, rep)
     print(f"tokenize {args.method}: {n} items K={args.num_sids} C={args.codebook_size} "
           f"recon_mse={rep['recon_mse']:.4g} cos={rep['recon_cosine']:.3f} "
           f"util={min(rep['utilization']):.2f}-{max(rep['utilization']):.2f} "
           f"unique_tuples={rep['unique_tuple_rate']:.3f} max_collision={rep['largest_collision_group']} "
+          f"untrained->OOV={n_untrained} "
           f"train={train_s:.1f}s encode={n / max(enc_s, 1e-9):,.0f} items/s -> {args.out}")
     return 0
