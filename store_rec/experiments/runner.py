@@ -132,8 +132,9 @@ def _x_dir(x: Any) -> str:
 
 
 def _path_part(name: str) -> str:
-    """``name`` as one directory level: path separators become ``_`` ("w/o rotation" -> "w_o rotation")."""
-    return name.replace("/", "_").replace("\\", "_")
+    """``name`` as one directory level: path separators become ``_`` ("w/o rotation" -> "w_o rotation"), and
+    ``:`` becomes ``-`` (a ``": "`` in ``output.dir=...`` would make the override parse as a YAML mapping)."""
+    return name.replace("/", "_").replace("\\", "_").replace(":", "-")
 
 
 class Artifacts:
