@@ -33,6 +33,7 @@ def test_selection_uses_mean_valid_and_pairs_seeds():
     grid = {0.002: {0: rs(0.70, 0.80), 1: rs(0.72, 0.80)},   # best test, worse valid
             0.005: {0: rs(0.73, 0.75), 1: rs(0.73, 0.74)}}
     assert select(grid) == 0.005
+    assert select({**grid, 0.01: {0: rs(0.99, 0.9)}}) == 0.005  # a point missing a seed is not compared
     m, s, n = paired_difference({0: 0.75, 1: 0.74, 2: 0.9}, {0: 0.74, 1: 0.72})
     assert n == 2 and m == pytest.approx(0.015) and s == pytest.approx(0.00707107, rel=1e-5)
     assert verdict(0.015, 0.007, 2) == "ahead by >= 1 std"

@@ -65,10 +65,12 @@ def best_valid_epoch(metrics_jsonl: Path) -> Optional[RunScore]:
 
 
 def select(per_x: Mapping[Any, Mapping[int, RunScore]]) -> Any:
-    """The grid point with the best mean valid AUC over its seeds (the first one on ties)."""
+    """The grid point with the best mean valid AUC over its seeds (the first one on ties). Only grid
+    points with the most seeds take part (a point with a missing seed is not compared on fewer)."""
     best_x, best_v = None, -math.inf
+    most = max((len(v) for v in per_x.values()), default=0)
     for x, by_seed in per_x.items():
-        if not by_seed:
+        if not by_seed or len(by_seed) < most:
             continue
         v = statistics.fmean(s.valid_auc for s in by_seed.values())
         if v > best_v:
