@@ -294,7 +294,7 @@ def test_tokenizer_switch_must_match_the_sid_table(tmp_path):
     import numpy as np
 
     from store_rec.errors import UserError
-    from store_rec.tokenizer.sid_table import write_sid_table
+    from store_rec.data.sid_table import write_sid_table
     from store_rec.train.app import check_sid_table_method
 
     path = tmp_path / "sids.parquet"

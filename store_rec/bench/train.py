@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> BenchResult:
 
     from store_rec.data.synthetic import prepare_synthetic
     from store_rec.errors import UserError
-    from store_rec.tokenizer.sid_table import write_sid_table
+    from store_rec.data.sid_table import write_sid_table
 
     quick = bool(getattr(args, "quick", False))
     models = [m for m in args.models.split(",") if m]

@@ -62,7 +62,7 @@ def run(args) -> int:
     from store_rec.fileio import atomic_write_json
     from store_rec.tokenizer.embeddings import load_item_embeddings
     from store_rec.tokenizer.report import tokenizer_report
-    from store_rec.tokenizer.sid_table import write_sid_table
+    from store_rec.data.sid_table import write_sid_table
     from store_rec.tokenizer.train import build_tokenizer, load_tokenize_spec, train_tokenizer
 
     spec = load_tokenize_spec(args.config, method=args.method, num_sids=args.num_sids,

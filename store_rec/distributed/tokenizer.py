@@ -339,9 +339,9 @@ def _write_outputs(args: argparse.Namespace, spec: Any, model: nn.Module, ids: n
 
 def write_sid_parquet(path: os.PathLike, ids: np.ndarray, codes: np.ndarray, *, method: str, codebook_size: int,
                       item_feature: str, dedup: bool = False) -> Path:
-    """Write the SID table (:func:`store_rec.tokenizer.sid_table.write_sid_table` layout) with rows sorted by
+    """Write the SID table (:func:`store_rec.data.sid_table.write_sid_table` layout) with rows sorted by
     item id, atomically; ``sid_dedup`` (0, 1, 2 ... among items sharing a tuple) then follows item-id order."""
-    from store_rec.tokenizer.sid_table import write_sid_table
+    from store_rec.data.sid_table import write_sid_table
 
     order = np.argsort(ids, kind="stable")
     return write_sid_table(path, ids[order], codes[order], method=method, codebook_size=codebook_size,
