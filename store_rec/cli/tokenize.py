@@ -25,30 +25,13 @@ from __future__ import annotations
 
 import argparse
 
+from store_rec.tokenizer.flags import add_tokenize_flags
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("tokenize", help="item embeddings -> semantic IDs (OPMQ / RQ-VAE / OPQ)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--embeddings", required=True,
-                   help="EMB.parquet (item int64, embedding list<float32>[d]) or EMB.npy (with --ids)")
-    p.add_argument("--ids", default=None, help="item ids of the .npy rows: .npy int array or text, one id per line")
-    p.add_argument("--positional-ids", type=int, choices=[0, 1], default=None,
-                   help=".npy without --ids: row i is item i+FIRST (1) or item i with row 0 = OOV dropped (0)")
-    p.add_argument("--dim", type=int, default=None, help="required embedding width d")
-    p.add_argument("--data", default=None,
-                   help="prepared dataset dir: every item of its item vocabulary must have an embedding")
-    p.add_argument("--method", choices=["opmq", "rqvae", "opq"], default="opmq")
-    p.add_argument("--num-sids", type=int, required=True, help="K, SIDs per item")
-    p.add_argument("--codebook-size", type=int, required=True, help="C, codewords per codebook")
-    p.add_argument("--out", required=True, help="output SID table (.parquet)")
-    p.add_argument("--report", default=None, help="output report JSON")
-    p.add_argument("--config", default=None, help="YAML with model:/train:/opq: sections")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--dedup", action="store_true", help="add the sid_dedup disambiguation column")
-    p.add_argument("--item-feature", default=None, help="item feature name (default: EMB metadata or 'item')")
-    p.add_argument("--save-model", default=None, metavar="FILE",
-                   help="also save the trained tokenizer (for model.sid_source: online, model.online.tokenizer)")
+    add_tokenize_flags(p)
     p.set_defaults(func=run)
 
 
