@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-import uuid
 
 import numpy as np
 import pytest
@@ -12,14 +9,9 @@ import torch
 
 
 def _launch(fn, *args):
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    from store_rec.distributed.local_launch import launch_local
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, run_id=str(uuid.uuid4()),
-                           rdzv_backend="c10d", rdzv_endpoint=os.path.join(tmp, "rdzv"),
-                           rdzv_configs={"store_type": "file"}, start_method="spawn", monitor_interval=0.2,
-                           max_restarts=0)
-        return elastic_launch(cfg, fn)(*args)
+    return launch_local(fn, args, nproc=2)
 
 
 # ------------------------------------------------------------------ sharded EBC load / read back

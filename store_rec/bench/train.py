@@ -13,7 +13,7 @@ at the same token count as STORE (``seq_len`` column; STORE rotates the static g
 token each). The SID table holds seeded random codes: this suite measures speed, not accuracy.
 
 Each (world size, model) is a real run of the training app (``store_rec.train.app.run``: sharded
-EBCs, fused sparse optimizer, ``TrainPipelineSparseDist``) launched with ``elastic_launch`` on
+EBCs, fused sparse optimizer, ``TrainPipelineSparseDist``) launched with :func:`store_rec.distributed.local_launch.launch_local` on
 ``--world-sizes`` local gloo ranks for ``--steps`` steps; ``samples_per_s`` is the app's own figure
 (train samples over the slowest rank's train time, evals excluded) and ``tflops_per_batch`` the
 model's analytic-plus-counted TFLOPs of one fwd+bwd per batch of 1024 samples (whatever the run's
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -74,12 +73,9 @@ def _worker(overrides: List[str], threads: int) -> Dict[str, Any]:
 
 
 def _launch(world: int, overrides: List[str], tmp: Path, threads: int) -> Dict[str, Any]:
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    from store_rec.distributed.local_launch import launch_local
 
-    cfg = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=world, run_id=uuid.uuid4().hex, rdzv_backend="c10d",
-                       rdzv_endpoint=str(tmp / f"rdzv-{uuid.uuid4().hex}"), rdzv_configs={"store_type": "file"},
-                       start_method="spawn", max_restarts=0, monitor_interval=0.2)
-    return elastic_launch(cfg, _worker)(overrides, threads)[0]
+    return launch_local(_worker, (overrides, threads), nproc=world)[0]
 
 
 def _seq_len(overrides: List[str]) -> int:
