@@ -36,47 +36,13 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    import time
+    from store_rec.tokenizer.make_sids import make_sid_table
 
-    import numpy as np
-    import torch
-
-    from store_rec.errors import UserError
-    from store_rec.fileio import atomic_write_json
-    from store_rec.tokenizer.embeddings import load_item_embeddings
-    from store_rec.tokenizer.report import tokenizer_report
-    from store_rec.data.sid_table import write_sid_table
-    from store_rec.tokenizer.train import build_tokenizer, load_tokenize_spec, train_tokenizer
-
-    spec = load_tokenize_spec(args.config, method=args.method, num_sids=args.num_sids,
-                              codebook_size=args.codebook_size, steps=args.steps, seed=args.seed)
-    ids, emb_np, feature = load_item_embeddings(args.embeddings, ids_path=args.ids, positional_ids=args.positional_ids,
-                                                expected_dim=args.dim, data_dir=args.data,
-                                                item_feature=args.item_feature)
-    n, d = emb_np.shape
-    if args.codebook_size > n:
-        raise UserError(f"--codebook-size {args.codebook_size} > number of items {n} in {args.embeddings}: "
-                        "codebooks are initialised from the data")
-    emb = torch.from_numpy(np.array(emb_np, dtype=np.float32))  # writable copy
-    t0 = time.perf_counter()
-    model = build_tokenizer(spec, d)
-    history = train_tokenizer(model, emb, spec, progress=True)
-    train_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    codes = model.encode(emb)
-    enc_s = time.perf_counter() - t0
-    if args.save_model:
-        from store_rec.tokenizer.online import save_tokenizer
-
-        save_tokenizer(args.save_model, model, args.method)
-    write_sid_table(args.out, ids, codes.numpy(), method=args.method, codebook_size=args.codebook_size,
-                    item_feature=feature, dedup=args.dedup)
-    rep = tokenizer_report(model, emb, codes, encode_seconds=enc_s)
-    rep.update({"method": args.method, "item_feature": feature, "embedding_dim": d, "train_seconds": train_s,
-                "config": spec.raw, "embeddings": str(args.embeddings),
-                "history": {k: v for k, v in history.items() if k != "step"}})
-    if args.report:
-        atomic_write_json(args.report, rep)
+    rep = make_sid_table(args.embeddings, args.out, method=args.method, num_sids=args.num_sids,
+                         codebook_size=args.codebook_size, report=args.report, config=args.config, steps=args.steps,
+                         seed=args.seed, dedup=args.dedup, item_feature=args.item_feature, ids=args.ids,
+                         positional_ids=args.positional_ids, dim=args.dim, data=args.data, save_model=args.save_model)
+    n, enc_s, train_s = rep["num_items"], rep["encode_seconds"], rep["train_seconds"]
     print(f"tokenize {args.method}: {n} items K={args.num_sids} C={args.codebook_size} "
           f"recon_mse={rep['recon_mse']:.4g} cos={rep['recon_cosine']:.3f} "
           f"util={min(rep['utilization']):.2f}-{max(rep['utilization']):.2f} "
