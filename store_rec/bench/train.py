@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> BenchResult:
     for r in records:
         if r["model"] == "store_moba" and r["speedup_vs_vanilla"] is not None:
             summary[f"store_moba_vs_vanilla_speedup_{r['world_size']}rank"] = r["speedup_vs_vanilla"]
-            summary[f"store_moba_vs_vanilla_flops_ratio"] = r["flops_ratio_vs_vanilla"]
+            summary["store_moba_vs_vanilla_flops_ratio"] = r["flops_ratio_vs_vanilla"]
     config = {"models": models, "world_sizes": worlds, "steps": steps, "batch_size_per_rank": batch, "rows": rows,
               "num_sids": k, "codebook_size": codebook, "embedding_dim": args.embedding_dim, "heads": args.heads,
               "layers": args.layers, "block_size": args.block_size, "sparsity": args.sparsity, "quick": quick,

@@ -39,9 +39,7 @@ a parquet file, nulls, ids outside ``[0, vocab_size)``, NaN/inf in dense feature
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -59,6 +57,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from store_rec.data.schema import SID, DatasetSchema, SchemaError, SparseFeature
 from store_rec.data.sid_table import read_sid_table, read_sid_table_metadata, sid_codebook_size  # noqa: F401  (re-exported)
 from store_rec.errors import DataError, UserError
+from store_rec.fileio import PathLike
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +96,7 @@ class StoreBatch(Batch):
 
 
 # ---------------------------------------------------------------------------------------- SID tables
-def schema_with_sids(schema: DatasetSchema, sid_table_path: os.PathLike, item_feature: Optional[str] = None
+def schema_with_sids(schema: DatasetSchema, sid_table_path: PathLike, item_feature: Optional[str] = None
                      ) -> DatasetSchema:
     """``schema`` with ``sid_0..sid_{K-1}`` (role ``sid``, ``vocab_size = C + 1``) appended.
 
@@ -156,9 +155,9 @@ class ParquetBatchLoader:
         prefetch: batches prepared ahead by a background thread (0 = none).
     """
 
-    def __init__(self, data_dir: os.PathLike, split: str, batch_size: int, *, rank: int = 0, world_size: int = 1,
+    def __init__(self, data_dir: PathLike, split: str, batch_size: int, *, rank: int = 0, world_size: int = 1,
                  shuffle: bool = False, seed: int = 0, drop_last: bool = False,
-                 sid_table: Optional[os.PathLike] = None, sid_feature: Optional[str] = None,
+                 sid_table: Optional[PathLike] = None, sid_feature: Optional[str] = None,
                  features: Optional[Sequence[str]] = None, epoch: int = 0,
                  window_rows: int = DEFAULT_WINDOW_ROWS, prefetch: int = 0):
         self.data_dir = Path(data_dir)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -23,7 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from store_rec.errors import DataError
-from store_rec.fileio import atomic_path
+from store_rec.fileio import PathLike, atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +43,7 @@ def dedup_tokens(codes: np.ndarray) -> np.ndarray:
     return out
 
 
-def write_sid_table(path: os.PathLike, ids: np.ndarray, codes: np.ndarray, *, method: str, codebook_size: int,
+def write_sid_table(path: PathLike, ids: np.ndarray, codes: np.ndarray, *, method: str, codebook_size: int,
                     item_feature: str = "item", dedup: bool = False) -> Path:
     """Atomically write the SID table (temp file in the same directory, then rename)."""
     path = Path(path)
@@ -86,7 +85,7 @@ def _check_sid_table_file(path: Path) -> None:
         raise FileNotFoundError(f"{path}: SID table not found (write one with `store-rec tokenize`)")
 
 
-def read_sid_table_metadata(path: os.PathLike) -> Dict[str, Any]:
+def read_sid_table_metadata(path: PathLike) -> Dict[str, Any]:
     """The ``store_rec`` metadata of a SID table (``method``, ``num_sids``, ``codebook_size``,
     ``item_feature``; ``{}`` when absent), read from the parquet footer only (no rows)."""
     path = Path(path)
@@ -98,7 +97,7 @@ def read_sid_table_metadata(path: os.PathLike) -> Dict[str, Any]:
     return _sid_table_meta(path, schema)
 
 
-def read_sid_table(path: os.PathLike) -> Tuple[pa.Table, Dict[str, Any], List[str]]:
+def read_sid_table(path: PathLike) -> Tuple[pa.Table, Dict[str, Any], List[str]]:
     """Read a SID table: (table, metadata dict, sid column names ``sid_0..sid_{K-1}`` in order)."""
     path = Path(path)
     _check_sid_table_file(path)

@@ -160,7 +160,8 @@ def _worker(jobs: List[Dict[str, Any]], tables_js: List[Dict[str, Any]], batch_s
                     checked += 1
                 else:
                     raise RuntimeError(f"{job['strategy']}: replicated table {name} got no gradient")
-            out.append({"strategy": job["strategy"], "sharder": job.get("sharder", "store_rec"), "rank": rank, "max_fwd_diff": fwd, "max_grad_diff": gdiff, "shards_checked": checked})
+            out.append({"strategy": job["strategy"], "sharder": job.get("sharder", "store_rec"), "rank": rank,
+                        "max_fwd_diff": fwd, "max_grad_diff": gdiff, "shards_checked": checked})
             dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -202,7 +203,8 @@ def verify_strategies(
         raise ValueError(f"sharders: expected some of {SHARDERS}, got {list(sharders)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    small = [EmbeddingBagConfig(name=t.name, embedding_dim=t.embedding_dim, num_embeddings=min(t.num_embeddings, max_rows), feature_names=list(t.feature_names)) for t in tables]
+    small = [EmbeddingBagConfig(name=t.name, embedding_dim=t.embedding_dim, num_embeddings=min(t.num_embeddings, max_rows),
+                                feature_names=list(t.feature_names)) for t in tables]
     spec = load_topology("cpu_gloo").with_world_size(WORLD)
     jobs = []
     for s in strategies:
@@ -222,7 +224,8 @@ def verify_strategies(
         recs = [r for r in all_recs if r["strategy"] == j["strategy"] and r.get("sharder") == j["sharder"]]
         fwd = max(r["max_fwd_diff"] for r in recs)
         grad = max(r["max_grad_diff"] for r in recs)
-        rec = {"strategy": j["strategy"], "sharder": j["sharder"], "max_fwd_diff": fwd, "max_grad_diff": grad, "ok": fwd <= TOL and grad <= TOL, "plan": j["plan"], "ranks": recs}
+        rec = {"strategy": j["strategy"], "sharder": j["sharder"], "max_fwd_diff": fwd, "max_grad_diff": grad,
+               "ok": fwd <= TOL and grad <= TOL, "plan": j["plan"], "ranks": recs}
         if j["strategy"] in ROW_WISE and probe:
             rec["gloo_reduce_scatter"] = probe
         results.append(rec)

@@ -181,6 +181,7 @@ class Artifacts:
         out = self.root / name / "emb.parquet"
         data = self.data_dir(name)
         pt = ds.pretrain
+        assert pt is not None, f"{name}: no pretrain section (callers check ds.pretrain first)"
         epochs = 1 if self.tiny else pt.epochs
         argv = ["pretrain", "--data", str(data.path), "--out", str(out), "--epochs", str(epochs),
                 "--dim", str(pt.dim), "--max-len", str(pt.max_len)]

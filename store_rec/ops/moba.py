@@ -54,13 +54,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from store_rec.ops.flops import (
-    ROUTINGS,
     moba_attention_flops,
     num_blocks,
     projection_flops,
     topk_for,
 )
-from store_rec.ops.moba_rules import IMPLS, check_moba_args
+from store_rec.ops.moba_rules import check_moba_args
 
 logger = logging.getLogger(__name__)
 

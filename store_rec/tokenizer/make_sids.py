@@ -4,20 +4,19 @@ process (the experiments runner calls it directly; the data-parallel version is
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 from typing import Any, Dict, Optional
 
 from store_rec.errors import UserError
+from store_rec.fileio import PathLike
 
 
-def make_sid_table(embeddings: os.PathLike, out: os.PathLike, *, method: str, num_sids: int, codebook_size: int,
-                   report: Optional[os.PathLike] = None, config: Optional[os.PathLike] = None,
+def make_sid_table(embeddings: PathLike, out: PathLike, *, method: str, num_sids: int, codebook_size: int,
+                   report: Optional[PathLike] = None, config: Optional[PathLike] = None,
                    steps: Optional[int] = None, seed: Optional[int] = None, dedup: bool = False,
-                   item_feature: Optional[str] = None, ids: Optional[os.PathLike] = None,
+                   item_feature: Optional[str] = None, ids: Optional[PathLike] = None,
                    positional_ids: Optional[int] = None, dim: Optional[int] = None,
-                   data: Optional[os.PathLike] = None, save_model: Optional[os.PathLike] = None,
+                   data: Optional[PathLike] = None, save_model: Optional[PathLike] = None,
                    progress: bool = True) -> Dict[str, Any]:
     """Train a ``method`` tokenizer (K = ``num_sids``, C = ``codebook_size``) on the item embeddings and
     write the SID table ``out`` (atomic; :mod:`store_rec.data.sid_table`), the report JSON ``report`` and,
@@ -33,7 +32,7 @@ def make_sid_table(embeddings: os.PathLike, out: os.PathLike, *, method: str, nu
     from store_rec.tokenizer.report import tokenizer_report
     from store_rec.tokenizer.train import build_tokenizer, load_tokenize_spec, train_tokenizer
 
-    spec = load_tokenize_spec(config, method=method, num_sids=num_sids, codebook_size=codebook_size, steps=steps,
+    spec = load_tokenize_spec(None if config is None else str(config), method=method, num_sids=num_sids, codebook_size=codebook_size, steps=steps,
                               seed=seed)
     item_ids, emb_np, feature = load_item_embeddings(embeddings, ids_path=ids, positional_ids=positional_ids,
                                                      expected_dim=dim, data_dir=data, item_feature=item_feature)
@@ -43,7 +42,7 @@ def make_sid_table(embeddings: os.PathLike, out: os.PathLike, *, method: str, nu
                         "codebooks are initialised from the data")
     emb = torch.from_numpy(np.array(emb_np, dtype=np.float32))  # writable copy
     t0 = time.perf_counter()
-    model = build_tokenizer(spec, d)
+    model: Any = build_tokenizer(spec, d)  # an OPMQ / RQVAE / OPQ module (encode, codebook_size)
     history = train_tokenizer(model, emb, spec, progress=progress)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()

@@ -4,18 +4,17 @@ runs; the experiments runner calls it directly)."""
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 from store_rec.errors import UserError
-from store_rec.fileio import atomic_write_json
+from store_rec.fileio import PathLike, atomic_write_json
 
 logger = logging.getLogger(__name__)
 
 
-def pretrain_embeddings(out: os.PathLike, cfg: Any, *, data: Optional[os.PathLike] = None,
-                        sequences: Optional[os.PathLike] = None) -> Dict[str, Any]:
+def pretrain_embeddings(out: PathLike, cfg: Any, *, data: Optional[PathLike] = None,
+                        sequences: Optional[PathLike] = None) -> Dict[str, Any]:
     """Train SASRec (``cfg``: :class:`store_rec.tokenizer.sasrec.SASRecConfig`) on the user sequences of a
     prepared dataset ``data`` (its ``sequences.parquet``) or of a raw ``sequences`` text file, write the
     item embeddings to ``out`` (``.parquet``) and the metrics report to ``out`` with suffix ``.json``.
@@ -32,7 +31,7 @@ def pretrain_embeddings(out: os.PathLike, cfg: Any, *, data: Optional[os.PathLik
         raise UserError(f"--out {out}: must end with .parquet")
     if (data is None) == (sequences is None):
         raise UserError("pretrain: give exactly one of --data (prepared dataset) or --sequences (text file)")
-    seqs = load_sequences_dir(data) if data else load_sequences_text(sequences)
+    seqs = load_sequences_dir(str(data)) if data else load_sequences_text(str(sequences))
     res = train_sasrec(seqs, cfg)
     if data:
         ids = training_items(seqs)

@@ -52,7 +52,8 @@ class TableOverride:
         for k in self.compute_kernels or []:
             check(k in KERNELS, "compute_kernels", f"{k!r} is not one of {list(KERNELS)}")
         check(self.pooling_factor is None or self.pooling_factor > 0, "pooling_factor", f"must be > 0, got {self.pooling_factor}")
-        check(self.min_partition is None or (self.min_partition >= 4 and self.min_partition % 4 == 0), "min_partition", f"must be a multiple of 4 >= 4, got {self.min_partition}")
+        check(self.min_partition is None or (self.min_partition >= 4 and self.min_partition % 4 == 0), "min_partition",
+              f"must be a multiple of 4 >= 4, got {self.min_partition}")
 
 
 @dataclass

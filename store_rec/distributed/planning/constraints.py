@@ -3,7 +3,7 @@ config overrides) and the refusal of cuda-only sharding types on a cpu topology.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from store_rec.distributed.planning.config import (
     CPU_STRATEGIES,
@@ -60,7 +60,7 @@ def _check_supported(spec: TopologySpec, strategy: str, overrides: Dict[str, Tab
     """Refuse cuda-only sharding types on a cpu topology (``PlanningError`` kind ``unsupported_device``)."""
     if spec.compute_device != "cpu":
         return
-    wanted = [(None, strategy)] if strategy != "auto" else []
+    wanted: List[Tuple[Optional[str], str]] = [(None, strategy)] if strategy != "auto" else []
     wanted += [(name, st) for name, o in overrides.items() for st in (o.sharding_types or [])]
     for name, st in wanted:
         if st not in CPU_STRATEGIES:

@@ -57,7 +57,8 @@ def diagnose_storage(search_space: Sequence[Any], spec: TopologySpec, storage_re
         need += 0.0 if best_total == math.inf else best_total
         if not fits and (worst is None or best_shard > worst[0]):
             worst = (best_shard, name, opts)
-    base = dict(reservation=storage_reservation, rank_hbm_gb=hbm_cap / GB, rank_ddr_gb=ddr_cap / GB, need_gb=need / GB, have_gb=(hbm_cap + ddr_cap) * spec.world_size / GB)
+    base: Dict[str, Any] = dict(reservation=storage_reservation, rank_hbm_gb=hbm_cap / GB, rank_ddr_gb=ddr_cap / GB, need_gb=need / GB,
+                have_gb=(hbm_cap + ddr_cap) * spec.world_size / GB)
     if worst is not None:
         shard, name, opts = worst
         return StorageDiagnosis(

@@ -205,8 +205,9 @@ def fast_planner(enabled: bool = True) -> Iterator[None]:
             key = (type(config), tuple(sorted(getattr(config, "__dict__", {}))), attr, sharding_type)
             if key not in cache:
                 found = orig(config, attr, sharding_type)
-                cache[key] = getattr(found, "__name__", None) if found is not None else None
-                if found is not None and getattr(config, cache[key], None) != found:  # not re-findable by name
+                name = getattr(found, "__name__", None) if found is not None else None
+                cache[key] = name
+                if found is not None and (name is None or getattr(config, name, None) != found):  # not re-findable by name
                     cache[key] = "\0"
                 return found
             name = cache[key]
