@@ -99,7 +99,8 @@ def _sharded_forward_worker(data_dir, sharding_type):
     from store_rec.models.config import ModelConfig
     from store_rec.models.factory import build_model
     from store_rec.models.tables import embedding_tables
-    from store_rec.train.app import TrainWrapper, init_distributed, shard_model
+    from store_rec.models.ranking import RankingTrain
+    from store_rec.train.app import init_distributed, shard_model
     from store_rec.train.config import TrainConfig, DataConfig, ShardingConfig
 
     env = init_distributed()
@@ -107,9 +108,9 @@ def _sharded_forward_worker(data_dir, sharding_type):
                       sharding=ShardingConfig(sharding_types=[sharding_type]))
     loader = ParquetBatchLoader(data_dir, "valid", 32, rank=env.rank, world_size=env.world_size)
     torch.manual_seed(0)
-    ref = TrainWrapper(build_model(cfg.model, loader.schema))
+    ref = RankingTrain(build_model(cfg.model, loader.schema))
     ref.eval()
-    meta = TrainWrapper(build_model(cfg.model, loader.schema, device=torch.device("meta")))
+    meta = RankingTrain(build_model(cfg.model, loader.schema, device=torch.device("meta")))
     dmp = shard_model(meta, cfg, env, embedding_tables(loader.schema, cfg.model), None)
     plan_types = {p.sharding_type for m in dmp.plan.plan.values() for p in m.values()}
     full = ref.state_dict()
@@ -118,8 +119,8 @@ def _sharded_forward_worker(data_dir, sharding_type):
     dmp.eval()
     batch = next(iter(loader))
     with torch.no_grad():
-        want = ref(batch)[1][1]
-        got = dmp(batch)[1][1]
+        want = ref(batch)[1].logits
+        got = dmp(batch)[1].logits
     dist.barrier()
     return {"max_diff": float((want - got).abs().max()), "types": plan_types}
 
@@ -229,7 +230,8 @@ def test_checkpoint_lifecycle_single_rank(data_dir, tmp_path):
 def test_sparse_lr_follows_the_schedule(data_dir, tmp_path):
     """The fused TBE kernels' LR is scaled with the dense LR (warm-up / decay); data-parallel tables have no
     sparse optimizer (the dense one trains them, as in TorchRec's DLRM app)."""
-    from store_rec.train.app import SparseLR, TrainWrapper, init_distributed, shard_model
+    from store_rec.models.ranking import RankingTrain
+    from store_rec.train.app import SparseLR, init_distributed, shard_model
     from store_rec.models.factory import build_model
     from store_rec.models.tables import embedding_tables
     from store_rec.data.schema import DatasetSchema
@@ -243,7 +245,7 @@ def test_sparse_lr_follows_the_schedule(data_dir, tmp_path):
         try:
             model = build_model(cfg.model, schema, device=torch.device("meta"))
             apply_optimizer_in_backward(trec_optim.RowWiseAdagrad, model.embedding_bag_collection.parameters(), {"lr": 0.05})
-            dmp = shard_model(TrainWrapper(model), cfg, env, embedding_tables(schema, cfg.model), None)
+            dmp = shard_model(RankingTrain(model), cfg, env, embedding_tables(schema, cfg.model), None)
             lr = SparseLR(dmp, 0.05)
             if types == ["data_parallel"]:
                 assert lr.optimizers == []

@@ -8,7 +8,7 @@
 2. Data: ``data.dir`` (prepared by rank 0 from ``data.prepare_if_missing`` when absent), one
    :class:`~store_rec.data.loader.ParquetBatchLoader` per split, rank-sharded.
 3. Model: :func:`~store_rec.models.factory.build_model` with its EBC on the meta device, wrapped in
-   :class:`TrainWrapper`; fused sparse optimizer applied in backward (Adagrad / row-wise Adagrad),
+   :class:`~store_rec.models.ranking.RankingTrain`; fused sparse optimizer applied in backward (Adagrad / row-wise Adagrad),
    sharded by ``DistributedModelParallel`` with a plan from ``EmbeddingShardingPlanner`` (constraints
    from ``sharding:``) or a plan file (``store-rec plan``).
 4. Dense optimizer (Adam/Adagrad) over the non-rotation dense parameters and the rotation optimizer,
@@ -60,7 +60,7 @@ from store_rec.config import to_dict
 from store_rec.distributed.env import SHARED_STORE_ENV, DistEnv, init_distributed  # noqa: F401  (public here too)
 from store_rec.errors import UserError
 from store_rec.fileio import atomic_write_json, atomic_write_text
-from store_rec.models.store import RankingTrain
+from store_rec.models.ranking import RankingTrain
 from store_rec.train.config import TrainConfig, ensure_data_dir
 from store_rec.train.metrics import finite_or_none, gather_predictions, ranking_metrics
 
@@ -71,23 +71,6 @@ FAULT_MARKER_ENV = "STORE_REC_FAULT_MARKER"
 
 
 # ----------------------------------------------------------------------------------- model pieces
-class TrainWrapper(RankingTrain):
-    """``forward(batch) -> (loss, (loss, logits, labels, user_ids, bce))`` for ``TrainPipelineSparseDist``.
-
-    :class:`~store_rec.models.store.RankingTrain`'s loss (``bce + sum_k w_k * aux_k``, ``w =
-    {**model.aux_loss_weights(), **aux_weights}``) with what the app's loop and evals need: the
-    second element is detached (what ``pipeline.progress`` returns); ``user_ids: Tensor[B]`` is the
-    batch's user key for GAUC (``-1`` when the batch has none); ``bce`` is the log loss alone (the
-    total can be negative: STORE's diversity term is a negated distance)."""
-
-    def forward(self, batch) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:  # noqa: ANN001
-        loss, bce, logits, labels = self.weighted_loss(batch)
-        user_ids = getattr(batch, "user_ids", None)
-        if user_ids is None:
-            user_ids = torch.full_like(labels, -1, dtype=torch.int64)
-        return loss, (loss.detach(), logits.detach(), labels.detach(), user_ids, bce.detach())
-
-
 def sparse_optimizer(cfg: TrainConfig) -> Tuple[type, Dict[str, Any]]:
     """(optimizer class, kwargs) for ``apply_optimizer_in_backward`` on the embedding tables."""
     import torchrec.optim as trec_optim
@@ -123,7 +106,7 @@ def planner_constraints(cfg: TrainConfig, tables: List[Any], device: torch.devic
     return out
 
 
-def shard_model(wrapper: TrainWrapper, cfg: TrainConfig, env: DistEnv, tables: List[Any], plan_file: Optional[str]) -> nn.Module:
+def shard_model(wrapper: RankingTrain, cfg: TrainConfig, env: DistEnv, tables: List[Any], plan_file: Optional[str]) -> nn.Module:
     """``DistributedModelParallel`` of ``wrapper`` with a planned or loaded plan."""
     from torchrec.distributed.model_parallel import DistributedModelParallel
     from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
@@ -382,10 +365,10 @@ def evaluate(model: nn.Module, loader, env: DistEnv) -> Dict[str, float]:  # noq
     logits, labels, users = [], [], []
     for batch in loader:
         batch = batch.to(env.device)
-        _, (_, lg, lb, u, _) = model(batch)
-        logits.append(lg.float())
-        labels.append(lb.float())
-        users.append(u.long())
+        _, out = model(batch)
+        logits.append(out.logits.float())
+        labels.append(out.labels.float())
+        users.append(out.user_ids.long())
     model.train(was)
     cat = lambda xs, dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dt, device=env.device)  # noqa: E731
     lg, lb, u = gather_predictions(cat(logits, torch.float32), cat(labels, torch.float32), cat(users, torch.int64))
@@ -467,6 +450,7 @@ def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = No
 
     from store_rec.models.factory import build_model
     from store_rec.models.tables import embedding_tables
+    from store_rec.ops.flops import tflops_per_batch
     from store_rec.modules.rotation import AlternatingOptimizer, AlternatingSchedule, rotation_modules, split_rotation_params
 
     env = init_distributed()
@@ -482,9 +466,9 @@ def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = No
                         for s in sorted({"valid", *cfg.train.eval_splits, *cfg.train.epoch_end_splits}) if s in schema.splits}
 
         model = build_model(cfg.model, schema, device=torch.device("meta"))
-        tflops = float(model.tflops_per_batch(1024))
+        tflops = float(tflops_per_batch(model, 1024))
         tables = embedding_tables(schema, cfg.model)
-        wrapper = TrainWrapper(model, cfg.loss.aux_weights)
+        wrapper = RankingTrain(model, cfg.loss.aux_weights)
         opt_cls, opt_kw = sparse_optimizer(cfg)
         apply_optimizer_in_backward(opt_cls, model.embedding_bag_collection.parameters(), opt_kw)
         dmp = shard_model(wrapper, cfg, env, tables, plan_file or cfg.sharding.plan_file)
@@ -600,20 +584,20 @@ def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = No
                     if sparse_lr is not None:
                         sparse_lr.set(f)
                     try:
-                        loss, logits, labels, _, bce = pipeline.progress(seg)
+                        out = pipeline.progress(seg)
                     except StopIteration:
                         break
                     step += 1
                     pos += 1
-                    train_samples += int(labels.numel())
-                    loss_sum += bce.to(torch.float64)
+                    train_samples += int(out.labels.numel())
+                    loss_sum += out.losses["bce"].to(torch.float64)
                     loss_n += 1
                     pbar.update(1)
                     if step % cfg.train.log_every == 0 and env.rank == 0:
                         logloss = float(loss_sum) / loss_n
                         pbar.set_postfix(logloss=f"{logloss:.4f}")
                         recorder.scalar("train/logloss", logloss, step)
-                        recorder.scalar("train/loss", float(loss), step)
+                        recorder.scalar("train/loss", float(out.loss), step)
                     if fault_step is not None and step == fault_step and env.rank == env.world_size - 1 and not fault_marker.exists():
                         fault_marker.parent.mkdir(parents=True, exist_ok=True)
                         fault_marker.write_text(f"killed rank {env.rank} at step {step}\n")
