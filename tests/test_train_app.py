@@ -40,7 +40,7 @@ def _overrides(data_dir: Path, out: Path, *extra: str):
 
 
 def _train_worker(overrides, metrics_out):
-    from store_rec.train.app import run
+    from store_rec.train.trainer import run
 
     return run(load_train_config(ROOT / "configs" / "smoke.yaml", overrides), metrics_out=metrics_out)
 
@@ -65,7 +65,7 @@ def test_two_rank_training(data_dir, tmp_path, model):
 
 
 def _auc_worker(n_local):
-    from store_rec.train.app import init_distributed
+    from store_rec.distributed.env import init_distributed
     from store_rec.train.metrics import auc, gather_predictions, gauc
 
     env = init_distributed()
@@ -99,9 +99,10 @@ def _sharded_forward_worker(data_dir, sharding_type):
     from store_rec.models.config import ModelConfig
     from store_rec.models.factory import build_model
     from store_rec.models.tables import embedding_tables
+    from store_rec.distributed.env import init_distributed
     from store_rec.models.ranking import RankingTrain
-    from store_rec.train.app import init_distributed, shard_model
     from store_rec.train.config import TrainConfig, DataConfig, ShardingConfig
+    from store_rec.train.sharding import shard_model
 
     env = init_distributed()
     cfg = TrainConfig(data=DataConfig(dir=str(data_dir)), model=ModelConfig(name="store", tokenizer="none", embedding_dim=8),
@@ -148,7 +149,7 @@ def test_sharded_forward_equals_unsharded(data_dir, tmp_path, sharding_type):
 
 
 def _resume_worker(overrides, metrics_out):
-    from store_rec.train.app import run
+    from store_rec.train.trainer import run
 
     return run(load_train_config(ROOT / "configs" / "smoke.yaml", overrides), resume=True, metrics_out=metrics_out)
 
@@ -195,7 +196,7 @@ def test_killed_rank_restarts_and_resumes_exactly(data_dir, tmp_path, monkeypatc
 
 def _run1(data_dir: Path, out: Path, *extra: str, resume: bool = False):
     """One in-process rank (a world of one: no launcher)."""
-    from store_rec.train.app import run
+    from store_rec.train.trainer import run
 
     return run(load_train_config(ROOT / "configs" / "smoke.yaml", _overrides(data_dir, out, *extra)), resume=resume)
 
@@ -230,8 +231,10 @@ def test_checkpoint_lifecycle_single_rank(data_dir, tmp_path):
 def test_sparse_lr_follows_the_schedule(data_dir, tmp_path):
     """The fused TBE kernels' LR is scaled with the dense LR (warm-up / decay); data-parallel tables have no
     sparse optimizer (the dense one trains them, as in TorchRec's DLRM app)."""
+    from store_rec.distributed.env import init_distributed
     from store_rec.models.ranking import RankingTrain
-    from store_rec.train.app import SparseLR, init_distributed, shard_model
+    from store_rec.train.optim import SparseLR
+    from store_rec.train.sharding import shard_model
     from store_rec.models.factory import build_model
     from store_rec.models.tables import embedding_tables
     from store_rec.data.schema import DatasetSchema
@@ -297,7 +300,7 @@ def test_tokenizer_switch_must_match_the_sid_table(tmp_path):
 
     from store_rec.errors import UserError
     from store_rec.tokenizer.sid_table import write_sid_table
-    from store_rec.train.app import check_sid_table_method
+    from store_rec.train.data import check_sid_table_method
 
     path = tmp_path / "sids.parquet"
     write_sid_table(path, np.arange(1, 5), np.zeros((4, 2), np.int64), method="rqvae", codebook_size=4, item_feature="item_id")
@@ -313,7 +316,7 @@ def test_tokenizer_switch_must_match_the_sid_table(tmp_path):
 
 def test_nan_valid_auc_is_worse_than_any_finite_auc():
     """A single-class valid split gives AUC NaN; it must not become an unbeatable best (early stop)."""
-    from store_rec.train.app import improves_on_best
+    from store_rec.train.evaluate import improves_on_best
 
     nan = float("nan")
     assert improves_on_best(nan, None) and improves_on_best(0.6, None)  # the first eval sets the best
