@@ -332,3 +332,14 @@ def test_nan_valid_auc_is_worse_than_any_finite_auc():
         else:
             bad += 1
     assert best == {"auc": 0.65} and bad == 0
+
+
+def test_train_package_does_not_import_the_cli():
+    """train sits below cli: its entry point parses its own arguments (no upward import)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, store_rec.train.__main__, store_rec.train.trainer; "
+            "bad = sorted(m for m in sys.modules if m.startswith(('store_rec.cli', 'store_rec.experiments', 'store_rec.bench'))); "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
