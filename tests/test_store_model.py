@@ -384,6 +384,12 @@ def test_user_aux_weights_override_per_key_and_keep_online_sid_losses(tmp_path, 
     sid_keys = {k for k in aux if k.startswith("sid_")}
     expected_sid = {"sid_recon", "sid_commit", "sid_orth"} | ({"sid_codebook"} if codebook_update == "loss" else set())
     assert sid_keys == expected_sid
+    # returned by the arch's forward (return_losses=True / interact) in train mode only
+    arch = model.model.inter_arch
+    assert arch.sid_loss_names() == tuple(k for k in aux if k.startswith("sid_"))
+    model.eval()
+    assert arch.sid_loss_names() == () and not any(k.startswith("sid_") for k in model(batch).aux_losses)
+    model.train()
     assert model.aux_loss_weights() == {"diversity": 0.1, **{k: 1.0 for k in sid_keys}}
     train = RankingTrain(model, aux_weights={"diversity": 0.05})
     assert train.aux_weights == {"diversity": 0.05, **{k: 1.0 for k in sid_keys}}
