@@ -87,7 +87,7 @@ def test_results_generator_on_a_tiny_config(tmp_path):
     t = {v: {k: best_valid_epoch(fa / v / "x=0.002" / f"seed{k}" / "metrics.jsonl").test_auc for k in (0, 1)}
          for v in ("STORE", "DCNv2")}
     m, sd, n = paired_difference(t["STORE"], t["DCNv2"])
-    assert n == 2 and f"| DCNv2 | 0.002 |" in text and f"{m:+.4f} ± {sd:.4f}" in text
+    assert n == 2 and "| DCNv2 | 0.002 |" in text and f"{m:+.4f} ± {sd:.4f}" in text
     assert "Claims (generated" in text and "| syn | DCNv2 | " in text
     for name in ("ep", "sp"):
         assert (md.parent / "results" / f"{name}.png").stat().st_size > 0

@@ -71,7 +71,9 @@ def test_without_rotation_keeps_token_count_and_flops_close():
     on = _arch(RotationConfig(enabled=True, mlp_hidden=16))
     off = _arch(RotationConfig(enabled=False, mlp_hidden=16))
     assert on.seq_len == off.seq_len
-    f_on, f_off = on.flops(1024), off.flops(1024)
+    from store_rec.ops.flops import interaction_flops
+
+    f_on, f_off = interaction_flops(on, 1024), interaction_flops(off, 1024)
     # only the group-MLP output widths and the K rotation matmuls differ: within 5 %
     assert abs(f_on - f_off) / f_on < 0.05, (f_on, f_off)
     # the old per-feature reading changes the token count (and the attention cost)

@@ -190,12 +190,13 @@ def _fair(name: str, e: ExperimentSpec, runs: List[Run], fig_dir: Path) -> List[
     from store_rec.experiments.fair import best_valid_epoch, claim_row, fair_table, select_all
 
     label = e.sweep.label if e.sweep is not None else "setting"
-    rivals = [v for v, spec in e.variants.items() if v != e.reference and not spec.extra]
+    reference = e.reference or next(iter(e.variants))  # ExperimentSpec checks kind 'fair' has one
+    rivals = [v for v, spec in e.variants.items() if v != reference and not spec.extra]
     lines: List[str] = [f"Selection: per model, the {label} with the best mean valid AUC over seeds (each run scored "
                         "at its best-valid epoch, early stopping on valid); test reported at that epoch. "
-                        f"Last column: paired per-seed test-AUC difference {e.reference} − model, mean ± std.", ""]
-    claims = ["| dataset | best rival (same features) | " + f"{e.reference} test AUC | rival test AUC | "
-              f"{e.reference} − rival (paired) | seeds | outcome |", "|---|---|---|---|---|---|---|"]
+                        f"Last column: paired per-seed test-AUC difference {reference} − model, mean ± std.", ""]
+    claims = ["| dataset | best rival (same features) | " + f"{reference} test AUC | rival test AUC | "
+              f"{reference} − rival (paired) | seeds | outcome |", "|---|---|---|---|---|---|---|"]
     for dn in e.datasets:
         scores: Dict[str, Dict[Any, Dict[int, Any]]] = {}
         for r in runs:
@@ -207,8 +208,8 @@ def _fair(name: str, e: ExperimentSpec, runs: List[Run], fig_dir: Path) -> List[
         if not scores:
             continue
         sel = select_all({v: scores[v] for v in e.variants if v in scores})
-        lines += fair_table(dn, sel, e.reference, rivals, label) + [""]
-        row = claim_row(dn, sel, e.reference, rivals)
+        lines += fair_table(dn, sel, reference, rivals, label) + [""]
+        row = claim_row(dn, sel, reference, rivals)
         if row:
             claims.append(row)
     notes = sorted({n for r in runs for n in r.notes})

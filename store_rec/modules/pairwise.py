@@ -20,6 +20,9 @@ from torch import nn
 class PairwiseDot(nn.Module):
     """``forward(x: Tensor[B, L, D]) -> Tensor[B, L (L - 1) / 2]`` (upper-triangular dot products)."""
 
+    triu_i: torch.Tensor
+    triu_j: torch.Tensor
+
     def __init__(self, num_tokens: int) -> None:
         super().__init__()
         L = int(num_tokens)

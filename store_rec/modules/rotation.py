@@ -127,6 +127,8 @@ class OrthogonalRotation(nn.Module):
         loss = bce + 0.1 * rot.diversity_loss()
     """
 
+    feature_group: torch.Tensor
+
     def __init__(
         self,
         embedding_dim: int,
