@@ -48,12 +48,24 @@ def run(args) -> int:
     from store_rec.tokenizer.embeddings import save_embeddings
     from store_rec.tokenizer.sasrec import SASRecConfig, load_sequences_dir, load_sequences_text, train_sasrec, training_items
 
+    from store_rec.errors import UserError
+    from store_rec.fileio import check_output_path
+
     log = logging.getLogger("store_rec.cli.pretrain")
     out = Path(args.out)
     if out.suffix != ".parquet":
-        from store_rec.errors import UserError
-
         raise UserError(f"--out {out}: must end with .parquet")
+    # both outputs checked before anything is read: neither may be an input or contain one; inside the
+    # --data directory only new files are fine (the files it reads are inputs too)
+    inputs = [("--sequences", args.sequences), ("--data", args.data)]
+    if args.data and Path(args.data).is_dir():
+        from store_rec.data.schema import SCHEMA_FILE
+
+        d = Path(args.data)
+        inputs += [("--data", d / SCHEMA_FILE), ("--data", d / "sequences.parquet")]
+        inputs += [("--data subdirectory", p) for p in d.iterdir() if p.is_dir()]  # splits, vocab
+    for path in (out, out.with_suffix(".json")):
+        check_output_path(path, inputs=inputs, flag="--out", may_nest=("--data",))
     seqs = load_sequences_dir(args.data) if args.data else load_sequences_text(args.sequences)
     cfg = SASRecConfig(dim=args.dim, max_len=args.max_len, num_blocks=args.blocks, num_heads=args.heads,
                        dropout=args.dropout, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,

@@ -83,7 +83,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not (REPO / "launch" / "components.py").exists() or not (REPO / CONFIG).exists():
         raise UserError(f"quickstart launches {REPO}/launch/components.py with {CONFIG}: run it from a store_rec checkout")
-    out = Path(args.out).resolve()
+    from store_rec.fileio import check_output_path
+
+    out = check_output_path(args.out, kind="dir").resolve()
     data, emb, sids, tok = out / "data", out / "emb.parquet", out / "sids.parquet", out / "tokenizer.pt"
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()

@@ -53,18 +53,33 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    import math
+    import os
     import time
 
     import numpy as np
     import torch
 
     from store_rec.errors import UserError
-    from store_rec.fileio import atomic_write_json
     from store_rec.tokenizer.embeddings import load_item_embeddings
     from store_rec.tokenizer.report import tokenizer_report
     from store_rec.tokenizer.sid_table import write_sid_table
     from store_rec.tokenizer.train import build_tokenizer, load_tokenize_spec, train_tokenizer
+    from store_rec.fileio import atomic_write_json, check_distinct_outputs, check_output_path
 
+    # every output checked before anything is read: none may be an input (--out X --embeddings X would
+    # replace the embeddings with the SID table), contain one, be a directory, or equal another output
+    inputs = [("--embeddings", args.embeddings), ("--ids", args.ids), ("--config", args.config),
+              ("--data", args.data)]
+    if args.data:
+        from store_rec.data.schema import SCHEMA_FILE
+
+        inputs.append(("--data", os.path.join(args.data, SCHEMA_FILE)))
+    outputs = [("--out", args.out), ("--report", args.report), ("--save-model", args.save_model)]
+    for flag, path in outputs:
+        if path is not None:
+            check_output_path(path, inputs=inputs, flag=flag, may_nest=("--data",))
+    check_distinct_outputs(outputs)
     spec = load_tokenize_spec(args.config, method=args.method, num_sids=args.num_sids,
                               codebook_size=args.codebook_size, steps=args.steps, seed=args.seed)
     ids, emb_np, feature = load_item_embeddings(args.embeddings, ids_path=args.ids, positional_ids=args.positional_ids,
@@ -77,18 +92,28 @@ def run(args) -> int:
     emb = torch.from_numpy(np.array(emb_np, dtype=np.float32))  # writable copy
     t0 = time.perf_counter()
     model = build_tokenizer(spec, d)
-    history = train_tokenizer(model, emb, spec, progress=True)
+    try:
+        history = train_tokenizer(model, emb, spec, progress=True)
+    except FloatingPointError as e:  # fit_tokenizer: a non-finite loss stops training
+        raise UserError(f"{args.embeddings}: tokenizer training diverged: {e}; nothing written (largest "
+                        f"|value| in the table: {float(emb.abs().max()):.3g}; rescale the embeddings, e.g. "
+                        "L2-normalise each row, or lower train.lr)") from None
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     codes = model.encode(emb)
     enc_s = time.perf_counter() - t0
+    rep = tokenizer_report(model, emb, codes, encode_seconds=enc_s)
+    bad = [k for k in ("recon_mse", "recon_cosine") if not math.isfinite(float(rep.get(k, 0.0)))]
+    if bad:  # e.g. embeddings so large that the reconstruction overflows: every code would be garbage
+        raise UserError(f"{args.embeddings}: the trained tokenizer is not finite ({', '.join(f'{k}={rep[k]}' for k in bad)}); "
+                        f"nothing written (largest |value| in the table: {float(emb.abs().max()):.3g}; rescale "
+                        "the embeddings, e.g. L2-normalise each row)")
     if args.save_model:
         from store_rec.tokenizer.online import save_tokenizer
 
         save_tokenizer(args.save_model, model, args.method)
     write_sid_table(args.out, ids, codes.numpy(), method=args.method, codebook_size=args.codebook_size,
                     item_feature=feature, dedup=args.dedup)
-    rep = tokenizer_report(model, emb, codes, encode_seconds=enc_s)
     rep.update({"method": args.method, "item_feature": feature, "embedding_dim": d, "train_seconds": train_s,
                 "config": spec.raw, "embeddings": str(args.embeddings),
                 "history": {k: v for k, v in history.items() if k != "step"}})

@@ -24,11 +24,30 @@ def register(subparsers) -> None:  # noqa: ANN001
     p.set_defaults(func=run)
 
 
+def check_outputs(cfg, *, config=None, plan=None, metrics_out=None) -> None:  # noqa: ANN001
+    """Every output path of a training run, checked at start-up (before any data is read): ``output.dir``
+    and ``checkpoint.dir`` must be directories (or not exist yet), the summary JSON a file path; none
+    may equal, contain or sit inside an input (the config, plan, dataset, SID table)."""
+    from pathlib import Path
+
+    from store_rec.fileio import check_output_path
+
+    inputs = [("--config", config), ("--plan", plan or cfg.sharding.plan_file), ("data.dir", cfg.data.dir),
+              ("data.sid_table", cfg.data.sid_table)]
+    out_dir = Path(cfg.output.dir)
+    check_output_path(out_dir, inputs=inputs, kind="dir", flag="output.dir")
+    ck = cfg.checkpoint.dir or out_dir / "checkpoints"
+    check_output_path(ck, inputs=inputs, kind="dir", flag="checkpoint.dir")
+    summary = metrics_out or cfg.output.metrics_out or out_dir / "summary.json"
+    check_output_path(summary, inputs=inputs, flag="--metrics-out" if metrics_out else "output.metrics_out")
+
+
 def run(args: argparse.Namespace) -> int:
     from store_rec.train.app import run as run_app
     from store_rec.train.config import load_train_config
 
     cfg = load_train_config(args.config, args.overrides)
+    check_outputs(cfg, config=args.config, plan=args.plan, metrics_out=args.metrics_out)
     summary = run_app(cfg, resume=args.resume, plan_file=args.plan, metrics_out=args.metrics_out)
     import os
 
