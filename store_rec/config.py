@@ -123,6 +123,9 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
 def from_dict(cls: Type[T], data: Optional[Mapping[str, Any]], path: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys, wrong types and failed
     ``__post_init__`` checks raise :class:`ConfigError` naming the dotted key path."""
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError(f"{path or 'top level'}: expected a mapping for {cls.__name__}, got "
+                          f"{type(data).__name__} {data!r}")
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}

@@ -124,6 +124,10 @@ def load_tokenize_spec(config_path: Optional[str], *, method: str, num_sids: int
         raw = load_yaml(config_path)  # ConfigError naming the file: missing, not YAML, not a mapping
         if set(raw) - {"model", "train", "opq"}:
             raise ConfigError(f"{config_path}: expected a mapping with keys model/train/opq, got {list(raw)}")
+    for section in ("model", "train", "opq"):
+        if raw.get(section) is not None and not isinstance(raw[section], dict):
+            raise ConfigError(f"{config_path}: {section}: expected a mapping, got {type(raw[section]).__name__} "
+                              f"{raw[section]!r}")
     mcfg = dict(raw.get("model") or {}, num_sids=num_sids, codebook_size=codebook_size)
     tcfg = dict(raw.get("train") or {})
     for key, val in (("steps", steps), ("seed", seed), ("epochs", epochs), ("batch_size", batch_size)):
