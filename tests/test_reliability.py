@@ -538,3 +538,155 @@ def test_fuzz_every_entry_point_exits_2_naming_the_input_and_leaves_it_untouched
     assert not failures, "\n".join(failures)
     assert leftovers == []  # no half-written output, no temp files
     assert len(cases) >= 25
+
+
+# ------------------------------------------------------------------ training (PART B): checkpoints, divergence
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from store_rec.data.synthetic import prepare_synthetic
+
+    d = tmp_path_factory.mktemp("reldata") / "tiny"
+    prepare_synthetic(d, rows=1200, items=80, users=50, seed=0, num_clusters=4)
+    return d
+
+
+def _train_argv(data: Path, out: Path, *extra) -> list:
+    return ["train", "--config", REPO / "configs" / "smoke.yaml", f"data.dir={data}", "data.prepare_if_missing=null",
+            "data.batch_size=64", "data.eval_batch_size=256", f"output.dir={out}", "output.progress_bar=false",
+            "output.tensorboard=false", f"checkpoint.dir={out / 'ck'}", "checkpoint.keep=5", "train.epochs=2",
+            "train.eval_every=0", "checkpoint.every_steps=0", "model.attention.num_layers=1", *extra]
+
+
+def _steps(ck: Path) -> list:
+    return sorted(p.name for p in ck.iterdir() if p.name.startswith("step-"))
+
+
+def test_case3_fresh_train_never_deletes_checkpoints_it_was_not_asked_to(tiny_data, tmp_path, capsys):
+    from store_rec.train.checkpoint import MARKER
+
+    out = tmp_path / "run"
+    rc, err, _ = _cli(capsys, *_train_argv(tiny_data, out))
+    assert rc == 0, err[-2000:]
+    ck = out / "ck"
+    first = _steps(ck)
+    assert len(first) == 2 and all((ck / s / MARKER).is_file() for s in first)
+    (ck / "step-notes").mkdir()
+    (ck / "step-notes" / "notes.txt").write_text("my notes")
+    (ck / "step-5").mkdir()  # a user's folder with a checkpoint-like name but no marker
+    (ck / "step-5" / "mine.txt").write_text("mine")
+    before = tree_hash(ck)
+    rc, err, _ = _cli(capsys, *_train_argv(tiny_data, out))  # forgot --resume
+    assert rc == 2 and "checkpoints exist" in err and "pass --resume" in err and "--overwrite-checkpoints" in err
+    assert tree_hash(ck) == before  # refused before anything was touched
+    rc, err, _ = _cli(capsys, *_train_argv(tiny_data, out, "train.epochs=1"), "--overwrite-checkpoints")
+    assert rc == 0, err[-2000:]
+    assert (ck / "step-notes" / "notes.txt").read_text() == "my notes" and (ck / "step-5" / "mine.txt").read_text() == "mine"
+    assert sorted(set(_steps(ck)) - {"step-notes", "step-5"}) == [first[0]]  # the old run's step dirs were replaced
+
+
+def test_case5_crafted_checkpoint_extras_are_refused_not_executed(tmp_path):
+    import torch
+
+    from store_rec.train.checkpoint import CheckpointError, _load_extra
+
+    marker = tmp_path / "pwned"
+    torch.save({"step": 1, "payload": _Evil(str(marker))}, tmp_path / "extra-rank0.pt")
+    with pytest.raises(CheckpointError, match="extra-rank0.pt: refused: holds objects other than tensors"):
+        _load_extra(tmp_path, 0)
+    assert not marker.exists()
+
+
+def test_case5_extras_and_rng_state_round_trip_with_weights_only(tmp_path):
+    import random
+
+    import torch
+
+    from store_rec.train.checkpoint import _load_extra, _plain, rng_state, set_rng_state
+
+    np.random.seed(3)
+    random.seed(3)
+    st = rng_state()
+    torch.save(_plain({"rng": st, "best": {"auc": np.float64(0.7)}, "step": 3}), tmp_path / "extra-rank0.pt")
+    expect = (np.random.rand(3), random.random(), torch.rand(2))
+    np.random.seed(99)
+    random.seed(99)
+    extra = _load_extra(tmp_path, 0)
+    set_rng_state(extra["rng"])
+    got = (np.random.rand(3), random.random(), torch.rand(2))
+    np.testing.assert_array_equal(got[0], expect[0])
+    assert got[1] == expect[1] and torch.equal(got[2], expect[2]) and extra["best"]["auc"] == 0.7
+
+
+def test_case6_diverging_training_stops_naming_the_step_and_writes_no_checkpoint(tiny_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    rc, err, _ = _cli(capsys, *_train_argv(tiny_data, out, "optim.dense.lr=1.0e+30", "optim.sparse.lr=1.0e+30",
+                                           "checkpoint.every_steps=2"))
+    assert rc == 2 and "training diverged: the loss is NaN or inf at step" in err and "optim.dense.lr=1e+30" in err, err[-2000:]
+    assert not (out / "summary.json").exists()
+    assert not (out / "ck").exists() or not _steps(out / "ck")  # no checkpoint of non-finite weights
+    for line in (out / "metrics.jsonl").read_text().splitlines() if (out / "metrics.jsonl").exists() else []:
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
+
+
+def test_case6_no_checkpoint_of_non_finite_weights():
+    import torch
+
+    from store_rec.train.checkpoint import non_finite_tensors
+
+    assert non_finite_tensors({"a": torch.ones(3), "b": [torch.zeros(2)]}) == 0
+    assert non_finite_tensors({"a": torch.tensor([1.0, float("inf")]), "b": {"c": torch.tensor([float("nan")])}}) == 2
+
+
+def test_case8_corrupt_newest_checkpoint_falls_back_to_the_newest_complete_one(tiny_data, tmp_path, capsys):
+    import shutil
+
+    from store_rec.train.checkpoint import latest_checkpoint, verify_checkpoint
+
+    out = tmp_path / "run"
+    rc, err, _ = _cli(capsys, *_train_argv(tiny_data, out, "checkpoint.every_steps=5", "train.epochs=1"))
+    assert rc == 0, err[-2000:]
+    ck = out / "ck"
+    steps = sorted(_steps(ck), key=lambda s: int(s[5:]))
+    assert len(steps) >= 3
+    newest, older, oldest = ck / steps[-1], ck / steps[-2], ck / steps[-3]
+    # unit: each kind of damage is named
+    bak = tmp_path / "bak"
+    shutil.copytree(newest, bak)
+    shard = next(p for p in newest.iterdir() if p.suffix == ".distcp")
+    shard.unlink()
+    assert verify_checkpoint(newest) == f"missing file {shard.name}"
+    shutil.rmtree(newest)
+    shutil.copytree(bak, newest)
+    with open(newest / ".metadata", "r+b") as f:
+        f.truncate(10)
+    assert verify_checkpoint(newest).startswith("truncated file .metadata (10 of ")
+    with open(older / "extra-rank0.pt", "r+b") as f:
+        f.truncate(100)
+    assert verify_checkpoint(older).startswith("truncated file extra-rank0.pt (100 of ")
+    (ck / "step-999").mkdir()
+    assert verify_checkpoint(ck / "step-999") == "empty directory"
+    assert latest_checkpoint(ck) == oldest
+    # end to end: --resume says which ones are corrupt and continues from the newest complete one
+    rc, err, _ = _cli(capsys, *_train_argv(tiny_data, out, "checkpoint.every_steps=5", "train.epochs=1"), "--resume")
+    assert rc == 0, err[-3000:]
+    assert f"checkpoint {ck / 'step-999'} is not usable (empty directory)" in err and "world size" not in err
+    assert f"checkpoint {newest} is not usable (truncated file .metadata" in err
+    assert f"checkpoint {older} is not usable (truncated file extra-rank0.pt" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed_from_step"] == int(oldest.name[5:])
+
+
+def test_case9_output_paths_are_checked_before_training(tiny_data, tmp_path, capsys):
+    import time as _time
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "f").write_text("x")
+    for extra, what in [(("--metrics-out", tmp_path / "m"), "--metrics-out"),
+                        ((f"checkpoint.dir={tmp_path / 'f'}",), "checkpoint.dir"),
+                        ((f"output.dir={tmp_path / 'f'}",), "output.dir"),
+                        ((f"output.metrics_out={tiny_data / 'schema.json'}",), "is inside the input data.dir")]:
+        t0 = _time.perf_counter()
+        rc, err, _ = _cli(capsys, *_train_argv(tiny_data, tmp_path / "run"), *extra)
+        assert rc == 2 and what in err, err[-1000:]
+        assert "eval" not in err and _time.perf_counter() - t0 < 30  # refused at start-up, nothing trained
+    assert not (tmp_path / "run").exists()
