@@ -690,3 +690,33 @@ def test_case9_output_paths_are_checked_before_training(tiny_data, tmp_path, cap
         assert rc == 2 and what in err, err[-1000:]
         assert "eval" not in err and _time.perf_counter() - t0 < 30  # refused at start-up, nothing trained
     assert not (tmp_path / "run").exists()
+
+
+def _diverge_worker(argv):
+    """One rank of a diverging run: returns the TrainingDiverged message (every rank must raise it)."""
+    import argparse
+
+    from store_rec.train.__main__ import add_arguments, run_from_args
+    from store_rec.train.trainer import TrainingDiverged
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    try:
+        run_from_args(p.parse_args([str(a) for a in argv[1:]]))
+    except TrainingDiverged as e:
+        return str(e)
+    return "finished"
+
+
+def test_case6_divergence_stops_every_rank_of_a_two_rank_run(tiny_data, tmp_path):
+    """A non-finite loss on the ranks is all-reduced at the segment end: both ranks stop at the same step
+    (no rank is left waiting in a collective), and no checkpoint is written."""
+    from store_rec.distributed.local_launch import launch_local
+
+    out = tmp_path / "run"
+    argv = _train_argv(tiny_data, out, "optim.dense.lr=1.0e+30", "optim.sparse.lr=1.0e+30", "checkpoint.every_steps=2")
+    res = launch_local(_diverge_worker, (argv,), nproc=2)
+    msgs = [res[r] for r in (0, 1)]
+    assert all(m.startswith("training diverged: the loss is NaN or inf at step") for m in msgs), msgs
+    assert msgs[0] == msgs[1]  # the same first step on both ranks
+    assert not (out / "summary.json").exists() and (not (out / "ck").exists() or not _steps(out / "ck"))
