@@ -189,16 +189,18 @@ def test_killed_rank_restarts_and_resumes_exactly(data_dir, tmp_path, monkeypatc
     print(f"resume equality: auc {sa['auc']:.6f} vs {sb['auc']:.6f}; logloss {sa['logloss']:.6f} vs {sb['logloss']:.6f}")
 
 
-def _run1(data_dir: Path, out: Path, *extra: str, resume: bool = False):
+def _run1(data_dir: Path, out: Path, *extra: str, resume: bool = False, overwrite: bool = False):
     """One in-process rank (a world of one: no launcher)."""
     from store_rec.train.trainer import run
 
-    return run(load_train_config(ROOT / "configs" / "smoke.yaml", _overrides(data_dir, out, *extra)), resume=resume)
+    return run(load_train_config(ROOT / "configs" / "smoke.yaml", _overrides(data_dir, out, *extra)), resume=resume,
+               overwrite_checkpoints=overwrite)
 
 
 def test_checkpoint_lifecycle_single_rank(data_dir, tmp_path):
-    """every_steps=0 checkpoints at epoch ends; a fresh run clears an older run's checkpoints (so keep= never
-    prunes the new ones) and starts a new metrics.jsonl; --resume refuses a checkpoint of another config."""
+    """every_steps=0 checkpoints at epoch ends; a fresh run refuses an older run's checkpoints, and with
+    --overwrite-checkpoints clears them (so keep= never prunes the new ones) and starts a new metrics.jsonl;
+    --resume refuses a checkpoint of another config."""
     from store_rec.errors import UserError
 
     out = tmp_path / "r"
@@ -213,7 +215,9 @@ def test_checkpoint_lifecycle_single_rank(data_dir, tmp_path):
     with pytest.raises(UserError, match=r"model\.embedding_dim=16, this config has model\.embedding_dim=32"):
         _run1(data_dir, out, "checkpoint.every_steps=0", "model.embedding_dim=32", resume=True)
 
-    s1 = _run1(data_dir, out, "checkpoint.every_steps=0", "train.epochs=1", "train.eval_every=0")
+    with pytest.raises(UserError, match="checkpoints exist .*: pass --resume to continue from the newest, or --overwrite-checkpoints"):
+        _run1(data_dir, out, "checkpoint.every_steps=0", "train.epochs=1", "train.eval_every=0")
+    s1 = _run1(data_dir, out, "checkpoint.every_steps=0", "train.epochs=1", "train.eval_every=0", overwrite=True)
     assert s1["steps"] == per_epoch
     assert [p.name for p in (out / "ck").iterdir()] == [f"step-{per_epoch}"]  # the 2-epoch run's step dirs are gone
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

@@ -37,8 +37,14 @@ def register(subparsers) -> None:
 
 def _runner(module):
     def run(args) -> int:
-        from store_rec.bench.common import markdown_table, write_result
+        from pathlib import Path
 
+        from store_rec.bench.common import markdown_table, write_result
+        from store_rec.fileio import check_output_path
+
+        out = Path(args.out)
+        for path in (out, out.with_suffix(".md"), out.with_suffix(".png")):  # before the (long) run
+            check_output_path(path, flag="--out")
         result = module.run(args)
         paths = write_result(result, args.out)
         sys.stdout.write(markdown_table(result.records, result.columns))

@@ -63,7 +63,15 @@ def run(args: argparse.Namespace) -> int:
     from store_rec.experiments.spec import load_spec
 
     log = logging.getLogger("store_rec.experiments")
+    from store_rec.fileio import check_output_path
+
     spec = load_spec(args.config)
+    # every output checked before anything is built: none equals, contains or sits inside an input
+    inputs = [("--config", args.config), ("base", spec.base)] + [
+        (f"datasets.{n}.prepare.source", d.prepare.source) for n, d in spec.datasets.items()]
+    check_output_path(args.out, inputs=inputs, kind="dir")
+    check_output_path(args.results, inputs=inputs, flag="--results")
+    check_output_path(Path(args.results).parent / "results", inputs=inputs, kind="dir", flag="--results (plots folder)")
     base_sha = base_config_sha256(spec.base, args.config)
     out = Path(args.out)
     only = [x for x in args.only.split(",") if x] if args.only else None

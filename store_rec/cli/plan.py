@@ -206,6 +206,9 @@ def run(args) -> int:
     from store_rec.errors import UserError
     from store_rec.fileio import atomic_write_text
 
+    from store_rec.fileio import check_output_path
+
+    check_output_path(args.out, inputs=[("--config", args.config)], kind="dir")
     logging.getLogger("torchrec").setLevel(logging.ERROR)  # the planner logs a lot at INFO/WARNING
     base = load_topology(args.topology, args.topology_set)
     worlds = _int_list(args.world_sizes, "--world-sizes") if args.world_sizes else [base.world_size]

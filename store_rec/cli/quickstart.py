@@ -63,7 +63,8 @@ def _torchx_train(run_dir: Path, overrides: List[str], nproc: int) -> Dict[str, 
     summary = run_dir / "summary.json"
     cmd = [sys.executable, "-m", "torchx.cli.main", "run", "-s", "local_cwd", "launch/components.py:train",
            "--config", CONFIG, "--j", f"1x{nproc}", "--", *overrides, f"output.dir={run_dir}",
-           f"checkpoint.dir={run_dir}/checkpoints", "output.progress_bar=false", "--metrics-out", str(summary)]
+           f"checkpoint.dir={run_dir}/checkpoints", "output.progress_bar=false", "--metrics-out", str(summary),
+           "--overwrite-checkpoints"]  # a step without its summary is redone from scratch (its own run dir)
     # no PATH set-up for an unactivated venv: the component runs this Python's torchrun when none is on PATH
     t0 = time.perf_counter()
     log = run_dir.with_suffix(".log")
@@ -83,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not (REPO / "launch" / "components.py").exists() or not (REPO / CONFIG).exists():
         raise UserError(f"quickstart launches {REPO}/launch/components.py with {CONFIG}: run it from a store_rec checkout")
-    out = Path(args.out).resolve()
+    from store_rec.fileio import check_output_path
+
+    out = check_output_path(args.out, kind="dir").resolve()
     data, emb, sids, tok = out / "data", out / "emb.parquet", out / "sids.parquet", out / "tokenizer.pt"
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()

@@ -35,8 +35,10 @@ def prepare(name: str, source: Optional[str], out: os.PathLike, **options) -> Da
     """Prepare dataset ``name`` from ``source`` into directory ``out`` (atomically); returns its schema."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    from store_rec.data.writer import check_replaceable
+    from store_rec.fileio import check_output_path
+
     module, func = DATASETS[name]
-    fn = getattr(importlib.import_module(module), func)
     if name == "synthetic":
         if source:
             raise UserError("synthetic: --source is not used (the data is generated); drop it")
@@ -44,5 +46,14 @@ def prepare(name: str, source: Optional[str], out: os.PathLike, **options) -> Da
             if options.get(k):
                 raise UserError(f"synthetic: --{k.replace('_', '-')} is not supported")
             options.pop(k, None)
+    # before anything is read or written: --out never equals, contains or sits inside an input, and an
+    # existing --out is replaced only when it is empty or (--overwrite) a previous prepared dataset
+    cfg = options.get("config")
+    check_output_path(out, inputs=[("--source", source),
+                                   ("--config", cfg if isinstance(cfg, (str, os.PathLike)) else None)],
+                      kind="dir")
+    check_replaceable(out, bool(options.get("overwrite")))
+    fn = getattr(importlib.import_module(module), func)
+    if name == "synthetic":
         return fn(out, **options)
     return fn(source, out, **options)

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from store_rec.experiments.runner import Run
 from store_rec.experiments.spec import ExperimentSpec, PaperSpec
-from store_rec.fileio import atomic_path, atomic_write_text
+from store_rec.fileio import atomic_path, atomic_write_text, ensure_inside
 
 METRICS = ("auc", "gauc", "logloss")
 
@@ -122,7 +122,7 @@ def _epochs(name: str, e: ExperimentSpec, runs: List[Run], fig_dir: Path) -> Lis
         ax.set_ylabel("test AUC")
         ax.legend()
     fig.tight_layout()
-    png = _save(fig, fig_dir / f"{name}.png")
+    png = _save(fig, fig_dir, name)
     plt.close(fig)
     n_ep = max((max(c) for c in curves.values() if c), default=0)
     head = ["| dataset | model | " + " | ".join(f"epoch {k}" for k in range(1, n_ep + 1)) + " |",
@@ -168,7 +168,7 @@ def _sweep(name: str, e: ExperimentSpec, runs: List[Run], fig_dir: Path) -> List
         ax.set_ylabel("test AUC")
         ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    png = _save(fig, fig_dir / f"{name}.png")
+    png = _save(fig, fig_dir, name)
     plt.close(fig)
     return lines + ["", f"![{name}](results/{png.name})"]
 
@@ -176,7 +176,9 @@ def _sweep(name: str, e: ExperimentSpec, runs: List[Run], fig_dir: Path) -> List
 KINDS = {"table": _table, "epochs": _epochs, "sweep": _sweep}
 
 
-def _save(fig: Any, png: Path) -> Path:
+def _save(fig: Any, fig_dir: Path, name: str) -> Path:
+    # names are validated by the spec; a plot is still never written outside its folder
+    png = ensure_inside(fig_dir / f"{name}.png", fig_dir, f"plot of experiments[{name!r}]")
     with atomic_path(png) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     return png

@@ -5,12 +5,29 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from store_rec.errors import UserError
 from store_rec.fileio import PathLike, atomic_write_json
 
 logger = logging.getLogger(__name__)
+
+
+def check_pretrain_outputs(out: Path, *, data: Optional[PathLike] = None, sequences: Optional[PathLike] = None) -> None:
+    """Both outputs (``out`` and its ``.json``) checked before anything is read: neither may be an input or
+    contain one; inside the ``data`` directory only new files are fine (the files it reads are inputs too,
+    and its split / vocab folders may not receive outputs)."""
+    from store_rec.fileio import check_output_path
+
+    inputs: List[Tuple[str, Any]] = [("--sequences", sequences), ("--data", data)]
+    if data is not None and Path(data).is_dir():
+        from store_rec.data.schema import SCHEMA_FILE
+
+        d = Path(data)
+        inputs += [("--data", d / SCHEMA_FILE), ("--data", d / "sequences.parquet")]
+        inputs += [("--data subdirectory", p) for p in d.iterdir() if p.is_dir()]  # splits, vocab
+    for path in (out, out.with_suffix(".json")):
+        check_output_path(path, inputs=inputs, flag="--out", may_nest=("--data",))
 
 
 def pretrain_embeddings(out: PathLike, cfg: Any, *, data: Optional[PathLike] = None,
@@ -31,6 +48,7 @@ def pretrain_embeddings(out: PathLike, cfg: Any, *, data: Optional[PathLike] = N
         raise UserError(f"--out {out}: must end with .parquet")
     if (data is None) == (sequences is None):
         raise UserError("pretrain: give exactly one of --data (prepared dataset) or --sequences (text file)")
+    check_pretrain_outputs(out, data=data, sequences=sequences)
     seqs = load_sequences_dir(str(data)) if data else load_sequences_text(str(sequences))
     res = train_sasrec(seqs, cfg)
     if data:

@@ -131,12 +131,23 @@ def load_sequences_text(path: str | Path) -> Sequences:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sequence file {path} does not exist")
+    import zlib
+
+    from store_rec.data.csvio import first_invalid_utf8_line
+
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as f:
-        try:
-            arr = np.loadtxt(f, dtype=np.int64, ndmin=2)
-        except ValueError as e:
-            raise DataError(f"{path}: expected 'user item' integer pairs per line: {e}") from None
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            try:
+                arr = np.loadtxt(f, dtype=np.int64, ndmin=2)
+            except UnicodeDecodeError:
+                raise DataError(f"{path}: line {first_invalid_utf8_line(path)}: not valid UTF-8 text") from None
+            except ValueError as e:
+                raise DataError(f"{path}: expected 'user item' integer pairs per line: {e}") from None
+    except (zlib.error, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"{path}: corrupt or truncated gzip file ({type(e).__name__}: {e})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e}") from None
     if arr.size == 0:
         raise DataError(f"{path}: no rows")
     if arr.shape[1] != 2:

@@ -23,7 +23,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="training YAML (store_rec.train.config.TrainConfig)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=2 data.batch_size=512")
     p.add_argument("--metrics-out", help="final JSON summary path (overrides output.metrics_out)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in checkpoint.dir")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in checkpoint.dir")
+    p.add_argument("--overwrite-checkpoints", action="store_true",
+                   help="a fresh run (no --resume) deletes the checkpoints in checkpoint.dir (only those store_rec wrote) "
+                        "instead of refusing to start")
     p.add_argument("--plan", help="sharding plan JSON written by `store-rec plan` (overrides sharding.plan_file)")
 
 
@@ -33,7 +36,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     from store_rec.train.trainer import run
 
     cfg = load_train_config(args.config, args.overrides)
-    summary = run(cfg, resume=args.resume, plan_file=args.plan, metrics_out=args.metrics_out)
+    summary = run(cfg, resume=args.resume, plan_file=args.plan, metrics_out=args.metrics_out,
+                  overwrite_checkpoints=args.overwrite_checkpoints, config_file=args.config)
     if int(os.environ.get("RANK", "0")) == 0:
         # tflops_per_batch: TFLOPs of one fwd+bwd step per batch of 1024 samples
         keys = ("auc", "gauc", "logloss", "samples_per_s", "tflops_per_batch", "steps", "resumed_from_step")

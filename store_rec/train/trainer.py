@@ -58,7 +58,9 @@ from store_rec.config import to_dict
 from store_rec.distributed.env import SHARED_STORE_ENV, DistEnv, init_distributed
 from store_rec.fileio import atomic_write_json
 from store_rec.models.ranking import RankingTrain, TrainOutput
-from store_rec.train.checkpoint import clear_checkpoints, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from store_rec.errors import UserError
+from store_rec.train.checkpoint import (check_fresh_start, clear_checkpoints, existing_checkpoints, load_latest_checkpoint, rng_state,
+                                        save_checkpoint, set_rng_state)
 from store_rec.train.config import TrainConfig
 from store_rec.train.data import check_sid_table_method, make_loader, prepare_data
 from store_rec.train.evaluate import evaluate, improves_on_best
@@ -68,6 +70,12 @@ from store_rec.train.recorder import Recorder
 from store_rec.train.sharding import load_online_item_embeddings, shard_model
 
 logger = logging.getLogger(__name__)
+
+class TrainingDiverged(UserError):
+    """A non-finite training loss: the run stops at that step (exit code 2), nothing more is written."""
+
+
+NO_BAD_STEP = 2**62  # "no non-finite loss yet" in the all-reduced minimum of first non-finite steps
 
 FAULT_ENV = "STORE_REC_FAULT_AT_STEP"
 FAULT_MARKER_ENV = "STORE_REC_FAULT_MARKER"
@@ -135,21 +143,22 @@ class Trainer:
         self.resumed_from: Optional[int] = None
         self.last_eval: Dict[str, Dict[str, Any]] = {}  # split -> its newest eval record
         self.loss_sum, self.loss_n = self._zero_loss(), 0
+        self.first_bad = torch.full((), NO_BAD_STEP, dtype=torch.long, device=env.device)
         self.recorder: Optional[Recorder] = None
         self.fault_step = int(os.environ[FAULT_ENV]) if os.environ.get(FAULT_ENV) else None
         self.fault_marker = Path(os.environ.get(FAULT_MARKER_ENV) or self.ck_root / "fault.marker")
 
     # ------------------------------------------------------------------ resume / checkpoint state
-    def restore(self, resume: bool) -> None:
-        """Continue from the newest checkpoint (``resume``, or a restarted elastic attempt); a fresh run
-        removes an earlier run's checkpoints instead."""
+    def restore(self, resume: bool, overwrite_checkpoints: bool = False) -> None:
+        """Continue from the newest complete checkpoint (``resume``, or a restarted elastic attempt; a
+        corrupt newer one is reported and skipped). A fresh run in a checkpoint dir that holds checkpoints
+        was refused by :func:`check_run_paths` unless ``overwrite_checkpoints``: then the checkpoints this
+        code wrote (and nothing else) are removed."""
         env = self.env
-        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
         warn_shared_rdzv_store(env)
-        if resume or restarted:
-            latest = latest_checkpoint(self.ck_root)
+        if resume or is_restart():
+            latest, extra = load_latest_checkpoint(self.ck_root, self.dmp, env, self.cfg)
             if latest is not None:
-                extra = load_checkpoint(latest, self.dmp, env, self.cfg)
                 self.optimizer.load_state_dict(extra["optimizer"])
                 self.step, self.epoch, self.pos = extra["step"], extra["epoch"], extra["pos"]
                 self.best, self.bad_evals = extra["best"], extra["bad_evals"]
@@ -157,14 +166,17 @@ class Trainer:
                 set_rng_state(extra["rng"])
                 self.resumed_from = self.step
                 logger.info("resumed from %s (step %d, epoch %d, batch %d)", latest, self.step, self.epoch, self.pos)
+            elif existing_checkpoints(self.ck_root):
+                raise UserError(f"{self.ck_root}: no usable checkpoint to resume from (each one's problem is logged above); "
+                                "to start from scratch instead, run without --resume and with --overwrite-checkpoints")
             elif resume:
                 logger.info("--resume: no checkpoint in %s, starting from scratch", self.ck_root)
-        if self.resumed_from is None and env.rank == 0:
+        if self.resumed_from is None and env.rank == 0 and overwrite_checkpoints:
             # a fresh run must not mix with (nor have its new checkpoints pruned in favour of) an older run's
             gone = clear_checkpoints(self.ck_root)
             if gone:
-                logger.warning("starting from scratch: removed %d checkpoint(s) of an earlier run in %s (pass --resume "
-                               "to continue from them instead)", len(gone), self.ck_root)
+                logger.warning("starting from scratch (--overwrite-checkpoints): removed %d checkpoint(s) in %s",
+                               len(gone), self.ck_root)
         dist.barrier()
 
     def extra_state(self) -> Dict[str, Any]:
@@ -204,12 +216,12 @@ class Trainer:
         return torch.zeros((), dtype=torch.float64, device=self.env.device)
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, *, resume: bool = False, metrics_out: Optional[str] = None) -> Dict[str, Any]:
+    def fit(self, *, resume: bool = False, metrics_out: Optional[str] = None, overwrite_checkpoints: bool = False) -> Dict[str, Any]:
         """Train (from the newest checkpoint with ``resume``), evaluate, write and return the summary."""
         from tqdm import tqdm
 
         cfg = self.cfg
-        self.restore(resume)
+        self.restore(resume, overwrite_checkpoints)
         self.recorder = Recorder(cfg, self.env, self.resumed_from)
         pbar = tqdm(total=self.total, initial=self.step, desc="train",
                     disable=not (self.env.rank == 0 and cfg.output.progress_bar), dynamic_ncols=True)
@@ -259,6 +271,11 @@ class Trainer:
             self.train_samples += int(out.labels.numel())
             self.loss_sum += out.losses["bce"].to(torch.float64)
             self.loss_n += 1
+            # first step with a non-finite loss, kept on the device (no host sync per step); checked at the
+            # segment end, before any eval or checkpoint (:meth:`check_finite`)
+            bad = ~torch.isfinite(out.loss.detach())
+            self.first_bad = torch.where(bad & (self.first_bad == NO_BAD_STEP), torch.full_like(self.first_bad, self.step),
+                                         self.first_bad)
             pbar.update(1)
             if self.step % self.cfg.train.log_every == 0 and self.env.rank == 0:
                 logloss = float(self.loss_sum) / self.loss_n
@@ -271,6 +288,7 @@ class Trainer:
     def end_segment(self) -> Tuple[bool, bool]:
         """At a segment boundary: evals + early stop, epoch bookkeeping, checkpoint. ``(stop, epoch_done)``."""
         cfg = self.cfg
+        self.check_finite()
         eval_every, ck_every = cfg.train.eval_every, cfg.checkpoint.every_steps
         loss_avg = float(self.loss_sum) / self.loss_n if self.loss_n else None
         epoch_done = self.pos >= self.steps_per_epoch
@@ -295,6 +313,19 @@ class Trainer:
         if cfg.checkpoint.enabled and ((ck_every and self.step % ck_every == 0) or epoch_done or stop or self.step >= self.total):
             save_checkpoint(self.ck_root, self.step, self.dmp, self.extra_state(), self.env, cfg.checkpoint.keep)
         return stop or self.step >= self.total, epoch_done
+
+    def check_finite(self) -> None:
+        """Stop the run (:class:`TrainingDiverged` on every rank) when any rank's loss was non-finite at a
+        step of the segment just trained, naming the first such step: no eval, checkpoint or summary of a
+        diverged model is written."""
+        first = self.first_bad.detach().clone().reshape(1)
+        dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        step = int(first[0])
+        if step != NO_BAD_STEP:
+            o = self.cfg.optim
+            raise TrainingDiverged(
+                f"training diverged: the loss is NaN or inf at step {step} (epoch {self.epoch}); stopped, no checkpoint or "
+                f"summary written for it (lower the learning rates: optim.dense.lr={o.dense.lr}, optim.sparse.lr={o.sparse.lr})")
 
     def maybe_inject_fault(self) -> None:
         """The ``STORE_REC_FAULT_AT_STEP`` test hook (see the module docstring)."""
@@ -334,11 +365,43 @@ class Trainer:
         return summary
 
 
-def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = None, metrics_out: Optional[str] = None) -> Dict[str, Any]:
-    """Train ``cfg`` on this rank (see the module docstring); returns the final summary (every rank)."""
+def is_restart() -> bool:
+    """True in a restarted attempt of an elastic job (it continues from the newest checkpoint)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
+def check_run_paths(cfg: TrainConfig, *, plan_file: Optional[str] = None, metrics_out: Optional[str] = None,
+                    resume: bool = False, overwrite_checkpoints: bool = False, config_file: Optional[str] = None) -> None:
+    """Every output path of the run, checked at start-up (before any data is read or model built):
+    ``output.dir`` and ``checkpoint.dir`` must be directories (or not exist yet), the summary JSON a file
+    path, and none may equal, contain or sit inside an input (config, plan, dataset, SID table); a fresh
+    run refuses a checkpoint dir that holds checkpoints (:func:`~store_rec.train.checkpoint.check_fresh_start`)."""
+    from store_rec.fileio import check_output_path
+
+    inputs = [("--config", config_file), ("--plan", plan_file or cfg.sharding.plan_file), ("data.dir", cfg.data.dir),
+              ("data.sid_table", cfg.data.sid_table)]
+    out_dir = Path(cfg.output.dir)
+    check_output_path(out_dir, inputs=inputs, kind="dir", flag="output.dir")
+    ck = Path(cfg.checkpoint.dir or out_dir / "checkpoints")
+    check_output_path(ck, inputs=inputs, kind="dir", flag="checkpoint.dir")
+    summary = metrics_out or cfg.output.metrics_out or out_dir / "summary.json"
+    check_output_path(summary, inputs=inputs, flag="--metrics-out" if metrics_out else "output.metrics_out")
+    if cfg.checkpoint.enabled or resume:
+        check_fresh_start(ck, resume=resume or is_restart(), overwrite=overwrite_checkpoints)
+
+
+def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = None, metrics_out: Optional[str] = None,
+        overwrite_checkpoints: bool = False, config_file: Optional[str] = None) -> Dict[str, Any]:
+    """Train ``cfg`` on this rank (see the module docstring); returns the final summary (every rank).
+
+    ``overwrite_checkpoints``: a fresh run (no ``resume``) deletes the checkpoints in ``checkpoint.dir``
+    (only those this code wrote) instead of refusing to start."""
+    check_run_paths(cfg, plan_file=plan_file, metrics_out=metrics_out, resume=resume,
+                    overwrite_checkpoints=overwrite_checkpoints, config_file=config_file)
     env = init_distributed()
     try:
-        return Trainer(cfg, env, plan_file=plan_file).fit(resume=resume, metrics_out=metrics_out)
+        return Trainer(cfg, env, plan_file=plan_file).fit(resume=resume, metrics_out=metrics_out,
+                                                          overwrite_checkpoints=overwrite_checkpoints)
     finally:
         if env.owns_group and dist.is_initialized():
             dist.destroy_process_group()
