@@ -137,3 +137,35 @@ def leave_last_out_codes(user: np.ndarray, label: np.ndarray, min_positives: int
     codes[ok & (group == total)] = 2
     codes[ok & (group == total - 1)] = 1
     return codes
+
+
+def files_and_given_splits(source: Optional[str], splits: Optional[Dict[str, str]], resplit: bool, list_files
+                           ) -> Tuple[List[Path], Optional[List[str]]]:
+    """For the dataset modules that read whole files (avazu, criteo): the input files and, when the
+    splits are given (``splits`` / files named train/valid/test), the split of each file (else None).
+
+    ``list_files(path) -> [Path]`` lists a dataset's files under one path (file or directory)."""
+    if splits:
+        if source:
+            raise UserError("give --source or --splits, not both (--splits names every input file)")
+        files: List[Path] = []
+        names: List[str] = []
+        for split in SPLITS:
+            for part in splits.get(split, "").split("+") if split in splits else []:
+                for f in list_files(part.strip()):
+                    files.append(f)
+                    names.append(split)
+        if len({f.resolve() for f in files}) != len(files):
+            raise UserError("--splits: a file is named in two splits")
+        return files, (None if resplit else names)
+    files = list_files(source)
+    detected = None if resplit else detect_given_splits(files)
+    if detected:
+        return [f for f, _ in detected], [s for _, s in detected]
+    return files, None
+
+
+def codes_from_file_rows(rows_per_file: Sequence[int], split_per_file: Sequence[str]) -> np.ndarray:
+    """``int8`` code of every row when file ``i`` (``rows_per_file[i]`` rows, in read order) is split
+    ``split_per_file[i]``."""
+    return np.repeat(np.array([CODE[s] for s in split_per_file], np.int8), np.asarray(rows_per_file, np.int64))
