@@ -292,6 +292,22 @@ def hr_ndcg(ranks: np.ndarray, k: int = 10) -> Dict[str, float]:
             f"ndcg@{k}": float(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0).mean())}
 
 
+def chance_hr_ndcg(num_candidates: int, k: int = 10) -> Dict[str, float]:
+    """Expected HR@k / NDCG@k of a random ranking of ``num_candidates`` items (one relevant):
+    the target's rank is uniform on ``0 .. num_candidates - 1``."""
+    r = np.arange(min(k, num_candidates))
+    return {f"hr@{k}": float(len(r) / num_candidates),
+            f"ndcg@{k}": float((1.0 / np.log2(r + 2.0)).sum() / num_candidates)}
+
+
+def worse_than_chance(hr: float, users: int, num_candidates: int, k: int = 10, z: float = 2.0) -> bool:
+    """Whether a test HR@k over ``users`` users is below chance by more than ``z`` standard errors of a
+    chance-level HR (binomial: ``sqrt(p (1 - p) / users)``, ``p = k / num_candidates``): a model that ranks
+    its own held-out items *lower* than random does, not noise."""
+    p = min(k, num_candidates) / num_candidates
+    return hr < p - z * math.sqrt(p * (1 - p) / max(users, 1))
+
+
 @dataclass
 class SASRecResult:
     """What :func:`train_sasrec` returns: the model, the item table and the metrics."""
@@ -309,6 +325,17 @@ class SASRecResult:
     def beats_popularity(self) -> bool:
         """Whether SASRec's test NDCG@10 is strictly above the popularity ranking's."""
         return self.metrics["sasrec_test"]["ndcg@10"] > self.metrics["popularity_test"]["ndcg@10"]
+
+    @property
+    def beats_chance(self) -> bool:
+        """Whether SASRec's test HR@10 is strictly above a random ranking's expected HR@10."""
+        return self.metrics["sasrec_test"]["hr@10"] > self.metrics["chance_test"]["hr@10"]
+
+    @property
+    def worse_than_chance(self) -> bool:
+        """Test HR@10 significantly (2 standard errors) below chance: see :func:`worse_than_chance`."""
+        n_cands = int(self.metrics["chance_test"].get("candidates", 101))
+        return worse_than_chance(self.metrics["sasrec_test"]["hr@10"], self.num_users, n_cands)
 
 
 class _Split:
@@ -380,7 +407,7 @@ def train_sasrec(seqs: Sequences, cfg: SASRecConfig, *, eval_every: int = 0) -> 
     """Train SASRec on ``seqs`` with leave-last-out, return the model, its table and metrics.
 
     ``metrics`` has keys ``sasrec_valid``, ``sasrec_test``, ``popularity_valid``, ``popularity_test``,
-    each ``{"hr@10", "ndcg@10"}``; a warning is logged when SASRec does not beat popularity on test
+    ``chance_valid``, ``chance_test`` (a random ranking's expectation), each ``{"hr@10", "ndcg@10"}``; a warning is logged when SASRec does not beat popularity on test
     NDCG@10 (``SASRecResult.beats_popularity``). ``eval_every > 0`` logs validation metrics every that many epochs
     into ``history``. The returned model is the one after the last epoch.
     """
@@ -432,6 +459,7 @@ def train_sasrec(seqs: Sequences, cfg: SASRecConfig, *, eval_every: int = 0) -> 
     for which in ("valid", "test"):
         metrics[f"sasrec_{which}"] = evaluate(model, split, which, cfg.max_len, cfg.device, cfg.seed)
         metrics[f"popularity_{which}"] = evaluate_popularity(split, which, cfg.seed)
+        metrics[f"chance_{which}"] = {**chance_hr_ndcg(1 + cfg.num_eval_negatives), "candidates": 1 + cfg.num_eval_negatives}
     emb = model.item_embeddings().float().cpu().numpy().astype(np.float32)
     res = SASRecResult(model=model, embeddings=emb, metrics=metrics, epochs=cfg.epochs, seconds=seconds,
                        num_users=n_users, history=history, catalog_size=int(len(split.catalog)))
@@ -449,4 +477,4 @@ def training_items(seqs: Sequences) -> np.ndarray:
 
 __all__: Sequence[str] = ("SASRec", "SASRecConfig", "SASRecResult", "Sequences", "load_sequences_dir",
                           "load_sequences_text", "train_sasrec", "evaluate", "evaluate_popularity", "hr_ndcg",
-                          "rank_of_target", "training_items", "history_keys")
+                          "rank_of_target", "training_items", "history_keys", "chance_hr_ndcg", "worse_than_chance")
