@@ -365,3 +365,19 @@ def test_torchrec_criteo_npy_files(tmp_path):
 
     b = next(iter(ParquetBatchLoader(out, "train", batch_size=16)))
     assert b.dense_features.shape == (16, 13) and b.labels.shape == (16,)
+
+
+def test_avazu_sample_with_train_dev_test_files_keeps_them(shared_datasets, tmp_path):
+    import gzip
+
+    src = shared_datasets / "avazu" / "lapis-hong_wide-resdnn"  # dev.csv, test.csv, train.csv.gz
+
+    def n_rows(p):
+        opener = gzip.open if p.name.endswith(".gz") else open
+        with opener(p, "rt") as f:
+            return sum(1 for line in f if line.strip() and not line.startswith("id,"))
+
+    s = prepare("avazu", str(src), tmp_path / "a")
+    assert {k: v.rows for k, v in s.splits.items()} == {
+        "train": n_rows(src / "train.csv.gz"), "valid": n_rows(src / "dev.csv"), "test": n_rows(src / "test.csv")}
+    assert s.split_method.startswith("given")
