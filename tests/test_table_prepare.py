@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -137,15 +138,17 @@ def test_table_column_errors_name_file_column_and_line(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------------ given splits
-def test_given_splits_are_kept_row_for_row_table_and_parquet(tmp_path):
+def test_given_splits_are_kept_row_for_row_table_and_parquet_input(tmp_path):
     d = tmp_path / "in"
     d.mkdir()
     parts = {}
     for i, name in enumerate(("train", "dev", "test")):
         write_wide_csv(d / f"{name}.csv", rows=200 + 50 * i, seed=10 + i)
         parts[name] = _rows(d / f"{name}.csv")
-    pq.write_table(pa.csv.read_csv(d / "test.csv", convert_options=pa.csv.ConvertOptions(
-        column_types={"tags": pa.string(), "price": pa.string()})), tmp_path / "test.parquet")
+    import pyarrow.csv as pacsv
+
+    pq.write_table(pacsv.read_csv(d / "test.csv", convert_options=pacsv.ConvertOptions(
+        column_types={"tags": pa.string()})), tmp_path / "test.parquet")
     sch = tmp_path / "s.yaml"
     sch.write_text(WIDE_SCHEMA.replace("split: {method: random, train_frac: 0.8, valid_frac: 0.1}", ""))
     # explicit --splits (CSV train/valid, parquet test: formats are per split)
@@ -164,6 +167,14 @@ def test_given_splits_are_kept_row_for_row_table_and_parquet(tmp_path):
     # ... and re-split only when asked
     s3 = prepare("table", str(d), tmp_path / "o3", schema=str(sch), resplit=True)
     assert s3.split_method.startswith("random") and s3.splits["train"].rows != 200
+    # parquet input (typed columns) gives the same rows as the CSV it was made from
+    (tmp_path / "pq").mkdir()
+    os.replace(tmp_path / "test.parquet", tmp_path / "pq" / "test.parquet")
+    s4 = prepare("table", None, tmp_path / "o4", schema=str(sch), splits={"train": str(tmp_path / "pq")})
+    t4, t = _split(tmp_path / "o4", "train"), _split(out, "test")
+    assert s4.splits["train"].rows == 300
+    for c in ("click", "price", "age", "score"):  # (vocab ids differ: fitted on other train rows)
+        assert t4.column(c).to_pylist() == t.column(c).to_pylist(), c
 
 
 def _criteo_line(rng, label):
@@ -381,3 +392,38 @@ def test_avazu_sample_with_train_dev_test_files_keeps_them(shared_datasets, tmp_
     assert {k: v.rows for k, v in s.splits.items()} == {
         "train": n_rows(src / "train.csv.gz"), "valid": n_rows(src / "dev.csv"), "test": n_rows(src / "test.csv")}
     assert s.split_method.startswith("given")
+
+
+def test_example_schemas_validate_and_criteo_tsv_through_prepare_table(tmp_path):
+    from store_rec.data.table import load_table_config
+
+    cfgs = Path(__file__).resolve().parents[1] / "configs" / "datasets"
+    for name in ("table_example", "interactions_example", "criteo_table"):
+        load_table_config(str(cfgs / f"{name}.yaml"))
+    rng = np.random.default_rng(1)
+    ys = [int(rng.integers(0, 2)) for _ in range(300)]
+    (tmp_path / "day_0").write_text("\n".join(_criteo_line(rng, y) for y in ys) + "\n")
+    s = prepare("table", str(tmp_path / "day_0"), tmp_path / "o", schema=str(cfgs / "criteo_table.yaml"),
+                min_count=1)
+    assert sum(v.rows for v in s.splits.values()) == 300 and s.user_key is None
+    assert s.feature("C3").vocab_size == 10_000_000 and s.feature("C3").vocab_file is None
+    rows = pa.concat_tables([_split(tmp_path / "o", k) for k in SPLITS]).to_pylist()
+    raw = (tmp_path / "day_0").read_text().splitlines()
+    from store_rec.data.criteo import hash_column as criteo_hash
+
+    c3 = [line.split("\t")[1 + 13 + 2] for line in raw]
+    want = dict(zip(c3, criteo_hash(pa.chunked_array([pa.array(c3)]), 10_000_000, "C3", "x")))
+    assert {r["C3"] for r in rows} == {int(v) for v in want.values()}  # TorchRec's int(hex, 16) % buckets
+
+
+def test_interactions_time_quantile_split_and_implicit_feedback(tmp_path):
+    src = tmp_path / "log.csv"
+    src.write_text("user,item,ts\n" + "\n".join(f"u{i % 7},i{i % 50},{i}" for i in range(200)) + "\n")
+    sch = {"kind": "interactions", "columns": {"user": {"role": "user_key"}, "item": {"role": "id", "item_key": True},
+                                               "ts": {"role": "timestamp"}},
+           "split": {"method": "time", "train_frac": 0.8, "valid_frac": 0.1},
+           "interactions": {"negatives": {"strategy": "uniform", "ratio": 1}}}
+    s = prepare("table", str(src), tmp_path / "o", schema=sch)
+    assert s.params["negatives"] == "uniform" and s.params["positives"] == 200
+    assert {k: v.positives for k, v in s.splits.items()} == {"train": 160, "valid": 20, "test": 20}
+    assert {k: v.rows for k, v in s.splits.items()} == {"train": 320, "valid": 40, "test": 40}
