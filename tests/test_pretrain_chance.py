@@ -51,3 +51,22 @@ def test_pretrain_refuses_worse_than_chance_unless_forced(tmp_path, monkeypatch,
     out2 = tmp_path / "ok.parquet"
     assert main(["pretrain", "--sequences", str(txt), "--out", str(out2), "--dim", "8"]) == 0
     assert json.loads(out2.with_suffix(".json").read_text())["beats_chance"] is True
+
+
+def test_sequence_text_file_pairs_and_one_line_per_user_are_the_same(tmp_path):
+    from store_rec.errors import DataError
+    from store_rec.tokenizer.sasrec import load_sequences_text
+
+    pairs = tmp_path / "pairs.txt"
+    pairs.write_text("1 5\n2 7\n1 6\n1 9\n2 3\n")
+    lines = tmp_path / "lines.txt"
+    lines.write_text("1 5 6 9\n2 7 3\n")
+    a, b = load_sequences_text(pairs), load_sequences_text(lines)
+    assert [x.tolist() for x in a.items] == [x.tolist() for x in b.items] == [[5, 6, 9], [7, 3]]
+    assert a.num_items == b.num_items == 9 and a.users.tolist() == [1, 2]
+    lines.write_text("1 5 6\n2 0 3\n")
+    with pytest.raises(DataError, match="line 2: item id 0 < 1"):
+        load_sequences_text(lines)
+    lines.write_text("1 5 x\n")
+    with pytest.raises(DataError, match="line 1: expected integers"):
+        load_sequences_text(lines)

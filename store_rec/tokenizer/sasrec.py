@@ -122,37 +122,51 @@ def load_sequences_dir(data_dir: str | Path) -> Sequences:
 
 
 def load_sequences_text(path: str | Path) -> Sequences:
-    """Read the raw SASRec text format: one ``user item`` pair per line (ints >= 1), in order.
+    """Read a SASRec text file: each line is ``user item [item ...]`` (ints, items >= 1).
 
-    Lines of a user need not be contiguous; each user's items keep file order. ``.gz`` is read
-    transparently. Item ids are used as given (the file's own ids, 1-based), ``num_items = max id``;
-    ids in ``1 .. max`` that never occur are not in the sampling catalog (see the module docstring).
+    The raw SASRec format (one ``user item`` pair per line) and the one-line-per-user format
+    (``user item1 item2 ...``) are the same rule: a line appends its items to the user's sequence, in
+    file order (lines of a user need not be contiguous). ``.gz`` is read transparently. Item ids are
+    used as given (the file's own ids, 1-based), ``num_items = max id``; ids in ``1 .. max`` that never
+    occur are not in the sampling catalog (see the module docstring). For ids that match a prepared
+    dataset, prepare the log with ``store-rec data prepare table`` and use ``--data``.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sequence file {path} does not exist")
     opener = gzip.open if path.suffix == ".gz" else open
+    users_l: List[int] = []
+    items_l: List[np.ndarray] = []
     with opener(path, "rt") as f:
-        try:
-            arr = np.loadtxt(f, dtype=np.int64, ndmin=2)
-        except ValueError as e:
-            raise DataError(f"{path}: expected 'user item' integer pairs per line: {e}") from None
-    if arr.size == 0:
+        for lineno, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            try:
+                vals = [int(x) for x in parts]
+            except ValueError:
+                raise DataError(f"{path}: line {lineno}: expected integers 'user item [item ...]', got "
+                                f"{line.strip()[:80]!r}") from None
+            if len(vals) < 2:
+                raise DataError(f"{path}: line {lineno}: expected 'user item [item ...]', got one field")
+            it = np.asarray(vals[1:], np.int64)
+            if (it < 1).any():
+                raise DataError(f"{path}: line {lineno}: item id {int(it[it < 1][0])} < 1 "
+                                "(SASRec format items are 1-based; 0 is padding)")
+            users_l.append(vals[0])
+            items_l.append(it)
+    if not users_l:
         raise DataError(f"{path}: no rows")
-    if arr.shape[1] != 2:
-        raise DataError(f"{path}: expected 2 columns 'user item', found {arr.shape[1]}")
-    bad = np.nonzero(arr[:, 1] < 1)[0]
-    if bad.size:
-        raise DataError(f"{path}: line {int(bad[0]) + 1}: item id {int(arr[bad[0], 1])} < 1 "
-                        "(SASRec format items are 1-based; 0 is padding)")
-    order = np.argsort(arr[:, 0], kind="stable")
-    users_sorted = arr[order, 0]
+    lens = np.fromiter((len(x) for x in items_l), np.int64, len(items_l))
+    user_of = np.repeat(np.asarray(users_l, np.int64), lens)
+    flat = np.concatenate(items_l)
+    order = np.argsort(user_of, kind="stable")
+    users_sorted = user_of[order]
     uniq, starts = np.unique(users_sorted, return_index=True)
-    items_sorted = arr[order, 1]
-    bounds = list(starts) + [len(arr)]
+    items_sorted = flat[order]
+    bounds = list(starts) + [len(flat)]
     items = [items_sorted[bounds[i]:bounds[i + 1]] for i in range(len(uniq))]
-    return Sequences(items=items, num_items=int(arr[:, 1].max()), item_feature="item",
-                     users=uniq.astype(np.int64))
+    return Sequences(items=items, num_items=int(flat.max()), item_feature="item", users=uniq.astype(np.int64))
 
 
 # ---------------------------------------------------------------------------------------- model
