@@ -35,7 +35,6 @@ explicitly with ``resplit=True``.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import re
@@ -54,7 +53,7 @@ import pyarrow.parquet as pq
 from store_rec.config import ConfigError, check, to_dict
 from store_rec.data.csvio import NUMERIC_RE
 from store_rec.data.dsconfig import load_dataset_config
-from store_rec.data.schema import ID, SPLITS, STATIC, DatasetSchema, SequenceInfo, SparseFeature, SplitInfo
+from store_rec.data.schema import SPLITS, DatasetSchema, SequenceInfo, SparseFeature, SplitInfo
 from store_rec.data.splits import (detect_given_splits, random_codes, resolve_given_splits, time_cutoff_codes)
 from store_rec.data.streaming import BLOCK_SIZE, file_format, iter_chunks, resolve_sources, row_uniform, splitmix64
 from store_rec.data.vocab import Vocab, load_vocab, vocab_path
