@@ -617,8 +617,8 @@ def _write_file(plan: _Plan, file_index: int, path: str, split: Optional[str]) -
                 sel = (codes == 0) & (num[cfg.label_column] > 0.5)
                 seq["user"].append(cols[USER_KEY_COLUMN].to_numpy()[sel])
                 seq["item"].append(np.asarray(cols[icol].to_numpy())[sel])
-                seq["time"].append(num[tcol][sel] if tcol else (np.arange(first, first + t.num_rows,
-                                                                           dtype=np.float64)[sel]))
+                seq["time"].append(num[tcol][sel] if tcol else (  # no timestamp: file order
+                    file_index * 2.0 ** 40 + np.arange(first, first + t.num_rows, dtype=np.float64))[sel])
     finally:
         for p in out.values():
             p.close()
