@@ -8,7 +8,8 @@ CTR log: ``click``, 3 dense columns (5 % missing), ``user`` (role user_key, ~row
 resident memory of its whole process tree (the parent plus worker processes, read from ``/proc``
 every 0.1 s) gives ``peak_rss_mib`` (sum over the tree) and ``peak_proc_rss_mib`` (largest process).
 ``rows_per_s`` = rows / wall seconds of the whole command (both passes, writing, sanity figures).
-The generated files and outputs are deleted at the end.
+``load_1min`` is the machine's 1-minute load average when the run started (on a shared machine, rows/s
+move with it; the RSS does not). The generated files and outputs are deleted at the end.
 """
 
 from __future__ import annotations
@@ -160,11 +161,13 @@ def run(args: argparse.Namespace) -> BenchResult:
                 out = root / f"out_{n}_{w}"
                 cmd = [sys.executable, "-m", "store_rec", "data", "prepare", "table", "--source", str(src),
                        "--schema", str(root / "schema.yaml"), "--out", str(out), "--workers", str(w)]
+                load = os.getloadavg()[0]
                 m = measure(cmd, env)
                 rows = n if n % args.file_rows == 0 else k * args.file_rows
                 records.append({"rows": rows, "files": k, "csv_mib": round(mib, 1), "workers": w,
                                 "wall_s": m["wall_s"], "rows_per_s": round(rows / m["wall_s"]),
-                                "peak_rss_mib": m["peak_rss_mib"], "peak_proc_rss_mib": m["peak_proc_rss_mib"]})
+                                "peak_rss_mib": m["peak_rss_mib"], "peak_proc_rss_mib": m["peak_proc_rss_mib"],
+                                "load_1min": round(load, 1)})
                 shutil.rmtree(out, ignore_errors=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -177,4 +180,4 @@ def run(args: argparse.Namespace) -> BenchResult:
                        config={"sizes": sizes, "workers": workers, "file_rows": args.file_rows, "seed": args.seed,
                                "schema": SCHEMA, "cpu_count": os.cpu_count()},
                        columns=["rows", "files", "csv_mib", "workers", "wall_s", "rows_per_s", "peak_rss_mib",
-                                "peak_proc_rss_mib"], summary=summary)
+                                "peak_proc_rss_mib", "load_1min"], summary=summary)
