@@ -128,6 +128,9 @@ def test_table_column_errors_name_file_column_and_line(tmp_path, capsys):
     assert main(["data", "prepare", "table", "--source", str(src), "--schema", str(sch), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert f"{src}: line 3: column 'extra': not a finite number, got 'abc'" in err
+    src.write_text("y,a,extra\n1,x,1\nyes,x,1\n")
+    assert main(["data", "prepare", "table", "--source", str(src), "--schema", str(sch), "--out", str(tmp_path / "o")]) == 2
+    assert "line 3: column 'y': label must be 0 or 1, got 'yes'" in capsys.readouterr().err
     src.write_text("y,a,extra\n1,x,1\n2,x,1\n")
     assert main(["data", "prepare", "table", "--source", str(src), "--schema", str(sch), "--out", str(tmp_path / "o")]) == 2
     assert "line 3: column 'y': label must be 0 or 1, got '2'" in capsys.readouterr().err

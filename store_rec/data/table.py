@@ -281,9 +281,11 @@ def _bad_number(col) -> np.ndarray:
 
 
 def _as_float(col) -> np.ndarray:
-    """Numeric column (strings already validated) -> ``float64[N]``, null -> NaN."""
+    """Numeric column -> ``float64[N]``; null and (strings) values that are not numbers -> NaN."""
     if pa.types.is_string(col.type) or pa.types.is_dictionary(col.type):
         col = _col_as_string(col)
+        col = pc.if_else(pc.fill_null(pc.match_substring_regex(col, NUMERIC_RE), False), col,
+                         pa.scalar(None, pa.string()))
     if pa.types.is_boolean(col.type):
         col = pc.cast(col, pa.int8())
     return np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False), np.float64)
