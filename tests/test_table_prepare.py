@@ -154,10 +154,10 @@ def test_given_splits_are_kept_row_for_row_table_and_parquet_input(tmp_path):
         column_types={"tags": pa.string()})), tmp_path / "test.parquet")
     sch = tmp_path / "s.yaml"
     sch.write_text(WIDE_SCHEMA.replace("split: {method: random, train_frac: 0.8, valid_frac: 0.1}", ""))
-    # explicit --splits (CSV train/valid, parquet test: formats are per split)
+    # explicit --splits (CSV train/valid, parquet test: the format is per file)
     out = tmp_path / "o"
     assert main(["data", "prepare", "table", "--schema", str(sch), "--out", str(out), "--splits",
-                 f"train={d / 'train.csv'},valid={d / 'dev.csv'},test={d / 'test.csv'}"]) == 0
+                 f"train={d / 'train.csv'},valid={d / 'dev.csv'},test={tmp_path / 'test.parquet'}"]) == 0
     s = DatasetSchema.load(out)
     assert s.split_method.startswith("given")
     for split, name in (("train", "train"), ("valid", "dev"), ("test", "test")):
@@ -172,7 +172,7 @@ def test_given_splits_are_kept_row_for_row_table_and_parquet_input(tmp_path):
     assert s3.split_method.startswith("random") and s3.splits["train"].rows != 200
     # parquet input (typed columns) gives the same rows as the CSV it was made from
     (tmp_path / "pq").mkdir()
-    os.replace(tmp_path / "test.parquet", tmp_path / "pq" / "test.parquet")
+    os.replace(tmp_path / "test.parquet", tmp_path / "pq" / "test.parquet")  # (a directory of parquet files)
     s4 = prepare("table", None, tmp_path / "o4", schema=str(sch), splits={"train": str(tmp_path / "pq")})
     t4, t = _split(tmp_path / "o4", "train"), _split(out, "test")
     assert s4.splits["train"].rows == 300
@@ -430,3 +430,13 @@ def test_interactions_time_quantile_split_and_implicit_feedback(tmp_path):
     assert s.params["negatives"] == "uniform" and s.params["positives"] == 200
     assert {k: v.positives for k, v in s.splits.items()} == {"train": 160, "valid": 20, "test": 20}
     assert {k: v.rows for k, v in s.splits.items()} == {"train": 320, "valid": 40, "test": 40}
+
+
+def test_bench_prepare_quick_measures_and_cleans_up(tmp_path):
+    out = tmp_path / "b" / "prep.json"
+    assert main(["bench", "prepare", "--quick", "--out", str(out), "--tmp", str(tmp_path)]) == 0
+    d = json.loads(out.read_text())
+    assert [(r["rows"], r["workers"]) for r in d["records"]] == [(10000, 1), (30000, 1), (30000, 2)]
+    for r in d["records"]:
+        assert r["peak_rss_mib"] >= r["peak_proc_rss_mib"] > 50 and r["rows_per_s"] > 0
+    assert [p.name for p in tmp_path.iterdir()] == ["b"]  # the generated CSV and outputs are gone

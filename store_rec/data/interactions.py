@@ -46,7 +46,7 @@ from store_rec.data.sampling import pair_keys, sample_negatives, users_with_ever
 from store_rec.data.schema import SPLITS, DatasetSchema, SequenceInfo
 from store_rec.data.splits import leave_last_out_codes, time_cutoff_codes, time_quantile_cutoffs
 from store_rec.data.streaming import file_format, iter_chunks
-from store_rec.data.table import (USER_KEY_COLUMN, TableConfig, _col_as_string, _multi, _parse_chunk, _Plan,
+from store_rec.data.table import (USER_KEY_COLUMN, TableConfig, _col_as_string, _header, _multi, _parse_chunk, _Plan,
                                   cutoff_value, hash_column, write_sequences)
 from store_rec.data.tabular import FeatureSpec, write_prepared
 from store_rec.errors import DataError, UserError
@@ -63,7 +63,8 @@ def _read_log(cfg: TableConfig, files: List[Tuple[Path, Optional[str]]], plan: _
     beh = next(iter(cfg.with_role("behavior")), None)
     positive = set(cfg.interactions.positive)
     for i, (path, split) in enumerate(files):
-        for first, t in iter_chunks(path, fmt=plan.fmt, columns=cfg.names(), header=plan.header,
+        for first, t in iter_chunks(path, fmt=file_format(path, plan.fmt), columns=cfg.names(),
+                                    header=_header(plan, path),
                                     delimiter=plan.delimiter, skip_bad_rows=plan.skip_bad_rows,
                                     block_size=plan.block_size):
             t, c, num, sk = _parse_chunk(plan, path, i, split, first, t)
@@ -109,10 +110,7 @@ def prepare_interactions(cfg: TableConfig, files: List[Tuple[Path, Optional[str]
                          seed: int, overwrite: bool, skip_bad_rows: bool, block_size: int, source: str
                          ) -> DatasetSchema:
     t0 = time.perf_counter()
-    fmts = {file_format(f, cfg.format) for f, _ in files}
-    if len(fmts) > 1:
-        raise UserError(f"input files mix formats {sorted(fmts)}; set format: in the schema")
-    fmt = fmts.pop()
+    fmt = cfg.format  # per file when auto (e.g. CSV train, parquet test)
     sp = cfg.split
     method = sp.method
     if how == "given":
@@ -124,7 +122,7 @@ def prepare_interactions(cfg: TableConfig, files: List[Tuple[Path, Optional[str]
         raise UserError("split.method: given needs --splits train=...,valid=...,test=...")
     elif method == "auto":
         method = "leave_last_out"
-    plan = _Plan(cfg=cfg, fmt=fmt, header=cfg.header and fmt != "parquet", delimiter=cfg.delimiter, seed=seed,
+    plan = _Plan(cfg=cfg, fmt=fmt, header=cfg.header, delimiter=cfg.delimiter, seed=seed,
                  method="random" if method != "given" else "given", cutoffs=(None, None),
                  skip_bad_rows=skip_bad_rows, block_size=block_size)
     table, label, tm, given_codes, skipped = _read_log(cfg, files, plan)

@@ -397,7 +397,7 @@ class _Plan:
     """What every worker needs (picklable)."""
 
     cfg: TableConfig
-    fmt: str
+    fmt: str                         # csv | tsv | parquet | auto (per file, by suffix)
     header: bool
     delimiter: Optional[str]
     seed: int
@@ -407,6 +407,11 @@ class _Plan:
     block_size: int
     tmp: str = ""
     want_sequences: bool = False
+
+
+def _header(plan: _Plan, path: Path) -> bool:
+    """Whether ``path`` starts with a header line (parquet files have none)."""
+    return plan.header and file_format(path, plan.fmt) != "parquet"
 
 
 def _line(path: Path, header: bool, row: int) -> str:
@@ -445,7 +450,7 @@ def _parse_chunk(plan: _Plan, path: Path, file_index: int, split: Optional[str],
                 if b.any():
                     i = int(np.flatnonzero(b)[0])
                     col = msg.split("'")[1]
-                    raise DataError(f"{path}: {_line(path, plan.header, first + i)}: {msg}, got "
+                    raise DataError(f"{path}: {_line(path, _header(plan, path), first + i)}: {msg}, got "
                                     f"{t.column(col)[i].as_py()!r} (use --skip-bad-rows to skip malformed rows)")
         keep = ~bad
         skipped = int(bad.sum())
@@ -492,7 +497,8 @@ def _count_file(plan: _Plan, file_index: int, path: str, split: Optional[str]) -
     cols = cfg.vocab_columns()
     parts: Dict[str, List[pa.Table]] = {c: [] for c in cols}
     rows = skipped = 0
-    for first, t in iter_chunks(path_, fmt=plan.fmt, columns=cfg.names(), header=plan.header,
+    for first, t in iter_chunks(path_, fmt=file_format(path_, plan.fmt), columns=cfg.names(),
+                                header=_header(plan, path_),
                                 delimiter=plan.delimiter, skip_bad_rows=plan.skip_bad_rows,
                                 block_size=plan.block_size):
         t, codes, _, sk = _parse_chunk(plan, path_, file_index, split, first, t)
@@ -579,7 +585,8 @@ def _write_file(plan: _Plan, file_index: int, path: str, split: Optional[str]) -
     seq: Dict[str, List[np.ndarray]] = {"user": [], "item": [], "time": []}
     ucol, icol, tcol = cfg.user_column, cfg.item_column, cfg.time_column
     try:
-        for first, t in iter_chunks(path_, fmt=plan.fmt, columns=cfg.names(), header=plan.header,
+        for first, t in iter_chunks(path_, fmt=file_format(path_, plan.fmt), columns=cfg.names(),
+                                header=_header(plan, path_),
                                     delimiter=plan.delimiter, skip_bad_rows=plan.skip_bad_rows,
                                     block_size=plan.block_size):
             t, codes, num, sk = _parse_chunk(plan, path_, file_index, split, first, t)
@@ -709,17 +716,14 @@ def _prepare_table(cfg: TableConfig, files: List[Tuple[Path, Optional[str]]], ho
 
     t0 = time.perf_counter()
     method = _method(cfg, how)
-    fmts = {file_format(f, cfg.format) for f, _ in files}
-    if len(fmts) > 1:
-        raise UserError(f"input files mix formats {sorted(fmts)}; set format: in the schema or convert them")
-    fmt = fmts.pop()
+    fmt = cfg.format  # per file when auto (e.g. CSV train, parquet test)
     tcol = cfg.time_column
     fmt_t = cfg.columns[tcol].time_format if tcol else None
     cutoffs = (cutoff_value(cfg.split.valid_from, fmt_t), cutoff_value(cfg.split.test_from, fmt_t))
     if method == "time" and cutoffs[0] is not None and cutoffs[1] < cutoffs[0]:  # type: ignore[operator]
         raise ConfigError("split.test_from: must not be before split.valid_from")
     want_seq = bool(cfg.user_column and cfg.item_column and cfg.columns[cfg.item_column].hash_buckets is None)
-    plan = _Plan(cfg=cfg, fmt=fmt, header=cfg.header and fmt != "parquet", delimiter=cfg.delimiter, seed=seed,
+    plan = _Plan(cfg=cfg, fmt=fmt, header=cfg.header, delimiter=cfg.delimiter, seed=seed,
                  method=method, cutoffs=cutoffs, skip_bad_rows=skip_bad_rows, block_size=block_size,
                  want_sequences=want_seq)
     tasks = [(i, str(f), s) for i, (f, s) in enumerate(files)]
@@ -751,10 +755,11 @@ def _prepare_table(cfg: TableConfig, files: List[Tuple[Path, Optional[str]]], ho
         seq_info = None
         if want_seq:
             seq = {k: np.concatenate([r["seq"][k] for r in res2]) for k in ("user", "item", "time")}
-            seq_info = write_sequences(w, seq["user"], seq["item"], seq["time"], cfg.item_column,  # type: ignore[arg-type]
-                                       vocabs[cfg.item_column].size - 1, "timestamp" if tcol else "file")
-        sparse = [SparseFeature(name=n, role=cfg.columns[n].role,
-                                vocab_size=vocabs[n].size if n in vocabs else int(cfg.columns[n].hash_buckets),  # type: ignore[arg-type]
+            item = str(cfg.item_column)
+            seq_info = write_sequences(w, seq["user"], seq["item"], seq["time"], item, vocabs[item].size - 1,
+                                       "timestamp" if tcol else "file")
+        sizes = {n: vocabs[n].size if n in vocabs else int(cfg.columns[n].hash_buckets or 0) for n in cfg.sparse_columns}
+        sparse = [SparseFeature(name=n, role=cfg.columns[n].role, vocab_size=sizes[n],
                                 group=cfg.columns[n].group, multi_hot=bool(cfg.columns[n].multi_hot),
                                 max_len=max_len[n], vocab_file=vocab_path(n) if n in vocabs else None)
                   for n in cfg.sparse_columns]

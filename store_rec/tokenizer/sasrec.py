@@ -421,7 +421,8 @@ def train_sasrec(seqs: Sequences, cfg: SASRecConfig, *, eval_every: int = 0) -> 
     """Train SASRec on ``seqs`` with leave-last-out, return the model, its table and metrics.
 
     ``metrics`` has keys ``sasrec_valid``, ``sasrec_test``, ``popularity_valid``, ``popularity_test``,
-    ``chance_valid``, ``chance_test`` (a random ranking's expectation), each ``{"hr@10", "ndcg@10"}``; a warning is logged when SASRec does not beat popularity on test
+    ``chance_valid``, ``chance_test`` (a random ranking's expectation), each ``{"hr@10", "ndcg@10"}``;
+    a warning is logged when SASRec does not beat popularity on test
     NDCG@10 (``SASRecResult.beats_popularity``). ``eval_every > 0`` logs validation metrics every that many epochs
     into ``history``. The returned model is the one after the last epoch.
     """
