@@ -47,10 +47,10 @@ def test_prepare_pretrain_tokenize_train(tmp_path, kind):
     assert sanity["users"] > 0 and set(sanity["label_rate"]) == {"train", "valid", "test"}
 
     emb, sids = tmp_path / "emb.parquet", tmp_path / "sids.parquet"
-    assert main(["pretrain", "--data", str(data), "--out", str(emb), "--epochs", "2", "--dim", "16", "--max-len", "20",
-                 "--force"]) == 0
+    assert main(["pretrain", "--data", str(data), "--out", str(emb), "--epochs", "3", "--dim", "16",
+                 "--max-len", "20"]) == 0
     rep = json.loads(emb.with_suffix(".json").read_text())
-    assert rep["exported_items"] == ds.sequences.num_items and "chance_test" in rep["metrics"]
+    assert rep["exported_items"] == ds.sequences.num_items and not rep["worse_than_chance"]
     assert main(["tokenize", "--embeddings", str(emb), "--method", "opmq", "--num-sids", "2", "--codebook-size", "8",
                  "--out", str(sids), "--data", str(data), "--steps", "30"]) == 0
 
