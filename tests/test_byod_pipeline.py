@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _train(data: Path, out: Path, *extra: str):
-    from store_rec.train.app import run
+    from store_rec.train.trainer import run
     from store_rec.train.config import load_train_config
 
     ov = [f"data.dir={data}", "data.prepare_if_missing=null", "data.batch_size=256", "data.eval_batch_size=1024",

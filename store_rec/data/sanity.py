@@ -35,9 +35,10 @@ WRONG_DIRECTION_AUC = 0.4
 
 def item_feature_of(schema: DatasetSchema) -> Optional[str]:
     """The dataset's item feature: ``sequences.item_feature``, else ``params["item_feature"]``."""
-    name = schema.sequences.item_feature if schema.sequences else None
+    name: Optional[str] = schema.sequences.item_feature if schema.sequences else None
     if name is None and isinstance(schema.params, dict):
-        name = schema.params.get("item_feature")
+        found = schema.params.get("item_feature")
+        name = found if isinstance(found, str) else None
     if name is None or name not in schema.sparse_names or schema.feature(name).multi_hot:
         return None
     return name

@@ -93,7 +93,8 @@ def detect_given_splits(files: Sequence[Path]) -> Optional[List[Tuple[Path, str]
     named = [(f, split_of_name(f)) for f in files]
     if any(s is None for _, s in named) or not any(s == "train" for _, s in named):
         return None
-    return sorted(named, key=lambda fs: CODE[fs[1]])  # type: ignore[index]
+    given = [(f, str(s)) for f, s in named]
+    return sorted(given, key=lambda fs: CODE[fs[1]])
 
 
 def random_codes(u: np.ndarray, train_frac: float, valid_frac: float) -> np.ndarray:

@@ -507,8 +507,8 @@ def _count_file(plan: _Plan, file_index: int, path: str, split: Optional[str]) -
         rows += train.num_rows
         for c in cols:
             col = train.column(c)
-            vals = pc.list_flatten(_multi(col, cfg.columns[c].multi_hot)) if cfg.columns[c].multi_hot \
-                else _col_as_string(col)
+            sep = cfg.columns[c].multi_hot
+            vals = pc.list_flatten(_multi(col, sep)) if sep else _col_as_string(col)
             vc = pc.value_counts(vals)
             parts[c].append(pa.table({"v": vc.field("values"), "n": vc.field("counts")}))
             if len(parts[c]) >= 16:
@@ -579,6 +579,7 @@ def _write_file(plan: _Plan, file_index: int, path: str, split: Optional[str]) -
     vocabs = {c: load_vocab(root, c) for c in cfg.vocab_columns()}
     schema = arrow_schema_of(cfg)
     label = schema.names[0]
+    lab = str(cfg.label_column)  # a table always has one (TableConfig checks)
     out: Dict[str, _FileParts] = {}
     max_len = {n: 1 for n in cfg.sparse_columns}
     skipped = 0
@@ -591,7 +592,7 @@ def _write_file(plan: _Plan, file_index: int, path: str, split: Optional[str]) -
                                     block_size=plan.block_size):
             t, codes, num, sk = _parse_chunk(plan, path_, file_index, split, first, t)
             skipped += sk
-            cols: Dict[str, Any] = {label: pa.array(num[cfg.label_column].astype(np.float32))}
+            cols: Dict[str, Any] = {label: pa.array(num[lab].astype(np.float32))}
             for d in cfg.with_role("dense"):
                 cols[d] = pa.array(num[d])
             for n in cfg.sparse_columns:
@@ -623,9 +624,9 @@ def _write_file(plan: _Plan, file_index: int, path: str, split: Optional[str]) -
                     out[s] = _FileParts(root, s, file_index, schema, label)
                 out[s].write(part)
             if plan.want_sequences:
-                sel = (codes == 0) & (num[cfg.label_column] > 0.5)
+                sel = (codes == 0) & (num[lab] > 0.5)
                 seq["user"].append(cols[USER_KEY_COLUMN].to_numpy()[sel])
-                seq["item"].append(np.asarray(cols[icol].to_numpy())[sel])
+                seq["item"].append(np.asarray(cols[str(icol)].to_numpy())[sel])
                 seq["time"].append(num[tcol][sel] if tcol else (  # no timestamp: file order
                     file_index * 2.0 ** 40 + np.arange(first, first + t.num_rows, dtype=np.float64))[sel])
     finally:
@@ -643,7 +644,7 @@ def _run_tasks(fn, plan: _Plan, tasks: List[Tuple[int, str, Optional[str]]], wor
         return [fn(plan, *t) for t in tasks]
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx) as ex:
-        futs = [ex.submit(fn, plan, *t) for t in tasks]
+        futs = [ex.submit(fn, plan, i, path, split) for i, path, split in tasks]
         return [f.result() for f in futs]
 
 
