@@ -48,6 +48,7 @@ def test_two_rank_training(data_dir, tmp_path, model):
     s = json.loads((out / "summary.json").read_text())
     assert res[0]["auc"] == res[1]["auc"] == s["auc"]  # every rank computes the same global metrics
     assert s["steps"] == 26 and s["world_size"] == 2 and s["model"] == model
+    assert s["global_batch_size"] == 2 * s["batch_size_per_rank"] == 128  # data.batch_size=64 is per rank
     assert 0.5 < s["auc"] <= 1.0 and 0.0 <= s["gauc"] <= 1.0 and 0 < s["logloss"] < 0.7  # tiny data: GAUC is noisy
     assert s["samples_per_s"] > 0 and s["tflops_per_batch"] > 0
     if model == "store":  # the rotations are still orthogonal after training (Cayley parametrization)

@@ -14,6 +14,7 @@ SUITES = {
     "train": ("store_rec.bench.train", "end-to-end training samples/s and TFLOPs per batch of 1024, STORE vs baselines"),
     "data": ("store_rec.bench.data", "loader samples/s (Avazu-shaped and synthetic schemas)"),
     "tokenizer": ("store_rec.bench.tokenizer", "tokenizer encode items/s and training time"),
+    "prepare": ("store_rec.bench.prepare", "`data prepare table` on a generated wide CSV: peak RSS and rows/s"),
 }
 
 

@@ -136,6 +136,7 @@ class DatasetWriter:
         self.tmp = self.out.parent / f".{self.out.name}.tmp-{uuid.uuid4().hex[:8]}"
         self.tmp.mkdir()
         self._splits: Dict[str, SplitWriter] = {}
+        self._added: Dict[str, list] = {}  # split -> [SplitInfo] of files written directly under root
         self._committed = False
 
     @property
@@ -149,6 +150,13 @@ class DatasetWriter:
         if name not in self._splits:
             self._splits[name] = SplitWriter(self.tmp, name, schema, label, self.row_group_size, self.file_rows)
         return self._splits[name]
+
+    def add_split_files(self, name: str, info: SplitInfo) -> None:
+        """Register parquet files of split ``name`` that were written directly under :attr:`root`
+        (e.g. by worker processes streaming their own row groups); ``info.files`` are relative paths."""
+        if name not in SPLITS:
+            raise ValueError(f"split {name!r} is not one of {SPLITS}")
+        self._added.setdefault(name, []).append(info)
 
     def write_vocab(self, feature: str, values: Sequence[str]) -> str:
         """Save vocabulary of ``feature``: ``values[i]`` is the raw value mapped to id ``i``.
@@ -173,6 +181,13 @@ class DatasetWriter:
         for w in self._splits.values():
             w.close()
         schema.splits = {name: w.info() for name, w in self._splits.items()}
+        for name, infos in self._added.items():
+            cur = schema.splits.get(name, SplitInfo(files=[], rows=0, positives=0))
+            for i in infos:
+                cur = SplitInfo(files=cur.files + list(i.files), rows=cur.rows + i.rows,
+                                positives=cur.positives + i.positives)
+            schema.splits[name] = cur
+        schema.splits = {name: schema.splits[name] for name in SPLITS if name in schema.splits}
         schema.validate(str(self.out / "schema.json"))
         schema.save(self.tmp)
         (self.tmp / MARKER).write_text("a dataset prepared by store_rec (store-rec data prepare); "

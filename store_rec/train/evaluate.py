@@ -14,9 +14,12 @@ from store_rec.train.metrics import gather_predictions, ranking_metrics
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, env: DistEnv) -> Dict[str, float]:  # noqa: ANN001
+def evaluate(model: nn.Module, loader, env: DistEnv) -> Dict[str, Optional[float]]:  # noqa: ANN001
     """AUC / GAUC / LogLoss of ``model`` (a ``RankingTrain``, possibly DMP-wrapped: ``model(batch) ->
-    (loss, TrainOutput)``) on all ranks' parts of ``loader``'s split (exact, gathered)."""
+    (loss, TrainOutput)``) on all ranks' parts of ``loader``'s split (exact, gathered).
+
+    ``gauc`` is None when the dataset has no user key (``schema.user_key``; the loader then fills the
+    batch's user ids with a placeholder) or a row has no user id (-1): never the AUC under another name."""
     was = model.training
     model.eval()
     loader.set_epoch(0)
@@ -30,7 +33,9 @@ def evaluate(model: nn.Module, loader, env: DistEnv) -> Dict[str, float]:  # noq
     model.train(was)
     cat = lambda xs, dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dt, device=env.device)  # noqa: E731
     lg, lb, u = gather_predictions(cat(logits, torch.float32), cat(labels, torch.float32), cat(users, torch.int64))
-    has_users = bool((u >= 0).all()) and u.numel() > 0
+    schema = getattr(loader, "schema", None)
+    has_user_key = schema is None or getattr(schema, "user_key", None) is not None
+    has_users = has_user_key and u.numel() > 0 and bool((u >= 0).all())
     return ranking_metrics(lg.cpu(), lb.cpu(), u.cpu() if has_users else None)
 
 

@@ -132,6 +132,16 @@ class Trainer:
         if cfg.train.max_steps is not None:
             total = min(total, cfg.train.max_steps)
         self.total = total
+        self.global_batch_size = cfg.data.batch_size * env.world_size
+        if env.rank == 0:
+            logger.info("global batch %d = data.batch_size %d (per rank) x %d rank(s); %d steps per epoch, %d steps in all",
+                        self.global_batch_size, cfg.data.batch_size, env.world_size, self.steps_per_epoch, total)
+            if cfg.optim.warmup_steps > total:
+                logger.warning("optim.warmup_steps = %d exceeds the %d training steps (%d epoch(s) x %d steps of a global "
+                               "batch of %d = data.batch_size %d x %d ranks): the LR never reaches its base value; lower "
+                               "optim.warmup_steps or data.batch_size, or train longer", cfg.optim.warmup_steps, total,
+                               cfg.train.epochs, self.steps_per_epoch, self.global_batch_size, cfg.data.batch_size,
+                               env.world_size)
         sparse_lr = SparseLR(self.dmp, cfg.optim.sparse.lr) if cfg.optim.schedule_sparse_lr else None
         self.lr_schedule = LRSchedule(cfg, self.optimizer, total, sparse_lr)  # reads the base LRs before a resume
         self.pipeline = TrainPipelineSparseDist(self.dmp, self.optimizer, env.device, execute_all_batches=True)
@@ -206,8 +216,9 @@ class Trainer:
         self.last_eval[split] = rec
         self.recorder.eval_record(rec)
         if self.env.rank == 0:
-            logger.info("eval %s step %d epoch %d: auc %.5f gauc %.5f logloss %.5f", split, self.step, self.epoch,
-                        m["auc"], m["gauc"], m["logloss"])
+            gauc = m.get("gauc")
+            logger.info("eval %s step %d epoch %d: auc %.5f gauc %s logloss %.5f", split, self.step, self.epoch,
+                        m["auc"], f"{gauc:.5f}" if gauc is not None else "n/a (no user key)", m["logloss"])
         return rec
 
     def _zero_loss(self) -> torch.Tensor:
@@ -350,6 +361,8 @@ class Trainer:
             # TFLOPs of one fwd+bwd step per batch of 1024 samples (not per data.batch_size batch)
             "samples_per_s": finite_or_none(self.global_samples_per_s()), "tflops_per_batch": self.tflops,
             "steps": self.step, "epochs_completed": self.epoch, "world_size": env.world_size, "model": cfg.model.name,
+            # data.batch_size is per rank: one step consumes data.batch_size x world_size samples
+            "batch_size_per_rank": cfg.data.batch_size, "global_batch_size": self.global_batch_size,
             "best_valid": self.best,
             "final": {s: {k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in r.items()} for s, r in final.items()},
             "resumed_from_step": self.resumed_from, "train_time_s": self.train_time, "train_samples": self.train_samples,
