@@ -460,7 +460,7 @@ def _fuzz_cases(root: Path):
     # pretrain
     (i / "seq.txt").write_text("1 2\n1 x\n")
     cases.append(("pretrain bad line", ["pretrain", "--sequences", i / "seq.txt", "--out", o / "e.parquet"],
-                  ["seq.txt: expected 'user item' integer pairs"]))
+                  ["seq.txt: line 2: expected integers 'user item [item ...]'"]))
     (i / "seq0.txt").write_text("1 2\n1 0\n")
     cases.append(("pretrain item 0", ["pretrain", "--sequences", i / "seq0.txt", "--out", o / "e.parquet"],
                   ["seq0.txt: line 2: item id 0 < 1"]))
