@@ -82,7 +82,9 @@ def run(args: argparse.Namespace) -> int:
     done = finished_runs(runs, base_sha, adopt=args.adopt_artifacts)
     if args.report_only:
         log.info("experiments: --report-only: %d of %d planned runs have current results", len(done), len(runs))
-    header_file = Path(args.config).with_name("RESULTS_HEADER.md")
+    # the config's own header (fair.yaml -> fair.header.md), else the directory's RESULTS_HEADER.md
+    own = Path(args.config).with_suffix(".header.md")
+    header_file = own if own.exists() else Path(args.config).with_name("RESULTS_HEADER.md")
     header = header_file.read_text() if header_file.exists() else None
     # --adopt-artifacts is a one-off migration and --report-only only rewrites the markdown: neither is
     # part of how the results are made (a plain re-run reuses the current runs and writes the same file)

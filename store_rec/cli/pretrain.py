@@ -4,7 +4,8 @@ Sources:
 
 * ``--data DIR``: a prepared dataset with ``sequences.parquet`` (ids = the item feature's vocab
   ids, ``schema.json`` ``sequences.num_items`` = N items with ids ``1 .. N``, 0 = OOV). Every vocab id
-  ``1 .. N`` is exported (ids that never occur in a sequence keep their initial vector; their count is
+  ``1 .. N`` is exported (ids that never occur in a sequence keep their initial vector, are marked
+  ``trained = false`` in EMB.parquet so ``store-rec tokenize`` gives them the OOV SID; their count is
   logged and written to the JSON as ``unseen_items``).
 * ``--sequences FILE``: a SASRec text file, ``user item`` pairs or one line per user ``user item1 item2
   ...`` (optionally ``.gz``); the file's own item ids are kept and only ids that occur in the file

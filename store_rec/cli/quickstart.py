@@ -9,7 +9,8 @@ Steps (each a store_rec command users run themselves on their own data):
 3. ``store-rec tokenize --method opmq`` -> semantic IDs ``OUT/sids.parquet`` + report, and the
    tokenizer itself ``OUT/tokenizer.pt`` (``configs/quickstart_online.yaml`` tokenizes inside the model);
 4. ``torchx run -s local_cwd launch/components.py:train`` on ``--nproc`` local gloo ranks: STORE
-   (``configs/quickstart.yaml``, SIDs from the batch) and one baseline on the same data;
+   (``configs/quickstart.yaml``, SIDs from the batch) and one baseline on the same data with the same
+   features (the same SID table; only ``model.name`` differs);
 5. prints AUC / GAUC / LogLoss / samples/s / TFLOPs per batch of 1024 side by side and writes
    ``OUT/quickstart.json``.
 
@@ -113,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"[quickstart] 4/4 torchx run: STORE and {args.baseline} on {args.nproc} local gloo ranks", flush=True)
     results = {
         "store": _torchx_train(out / "store", [*common, f"data.sid_table={sids}"], args.nproc),
-        args.baseline: _torchx_train(out / args.baseline, [*common, f"model.name={args.baseline}", "model.tokenizer=none"],
+        # the baseline gets the same features as STORE: the same SID table replaces the raw item id
+        args.baseline: _torchx_train(out / args.baseline, [*common, f"data.sid_table={sids}", f"model.name={args.baseline}"],
                                      args.nproc),
     }
     pre = json.loads(emb.with_suffix(".json").read_text())["metrics"]

@@ -136,8 +136,9 @@ def _x_dir(x: Any) -> str:
 
 
 def _path_part(name: str) -> str:
-    """``name`` as one directory level: path separators become ``_`` ("w/o rotation" -> "w_o rotation")."""
-    return name.replace("/", "_").replace("\\", "_")
+    """``name`` as one directory level: path separators become ``_`` ("w/o rotation" -> "w_o rotation"), and
+    ``:`` becomes ``-`` (a ``": "`` in ``output.dir=...`` would make the override parse as a YAML mapping)."""
+    return name.replace("/", "_").replace("\\", "_").replace(":", "-")
 
 
 class Artifacts:
@@ -330,6 +331,8 @@ def plan_runs(spec: PaperSpec, out: Path, only: Optional[List[str]] = None, tiny
                         pre = [*ds.set, *base["overrides"], *e.set, *v.set]
                         if e.sweep is not None and e.sweep.key is not None:
                             pre.append(f"{e.sweep.key}={json.dumps(x)}")
+                        if e.kind == "fair":  # scores are read at the best-valid epoch: test at every epoch end
+                            pre.append("train.epoch_end_splits=[valid,test]")
                         post = ["checkpoint.enabled=false", "output.progress_bar=false", "output.tensorboard=false",
                                 *(spec.tiny.set if tiny else [])]
                         # the same training config planned again (table2's STORE is table1's): share its run

@@ -15,12 +15,18 @@ Layout (every key checked; errors name the key path)::
     experiments:
       <name>:
         title: ...
-        kind: table | epochs | sweep        # table: mean/std per variant; epochs: test AUC per
-                                            # epoch (x = 1..train.epochs); sweep: metric vs x
+        kind: table | epochs | sweep | fair # table: mean/std per variant; epochs: test AUC per
+                                            # epoch (x = 1..train.epochs); sweep: metric vs x;
+                                            # fair: the fair protocol (store_rec.experiments.fair):
+                                            # sweep = the tuning grid every variant gets, selection
+                                            # on valid at the best-valid epoch, paired seeds vs
+                                            # `reference`; variants with `extra: true` (e.g. raw
+                                            # IDs) are reported but not a rival in the claims
         datasets: [<name>, ...]
         seeds: [0, 1, 2]
         set: [KEY=VALUE, ...]               # overrides of every run of the experiment
-        variants: {<label>: {sids: opmq|rqvae|opq|null, set: [...]}}
+        variants: {<label>: {sids: opmq|rqvae|opq|null, set: [...], extra: false}}
+        reference: <label>                  # kind fair: the model the others are compared with
         sweep: {label, key: <config key> | sids_key: num_sids|codebook_size, values: [...]}
         notes: free text copied into RESULTS.md
     tiny: {set: [...], seeds: [0], max_values: 2}   # --tiny: what CI runs
@@ -100,6 +106,7 @@ class DatasetSpec:
 class VariantSpec:
     sids: Optional[Literal["opmq", "rqvae", "opq"]] = None  # None: raw IDs (model.tokenizer=none)
     set: List[str] = field(default_factory=list)
+    extra: bool = False  # kind fair: reported, but not a rival in the claims (e.g. a raw-ID row)
 
 
 @dataclass
@@ -117,13 +124,14 @@ class SweepSpec:
 @dataclass
 class ExperimentSpec:
     title: str
-    kind: Literal["table", "epochs", "sweep"]
+    kind: Literal["table", "epochs", "sweep", "fair"]
     datasets: List[str]
     variants: Dict[str, VariantSpec]
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
     set: List[str] = field(default_factory=list)
     sweep: Optional[SweepSpec] = None
     notes: str = ""
+    reference: Optional[str] = None  # kind fair
 
     def __post_init__(self) -> None:
         check(bool(self.variants), "variants", "needs at least one variant")
@@ -131,7 +139,16 @@ class ExperimentSpec:
             check(name.strip(" ./\\") != "", f"variants[{name!r}]", "is not usable as a run directory name (only dots, slashes or spaces)")
             check(not name.startswith("."), f"variants[{name!r}]", "must not start with a dot (a hidden run directory)")
         check(bool(self.seeds), "seeds", "needs at least one seed")
-        check((self.kind == "sweep") == (self.sweep is not None), "sweep", "kind 'sweep' needs a sweep (and only it)")
+        check(self.kind == "sweep" or self.sweep is None or self.kind == "fair", "sweep",
+              "only kinds 'sweep' and 'fair' (its tuning grid) take a sweep")
+        check(self.kind != "sweep" or self.sweep is not None, "sweep", "kind 'sweep' needs a sweep")
+        if self.kind == "fair":
+            check(self.reference in self.variants, "reference",
+                  f"kind 'fair' needs the reference variant, one of {list(self.variants)}; got {self.reference!r}")
+            check(self.sweep is None or self.sweep.key is not None, "sweep.key",
+                  "the tuning grid of kind 'fair' sweeps a training-config key (not a SID shape)")
+        else:
+            check(self.reference is None, "reference", "only kind 'fair' takes a reference")
 
 
 @dataclass

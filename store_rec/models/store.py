@@ -15,14 +15,16 @@
   (SID / raw-ID features, one token each) and ``static_groups`` (lists of feature indices, one list
   per semantic group -> :class:`~store_rec.modules.rotation.OrthogonalRotation` -> K tokens). The
   dense embedding is one more token. Sequence ``X_0 = [dense, tokens..., rotated...]`` of length
-  ``L = 1 + T + K`` (``1 + T + S`` with rotation off: static features become plain tokens), then
-  ``num_layers`` post-LN blocks::
+  ``L = 1 + T + K`` (``1 + T + G`` for the fused "w/o rotation" ablation, ``1 + T + S`` with
+  ``rotation.static_tokens: per_feature``: every static feature its own token), then
+  ``num_layers`` post-LN blocks (static tokens: see ``rotation.static_tokens``)::
 
       X = LN(X + Attn(X))          # Attn = BlockSparseAttention (MoBA) or dense SDPA (vanilla)
       X = LN(X + FFN(X))           # FFN = Linear(D, ffn_dim) -> GELU -> Linear(ffn_dim, D)
 
   pooled by ``pooling="flatten"`` (``Tensor[B, L*D]``, default, like TorchRec's transformer DLRM)
-  or ``"mean"`` (``Tensor[B, D]``).
+  or ``"mean"`` (``Tensor[B, D]``), optionally followed by the pairwise dots of ``X_0``
+  (``attention.dot_features``, ``L(L-1)/2``) and the layer-0 dense token (``attention.dense_skip``).
 
 * :class:`DLRM_STORE` is built the way ``DLRM_DCN`` is: ``super().__init__`` then replace
   ``inter_arch`` and ``over_arch``; state_dict keys and ``DLRM.forward`` are DLRM's.
@@ -69,16 +71,24 @@ def make_attention(embedding_dim: int, cfg: AttentionConfig) -> nn.Module:
 class StoreLayer(nn.Module):
     """One interaction block: ``Tensor[B, L, D] -> Tensor[B, L, D]``.
 
-    ``X = LN(X + Attn(X)); X = LN(X + FFN(X))`` (post-LN, as the paper writes X_l).
+    ``X = LN(X + Attn(X)); X = LN(X + FFN(X))`` (post-LN, as the paper writes X_l). FFN is shared by
+    all positions, or one per position with ``cfg.token_ffn`` (:class:`~store_rec.modules.token_ffn.TokenFFN`).
     """
 
-    def __init__(self, embedding_dim: int, cfg: AttentionConfig) -> None:
+    def __init__(self, embedding_dim: int, cfg: AttentionConfig, seq_len: Optional[int] = None) -> None:
         super().__init__()
         self.attn = make_attention(embedding_dim, cfg)
         self.norm1 = nn.LayerNorm(embedding_dim)
-        self.ffn = nn.Sequential(
-            nn.Linear(embedding_dim, cfg.ffn_dim), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.ffn_dim, embedding_dim)
-        )
+        if cfg.token_ffn:
+            if seq_len is None:
+                raise ValueError("StoreLayer: attention.token_ffn needs seq_len (one FFN per token position)")
+            from store_rec.modules.token_ffn import TokenFFN
+
+            self.ffn: nn.Module = TokenFFN(seq_len, embedding_dim, cfg.ffn_dim, cfg.dropout)
+        else:
+            self.ffn = nn.Sequential(
+                nn.Linear(embedding_dim, cfg.ffn_dim), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.ffn_dim, embedding_dim)
+            )
         self.norm2 = nn.LayerNorm(embedding_dim)
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -97,7 +107,10 @@ class StoreInteractionArch(nn.Module):
             Default: every index not in ``static_groups``.
         static_groups: one list of feature indices per semantic group (rotation input).
             Every feature index must appear exactly once across the two arguments.
-        rotation: a :class:`RotationConfig` (``enabled=False``: static features are plain tokens).
+        rotation: a :class:`RotationConfig`. Static tokens by ``static_tokens`` x ``enabled``: fused +
+            on = K rotated copies of C; fused + off = one D-wide group-MLP token per group (the
+            paper's "w/o rotation", same token count for K = G); per_feature + on = each static
+            feature a token rotated by its group's R_k; per_feature + off = plain feature tokens.
         attention: an :class:`AttentionConfig` (type, sparsity, block size, layers, heads, ...).
         gate_indices: feature indices of the target item's tokens (a subset of ``token_indices``);
             with ``attention.gate == "item"`` and MoBA instance routing, the mean of their hidden
@@ -117,7 +130,7 @@ class StoreInteractionArch(nn.Module):
     Shapes::
 
         forward(dense_features: Tensor[B, D], sparse_features: Tensor[B, F, D]) -> Tensor[B, output_dim]
-        output_dim = L * D (pooling "flatten") or D ("mean");  L = seq_len
+        output_dim = L * D (pooling "flatten") or D ("mean"), + L(L-1)/2 (dot_features) + D (dense_skip)
     """
 
     def __init__(
@@ -167,6 +180,8 @@ class StoreInteractionArch(nn.Module):
         self.register_buffer("tokenize_index", torch.tensor(online, dtype=torch.long), persistent=False)
         n_sid = len(online) * (sid_tokenizer.num_sids if sid_tokenizer is not None else 0)
         self.use_rotation = bool(rotation.enabled and groups)
+        self.static_tokens = rotation.static_tokens
+        self.group_tokens: Optional[nn.Module] = None
         if self.use_rotation:
             self.register_buffer("token_index", torch.tensor(tokens, dtype=torch.long), persistent=False)
             self.register_buffer("static_index", torch.tensor(grouped, dtype=torch.long), persistent=False)
@@ -176,9 +191,19 @@ class StoreInteractionArch(nn.Module):
                 num_rotations=rotation.num_rotations,
                 mlp_hidden=rotation.mlp_hidden,
                 method=rotation.method,
+                static_tokens=rotation.static_tokens,
             )
-            n_rot = self.rotation.num_rotations
-        else:
+            n_rot = self.rotation.num_tokens
+        elif groups and rotation.static_tokens == "fused":
+            # the paper's "w/o rotation" (Table 2): same group MLPs, one D-wide token per group
+            from store_rec.modules.group_tokens import GroupTokens
+
+            self.register_buffer("token_index", torch.tensor(tokens, dtype=torch.long), persistent=False)
+            self.register_buffer("static_index", torch.tensor(grouped, dtype=torch.long), persistent=False)
+            self.rotation = None
+            self.group_tokens = GroupTokens(D, [len(g) for g in groups], mlp_hidden=rotation.mlp_hidden)
+            n_rot = self.group_tokens.num_tokens
+        else:  # per_feature without rotation (or no static groups): static features are plain tokens
             self.register_buffer("token_index", torch.tensor(tokens + grouped, dtype=torch.long), persistent=False)
             self.register_buffer("static_index", torch.zeros(0, dtype=torch.long), persistent=False)
             self.rotation = None
@@ -201,8 +226,15 @@ class StoreInteractionArch(nn.Module):
                 p = seq_of[int(i)]
                 gate_pos.extend(p if isinstance(p, range) else [p])
         self.register_buffer("gate_pos", torch.tensor(gate_pos, dtype=torch.long), persistent=False)
-        self.layers = nn.ModuleList(StoreLayer(D, attention) for _ in range(attention.num_layers))
-        self.output_dim = self.seq_len * D if self.pooling == "flatten" else D
+        self.layers = nn.ModuleList(StoreLayer(D, attention, self.seq_len) for _ in range(attention.num_layers))
+        self.dots: Optional[nn.Module] = None
+        if attention.dot_features:
+            from store_rec.modules.pairwise import PairwiseDot
+
+            self.dots = PairwiseDot(self.seq_len)
+        self.dense_skip = bool(attention.dense_skip)
+        self.output_dim = ((self.seq_len * D if self.pooling == "flatten" else D)
+                           + (self.dots.output_dim if self.dots is not None else 0) + (D if self.dense_skip else 0))
 
     def tokens(self, dense_features: torch.Tensor, sparse_features: torch.Tensor) -> torch.Tensor:
         """The layer-1 input ``X_0: Tensor[B, L, D]`` = [dense, tokens..., rotated...]."""
@@ -229,20 +261,29 @@ class StoreInteractionArch(nn.Module):
             parts.append(sid_tokens)
         if self.rotation is not None:
             parts.append(self.rotation(sparse_features.index_select(1, self.static_index)))
+        if self.group_tokens is not None:
+            parts.append(self.group_tokens(sparse_features.index_select(1, self.static_index)))
         return torch.cat(parts, dim=1), sid_losses
 
     def forward(
         self, dense_features: torch.Tensor, sparse_features: torch.Tensor, return_losses: bool = False
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]]:
         """``dense_features: Tensor[B, D], sparse_features: Tensor[B, F, D] -> Tensor[B, output_dim]``
-        (TorchRec's interaction-arch contract). With ``return_losses=True``: ``(Tensor[B, output_dim],
-        losses)``, the online tokenizer's losses of this batch (``Tensor[]`` each, weighted by the
-        tokenizer's own weights) in :meth:`sid_loss_names` order (see :meth:`interact`)."""
-        x, sid_losses = self._tokens(dense_features, sparse_features)
+        (TorchRec's interaction-arch contract). Output = ``[pooled X_L, dots(X_0) (dot_features),
+        X_0[:, 0] (dense_skip)]``. With ``return_losses=True``: ``(Tensor[B, output_dim], losses)``, the
+        online tokenizer's losses of this batch (``Tensor[]`` each, weighted by the tokenizer's own
+        weights) in :meth:`sid_loss_names` order (see :meth:`interact`)."""
+        x0, sid_losses = self._tokens(dense_features, sparse_features)
+        x = x0
         for layer in self.layers:
             gate = x.index_select(1, self.gate_pos).mean(dim=1) if self.gate_pos.numel() else None
             x = layer(x, gate)
-        y = x.flatten(1) if self.pooling == "flatten" else x.mean(dim=1)
+        out = [x.flatten(1) if self.pooling == "flatten" else x.mean(dim=1)]
+        if self.dots is not None:
+            out.append(self.dots(x0))
+        if self.dense_skip:
+            out.append(x0[:, 0])
+        y = torch.cat(out, dim=1) if len(out) > 1 else out[0]
         return (y, sid_losses) if return_losses else y
 
     def interact(self, dense_features: torch.Tensor, sparse_features: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:

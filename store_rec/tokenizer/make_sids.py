@@ -4,12 +4,15 @@ process (the experiments runner calls it directly; the data-parallel version is
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from store_rec.errors import UserError
 from store_rec.fileio import PathLike
+
+logger = logging.getLogger(__name__)
 
 
 def check_tokenize_outputs(out: PathLike, *, report: Optional[PathLike] = None, save_model: Optional[PathLike] = None,
@@ -50,7 +53,7 @@ def make_sid_table(embeddings: PathLike, out: PathLike, *, method: str, num_sids
 
     from store_rec.data.sid_table import write_sid_table
     from store_rec.fileio import atomic_write_json
-    from store_rec.tokenizer.embeddings import load_item_embeddings
+    from store_rec.tokenizer.embeddings import load_item_embeddings, load_trained_mask
     from store_rec.tokenizer.report import tokenizer_report
     from store_rec.tokenizer.train import build_tokenizer, load_tokenize_spec, train_tokenizer
 
@@ -60,6 +63,18 @@ def make_sid_table(embeddings: PathLike, out: PathLike, *, method: str, num_sids
                               seed=seed)
     item_ids, emb_np, feature = load_item_embeddings(embeddings, ids_path=ids, positional_ids=positional_ids,
                                                      expected_dim=dim, data_dir=data, item_feature=item_feature)
+    trained = load_trained_mask(embeddings)
+    n_untrained = 0
+    if trained is not None:
+        if len(trained) != len(item_ids):
+            raise UserError(f"{embeddings}: 'trained' column has {len(trained)} rows for {len(item_ids)} items")
+        n_untrained = int((~trained).sum())
+        if n_untrained:
+            logger.warning("%s: %d of %d items have an untrained (initial) embedding; they are not tokenized and get "
+                           "the OOV SID", embeddings, n_untrained, len(item_ids))
+            item_ids, emb_np = item_ids[trained], emb_np[trained]
+        if len(item_ids) == 0:
+            raise UserError(f"{embeddings}: no item has a trained embedding ('trained' column all false)")
     n, d = emb_np.shape
     if codebook_size > n:
         raise UserError(f"--codebook-size {codebook_size} > number of items {n} in {embeddings}: "
@@ -89,7 +104,10 @@ def make_sid_table(embeddings: PathLike, out: PathLike, *, method: str, num_sids
         save_tokenizer(save_model, model, method)
     write_sid_table(out, item_ids, codes.numpy(), method=method, codebook_size=codebook_size, item_feature=feature,
                     dedup=dedup)
-    rep.update({"method": method, "item_feature": feature, "embedding_dim": d, "train_seconds": train_s,
+    for w in rep.get("warnings", []):
+        logger.warning("%s", w)
+    rep.update({"untrained_items": n_untrained, "oov_sid_items": n_untrained, "method": method,
+                "item_feature": feature, "embedding_dim": d, "train_seconds": train_s,
                 "config": spec.raw, "embeddings": str(embeddings),
                 "history": {k: v for k, v in history.items() if k != "step"}})
     if report:

@@ -80,7 +80,10 @@ def pretrain_embeddings(out: PathLike, cfg: Any, *, data: Optional[PathLike] = N
         ids, unseen = seqs.catalog(), 0
     meta = {"dim": cfg.dim, "item_feature": seqs.item_feature, "source": "sasrec", "num_items": seqs.num_items,
             "input": str(data or sequences)}
-    save_embeddings(out, ids, res.embeddings[ids], meta)
+    import numpy as np
+
+    # rows never trained (ids in no sequence) are marked, so tokenize gives them the OOV SID
+    save_embeddings(out, ids, res.embeddings[ids], meta, trained=np.isin(ids, seqs.catalog()))
     sas, pop = res.metrics["sasrec_test"]["ndcg@10"], res.metrics["popularity_test"]["ndcg@10"]
     report = {"metrics": res.metrics, "beats_popularity": res.beats_popularity, "beats_chance": res.beats_chance,
               "worse_than_chance": res.worse_than_chance,
