@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the single source: pyproject.toml reads it (tool.setuptools.dynamic)
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -35,6 +35,15 @@ def __getattr__(name: str) -> Any:
     mod = _EXPORTS.get(name)
     if mod is None:
         raise AttributeError(f"module 'store_rec' has no attribute {name!r}")
-    value = getattr(importlib.import_module(mod), name)
+    try:
+        module = importlib.import_module(mod)
+    except (ImportError, OSError) as e:  # fbgemm's missing .so is an OSError
+        from store_rec.stack import StackError, diagnose
+
+        msg = diagnose(e)
+        if msg is None:
+            raise
+        raise StackError(f"store_rec.{name}: {msg}") from e
+    value = getattr(module, name)
     globals()[name] = value
     return value

@@ -181,9 +181,11 @@ def deep_merge(base: Dict[str, Any], update: Mapping[str, Any]) -> Dict[str, Any
 
 def load_yaml(path: os.PathLike) -> Dict[str, Any]:
     """Read a YAML mapping; errors name the file."""
-    p = Path(path)
+    from store_rec.presets import not_found_hint, resolve_config
+
+    p = resolve_config(path)  # an existing file, else the shipped config it names (store_rec/configs)
     if not p.exists():
-        raise ConfigError(f"{p}: config file not found")
+        raise ConfigError(f"{p}: config file not found ({not_found_hint()})")
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:

@@ -69,6 +69,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             msg = str(e.args[0])
         print(f"store-rec {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except (ImportError, OSError) as e:  # a broken torch/fbgemm/torchrec install: say which package to fix
+        from store_rec.stack import diagnose
+
+        msg = diagnose(e)
+        if msg is None:
+            raise
+        print(f"store-rec {args.command}: error: {msg}", file=sys.stderr)
+        return 2
     return int(rc or 0)
 
 
