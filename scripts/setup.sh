@@ -72,9 +72,11 @@ fi
 # kubernetes: torchx's kubernetes scheduler (dry runs are tested); urllib3<1.27 is torchx 0.7.0's pin
 pip_ pyarrow numpy pyyaml matplotlib tensorboard pytest kubernetes "urllib3<1.27"
 if [ "$EDITABLE" = "1" ]; then
+  # the lint + type gate (scripts/lint.sh), pinned so a new release cannot break CI
+  pip_ "ruff==0.17.6" "mypy==2.4.1"
   pip_ --no-deps -e "$here"
 else
-  pip_ --no-deps "$here"
+  pip_ --no-deps "$here"   # an image / deployment: no dev tools
 fi
 if [ "$VARIANT" = "cuda" ]; then
   "$VENV/bin/python" - <<'PYEOF'

@@ -3,8 +3,6 @@ baseline train end to end; sharded forward == unsharded forward; distributed AUC
 AUC; a rank killed mid-training restarts, resumes from the checkpoint and reaches the same metrics."""
 
 import json
-import os
-import uuid
 from pathlib import Path
 
 import pytest
@@ -16,12 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _launch(fn, args, tmp: Path, max_restarts: int = 0):
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    from store_rec.distributed.local_launch import launch_local
 
-    cfg = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, run_id=str(uuid.uuid4()), rdzv_backend="c10d",
-                       rdzv_endpoint=str(tmp / f"rdzv-{uuid.uuid4().hex}"), rdzv_configs={"store_type": "file"},
-                       start_method="spawn", max_restarts=max_restarts, monitor_interval=0.2)
-    return elastic_launch(cfg, fn)(*args)
+    return launch_local(fn, args, nproc=2, max_restarts=max_restarts)
 
 
 @pytest.fixture(scope="module")
@@ -294,7 +289,7 @@ def test_tokenizer_switch_must_match_the_sid_table(tmp_path):
     import numpy as np
 
     from store_rec.errors import UserError
-    from store_rec.tokenizer.sid_table import write_sid_table
+    from store_rec.data.sid_table import write_sid_table
     from store_rec.train.app import check_sid_table_method
 
     path = tmp_path / "sids.parquet"

@@ -7,7 +7,6 @@ Files are written to a temp name and renamed, so a crashed benchmark leaves no p
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
