@@ -23,7 +23,6 @@ import dataclasses
 import os
 import types
 import typing
-from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 import yaml
@@ -179,7 +178,7 @@ def deep_merge(base: Dict[str, Any], update: Mapping[str, Any]) -> Dict[str, Any
     return out
 
 
-def load_yaml(path: os.PathLike) -> Dict[str, Any]:
+def load_yaml(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     """Read a YAML mapping; errors name the file."""
     from store_rec.presets import not_found_hint, resolve_config
 

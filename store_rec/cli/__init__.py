@@ -72,10 +72,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (ImportError, OSError) as e:  # a broken torch/fbgemm/torchrec install: say which package to fix
         from store_rec.stack import diagnose
 
-        msg = diagnose(e)
-        if msg is None:
+        fix = diagnose(e)
+        if fix is None:
             raise
-        print(f"store-rec {args.command}: error: {msg}", file=sys.stderr)
+        print(f"store-rec {args.command}: error: {fix}", file=sys.stderr)
         return 2
     return int(rc or 0)
 
