@@ -129,7 +129,8 @@ def _train_one(kind: str, steps: int):
     losses = []
     while True:
         try:
-            loss, _logits, _labels = pipeline.progress(it)
+            out = pipeline.progress(it)  # RankingTrain: a TrainOutput; TorchRec's DLRMTrain: (loss, logits, labels)
+            loss = out.losses["bce"] if kind == "store_model" else out[0]
         except StopIteration:
             break
         losses.append(float(loss))

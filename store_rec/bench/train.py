@@ -12,7 +12,7 @@ from a SID table) plus the synthetic dataset's other id and static features, so 
 at the same token count as STORE (``seq_len`` column; STORE rotates the static groups into one
 token each). The SID table holds seeded random codes: this suite measures speed, not accuracy.
 
-Each (world size, model) is a real run of the training app (``store_rec.train.app.run``: sharded
+Each (world size, model) is a real run of the training app (``store_rec.train.trainer.run``: sharded
 EBCs, fused sparse optimizer, ``TrainPipelineSparseDist``) launched with :func:`store_rec.distributed.local_launch.launch_local` on
 ``--world-sizes`` local gloo ranks for ``--steps`` steps; ``samples_per_s`` is the app's own figure
 (train samples over the slowest rank's train time, evals excluded) and ``tflops_per_batch`` the
@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _worker(overrides: List[str], threads: int) -> Dict[str, Any]:
     import torch
 
-    from store_rec.train.app import run
+    from store_rec.train.trainer import run
     from store_rec.train.config import load_train_config
 
     torch.set_num_threads(threads)
