@@ -41,7 +41,7 @@ def _gpu_worker(overrides, metrics_out):
     import torch.distributed as dist
 
     from store_rec.distributed.env import init_distributed
-    from store_rec.train.app import run
+    from store_rec.train.trainer import run
     from store_rec.train.config import load_train_config
 
     env = init_distributed()  # the app below uses this group as it is
