@@ -273,3 +273,18 @@ def test_dlrm_store_train_two_rank_pipeline_full_objective():
     # the dense parameters stay replicated (DDP): both ranks hold the same rotation after every step
     for a, b in zip(res[0]["rot"], res[1]["rot"]):
         torch.testing.assert_close(a, b)
+
+
+def test_shipped_dropin_example_runs(capsys):
+    """``python -m store_rec.examples.dropin_dlrm`` (shipped in the wheel): DLRM_STORE + DLRMStoreTrain + DMP +
+    TrainPipelineSparseDist + alternating_optimizer, one process."""
+    import json
+
+    from store_rec.examples.dropin_dlrm import main
+
+    assert main(["--steps", "5", "--log-every", "1"]) == 0
+    recs = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["step"] for r in recs] == [0, 1, 2, 3, 4]
+    assert [r["stepped"] for r in recs] == ["main"] * 4 + ["rotation"]  # "4:1"
+    for r in recs:
+        assert r["diversity"] < 0 and abs(r["loss"] - (r["bce"] + 0.1 * r["diversity"])) < 1e-4
