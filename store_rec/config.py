@@ -23,7 +23,6 @@ import dataclasses
 import os
 import types
 import typing
-from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 import yaml
@@ -209,12 +208,15 @@ class UniqueKeyLoader(yaml.SafeLoader):
 UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, UniqueKeyLoader.construct_mapping)
 
 
-def load_yaml(path: os.PathLike) -> Dict[str, Any]:
+def load_yaml(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     """Read a YAML mapping; errors name the file (missing, a directory, not UTF-8, not YAML, a key given
-    twice in one mapping, not a mapping)."""
-    p = Path(path)
+    twice in one mapping, not a mapping). ``path``: an existing file, else the shipped config it names
+    (``store_rec/configs``)."""
+    from store_rec.presets import not_found_hint, resolve_config
+
+    p = resolve_config(path)
     if not p.exists():
-        raise ConfigError(f"{p}: config file not found")
+        raise ConfigError(f"{p}: config file not found ({not_found_hint()})")
     if p.is_dir():
         raise ConfigError(f"{p}: is a directory; expected a YAML config file")
     try:

@@ -87,6 +87,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Terminated as e:
         print(f"store-rec {args.command}: {e}; outputs in progress were removed", file=sys.stderr)
         return 128 + e.signum
+    except (ImportError, OSError) as e:  # a broken torch/fbgemm/torchrec install: say which package to fix
+        from store_rec.stack import diagnose
+
+        fix = diagnose(e)
+        if fix is None:
+            raise
+        print(f"store-rec {args.command}: error: {fix}", file=sys.stderr)
+        return 2
     finally:
         restore()
     return int(rc or 0)

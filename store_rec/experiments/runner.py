@@ -96,7 +96,9 @@ def sha256_file(path: Path) -> str:
 
 def base_config_sha256(base: str, config: Optional[str] = None) -> str:
     """sha256 of the base training config's content (what run.json records)."""
-    p = Path(base)
+    from store_rec.presets import resolve_config
+
+    p = resolve_config(base)  # a file, else the shipped config it names (configs/experiments/base.yaml)
     if not p.is_file():
         raise UserError(f"{config or 'experiments config'}: base: training config {base} not found")
     return sha256_file(p)

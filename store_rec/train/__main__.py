@@ -64,6 +64,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         msg = str(e.args[0]) if isinstance(e, KeyError) and len(e.args) == 1 else str(e)
         print(f"store-rec train: error: {msg}", file=sys.stderr)
         return 2
+    except (ImportError, OSError) as e:  # a broken torch/fbgemm/torchrec install: say which package to fix
+        from store_rec.stack import diagnose
+
+        fix = diagnose(e)
+        if fix is None:
+            raise
+        print(f"store-rec train: error: {fix}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

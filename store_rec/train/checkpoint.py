@@ -3,8 +3,11 @@
 Layout (``torch.distributed.checkpoint``): ``<checkpoint.dir>/step-N`` holds the DMP state dict
 (sharded tables + dense parameters) and the fused optimizer state (DCP, sharded), plus one
 ``extra-rank<r>.pt`` per rank (dense/rotation optimizer states, loader position, RNG states, step,
-epoch, early-stop state: :meth:`store_rec.train.trainer.Trainer.extra_state`) and the marker
-:data:`MARKER`. Written into ``step-N.tmp`` and renamed when every rank is done.
+epoch, steps per epoch, early-stop state: :meth:`store_rec.train.trainer.Trainer.extra_state`) and
+the marker :data:`MARKER`. Written into ``step-N.tmp`` and renamed when every rank is done.
+
+A checkpoint resumes on any world size (:func:`load_checkpoint`, :func:`map_position`): DCP reshards the
+tables, dense parameters and fused optimizer state; the loop position is mapped to the new world size.
 
 Safety rules (issue 11):
 
@@ -231,6 +234,15 @@ def non_finite_tensors(state: Any) -> int:
     return bad
 
 
+def reseed(seed: int, step: int, rank: int) -> None:
+    """Fresh torch / numpy / python RNG states for ``rank`` at ``step`` (an elastic resume: the saved
+    per-rank states belong to another set of ranks)."""
+    s = (int(seed) * 1_000_003 + int(step) * 1009 + int(rank)) % (2**31 - 1)
+    torch.manual_seed(s)
+    np.random.seed(s)
+    random.seed(s)
+
+
 def save_checkpoint(root: Path, step: int, model: nn.Module, extra: Dict[str, Any], env: DistEnv, keep: int) -> Path:
     """Write ``root/step-<step>`` atomically (``.tmp`` then rename by rank 0 after a barrier); keep the
     newest ``keep`` (only directories with :data:`MARKER` are ever removed).
@@ -325,21 +337,38 @@ def _load_extra(path: Path, rank: int) -> Dict[str, Any]:
     return extra
 
 
+def saved_world_size(path: Path) -> int:
+    """The world size of the job that wrote checkpoint ``path``: its manifest's, else one
+    ``extra-rank<r>.pt`` per rank."""
+    ws = checkpoint_world_size(path)
+    if ws is not None:
+        return ws
+    n = len(list(path.glob("extra-rank*.pt")))
+    if n == 0:
+        raise CheckpointError(f"{path}: no extra-rank<r>.pt files: not a complete store_rec checkpoint")
+    return n
+
+
 def load_checkpoint(path: Path, model: nn.Module, env: DistEnv, cfg: TrainConfig) -> Dict[str, Any]:
     """Load ``path`` into ``model`` (tables, dense parameters, fused optimizer); return this rank's extras.
 
-    Refuses (UserError) a checkpoint of another world size or of an incompatible config
-    (:func:`check_resume_config`) before any tensor is read; every rank's extras are read first and
-    the ranks agree that all of them could be (a :class:`CheckpointError` on every rank otherwise)."""
+    Refuses (UserError) a checkpoint of an incompatible config (:func:`check_resume_config`) before any
+    tensor is read; every rank's extras are read first (``weights_only=True``) and the ranks agree that
+    all of them could be (a :class:`CheckpointError` on every rank otherwise).
+
+    **Elastic:** the checkpoint may come from another world size. DCP reshards what it holds -- the
+    embedding tables and their fused optimizer state (row-wise Adagrad moments) into this job's sharding
+    plan, the dense parameters (replicated) onto every rank. The per-rank extras (dense / rotation
+    optimizer state, identical on every rank under DDP; loop position; RNG) come from rank
+    ``rank % saved_world_size``; the caller maps the loop position with :func:`map_position`. The
+    returned dict has ``"saved_world_size"``."""
     import torch.distributed.checkpoint as dcp
 
-    ws = checkpoint_world_size(path)
-    if ws is not None and ws != env.world_size:
-        raise UserError(f"{path}: written by a job with world size {ws}, this job has {env.world_size}")
+    saved = saved_world_size(path)
     err: Optional[CheckpointError] = None
     extra: Dict[str, Any] = {}
     try:
-        extra = _load_extra(path, env.rank)
+        extra = _load_extra(path, env.rank % saved)
     except CheckpointError as e:
         err = e
     failed = torch.tensor([1 if err is not None else 0], dtype=torch.long)
@@ -348,20 +377,26 @@ def load_checkpoint(path: Path, model: nn.Module, env: DistEnv, cfg: TrainConfig
         raise err
     if int(failed):
         raise CheckpointError(f"{path}: another rank could not read its extras file")
-    if extra.get("world_size") != env.world_size:
-        raise UserError(f"{path}: written with world_size {extra.get('world_size')}, this job has {env.world_size}")
     check_resume_config(path, extra["config"], cfg)
+    if saved != env.world_size:
+        check_dense_params(path, extra.get("dense_params"), dense_param_names(model))
+        if "steps_per_epoch" not in extra:
+            raise UserError(f"{path}: written with world_size {saved} by a store_rec without elastic resume (no "
+                            f"steps_per_epoch recorded); resume it with {saved} ranks")
+        logger.info("elastic resume: %s was written by %d rank(s), this job has %d: resharding tables, dense parameters "
+                    "and optimizer state", path, saved, env.world_size)
     state = {"model": model.state_dict(), "fused_optim": model.fused_optimizer.state_dict()}
     dcp.load(state, checkpoint_id=str(path))
     model.load_state_dict(state["model"])
     model.fused_optimizer.load_state_dict(state["fused_optim"])
+    extra["saved_world_size"] = saved
     return extra
 
 
 def load_latest_checkpoint(root: Path, model: nn.Module, env: DistEnv, cfg: TrainConfig) -> Tuple[Optional[Path], Dict[str, Any]]:
     """Load the newest checkpoint under ``root`` that verifies and loads; a corrupt one (bad manifest,
     missing or truncated file, unreadable extras) is reported and the next older one tried.
-    ``(None, {})`` when there is none. World-size and config mismatches are errors, not skipped."""
+    ``(None, {})`` when there is none. Config mismatches are errors, not skipped (another world size is resumed elastically)."""
     for _, p in reversed(_step_dirs(root, marked_only=False)):
         why = verify_checkpoint(p)
         if why is None:
@@ -372,3 +407,46 @@ def load_latest_checkpoint(root: Path, model: nn.Module, env: DistEnv, cfg: Trai
         if env.rank == 0:
             logger.warning("checkpoint %s is not usable (%s); falling back to an older one", p, why)
     return None, {}
+
+
+def dense_param_names(model: nn.Module) -> List[str]:
+    """Names of the parameters the dense optimizer owns (no in-backward optimizer), wrapper prefixes removed:
+    what a checkpoint's dense optimizer state is indexed by."""
+    from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+    return [_strip_wrappers(n) for n, _ in in_backward_optimizer_filter(model.named_parameters())]
+
+
+def _strip_wrappers(name: str) -> str:
+    return ".".join(p for p in name.split(".") if p not in ("_dmp_wrapped_module", "module"))
+
+
+def check_dense_params(path: Path, saved: Optional[List[str]], now: List[str]) -> None:
+    """UserError when the dense optimizer's parameters differ between the checkpoint and this job (its state
+    is by position): a table that is data-parallel (dense optimizer) at one world size and sharded (fused
+    optimizer) at the other."""
+    if saved is None or list(saved) == list(now):
+        return
+    only_saved, only_now = sorted(set(saved) - set(now)), sorted(set(now) - set(saved))
+    raise UserError(f"{path}: the dense optimizer's parameters differ at this world size (only in the checkpoint: "
+                    f"{only_saved[:5]}, only now: {only_now[:5]}); a table changed between data_parallel and a sharded "
+                    f"type: pin the tables' sharding (sharding.sharding_types / sharding.tables / --plan) for both world sizes")
+
+
+def map_position(extra: Mapping[str, Any], steps_per_epoch: int, world_size: int) -> Tuple[int, int, int]:
+    """``(step, epoch, pos)`` of checkpoint ``extra`` in the units of this job (``world_size`` ranks,
+    ``steps_per_epoch`` batches per epoch).
+
+    Same world size: as saved. Another one: the checkpoint stopped ``pos`` of ``S_old`` batches into epoch
+    ``epoch``; the resumed job continues at the same share of that epoch, ``pos' = round(pos * S_new /
+    S_old)`` of its ``S_new = steps_per_epoch`` batches, and its step counter at ``epoch * S_new + pos'``
+    (the loop's invariant ``step = epoch * S + pos``): the number of samples trained is kept, so the LR
+    schedule and the epoch count continue where they were. The rows of the interrupted epoch are
+    re-partitioned over the new ranks, so the rest of that epoch is the same share of the data but not
+    exactly the rows the old ranks had left (later epochs are exact)."""
+    step, epoch, pos = int(extra["step"]), int(extra["epoch"]), int(extra["pos"])
+    old = extra.get("steps_per_epoch")
+    if int(extra["world_size"]) == int(world_size) or old is None:
+        return step, epoch, pos
+    new_pos = min(int(steps_per_epoch), int(round(pos * steps_per_epoch / int(old))))
+    return epoch * int(steps_per_epoch) + new_pos, epoch, new_pos

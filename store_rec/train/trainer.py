@@ -59,8 +59,9 @@ from store_rec.distributed.env import SHARED_STORE_ENV, DistEnv, init_distribute
 from store_rec.fileio import atomic_write_json
 from store_rec.models.ranking import RankingTrain, TrainOutput
 from store_rec.errors import UserError
-from store_rec.train.checkpoint import (check_fresh_start, clear_checkpoints, existing_checkpoints, load_latest_checkpoint, rng_state,
-                                        save_checkpoint, set_rng_state)
+from store_rec.train.checkpoint import (check_fresh_start, clear_checkpoints, dense_param_names, existing_checkpoints,
+                                        load_latest_checkpoint, map_position, reseed, rng_state, save_checkpoint,
+                                        set_rng_state)
 from store_rec.train.config import TrainConfig
 from store_rec.train.data import check_sid_table_method, make_loader, prepare_data
 from store_rec.train.evaluate import evaluate, improves_on_best
@@ -150,7 +151,9 @@ class Trainer:
         self.step, self.epoch, self.pos = 0, 0, 0
         self.best: Optional[Dict[str, Any]] = None
         self.bad_evals, self.train_time, self.train_samples = 0, 0.0, 0
-        self.resumed_from: Optional[int] = None
+        self.resumed_from: Optional[int] = None  # the step this run continued at (in its own step units)
+        self.resumed_checkpoint_step: Optional[int] = None  # that checkpoint's step (in the units of its writer)
+        self.resumed_from_world_size: Optional[int] = None  # set when the checkpoint came from another world size
         self.last_eval: Dict[str, Dict[str, Any]] = {}  # split -> its newest eval record
         self.loss_sum, self.loss_n = self._zero_loss(), 0
         self.first_bad = torch.full((), NO_BAD_STEP, dtype=torch.long, device=env.device)
@@ -170,12 +173,21 @@ class Trainer:
             latest, extra = load_latest_checkpoint(self.ck_root, self.dmp, env, self.cfg)
             if latest is not None:
                 self.optimizer.load_state_dict(extra["optimizer"])
-                self.step, self.epoch, self.pos = extra["step"], extra["epoch"], extra["pos"]
+                self.step, self.epoch, self.pos = map_position(extra, self.steps_per_epoch, env.world_size)
                 self.best, self.bad_evals = extra["best"], extra["bad_evals"]
                 self.train_time, self.train_samples = extra["train_time"], extra["train_samples"]
-                set_rng_state(extra["rng"])
-                self.resumed_from = self.step
-                logger.info("resumed from %s (step %d, epoch %d, batch %d)", latest, self.step, self.epoch, self.pos)
+                self.resumed_from, self.resumed_checkpoint_step = self.step, int(extra["step"])
+                if extra["saved_world_size"] == env.world_size:
+                    set_rng_state(extra["rng"])
+                    logger.info("resumed from %s (step %d, epoch %d, batch %d)", latest, self.step, self.epoch, self.pos)
+                else:  # elastic: per-rank states of another world; samples per rank scale with 1 / world size
+                    self.train_samples = int(round(self.train_samples * extra["saved_world_size"] / env.world_size))
+                    reseed(self.cfg.train.seed, self.step, env.rank)
+                    self.resumed_from_world_size = int(extra["saved_world_size"])
+                    logger.info("resumed from %s written by %d rank(s) at step %d (epoch %d, batch %d of %d): continuing "
+                                "on %d rank(s) at step %d (batch %d of %d)", latest, extra["saved_world_size"], extra["step"],
+                                self.epoch, extra["pos"], extra["steps_per_epoch"], env.world_size, self.step, self.pos,
+                                self.steps_per_epoch)
             elif existing_checkpoints(self.ck_root):
                 raise UserError(f"{self.ck_root}: no usable checkpoint to resume from (each one's problem is logged above); "
                                 "to start from scratch instead, run without --resume and with --overwrite-checkpoints")
@@ -194,6 +206,7 @@ class Trainer:
         return {"step": self.step, "epoch": self.epoch, "pos": self.pos, "optimizer": self.optimizer.state_dict(),
                 "best": self.best, "bad_evals": self.bad_evals, "train_time": self.train_time,
                 "train_samples": self.train_samples, "rng": rng_state(), "world_size": self.env.world_size,
+                "steps_per_epoch": self.steps_per_epoch, "dense_params": dense_param_names(self.dmp),
                 "config": to_dict(self.cfg)}
 
     # ------------------------------------------------------------------ metrics
@@ -233,7 +246,8 @@ class Trainer:
 
         cfg = self.cfg
         self.restore(resume, overwrite_checkpoints)
-        self.recorder = Recorder(cfg, self.env, self.resumed_from)
+        # metrics.jsonl keeps the records up to the checkpoint's step (in the writer's step units)
+        self.recorder = Recorder(cfg, self.env, self.resumed_checkpoint_step)
         pbar = tqdm(total=self.total, initial=self.step, desc="train",
                     disable=not (self.env.rank == 0 and cfg.output.progress_bar), dynamic_ncols=True)
         stop = self.step >= self.total
@@ -365,7 +379,9 @@ class Trainer:
             "batch_size_per_rank": cfg.data.batch_size, "global_batch_size": self.global_batch_size,
             "best_valid": self.best,
             "final": {s: {k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in r.items()} for s, r in final.items()},
-            "resumed_from_step": self.resumed_from, "train_time_s": self.train_time, "train_samples": self.train_samples,
+            "resumed_from_step": self.resumed_from, "resumed_from_world_size": self.resumed_from_world_size,
+            "resumed_checkpoint_step": self.resumed_checkpoint_step,
+            "train_time_s": self.train_time, "train_samples": self.train_samples,
             # max |R^T R - I| over every rotation matrix after training (None without rotation)
             "rotation_orthogonality_error": max((m.orthogonality_error() for m in rotation_modules(self.dmp)), default=None),
         }
