@@ -136,6 +136,15 @@ STAGES: Dict[str, Callable[[Callable[[], Any], int], List[Dict[str, float]]]] = 
 
 
 def plot(records: List[Dict[str, Any]], path: Path) -> None:
+    """:func:`figure` saved as PNG at ``path``."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(records)
+    fig.savefig(path, format="png", dpi=120)
+    plt.close(fig)
+
+
+def figure(records: List[Dict[str, Any]]) -> Any:
     """One bar per (stage, mode) per schema on a log axis (loader ~1e6/s and train step ~1e4/s differ by
     decades), each bar labelled with its value, the 200k/s target dashed, the loader headroom in the title."""
     import matplotlib.pyplot as plt
@@ -175,8 +184,7 @@ def plot(records: List[Dict[str, Any]], path: Path) -> None:
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper right", ncol=2)
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=120)
-    plt.close(fig)
+    return fig
 
 
 def _si(v: float) -> str:
