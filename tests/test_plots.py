@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from store_rec.cli import main
 
 SWEEP = {
@@ -84,3 +86,42 @@ def test_bench_data_plot_is_log_scaled_with_every_bar_labelled():
         assert "loader (shuffled) / train step: s 94x" in ax.get_title()
     finally:
         plt.close(fig)
+
+
+def test_plan_warns_on_imbalance_shows_no_plan_runs_and_replots(tmp_path, capsys):
+    """3 tables table-wise on 8 / 16 ranks: most ranks hold nothing (HBM max/mean 6.6x, 13.3x) -> WARNING;
+    row_wise is balanced -> none; data_parallel + fused has no plan -> kept as a run, drawn as such."""
+    out = tmp_path / "plan"
+    argv = ["plan", "--synthetic-tables", "3", "--rows-scale", "0.001", "--topology", "h100x8", "--world-sizes", "8,16",
+            "--strategy", "table_wise,data_parallel,row_wise", "--kernel", "fused", "--out", str(out)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    warned = sorted(line.split("]")[0][1:] for line in text.splitlines() if "WARNING" in line)
+    assert warned == ["ws16_table_wise", "ws8_table_wise"]
+    assert "HBM 6.6x the mean on one rank" in text and "(> --imbalance-warn 2)" in text
+    payload = json.loads((out / "comparison.json").read_text())
+    assert payload["meta"]["topology"] == "h100x8" and payload["meta"]["num_tables"] == 3
+    assert payload["meta"]["description"] == "3 synthetic tables (1.81 M rows)"
+    status = {(r["world_size"], r["strategy"]): r["status"] for r in payload["records"]}
+    assert status[(8, "data_parallel")].startswith("no plan") and status[(16, "row_wise")] == "ok"
+    assert len(payload["ranks"]["ws16_row_wise"]["hbm_gb"]) == 16 and "ws8_data_parallel" not in payload["ranks"]
+    hbm = payload["ranks"]["ws8_table_wise"]["hbm_gb"]
+    rec = next(r for r in payload["records"] if (r["world_size"], r["strategy"]) == (8, "table_wise"))
+    assert rec["hbm_imbalance"] == pytest.approx(max(hbm) / (sum(hbm) / 8), rel=1e-3)  # the plotted per-rank data
+    assert "3 synthetic tables" in (out / "comparison.md").read_text().splitlines()[0]  # title names what was planned
+    for png in ("step_time.png", "peak_memory.png", "rank_memory.png"):
+        (out / png).unlink()
+    assert main(["plan", "--replot", str(out)]) == 0
+    assert all((out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for png in ("step_time.png", "peak_memory.png", "rank_memory.png"))
+    # a higher threshold silences it; a threshold <= 1 is refused
+    assert main([*argv[:-2], "--imbalance-warn", "20", "--out", str(tmp_path / "p2")]) == 0
+    assert "WARNING" not in capsys.readouterr().out
+    assert main([*argv, "--imbalance-warn", "1"]) == 2
+
+
+def test_imbalance_warning_text():
+    from store_rec.cli.plan import imbalance_warnings
+
+    rec = {"hbm_imbalance": 33.1, "ddr_imbalance": 1.0, "perf_imbalance": 1.9, "peak_hbm_gb": 59.9, "step_time_ms": 2.4}
+    assert imbalance_warnings(rec, 2.0) == "HBM 33.1x the mean on one rank (59.9 GB peak) (> --imbalance-warn 2)"
+    assert imbalance_warnings(rec, 40.0) == ""
