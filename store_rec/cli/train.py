@@ -33,7 +33,11 @@ def run(args: argparse.Namespace) -> int:
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:
-        # tflops_per_batch: TFLOPs of one fwd+bwd step per batch of 1024 samples
-        keys = ("auc", "gauc", "logloss", "samples_per_s", "tflops_per_batch", "steps", "resumed_from_step")
-        print(json.dumps({k: summary.get(k) for k in keys}))
+        # gflops_per_batch: GFLOPs of one fwd+bwd step per batch of 1024 samples (summary.json keeps
+        # tflops_per_batch, its older key: the same figure / 1000)
+        keys = ("auc", "gauc", "logloss", "samples_per_s", "gflops_per_batch", "steps", "resumed_from_step")
+        shown = {**summary}
+        if shown.get("gflops_per_batch") is None and shown.get("tflops_per_batch") is not None:
+            shown["gflops_per_batch"] = round(shown["tflops_per_batch"] * 1e3, 6)
+        print(json.dumps({k: shown.get(k) for k in keys}))
     return 0
