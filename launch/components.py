@@ -126,7 +126,7 @@ def tokenize(
 
     The arguments below become flags of ``python -m store_rec.distributed.tokenizer``. They are a subset
     of ``store-rec tokenize``'s (EMB.parquet input only: no ``--ids`` / ``--positional-ids`` / ``--dim`` /
-    ``--data`` / ``--save-model``; ``num_sids`` and ``codebook_size`` have defaults) plus ``epochs`` and
+    ``--data`` / ``--save-model``; flags defined once in ``store_rec.tokenizer.flags``) plus ``epochs`` and
     ``batch_size`` per rank.
 
     Args:

@@ -52,5 +52,7 @@ then
 fi
 # kubernetes: torchx's kubernetes scheduler (dry runs are tested); urllib3<1.27 is torchx 0.7.0's pin
 pip_ pyarrow numpy pyyaml matplotlib tensorboard pytest kubernetes "urllib3<1.27"
+# the lint + type gate (scripts/lint.sh), pinned so a new release cannot break CI
+pip_ "ruff==0.17.6" "mypy==2.4.1"
 pip_ --no-deps -e "$here"
 "$VENV/bin/python" -c "import torch, torchrec, torchx, store_rec; print(f'store_rec ready: torch {torch.__version__}, torchrec {torchrec.__version__}, venv {\"$VENV\"}')"

@@ -28,7 +28,7 @@ _EXPORTS = {
     "StoreModel": "store_rec.models.store",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605  (a list: ruff cannot infer sorted()'s type)
 
 
 def __getattr__(name: str) -> Any:

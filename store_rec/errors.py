@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from store_rec.config import ConfigError
-from store_rec.data.schema import SchemaError
 
 
 class UserError(ValueError):
@@ -11,6 +10,11 @@ class UserError(ValueError):
 
     The message must name what is wrong and where (file, row, key).
     """
+
+
+class SchemaError(ValueError):
+    """A schema.json that is malformed or does not match the data it describes (raised by
+    :mod:`store_rec.data.schema`, which re-exports it)."""
 
 
 class DataError(UserError):

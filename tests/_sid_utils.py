@@ -6,7 +6,7 @@ from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
-from store_rec.data.loader import read_sid_table
+from store_rec.data.sid_table import read_sid_table
 
 
 def read_sids(path) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], Dict[str, Any]]:  # noqa: ANN001

@@ -146,7 +146,7 @@ def test_avazu_schema_roles_groups_user_key(avazu_lapis):
 def test_avazu_deepctr_sample_and_determinism(shared_datasets, tmp_path):
     src = shared_datasets / "avazu" / "deepctr" / "avazu_sample.txt"
     a = prepare("avazu", str(src), tmp_path / "a", seed=7, min_count=1)
-    b = prepare("avazu", str(src), tmp_path / "b", seed=7, min_count=1)
+    prepare("avazu", str(src), tmp_path / "b", seed=7, min_count=1)
     c = prepare("avazu", str(src), tmp_path / "c", seed=8, min_count=1)
     rows = _avazu_rows([src])
     assert sum(s.rows for s in a.splits.values()) == len(rows) == 100
@@ -460,10 +460,10 @@ def test_movielens_genres_multi_hot_and_sequences(ml300):
 def test_movielens_determinism_and_user_holdout(shared_datasets, tmp_path):
     src = str(shared_datasets / "ml-1m")
     a = prepare("movielens", src, tmp_path / "a", max_users=40, neg_ratio=2, seed=5)
-    b = prepare("movielens", src, tmp_path / "b", max_users=40, neg_ratio=2, seed=5)
+    prepare("movielens", src, tmp_path / "b", max_users=40, neg_ratio=2, seed=5)
     for sp in SPLITS:
         assert _read_split(tmp_path / "a", sp).equals(_read_split(tmp_path / "b", sp))
-    c = prepare("movielens", src, tmp_path / "c", max_users=40, neg_ratio=2, seed=6)
+    prepare("movielens", src, tmp_path / "c", max_users=40, neg_ratio=2, seed=6)
     assert not _read_split(tmp_path / "a", "train").equals(_read_split(tmp_path / "c", "train"))
     h = prepare("movielens", src, tmp_path / "h", max_users=40, split="user_holdout", seed=1)
     seen = [set(_read_split(tmp_path / "h", sp).column("user_key").to_pylist()) for sp in SPLITS]

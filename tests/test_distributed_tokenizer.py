@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-import uuid
 
 import numpy as np
 import pytest
@@ -12,14 +9,9 @@ import torch
 
 
 def _launch(fn, *args):
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    from store_rec.distributed.local_launch import launch_local
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, run_id=str(uuid.uuid4()),
-                           rdzv_backend="c10d", rdzv_endpoint=os.path.join(tmp, "rdzv"),
-                           rdzv_configs={"store_type": "file"}, start_method="spawn", monitor_interval=0.2,
-                           max_restarts=0)
-        return elastic_launch(cfg, fn)(*args)
+    return launch_local(fn, args, nproc=2)
 
 
 # ------------------------------------------------------------------ sharded EBC load / read back
@@ -398,3 +390,23 @@ def test_online_tokenizer_shapes_frozen_and_grads():
         online(KeyedTensor.from_tensor_list(["item"], [x[:, 0]]))
     with pytest.raises(UserError, match="pooled embedding dim 3"):
         online(torch.randn(5, 2, 3))
+
+
+def test_one_tokenize_flag_definition_serves_both_entry_points():
+    """`store-rec tokenize` and `python -m store_rec.distributed.tokenizer` share every common flag with the same
+    default / required / choices (store_rec.tokenizer.flags)."""
+    import argparse
+
+    from store_rec.cli.tokenize import register
+    from store_rec.distributed.tokenizer import build_parser
+
+    top = argparse.ArgumentParser()
+    register(top.add_subparsers())
+    single = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction)).choices["tokenize"]
+    acts = [{a.dest: (a.default, a.required, a.choices, a.type) for a in p._actions if a.dest != "help"}
+            for p in (single, build_parser())]
+    common = set(acts[0]) & set(acts[1])
+    assert common == {"embeddings", "method", "num_sids", "codebook_size", "out", "report", "config", "steps", "seed",
+                      "dedup", "item_feature"}
+    assert {d: acts[0][d] for d in common} == {d: acts[1][d] for d in common}
+    assert acts[1]["num_sids"][1] and acts[1]["codebook_size"][1]  # required in both, as in store-rec tokenize

@@ -3,8 +3,6 @@ DLRMTrain inside DistributedModelParallel + TrainPipelineSparseDist on 2 gloo ra
 
 from __future__ import annotations
 
-import os
-import tempfile
 
 import torch
 from torchrec.models.dlrm import DLRM, DLRMTrain, OverArch
@@ -131,7 +129,8 @@ def _train_one(kind: str, steps: int):
     losses = []
     while True:
         try:
-            loss, _logits, _labels = pipeline.progress(it)
+            out = pipeline.progress(it)  # RankingTrain: a TrainOutput; TorchRec's DLRMTrain: (loss, logits, labels)
+            loss = out.losses["bce"] if kind == "store_model" else out[0]
         except StopIteration:
             break
         losses.append(float(loss))
@@ -140,15 +139,9 @@ def _train_one(kind: str, steps: int):
 
 
 def test_two_rank_gloo_dmp_pipeline_training():
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    from store_rec.distributed.local_launch import launch_local
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = LaunchConfig(
-            min_nodes=1, max_nodes=1, nproc_per_node=2, run_id="dropin",
-            rdzv_backend="c10d", rdzv_endpoint=os.path.join(tmp, "rdzv"), rdzv_configs={"store_type": "file"},
-            start_method="spawn", max_restarts=0, monitor_interval=0.5,
-        )
-        out = elastic_launch(cfg, _train_worker)(("store", "swapped", "store_model"), 24)
+    out = launch_local(_train_worker, (("store", "swapped", "store_model"), 24), nproc=2)
     assert sorted(out) == [0, 1]
     for kind in ("store", "swapped", "store_model"):
         for rank in (0, 1):

@@ -239,6 +239,22 @@ def test_schema_with_sids(tmp_path):
         ParquetBatchLoader(d, "train", 2, sid_table=far)
 
 
+
+def test_sid_table_with_duplicate_items_is_refused(tmp_path):
+    """Issue 11 case 12: an item listed twice in a SID table (which row wins would be arbitrary)."""
+    from store_rec.data.sid_table import read_sid_table
+    from store_rec.errors import UserError
+
+    d = make_dataset(tmp_path / "ds", 4)
+    dup = _sid_table(tmp_path / "dup.parquet", [1, 3, 2, 3], [[0], [1], [1], [2]], 4)
+    msg = r"dup.parquet: column 'item' lists 1 item id\(s\) more than once \(e.g. item 3, 2 rows\)"
+    with pytest.raises(UserError, match=msg):
+        read_sid_table(dup)
+    with pytest.raises(UserError, match=msg):
+        ParquetBatchLoader(d, "train", 2, sid_table=dup)
+    with pytest.raises(UserError, match=msg):
+        schema_with_sids(DatasetSchema.load(d), dup, "a")
+
 def _set(col, row, value):
     def f(cols):
         cols[col] = np.array(cols[col], copy=True) if not isinstance(cols[col], list) else cols[col]

@@ -238,3 +238,26 @@ def test_query_block_many_blocks_backward():
     torch.testing.assert_close(out_f, out_r, atol=ATOL, rtol=0)
     for a, b in zip(g_f, g_r):
         torch.testing.assert_close(a, b, atol=ATOL, rtol=0)
+
+
+def test_moba_rules_defined_once_config_and_op_agree():
+    """store_rec.ops.moba_rules is the one definition: the config names the key, the public op/module the argument."""
+    from store_rec.config import ConfigError
+    from store_rec.models.config import AttentionConfig
+    from store_rec.ops.moba_rules import moba_problem
+
+    ok = dict(block_size=4, sparsity=0.5, routing="query", own_block=False, impl="fast")
+    assert moba_problem(**ok) is None
+    q = torch.zeros(1, 1, 8, 4)
+    for key, bad in (("block_size", 0), ("sparsity", 1.0), ("sparsity", -0.1), ("own_block", True)):
+        kw = {**ok, key: bad, **({"routing": "instance"} if key == "own_block" else {})}
+        name, msg = moba_problem(**kw)
+        assert name == key
+        with pytest.raises(ConfigError, match=f"^{key}: "):
+            AttentionConfig(**kw)
+        with pytest.raises(ValueError, match=f"^{key} "):
+            BlockSparseAttention(8, 2, **kw)
+        with pytest.raises(ValueError, match=f"^{key} "):
+            moba_attention(q, q, q, **kw)
+    assert moba_problem(**{**ok, "routing": "token"})[0] == "routing"
+    assert moba_problem(**{**ok, "impl": "flash"})[0] == "impl"

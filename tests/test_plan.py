@@ -70,6 +70,27 @@ def test_fast_planner_gives_identical_plans(h100_64):
     assert runs[0].summary() | {"planning_time_s": 0} == runs[1].summary() | {"planning_time_s": 0}
 
 
+
+def test_fast_planner_falls_back_on_other_torchrec(monkeypatch, caplog):
+    """Another torchrec version: TorchRec's own code path (nothing patched), with one warning naming both versions."""
+    import copy
+
+    from torchrec.distributed.planner import enumerators, planners
+
+    from store_rec.distributed.planning import torchrec_patches as tp
+
+    with tp.fast_planner(True):  # the installed (patched-for) version: the copy shims are in place
+        assert enumerators.copy is not copy and planners.copy is not copy
+    assert enumerators.copy is copy and planners.copy is copy
+    monkeypatch.setattr(tp, "installed_torchrec_version", lambda: "9.9.9")
+    monkeypatch.setattr(tp, "_warned", set())
+    with caplog.at_level("WARNING", logger=tp.__name__):
+        for _ in range(2):
+            with tp.fast_planner(True):
+                assert enumerators.copy is copy and planners.copy is copy
+    warnings = [r.getMessage() for r in caplog.records if r.name == tp.__name__]
+    assert len(warnings) == 1 and f"written for torchrec {tp.PATCHED_TORCHREC}, found 9.9.9" in warnings[0]
+
 @pytest.mark.parametrize("strategy", ["row_wise", "column_wise", "table_wise"])
 def test_forced_strategy_honoured(h100_64, strategy):
     cfg = PlanConfig(proposer="greedy")

@@ -22,6 +22,7 @@ from store_rec.models import (
 )
 from store_rec.models import store as store_mod
 from store_rec.modules.rotation import AlternatingOptimizer, AlternatingSchedule, rotation_modules, split_rotation_params
+from store_rec.ops.flops import analytic_flops, interaction_flops, model_flops, tflops_per_batch
 
 D = 8
 
@@ -117,15 +118,21 @@ def test_ranking_train_loss_adds_weighted_aux():
     model = build_model(_cfg(rotation={"diversity_weight": 0.25}), schema)
     batch = tiny_batch(schema, 8)
     train = RankingTrain(model)
-    loss, (bce, logits, labels) = train(batch)
+    loss, out = train(batch)
     logits2, aux = model(batch)
-    torch.testing.assert_close(logits, logits2.detach())
-    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits2, batch.labels) + 0.25 * aux["diversity"]
+    torch.testing.assert_close(out.logits, logits2.detach())
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits2, batch.labels)
+    expected = bce + 0.25 * aux["diversity"]
     torch.testing.assert_close(loss, expected)
-    assert not bce.requires_grad and labels.shape == (8,)
-    assert set(train.last_aux) == {"diversity"}
+    torch.testing.assert_close(out.loss, expected.detach())
+    torch.testing.assert_close(out.losses["bce"], bce.detach())
+    torch.testing.assert_close(out.losses["diversity"], aux["diversity"].detach())
+    assert not out.losses["bce"].requires_grad and not out.loss.requires_grad and out.labels.shape == (8,)
+    assert set(out.losses) == {"bce", "diversity"}
+    assert out.user_ids.dtype == torch.int64 and out.user_ids.shape == (8,)
     no_aux = RankingTrain(model, aux_weights={"diversity": 0.0})  # given weights override the model's per key
-    torch.testing.assert_close(no_aux(batch)[0], no_aux(batch)[1][0])
+    loss0, out0 = no_aux(batch)
+    torch.testing.assert_close(loss0, out0.losses["bce"])
 
 
 def test_store_model_trains_with_alternating_optimizer():
@@ -156,11 +163,11 @@ def test_meta_device_construction_and_flops():
     model = build_model(_cfg(), schema, device=torch.device("meta"))
     assert all(p.is_meta for p in model.embedding_bag_collection.parameters())
     assert not any(p.is_meta for n, p in model.named_parameters() if "embedding_bag" not in n)
-    f1, f2 = model.flops(512), model.flops(1024)
+    f1, f2 = model_flops(model, 512), model_flops(model, 1024)
     assert f2 == 2 * f1 > 0
     inter = model.model.inter_arch
-    assert f1 > inter.attention_flops(512)
-    assert model.tflops_per_batch() == pytest.approx(f2 / 1e12)
+    assert f1 > analytic_flops(inter, 512)
+    assert tflops_per_batch(model) == pytest.approx(f2 / 1e12)
 
 
 def test_moba_counts_fewer_flops_than_vanilla_by_the_attention_difference():
@@ -170,9 +177,9 @@ def test_moba_counts_fewer_flops_than_vanilla_by_the_attention_difference():
     dense = build_model(_cfg(attention=dict(att, type="vanilla")), schema, device=torch.device("meta"))
     mi, di = moba.model.inter_arch, dense.model.inter_arch
     assert mi.seq_len == di.seq_len == 6  # 3 key blocks of 2 -> MoBA keeps 2
-    diff = dense.flops(1024) - moba.flops(1024)
+    diff = model_flops(dense, 1024) - model_flops(moba, 1024)
     assert diff > 0
-    assert diff == di.attention_flops(1024) - mi.attention_flops(1024)
+    assert diff == analytic_flops(di, 1024) - analytic_flops(mi, 1024)
 
 
 def test_dlrm_flops_hand_count():
@@ -186,7 +193,7 @@ def test_dlrm_flops_hand_count():
     inter = 2 * B * (F + 1) * (F + 1) * D
     over_in = D + F * (F + 1) // 2  # D + choose(F, 2) + F
     over = 2 * B * (over_in * 7 + 7 * 1)
-    assert model.flops(B, backward=False) == dense + inter + over
+    assert model_flops(model, B, backward=False) == dense + inter + over
 
 
 def test_config_switches_build_each_ablation_variant():
@@ -265,7 +272,7 @@ def test_no_dense_features_uses_constant_input():
 
 
 def test_interaction_arch_flops_counts_ffn_and_analytic_attention():
-    """``StoreInteractionArch.flops``: FFN/LayerNorm/projection matmuls counted by FlopCounterMode, the
+    """``interaction_flops(StoreInteractionArch)``: FFN/LayerNorm/projection matmuls counted by FlopCounterMode, the
     attention core analytically; MoBA and vanilla differ by exactly their attention-core difference."""
     from store_rec.models.config import AttentionConfig, RotationConfig
     from store_rec.models.store import StoreInteractionArch
@@ -277,13 +284,13 @@ def test_interaction_arch_flops_counts_ffn_and_analytic_attention():
         return StoreInteractionArch(L - 1, D, rotation=RotationConfig(enabled=False), attention=att)
 
     m, v = arch("moba"), arch("vanilla")
-    fm, fv = m.flops(B), v.flops(B)
+    fm, fv = interaction_flops(m, B), interaction_flops(v, B)
     # FFN alone: two linears, fwd 2*B*L*D*ffn each, bwd twice that (input + weight grads)
     ffn_flops = 3 * 2 * (2 * B * L * D * ffn)
-    assert fv - v.attention_flops(B) >= ffn_flops
-    assert fm - m.attention_flops(B) == fv - v.attention_flops(B)
-    assert v.attention_flops(B) > m.attention_flops(B) > 0
-    assert m.flops(2 * B) == 2 * fm  # linear in the batch
+    assert fv - analytic_flops(v, B) >= ffn_flops
+    assert fm - analytic_flops(m, B) == fv - analytic_flops(v, B)
+    assert analytic_flops(v, B) > analytic_flops(m, B) > 0
+    assert interaction_flops(m, 2 * B) == 2 * fm  # linear in the batch
 
 
 
@@ -377,6 +384,12 @@ def test_user_aux_weights_override_per_key_and_keep_online_sid_losses(tmp_path, 
     sid_keys = {k for k in aux if k.startswith("sid_")}
     expected_sid = {"sid_recon", "sid_commit", "sid_orth"} | ({"sid_codebook"} if codebook_update == "loss" else set())
     assert sid_keys == expected_sid
+    # returned by the arch's forward (return_losses=True / interact) in train mode only
+    arch = model.model.inter_arch
+    assert arch.sid_loss_names() == tuple(k for k in aux if k.startswith("sid_"))
+    model.eval()
+    assert arch.sid_loss_names() == () and not any(k.startswith("sid_") for k in model(batch).aux_losses)
+    model.train()
     assert model.aux_loss_weights() == {"diversity": 0.1, **{k: 1.0 for k in sid_keys}}
     train = RankingTrain(model, aux_weights={"diversity": 0.05})
     assert train.aux_weights == {"diversity": 0.05, **{k: 1.0 for k in sid_keys}}

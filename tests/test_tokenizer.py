@@ -16,7 +16,7 @@ from store_rec.tokenizer import OPMQ, OPQ, RQVAE, OPMQConfig, TrainConfig, fit_t
 from store_rec.tokenizer.opmq import orthogonality_error
 from store_rec.tokenizer.quantizer import VectorQuantizer
 from store_rec.tokenizer.report import code_stats, dedup_tokens, finish_partials, partial_stats, tokenizer_report
-from store_rec.tokenizer.sid_table import write_sid_table
+from store_rec.data.sid_table import write_sid_table
 
 
 def clustered(n=2000, d=16, k=8, noise=0.2, seed=0):

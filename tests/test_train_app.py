@@ -3,8 +3,6 @@ baseline train end to end; sharded forward == unsharded forward; distributed AUC
 AUC; a rank killed mid-training restarts, resumes from the checkpoint and reaches the same metrics."""
 
 import json
-import os
-import uuid
 from pathlib import Path
 
 import pytest
@@ -16,12 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _launch(fn, args, tmp: Path, max_restarts: int = 0):
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    from store_rec.distributed.local_launch import launch_local
 
-    cfg = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, run_id=str(uuid.uuid4()), rdzv_backend="c10d",
-                       rdzv_endpoint=str(tmp / f"rdzv-{uuid.uuid4().hex}"), rdzv_configs={"store_type": "file"},
-                       start_method="spawn", max_restarts=max_restarts, monitor_interval=0.2)
-    return elastic_launch(cfg, fn)(*args)
+    return launch_local(fn, args, nproc=2, max_restarts=max_restarts)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +35,7 @@ def _overrides(data_dir: Path, out: Path, *extra: str):
 
 
 def _train_worker(overrides, metrics_out):
-    from store_rec.train.app import run
+    from store_rec.train.trainer import run
 
     return run(load_train_config(ROOT / "configs" / "smoke.yaml", overrides), metrics_out=metrics_out)
 
@@ -65,7 +60,7 @@ def test_two_rank_training(data_dir, tmp_path, model):
 
 
 def _auc_worker(n_local):
-    from store_rec.train.app import init_distributed
+    from store_rec.distributed.env import init_distributed
     from store_rec.train.metrics import auc, gather_predictions, gauc
 
     env = init_distributed()
@@ -99,17 +94,19 @@ def _sharded_forward_worker(data_dir, sharding_type):
     from store_rec.models.config import ModelConfig
     from store_rec.models.factory import build_model
     from store_rec.models.tables import embedding_tables
-    from store_rec.train.app import TrainWrapper, init_distributed, shard_model
+    from store_rec.distributed.env import init_distributed
+    from store_rec.models.ranking import RankingTrain
     from store_rec.train.config import TrainConfig, DataConfig, ShardingConfig
+    from store_rec.train.sharding import shard_model
 
     env = init_distributed()
     cfg = TrainConfig(data=DataConfig(dir=str(data_dir)), model=ModelConfig(name="store", tokenizer="none", embedding_dim=8),
                       sharding=ShardingConfig(sharding_types=[sharding_type]))
     loader = ParquetBatchLoader(data_dir, "valid", 32, rank=env.rank, world_size=env.world_size)
     torch.manual_seed(0)
-    ref = TrainWrapper(build_model(cfg.model, loader.schema))
+    ref = RankingTrain(build_model(cfg.model, loader.schema))
     ref.eval()
-    meta = TrainWrapper(build_model(cfg.model, loader.schema, device=torch.device("meta")))
+    meta = RankingTrain(build_model(cfg.model, loader.schema, device=torch.device("meta")))
     dmp = shard_model(meta, cfg, env, embedding_tables(loader.schema, cfg.model), None)
     plan_types = {p.sharding_type for m in dmp.plan.plan.values() for p in m.values()}
     full = ref.state_dict()
@@ -118,8 +115,8 @@ def _sharded_forward_worker(data_dir, sharding_type):
     dmp.eval()
     batch = next(iter(loader))
     with torch.no_grad():
-        want = ref(batch)[1][1]
-        got = dmp(batch)[1][1]
+        want = ref(batch)[1].logits
+        got = dmp(batch)[1].logits
     dist.barrier()
     return {"max_diff": float((want - got).abs().max()), "types": plan_types}
 
@@ -147,7 +144,7 @@ def test_sharded_forward_equals_unsharded(data_dir, tmp_path, sharding_type):
 
 
 def _resume_worker(overrides, metrics_out):
-    from store_rec.train.app import run
+    from store_rec.train.trainer import run
 
     return run(load_train_config(ROOT / "configs" / "smoke.yaml", overrides), resume=True, metrics_out=metrics_out)
 
@@ -194,7 +191,7 @@ def test_killed_rank_restarts_and_resumes_exactly(data_dir, tmp_path, monkeypatc
 
 def _run1(data_dir: Path, out: Path, *extra: str, resume: bool = False):
     """One in-process rank (a world of one: no launcher)."""
-    from store_rec.train.app import run
+    from store_rec.train.trainer import run
 
     return run(load_train_config(ROOT / "configs" / "smoke.yaml", _overrides(data_dir, out, *extra)), resume=resume)
 
@@ -229,7 +226,10 @@ def test_checkpoint_lifecycle_single_rank(data_dir, tmp_path):
 def test_sparse_lr_follows_the_schedule(data_dir, tmp_path):
     """The fused TBE kernels' LR is scaled with the dense LR (warm-up / decay); data-parallel tables have no
     sparse optimizer (the dense one trains them, as in TorchRec's DLRM app)."""
-    from store_rec.train.app import SparseLR, TrainWrapper, init_distributed, shard_model
+    from store_rec.distributed.env import init_distributed
+    from store_rec.models.ranking import RankingTrain
+    from store_rec.train.optim import SparseLR
+    from store_rec.train.sharding import shard_model
     from store_rec.models.factory import build_model
     from store_rec.models.tables import embedding_tables
     from store_rec.data.schema import DatasetSchema
@@ -243,7 +243,7 @@ def test_sparse_lr_follows_the_schedule(data_dir, tmp_path):
         try:
             model = build_model(cfg.model, schema, device=torch.device("meta"))
             apply_optimizer_in_backward(trec_optim.RowWiseAdagrad, model.embedding_bag_collection.parameters(), {"lr": 0.05})
-            dmp = shard_model(TrainWrapper(model), cfg, env, embedding_tables(schema, cfg.model), None)
+            dmp = shard_model(RankingTrain(model), cfg, env, embedding_tables(schema, cfg.model), None)
             lr = SparseLR(dmp, 0.05)
             if types == ["data_parallel"]:
                 assert lr.optimizers == []
@@ -294,8 +294,8 @@ def test_tokenizer_switch_must_match_the_sid_table(tmp_path):
     import numpy as np
 
     from store_rec.errors import UserError
-    from store_rec.tokenizer.sid_table import write_sid_table
-    from store_rec.train.app import check_sid_table_method
+    from store_rec.data.sid_table import write_sid_table
+    from store_rec.train.data import check_sid_table_method
 
     path = tmp_path / "sids.parquet"
     write_sid_table(path, np.arange(1, 5), np.zeros((4, 2), np.int64), method="rqvae", codebook_size=4, item_feature="item_id")
@@ -311,7 +311,7 @@ def test_tokenizer_switch_must_match_the_sid_table(tmp_path):
 
 def test_nan_valid_auc_is_worse_than_any_finite_auc():
     """A single-class valid split gives AUC NaN; it must not become an unbeatable best (early stop)."""
-    from store_rec.train.app import improves_on_best
+    from store_rec.train.evaluate import improves_on_best
 
     nan = float("nan")
     assert improves_on_best(nan, None) and improves_on_best(0.6, None)  # the first eval sets the best
@@ -327,3 +327,14 @@ def test_nan_valid_auc_is_worse_than_any_finite_auc():
         else:
             bad += 1
     assert best == {"auc": 0.65} and bad == 0
+
+
+def test_train_package_does_not_import_the_cli():
+    """train sits below cli: its entry point parses its own arguments (no upward import)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, store_rec.train.__main__, store_rec.train.trainer; "
+            "bad = sorted(m for m in sys.modules if m.startswith(('store_rec.cli', 'store_rec.experiments', 'store_rec.bench'))); "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -211,6 +211,7 @@ def run(args):
         if level == "arch":
             from store_rec.models.config import AttentionConfig, RotationConfig
             from store_rec.models.store import StoreInteractionArch
+            from store_rec.ops.flops import interaction_flops
 
             def arch(kind: str, bs=bs, s=s, routing=routing) -> StoreInteractionArch:
                 att = AttentionConfig(type=kind, sparsity=s, block_size=bs, routing=routing, num_layers=args.arch_layers,
@@ -225,7 +226,7 @@ def run(args):
             t = _time_pair(lambda d, sp, _v: m_arch(dense_features=d, sparse_features=sp),
                            lambda d, sp, _v: d_arch(dense_features=d, sparse_features=sp), dense_x, sparse_x, None, g,
                            repeats, sync)
-            mf, df = m_arch.flops(B), d_arch.flops(B)
+            mf, df = interaction_flops(m_arch, B), interaction_flops(d_arch, B)
             del m_arch, d_arch, dense_x, sparse_x, g
         elif level == "layer":
             x, g = (torch.randn(B, L, D, generator=gen).to(device) for _ in range(2))

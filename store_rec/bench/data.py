@@ -15,7 +15,7 @@ split is read, ``--repeats`` times, modes interleaved, and the median is reporte
 (wall) and ``samples_per_cpu_s`` (process CPU time, steadier on a shared machine). One core:
 ``torch.set_num_threads(--threads)`` and pyarrow's CPU/IO pools set to ``--threads`` too.
 
-Stages: ``loader`` (above) and ``train_step``: the training app itself (``store_rec.train.app.run``,
+Stages: ``loader`` (above) and ``train_step``: the training app itself (``store_rec.train.trainer.run``,
 world of one: fused sparse optimizer, ``TrainPipelineSparseDist``, STORE on raw IDs, MoBA 1/2) reading
 the same train split with its own (shuffled) loader for ``--train-steps`` steps; its ``samples_per_s``
 is the app's train-time figure, so loader / train_step is how many times faster the data arrives
@@ -115,7 +115,7 @@ def measure_loader(make_loader: Callable[[], Any], repeats: int) -> List[Dict[st
 def measure_train_step(data_dir: Path, batch_size: int, steps: int) -> Dict[str, float]:
     """The training app on ``data_dir`` for ``steps`` steps (world of one): rows, train seconds."""
     from store_rec.config import from_dict
-    from store_rec.train.app import run
+    from store_rec.train.trainer import run
     from store_rec.train.config import TrainConfig
 
     with tempfile.TemporaryDirectory(prefix="store_rec_bench_step_") as out:

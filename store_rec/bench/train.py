@@ -12,8 +12,8 @@ from a SID table) plus the synthetic dataset's other id and static features, so 
 at the same token count as STORE (``seq_len`` column; STORE rotates the static groups into one
 token each). The SID table holds seeded random codes: this suite measures speed, not accuracy.
 
-Each (world size, model) is a real run of the training app (``store_rec.train.app.run``: sharded
-EBCs, fused sparse optimizer, ``TrainPipelineSparseDist``) launched with ``elastic_launch`` on
+Each (world size, model) is a real run of the training app (``store_rec.train.trainer.run``: sharded
+EBCs, fused sparse optimizer, ``TrainPipelineSparseDist``) launched with :func:`store_rec.distributed.local_launch.launch_local` on
 ``--world-sizes`` local gloo ranks for ``--steps`` steps; ``samples_per_s`` is the app's own figure
 (train samples over the slowest rank's train time, evals excluded) and ``gflops_per_batch`` the
 model's analytic-plus-counted GFLOPs of one fwd+bwd per batch of 1024 samples (whatever the run's
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -74,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _worker(overrides: List[str], threads: int) -> Dict[str, Any]:
     import torch
 
-    from store_rec.train.app import run
+    from store_rec.train.trainer import run
     from store_rec.train.config import load_train_config
 
     torch.set_num_threads(threads)
@@ -82,12 +81,9 @@ def _worker(overrides: List[str], threads: int) -> Dict[str, Any]:
 
 
 def _launch(world: int, overrides: List[str], tmp: Path, threads: int) -> Dict[str, Any]:
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    from store_rec.distributed.local_launch import launch_local
 
-    cfg = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=world, run_id=uuid.uuid4().hex, rdzv_backend="c10d",
-                       rdzv_endpoint=str(tmp / f"rdzv-{uuid.uuid4().hex}"), rdzv_configs={"store_type": "file"},
-                       start_method="spawn", max_restarts=0, monitor_interval=0.2)
-    return elastic_launch(cfg, _worker)(overrides, threads)[0]
+    return launch_local(_worker, (overrides, threads), nproc=world)[0]
 
 
 def _seq_len(overrides: List[str]) -> int:
@@ -138,7 +134,7 @@ def run(args: argparse.Namespace) -> BenchResult:
 
     from store_rec.data.synthetic import prepare_synthetic
     from store_rec.errors import UserError
-    from store_rec.tokenizer.sid_table import write_sid_table
+    from store_rec.data.sid_table import write_sid_table
 
     quick = bool(getattr(args, "quick", False))
     models = [m for m in args.models.split(",") if m]
@@ -190,7 +186,7 @@ def run(args: argparse.Namespace) -> BenchResult:
     for r in records:
         if r["model"] == "store_moba" and r["speedup_vs_vanilla"] is not None:
             summary[f"store_moba_vs_vanilla_speedup_{r['world_size']}rank"] = r["speedup_vs_vanilla"]
-            summary[f"store_moba_vs_vanilla_flops_ratio"] = r["flops_ratio_vs_vanilla"]
+            summary["store_moba_vs_vanilla_flops_ratio"] = r["flops_ratio_vs_vanilla"]
     config = {"models": models, "world_sizes": worlds, "steps": steps, "batch_size_per_rank": batch, "rows": rows,
               "num_sids": k, "codebook_size": codebook, "embedding_dim": args.embedding_dim, "heads": args.heads,
               "layers": args.layers, "block_size": args.block_size, "sparsity": args.sparsity, "quick": quick,

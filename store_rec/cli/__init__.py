@@ -13,7 +13,7 @@ import argparse
 import importlib
 import logging
 import sys
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 # verb -> module (relative to store_rec.cli). Modules that are not present yet are skipped.
 SUBCOMMANDS = {

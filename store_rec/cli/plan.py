@@ -47,18 +47,24 @@ def register(subparsers) -> None:
     p.add_argument("--topology", help="preset name (h100x8, a100x8, cpu_gloo) or a topology YAML file")
     p.add_argument("--topology-set", action="append", default=[], metavar="KEY=VALUE", help="override a topology key (repeatable), e.g. hbm_cap_gb=40")
     p.add_argument("--world-sizes", help="comma list of world sizes (default: the topology's world_size)")
-    p.add_argument("--strategy", default="auto", help="comma list of: auto, data_parallel, table_wise, row_wise, column_wise, table_row_wise, table_column_wise, grid_shard")
+    p.add_argument("--strategy", default="auto",
+                   help="comma list of: auto, data_parallel, table_wise, row_wise, column_wise, table_row_wise, "
+                        "table_column_wise, grid_shard")
     p.add_argument("--kernel", default=None, help="force a compute kernel on every table: fused, fused_uvm_caching, fused_uvm, dense ...")
     p.add_argument("--synthetic-tables", type=int, default=None, metavar="N", help="plan N synthetic industrial tables instead of (or without) a config")
     p.add_argument("--rows-scale", type=float, default=None, help="multiply synthetic table rows (largest table = 1e9 x this)")
-    p.add_argument("--proposer", choices=("auto", "default", "greedy", "uniform"), default=None, help="TorchRec proposers: auto (default: TorchRec's four for small problems, uniform for big ones; see docs/PLANNING.md), default (all four), greedy, uniform")
+    p.add_argument("--proposer", choices=("auto", "default", "greedy", "uniform"), default=None,
+                   help="TorchRec proposers: auto (default: TorchRec's four for small problems, uniform for big ones; "
+                        "see docs/PLANNING.md), default (all four), greedy, uniform")
     p.add_argument("--timeout", type=int, default=None, help="stop each search after this many seconds and keep the best plan so far")
     p.add_argument("--imbalance-warn", type=float, default=2.0, metavar="X",
                    help="warn when a plan's max/mean over ranks of HBM, DDR or estimated time exceeds X (default 2.0)")
     p.add_argument("--replot", metavar="DIR", default=None,
                    help="only redraw DIR's plots from DIR/comparison.json (no planning; other flags ignored)")
     p.add_argument("--out", help="output directory (required unless --replot)")
-    p.add_argument("--verify", action="store_true", help="for cpu-runnable strategies: 2 gloo ranks apply a world-size-2 cpu plan and check sharded == unsharded fwd/bwd")
+    p.add_argument("--verify", action="store_true",
+                   help="for cpu-runnable strategies: 2 gloo ranks apply a world-size-2 cpu plan and check sharded == "
+                        "unsharded fwd/bwd")
     p.add_argument("--verify-max-rows", type=int, default=5000, help="cap on table rows in --verify (it checks sharding mechanics, not size)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. plan.storage_reservation=0.2")
     p.set_defaults(func=run)
@@ -190,6 +196,7 @@ def _schema_from(raw: Dict[str, Any], where: str):
     d = Path(data.dir)
     generate = not (d / "schema.json").exists() and data.prepare_if_missing is not None
     if generate:
+        assert data.prepare_if_missing is not None
         print(f"data.dir {d} has no schema.json: preparing synthetic data from data.prepare_if_missing "
               f"({data.prepare_if_missing.rows} rows)")
     t0 = time.perf_counter()
@@ -240,7 +247,8 @@ def run(args) -> int:
     tables, pfs, cfg, desc = load_tables(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    print(f"planning {desc} on topology {base.name} ({base.compute_device}, {base.hbm_cap_gb:g} GB HBM, {base.ddr_cap_gb:g} GB DDR per rank, batch {base.batch_size}/rank)")
+    print(f"planning {desc} on topology {base.name} ({base.compute_device}, {base.hbm_cap_gb:g} GB HBM, "
+          f"{base.ddr_cap_gb:g} GB DDR per rank, batch {base.batch_size}/rank)")
 
     records: List[Dict[str, Any]] = []
     ranks: Dict[str, Dict[str, List[float]]] = {}  # tag -> per-rank hbm_gb / ddr_gb / total_ms
@@ -256,7 +264,10 @@ def run(args) -> int:
                 if len(worlds) * len(strategies) == 1:
                     raise
                 failures.append(f"{tag}: {e}")
-                records.append({"world_size": w, "strategy": s, "kernel": args.kernel or "auto", "proposer": choose_proposer(cfg.proposer, len(tables), w), "status": f"no plan ({getattr(e, 'kind', 'other')})", "planning_time_s": round(time.perf_counter() - t0, 3)})
+                records.append({"world_size": w, "strategy": s, "kernel": args.kernel or "auto",
+                                "proposer": choose_proposer(cfg.proposer, len(tables), w),
+                                "status": f"no plan ({getattr(e, 'kind', 'other')})",
+                                "planning_time_s": round(time.perf_counter() - t0, 3)})
                 print(f"[{tag}] no plan ({time.perf_counter() - t0:.1f} s): {e}")
                 continue
             save_plan(res, out / f"plan_{tag}.json")

@@ -41,57 +41,25 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    import logging
     from pathlib import Path
 
-    from store_rec.fileio import atomic_write_json
-    from store_rec.tokenizer.embeddings import save_embeddings
-    from store_rec.tokenizer.sasrec import SASRecConfig, load_sequences_dir, load_sequences_text, train_sasrec, training_items
+    from store_rec.tokenizer.pretrain import pretrain_embeddings
+    from store_rec.tokenizer.sasrec import SASRecConfig
 
-    log = logging.getLogger("store_rec.cli.pretrain")
     out = Path(args.out)
-    if out.suffix != ".parquet":
-        from store_rec.errors import UserError
-
-        raise UserError(f"--out {out}: must end with .parquet")
-    seqs = load_sequences_dir(args.data) if args.data else load_sequences_text(args.sequences)
     cfg = SASRecConfig(dim=args.dim, max_len=args.max_len, num_blocks=args.blocks, num_heads=args.heads,
                        dropout=args.dropout, lr=args.lr, batch_size=args.batch_size, epochs=args.epochs,
                        seed=args.seed, device=args.device)
-    res = train_sasrec(seqs, cfg)
-    if args.data:
-        ids = training_items(seqs)
-        unseen = int(len(ids) - res.catalog_size)  # the catalog: the ids that occur in a sequence
-        if unseen:
-            log.warning("%d of %d vocab items never occur in a sequence; exported with their initial vectors",
-                        unseen, len(ids))
-    else:
-        ids, unseen = seqs.catalog(), 0
-    meta = {"dim": cfg.dim, "item_feature": seqs.item_feature, "source": "sasrec", "num_items": seqs.num_items,
-            "input": str(args.data or args.sequences)}
-    save_embeddings(out, ids, res.embeddings[ids], meta)
-    sas, pop = res.metrics["sasrec_test"]["ndcg@10"], res.metrics["popularity_test"]["ndcg@10"]
-    report = {"metrics": res.metrics, "beats_popularity": res.beats_popularity,
-              "epochs": res.epochs, "seconds": round(res.seconds, 2),
-              "num_users": res.num_users, "num_items": seqs.num_items, "exported_items": int(len(ids)),
-              "unseen_items": unseen, "catalog_items": res.catalog_size, "config": cfg.__dict__,
-              "input": meta["input"],
-              "eval": (f"leave-last-out, true item vs {cfg.num_eval_negatives} negatives drawn uniformly from the "
-                       f"{res.catalog_size} items occurring in the data, excluding the user's items")}
-    warning = None
-    if not res.beats_popularity:
-        warning = (f"SASRec does not beat popularity on test NDCG@10 ({sas:.4f} <= {pop:.4f}): these embeddings "
-                   "are no better than item counts (train longer, check that sequences are in interaction order)")
-        report["warning"] = warning
-    atomic_write_json(out.with_suffix(".json"), report)
-    print(f"wrote {out} ({len(ids)} items x {cfg.dim}) and {out.with_suffix('.json')}")
+    report = pretrain_embeddings(out, cfg, data=args.data, sequences=args.sequences)
+    metrics = report["metrics"]
+    print(f"wrote {out} ({report['exported_items']} items x {cfg.dim}) and {out.with_suffix('.json')}")
     print(f"{'':12s} {'valid HR@10':>12s} {'valid NDCG@10':>14s} {'test HR@10':>11s} {'test NDCG@10':>13s}")
     for name in ("sasrec", "popularity"):
-        v, t = res.metrics[f"{name}_valid"], res.metrics[f"{name}_test"]
+        v, t = metrics[f"{name}_valid"], metrics[f"{name}_test"]
         print(f"{name:12s} {v['hr@10']:12.4f} {v['ndcg@10']:14.4f} {t['hr@10']:11.4f} {t['ndcg@10']:13.4f}")
-    print(f"epochs {res.epochs}, training {res.seconds:.1f} s")
-    if warning:
+    print(f"epochs {report['epochs']}, training {report['seconds']:.1f} s")
+    if report.get("warning"):
         import sys
 
-        print(f"WARNING: {warning}", file=sys.stderr)
+        print(f"WARNING: {report['warning']}", file=sys.stderr)
     return 0

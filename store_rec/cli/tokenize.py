@@ -25,75 +25,24 @@ from __future__ import annotations
 
 import argparse
 
+from store_rec.tokenizer.flags import add_tokenize_flags
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("tokenize", help="item embeddings -> semantic IDs (OPMQ / RQ-VAE / OPQ)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--embeddings", required=True,
-                   help="EMB.parquet (item int64, embedding list<float32>[d]) or EMB.npy (with --ids)")
-    p.add_argument("--ids", default=None, help="item ids of the .npy rows: .npy int array or text, one id per line")
-    p.add_argument("--positional-ids", type=int, choices=[0, 1], default=None,
-                   help=".npy without --ids: row i is item i+FIRST (1) or item i with row 0 = OOV dropped (0)")
-    p.add_argument("--dim", type=int, default=None, help="required embedding width d")
-    p.add_argument("--data", default=None,
-                   help="prepared dataset dir: every item of its item vocabulary must have an embedding")
-    p.add_argument("--method", choices=["opmq", "rqvae", "opq"], default="opmq")
-    p.add_argument("--num-sids", type=int, required=True, help="K, SIDs per item")
-    p.add_argument("--codebook-size", type=int, required=True, help="C, codewords per codebook")
-    p.add_argument("--out", required=True, help="output SID table (.parquet)")
-    p.add_argument("--report", default=None, help="output report JSON")
-    p.add_argument("--config", default=None, help="YAML with model:/train:/opq: sections")
-    p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--dedup", action="store_true", help="add the sid_dedup disambiguation column")
-    p.add_argument("--item-feature", default=None, help="item feature name (default: EMB metadata or 'item')")
-    p.add_argument("--save-model", default=None, metavar="FILE",
-                   help="also save the trained tokenizer (for model.sid_source: online, model.online.tokenizer)")
+    add_tokenize_flags(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    import time
+    from store_rec.tokenizer.make_sids import make_sid_table
 
-    import numpy as np
-    import torch
-
-    from store_rec.errors import UserError
-    from store_rec.fileio import atomic_write_json
-    from store_rec.tokenizer.embeddings import load_item_embeddings
-    from store_rec.tokenizer.report import tokenizer_report
-    from store_rec.tokenizer.sid_table import write_sid_table
-    from store_rec.tokenizer.train import build_tokenizer, load_tokenize_spec, train_tokenizer
-
-    spec = load_tokenize_spec(args.config, method=args.method, num_sids=args.num_sids,
-                              codebook_size=args.codebook_size, steps=args.steps, seed=args.seed)
-    ids, emb_np, feature = load_item_embeddings(args.embeddings, ids_path=args.ids, positional_ids=args.positional_ids,
-                                                expected_dim=args.dim, data_dir=args.data,
-                                                item_feature=args.item_feature)
-    n, d = emb_np.shape
-    if args.codebook_size > n:
-        raise UserError(f"--codebook-size {args.codebook_size} > number of items {n} in {args.embeddings}: "
-                        "codebooks are initialised from the data")
-    emb = torch.from_numpy(np.array(emb_np, dtype=np.float32))  # writable copy
-    t0 = time.perf_counter()
-    model = build_tokenizer(spec, d)
-    history = train_tokenizer(model, emb, spec, progress=True)
-    train_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    codes = model.encode(emb)
-    enc_s = time.perf_counter() - t0
-    if args.save_model:
-        from store_rec.tokenizer.online import save_tokenizer
-
-        save_tokenizer(args.save_model, model, args.method)
-    write_sid_table(args.out, ids, codes.numpy(), method=args.method, codebook_size=args.codebook_size,
-                    item_feature=feature, dedup=args.dedup)
-    rep = tokenizer_report(model, emb, codes, encode_seconds=enc_s)
-    rep.update({"method": args.method, "item_feature": feature, "embedding_dim": d, "train_seconds": train_s,
-                "config": spec.raw, "embeddings": str(args.embeddings),
-                "history": {k: v for k, v in history.items() if k != "step"}})
-    if args.report:
-        atomic_write_json(args.report, rep)
+    rep = make_sid_table(args.embeddings, args.out, method=args.method, num_sids=args.num_sids,
+                         codebook_size=args.codebook_size, report=args.report, config=args.config, steps=args.steps,
+                         seed=args.seed, dedup=args.dedup, item_feature=args.item_feature, ids=args.ids,
+                         positional_ids=args.positional_ids, dim=args.dim, data=args.data, save_model=args.save_model)
+    n, enc_s, train_s = rep["num_items"], rep["encode_seconds"], rep["train_seconds"]
     print(f"tokenize {args.method}: {n} items K={args.num_sids} C={args.codebook_size} "
           f"recon_mse={rep['recon_mse']:.4g} cos={rep['recon_cosine']:.3f} "
           f"util={min(rep['utilization']):.2f}-{max(rep['utilization']):.2f} "

@@ -39,9 +39,7 @@ a parquet file, nulls, ids outside ``[0, vocab_size)``, NaN/inf in dense feature
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -57,7 +55,9 @@ from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from store_rec.data.schema import SID, DatasetSchema, SchemaError, SparseFeature
+from store_rec.data.sid_table import read_sid_table, read_sid_table_metadata, sid_codebook_size  # noqa: F401  (re-exported)
 from store_rec.errors import DataError, UserError
+from store_rec.fileio import PathLike
 
 logger = logging.getLogger(__name__)
 
@@ -96,68 +96,7 @@ class StoreBatch(Batch):
 
 
 # ---------------------------------------------------------------------------------------- SID tables
-def _sid_table_meta(path: Path, schema: pa.Schema) -> Dict[str, Any]:
-    """The ``store_rec`` JSON metadata of a SID table's arrow schema (``{}`` when it has none)."""
-    meta_raw = (schema.metadata or {}).get(b"store_rec")
-    if not meta_raw:
-        return {}
-    try:
-        meta = json.loads(meta_raw)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: metadata 'store_rec' is not JSON: {e}") from e
-    if not isinstance(meta, dict):
-        raise DataError(f"{path}: metadata 'store_rec' is not a JSON object: {meta!r}")
-    return meta
-
-
-def _check_sid_table_file(path: Path) -> None:
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: SID table not found (write one with `store-rec tokenize`)")
-
-
-def read_sid_table_metadata(path: os.PathLike) -> Dict[str, Any]:
-    """The ``store_rec`` metadata of a SID table (``method``, ``num_sids``, ``codebook_size``,
-    ``item_feature``; ``{}`` when absent), read from the parquet footer only (no rows)."""
-    path = Path(path)
-    _check_sid_table_file(path)
-    try:
-        schema = pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise DataError(f"{path}: not a readable parquet file: {e}") from e
-    return _sid_table_meta(path, schema)
-
-
-def read_sid_table(path: os.PathLike) -> Tuple[pa.Table, Dict[str, Any], List[str]]:
-    """Read a SID table: (table, metadata dict, sid column names ``sid_0..sid_{K-1}`` in order)."""
-    path = Path(path)
-    _check_sid_table_file(path)
-    try:
-        table = pq.read_table(path)
-    except pa.ArrowInvalid as e:
-        raise DataError(f"{path}: not a readable parquet file: {e}") from e
-    meta = _sid_table_meta(path, table.schema)
-    if "item" not in table.column_names:
-        raise DataError(f"{path}: SID table has no 'item' column (columns: {table.column_names})")
-    k = 0
-    while f"sid_{k}" in table.column_names:
-        k += 1
-    if k == 0:
-        raise DataError(f"{path}: SID table has no sid_0 column (columns: {table.column_names})")
-    return table, meta, [f"sid_{i}" for i in range(k)]
-
-
-def _sid_codebook_size(path: Path, meta: Dict[str, Any], table: pa.Table, cols: List[str]) -> int:
-    if "codebook_size" in meta:
-        c = meta["codebook_size"]
-        if not isinstance(c, int) or c < 1:
-            raise DataError(f"{path}: metadata codebook_size={c!r} is not a positive integer")
-        return c
-    c = max(int(pc.max(table[col]).as_py() or 0) for col in cols) + 1
-    logger.warning("%s: no codebook_size in metadata 'store_rec'; using max SID + 1 = %d", path, c)
-    return c
-
-
-def schema_with_sids(schema: DatasetSchema, sid_table_path: os.PathLike, item_feature: Optional[str] = None
+def schema_with_sids(schema: DatasetSchema, sid_table_path: PathLike, item_feature: Optional[str] = None
                      ) -> DatasetSchema:
     """``schema`` with ``sid_0..sid_{K-1}`` (role ``sid``, ``vocab_size = C + 1``) appended.
 
@@ -173,7 +112,7 @@ def schema_with_sids(schema: DatasetSchema, sid_table_path: os.PathLike, item_fe
 
 def _append_sids(schema: DatasetSchema, path: Path, table: pa.Table, meta: Dict[str, Any], cols: List[str],
                  item_feature: Optional[str]) -> DatasetSchema:
-    c = _sid_codebook_size(path, meta, table, cols)
+    c = sid_codebook_size(path, meta, table, cols)
     out = copy.deepcopy(schema)
     clash = [n for n in cols if n in out.sparse_names]
     if clash:
@@ -216,9 +155,9 @@ class ParquetBatchLoader:
         prefetch: batches prepared ahead by a background thread (0 = none).
     """
 
-    def __init__(self, data_dir: os.PathLike, split: str, batch_size: int, *, rank: int = 0, world_size: int = 1,
+    def __init__(self, data_dir: PathLike, split: str, batch_size: int, *, rank: int = 0, world_size: int = 1,
                  shuffle: bool = False, seed: int = 0, drop_last: bool = False,
-                 sid_table: Optional[os.PathLike] = None, sid_feature: Optional[str] = None,
+                 sid_table: Optional[PathLike] = None, sid_feature: Optional[str] = None,
                  features: Optional[Sequence[str]] = None, epoch: int = 0,
                  window_rows: int = DEFAULT_WINDOW_ROWS, prefetch: int = 0):
         self.data_dir = Path(data_dir)

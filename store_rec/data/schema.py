@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from store_rec.errors import SchemaError  # noqa: F401  (defined with the other user errors; re-exported here)
+
 SCHEMA_FILE = "schema.json"
 SCHEMA_VERSION = 1
 SPLITS = ("train", "valid", "test")
@@ -48,10 +50,6 @@ ID = "id"
 STATIC = "static"
 SID = "sid"
 SPARSE_ROLES = (ID, STATIC, SID)
-
-
-class SchemaError(ValueError):
-    """A schema.json that is malformed or does not match the data it describes."""
 
 
 @dataclass

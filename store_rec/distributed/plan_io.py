@@ -121,7 +121,7 @@ def check_plan(
         problems.append(f"device: plan is for {d['compute_device']}, this job runs on {dev}")
     plan_local = int(d.get("local_world_size") or d["world_size"])
     if local_world_size is not None and int(local_world_size) != plan_local and d["compute_device"] == dev:
-        grouped = sorted({e.get("sharding_type") for e in d["plan"].values() if isinstance(e, dict)} & set(HOST_GROUPED_TYPES))
+        grouped = sorted({str(e.get("sharding_type")) for e in d["plan"].values() if isinstance(e, dict)} & set(HOST_GROUPED_TYPES))
         if dev == "cuda":
             problems.append(
                 f"local world size (ranks per host): plan has {plan_local}, this job has {local_world_size} "

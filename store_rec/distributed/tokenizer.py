@@ -11,8 +11,8 @@ Run under torchx (the ``tokenize`` component of ``launch/components.py``), ``tor
 
 Flags: a subset of ``store-rec tokenize``'s (``--method opmq|rqvae|opq``, ``--config YAML`` with
 ``model:``/``train:``/``opq:`` sections, ``--steps``, ``--seed``, ``--dedup``, ``--item-feature``; the
-input is an EMB.parquet, and ``--num-sids`` / ``--codebook-size`` default to 3 / 16) plus ``--epochs`` /
-``--batch-size`` (per rank).
+input is an EMB.parquet; ``--num-sids`` / ``--codebook-size`` are required) plus ``--epochs`` /
+``--batch-size`` (per rank). One definition of them all: :mod:`store_rec.tokenizer.flags`.
 
 What each rank does:
 
@@ -52,6 +52,7 @@ from torch import Tensor, nn
 
 from store_rec.distributed.env import init_distributed
 from store_rec.errors import DataError, UserError
+from store_rec.tokenizer.flags import add_tokenize_flags
 
 logger = logging.getLogger(__name__)
 
@@ -176,20 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m store_rec.distributed.tokenizer",
                                 description="Offline data-parallel tokenizer: train on N ranks, write one complete "
                                             "SID table (flags as store-rec tokenize).")
-    p.add_argument("--embeddings", required=True, help="EMB.parquet (item, embedding)")
-    p.add_argument("--out", required=True, help="SIDS.parquet to write (rank 0, atomic)")
-    p.add_argument("--report", help="report JSON (rank 0)")
-    p.add_argument("--method", choices=["opmq", "rqvae", "opq"], default="opmq")
-    p.add_argument("--num-sids", type=int, default=3, help="K")
-    p.add_argument("--codebook-size", type=int, default=16, help="C")
-    p.add_argument("--config", default=None, help="YAML with model:/train:/opq: sections (as store-rec tokenize)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per rank (train.steps)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs over each shard (train.epochs)")
-    p.add_argument("--batch-size", type=int, default=None, help="per-rank batch size (train.batch_size)")
-    p.add_argument("--seed", type=int, default=None, help="train.seed (default 0)")
-    p.add_argument("--item-feature", default=None, help="item feature name (default: from EMB metadata)")
-    p.add_argument("--dedup", action="store_true", help="add the sid_dedup disambiguation column")
-    return p
+    return add_tokenize_flags(p, distributed=True)
 
 
 def _spec(args: argparse.Namespace) -> Any:
@@ -339,9 +327,9 @@ def _write_outputs(args: argparse.Namespace, spec: Any, model: nn.Module, ids: n
 
 def write_sid_parquet(path: os.PathLike, ids: np.ndarray, codes: np.ndarray, *, method: str, codebook_size: int,
                       item_feature: str, dedup: bool = False) -> Path:
-    """Write the SID table (:func:`store_rec.tokenizer.sid_table.write_sid_table` layout) with rows sorted by
+    """Write the SID table (:func:`store_rec.data.sid_table.write_sid_table` layout) with rows sorted by
     item id, atomically; ``sid_dedup`` (0, 1, 2 ... among items sharing a tuple) then follows item-id order."""
-    from store_rec.tokenizer.sid_table import write_sid_table
+    from store_rec.data.sid_table import write_sid_table
 
     order = np.argsort(ids, kind="stable")
     return write_sid_table(path, ids[order], codes[order], method=method, codebook_size=codebook_size,

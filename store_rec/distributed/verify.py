@@ -2,7 +2,7 @@
 
 For each cpu-runnable strategy (data_parallel, table_wise, column_wise, table_column_wise, and row_wise /
 table_row_wise through :class:`store_rec.distributed.cpu_row_wise.CpuRowWiseEBCSharder`) a world-size-2
-cpu plan is made with the planner and saved as JSON; one ``elastic_launch`` of 2 processes then, per
+cpu plan is made with the planner and saved as JSON; one local launch of 2 processes (:func:`store_rec.distributed.local_launch.launch_local`) then, per
 plan, loads it with :func:`store_rec.distributed.plan_io.load_plan`, shards a meta-device
 ``EmbeddingBagCollection`` with ``DistributedModelParallel``, copies the unsharded reference's weights
 into the local shards, and checks on the same batch:
@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
@@ -162,7 +160,8 @@ def _worker(jobs: List[Dict[str, Any]], tables_js: List[Dict[str, Any]], batch_s
                     checked += 1
                 else:
                     raise RuntimeError(f"{job['strategy']}: replicated table {name} got no gradient")
-            out.append({"strategy": job["strategy"], "sharder": job.get("sharder", "store_rec"), "rank": rank, "max_fwd_diff": fwd, "max_grad_diff": gdiff, "shards_checked": checked})
+            out.append({"strategy": job["strategy"], "sharder": job.get("sharder", "store_rec"), "rank": rank,
+                        "max_fwd_diff": fwd, "max_grad_diff": gdiff, "shards_checked": checked})
             dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -191,8 +190,9 @@ def verify_strategies(
     strategies also carry ``gloo_reduce_scatter``: what :func:`gloo_reduce_scatter_probe` received per
     rank, and ``DIR/gloo_reduce_scatter.json`` is written.
     """
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
     from torchrec.modules.embedding_configs import EmbeddingBagConfig
+
+    from store_rec.distributed.local_launch import launch_local
 
     from store_rec.distributed.plan_io import save_plan
     from store_rec.distributed.planning import PlanConfig, TableOverride, plan_tables
@@ -203,7 +203,8 @@ def verify_strategies(
         raise ValueError(f"sharders: expected some of {SHARDERS}, got {list(sharders)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    small = [EmbeddingBagConfig(name=t.name, embedding_dim=t.embedding_dim, num_embeddings=min(t.num_embeddings, max_rows), feature_names=list(t.feature_names)) for t in tables]
+    small = [EmbeddingBagConfig(name=t.name, embedding_dim=t.embedding_dim, num_embeddings=min(t.num_embeddings, max_rows),
+                                feature_names=list(t.feature_names)) for t in tables]
     spec = load_topology("cpu_gloo").with_world_size(WORLD)
     jobs = []
     for s in strategies:
@@ -213,20 +214,7 @@ def verify_strategies(
         res = plan_tables(small, spec, s, None, cfg)
         path = save_plan(res, out / f"plan_verify_{s}.json")
         jobs += [{"strategy": s, "sharder": sh, "plan": str(path)} for sh in sharders]
-    with tempfile.TemporaryDirectory() as tmp:
-        lc = LaunchConfig(
-            min_nodes=1,
-            max_nodes=1,
-            nproc_per_node=WORLD,
-            run_id=str(uuid.uuid4()),
-            rdzv_backend="c10d",
-            rdzv_endpoint=os.path.join(tmp, "rdzv"),
-            rdzv_configs={"store_type": "file"},
-            start_method="spawn",
-            monitor_interval=0.2,
-            max_restarts=0,
-        )
-        per_rank = elastic_launch(lc, entrypoint=_worker)(jobs, _tables_json(small), batch_size, seed)
+    per_rank = launch_local(_worker, (jobs, _tables_json(small), batch_size, seed), nproc=WORLD)
     all_recs = [r for rank_recs in per_rank.values() for r in rank_recs]
     probe = sorted((r for r in all_recs if r["strategy"] == PROBE), key=lambda r: r["rank"])
     if probe:
@@ -236,7 +224,8 @@ def verify_strategies(
         recs = [r for r in all_recs if r["strategy"] == j["strategy"] and r.get("sharder") == j["sharder"]]
         fwd = max(r["max_fwd_diff"] for r in recs)
         grad = max(r["max_grad_diff"] for r in recs)
-        rec = {"strategy": j["strategy"], "sharder": j["sharder"], "max_fwd_diff": fwd, "max_grad_diff": grad, "ok": fwd <= TOL and grad <= TOL, "plan": j["plan"], "ranks": recs}
+        rec = {"strategy": j["strategy"], "sharder": j["sharder"], "max_fwd_diff": fwd, "max_grad_diff": grad,
+               "ok": fwd <= TOL and grad <= TOL, "plan": j["plan"], "ranks": recs}
         if j["strategy"] in ROW_WISE and probe:
             rec["gloo_reduce_scatter"] = probe
         results.append(rec)

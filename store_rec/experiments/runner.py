@@ -1,8 +1,10 @@
 """Build what the experiments need (prepared data, SASRec embeddings, SID tables), then run them.
 
 Artifacts live under ``OUT/data/<dataset>/`` (``OUT/data-tiny/`` with ``--tiny``) and are built in
-this process with the same commands users run (``store-rec data prepare`` / ``pretrain`` /
-``tokenize``). Every artifact gets a build record beside it, ``<artifact>.build.json``: the store-rec
+this process by the library functions behind the commands users run (``store-rec data prepare`` /
+``pretrain`` / ``tokenize``: :func:`store_rec.data.prepare.prepare`,
+:func:`store_rec.tokenizer.pretrain.pretrain_embeddings`, :func:`store_rec.tokenizer.make_sids.make_sid_table`);
+the equivalent command line is logged and recorded. Every artifact gets a build record beside it, ``<artifact>.build.json``: the store-rec
 arguments it was built with (paths under the artifacts root written as ``{root}/...``) and the
 sha256 of its inputs' build records. An artifact is reused only when its record matches what the
 current config asks for; otherwise it is removed together with everything built from it, and rebuilt
@@ -27,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -164,13 +167,21 @@ class Artifacts:
             if d.exists():
                 shutil.rmtree(d)
 
-        return self._ensure(d, argv, {}, lambda: (d / "schema.json").exists(), remove, f"prepare {name}")
+        def build() -> None:  # = store-rec data prepare (argv above)
+            from store_rec.config import parse_overrides
+            from store_rec.data.prepare import prepare
+
+            opts = parse_overrides(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sets.items())
+            prepare(p.dataset, p.source, d, seed=0, overwrite=False, config=None, skip_bad_rows=False, **opts)
+
+        return self._ensure(d, argv, build, {}, lambda: (d / "schema.json").exists(), remove, f"prepare {name}")
 
     def embeddings(self, name: str) -> Artifact:
         ds = self.spec.datasets[name]
         out = self.root / name / "emb.parquet"
         data = self.data_dir(name)
         pt = ds.pretrain
+        assert pt is not None, f"{name}: no pretrain section (callers check ds.pretrain first)"
         epochs = 1 if self.tiny else pt.epochs
         argv = ["pretrain", "--data", str(data.path), "--out", str(out), "--epochs", str(epochs),
                 "--dim", str(pt.dim), "--max-len", str(pt.max_len)]
@@ -179,7 +190,13 @@ class Artifacts:
             for f in [out, out.with_suffix(".json"), *out.parent.glob("sids_*")]:
                 f.unlink(missing_ok=True)
 
-        return self._ensure(out, argv, {"data": data}, out.exists, remove, f"pretrain {name}")
+        def build() -> None:  # = store-rec pretrain (argv above; its other flags' defaults are SASRecConfig's)
+            from store_rec.tokenizer.pretrain import pretrain_embeddings
+            from store_rec.tokenizer.sasrec import SASRecConfig
+
+            pretrain_embeddings(out, SASRecConfig(dim=pt.dim, max_len=pt.max_len, epochs=epochs), data=data.path)
+
+        return self._ensure(out, argv, build, {"data": data}, out.exists, remove, f"pretrain {name}")
 
     def sid_table(self, name: str, method: str, shape: SidShape) -> Artifact:
         out = self.root / name / f"sids_{method}_K{shape.num_sids}_C{shape.codebook_size}.parquet"
@@ -194,7 +211,13 @@ class Artifacts:
             for f in (out, out.with_suffix(".json")):
                 f.unlink(missing_ok=True)
 
-        return self._ensure(out, argv, {"embeddings": emb}, out.exists, remove,
+        def build() -> None:  # = store-rec tokenize (argv above)
+            from store_rec.tokenizer.make_sids import make_sid_table
+
+            make_sid_table(emb.path, out, method=method, num_sids=shape.num_sids, codebook_size=shape.codebook_size,
+                           report=out.with_suffix(".json"), steps=steps if steps and method != "opq" else None)
+
+        return self._ensure(out, argv, build, {"embeddings": emb}, out.exists, remove,
                             f"tokenize {name} {method} K={shape.num_sids} C={shape.codebook_size}")
 
     def _rel(self, tok: str) -> str:
@@ -204,16 +227,18 @@ class Artifacts:
         except ValueError:
             return tok
 
-    def _ensure(self, path: Path, argv: List[str], inputs: Dict[str, Artifact], exists: Callable[[], bool],
-                remove: Callable[[], None], what: str) -> Artifact:
+    def _ensure(self, path: Path, argv: List[str], build: Callable[[], None], inputs: Dict[str, Artifact],
+                exists: Callable[[], bool], remove: Callable[[], None], what: str) -> Artifact:
+        """``argv``: the equivalent ``store-rec`` command (recorded for reproducibility, compared for reuse);
+        ``build``: builds the artifact through the library functions that command runs."""
         if path in self._seen:
             return self._seen[path]
-        art = self._resolve(path, argv, inputs, exists, remove, what)
+        art = self._resolve(path, argv, build, inputs, exists, remove, what)
         self._seen[path] = art
         return art
 
-    def _resolve(self, path: Path, argv: List[str], inputs: Dict[str, Artifact], exists: Callable[[], bool],
-                 remove: Callable[[], None], what: str) -> Artifact:
+    def _resolve(self, path: Path, argv: List[str], build: Callable[[], None], inputs: Dict[str, Artifact],
+                 exists: Callable[[], bool], remove: Callable[[], None], what: str) -> Artifact:
         rec_path = record_path(path)
         if any(a.digest is None for a in inputs.values()):  # build=False and an input is not usable
             self.counts["unavailable"] += 1
@@ -248,19 +273,21 @@ class Artifacts:
         # no artifact (or an interrupted build's leftovers): start clean so a half-written one is never reused
         rec_path.unlink(missing_ok=True)
         remove()
-        self._cli(argv, what)
+        self._build(build, argv, what)
         # the record is written last: an artifact without one was never finished (or predates records)
         atomic_write_json(rec_path, {**want, "command": "store-rec " + " ".join(argv), "built": time.strftime("%Y-%m-%dT%H:%M:%S")})
         return Artifact(path, sha256_file(rec_path))
 
     @staticmethod
-    def _cli(argv: List[str], what: str) -> None:
-        from store_rec.cli import main
+    def _build(build: Callable[[], None], argv: List[str], what: str) -> None:
+        from store_rec.errors import USER_ERRORS
 
         logger.info("experiments: %s: store-rec %s", what, " ".join(argv))
         t0 = time.perf_counter()
-        if main(argv) != 0:
-            raise UserError(f"experiments: {what} failed (store-rec {' '.join(argv)})")
+        try:
+            build()
+        except USER_ERRORS as e:
+            raise UserError(f"experiments: {what} failed (store-rec {' '.join(argv)}): {e}") from e
         logger.info("experiments: %s done in %.1f s", what, time.perf_counter() - t0)
 
 
@@ -413,7 +440,8 @@ def execute(runs: List[Run], base_config: str, jobs: int, force: bool = False, b
             logger.error("experiments: FAILED %s (exit %d), log %s", r.dir, rc, r.dir / "train.log")
             return
         atomic_write_json(r.meta_path, {"overrides": r.overrides, "base_config": base_config, "base_sha256": base_sha,
-                                        "inputs": r.inputs, "seconds": round(time.perf_counter() - t0, 1)}, indent=1)
+                                        "inputs": r.inputs, "seconds": round(time.perf_counter() - t0, 1),
+                                        "command": shlex.join(["python", *cmd[1:]])}, indent=1)
         logger.info("experiments: %s/%s/%s x=%s seed %d done in %.0f s", r.experiment, r.dataset, r.variant, r.x, r.seed,
                     time.perf_counter() - t0)
 

@@ -1,5 +1,6 @@
 """Baselines in the same harness as STORE: same features (``tables.model_features``), embedding
-dims, seeds and ``forward(batch) -> (logits: Tensor[B], aux_losses)`` contract (:class:`RankingModel`).
+dims, seeds and ``forward(batch) -> ModelOutput(logits: Tensor[B], aux_losses={})`` contract
+(:class:`~store_rec.models.ranking.RankingModel`).
 
 TorchRec's own classes are used where they exist:
 
@@ -31,7 +32,8 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from store_rec.models.config import ModelConfig
-from store_rec.models.store import RankingModel
+from store_rec.models.ranking import RankingModel
+from store_rec.ops.flops import mha_flops
 
 
 class RankMixerInteractionArch(nn.Module):
@@ -98,30 +100,21 @@ class DLRM_RankMixer(DLRM):
         self.over_arch = OverArch(self.inter_arch.output_dim, over_arch_layer_sizes, device=dense_device)
 
 
-def _mha_flops(L: int, D: int, heads: int, batch_size: int, backward: bool) -> int:
-    """One ``nn.MultiheadAttention`` over L tokens: q/k/v/out projections + attention core, with
-    the conventions of ``store_rec.ops.flops`` (the ones STORE's attention is counted with)."""
-    from store_rec.ops.flops import dense_attention_flops, projection_flops
-
-    return projection_flops(batch_size, L, D, backward=backward) + dense_attention_flops(
-        batch_size, heads, L, D // heads, backward=backward
-    )
-
-
 class TorchRecBaseline(RankingModel):
     """A TorchRec DLRM-family model in the harness (see module docstring for each ``name``)."""
 
-    def _analytic_modules(self):
+    def analytic_flops_modules(self):  # noqa: ANN201
+        """The transformer's ``nn.MultiheadAttention`` modules (counted analytically); none otherwise."""
         if self.name != "transformer":
             return {}
         L = sum(len(c.feature_names) for c in self.embedding_bag_collection.embedding_bag_configs()) + 1
         D = self.embedding_bag_collection.embedding_bag_configs()[0].embedding_dim
         mhas = [m for m in self.model.inter_arch.modules() if isinstance(m, nn.MultiheadAttention)]
-        return {m: (lambda b, bw, h=m.num_heads: _mha_flops(L, D, h, b, bw)) for m in mhas}
+        return {m: (lambda b, bw, h=m.num_heads: mha_flops(b, L, D, h, backward=bw)) for m in mhas}
 
-    def _dense_step(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+    def dense_step(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         if self.name != "deepfm":
-            return super()._dense_step(dense, sparse)
+            return super().dense_step(dense, sparse)
         names = self.model.inter_arch.sparse_feature_names
         B, F, D = sparse.shape
         kt = KeyedTensor(keys=list(names), length_per_key=[D] * F, values=sparse.reshape(B, F * D))

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import List, Literal, Optional
 
 from store_rec.config import check
+from store_rec.ops.moba_rules import moba_problem
 
 MODEL_NAMES = ("store", "dlrm", "dlrm_dcn", "transformer", "deepfm", "rankmixer")
 
@@ -74,10 +75,9 @@ class AttentionConfig:
     own_block: bool = False
 
     def __post_init__(self) -> None:
-        check(0.0 <= self.sparsity < 1.0, "sparsity", f"must be in [0, 1), got {self.sparsity}")
-        check(not (self.own_block and self.routing == "instance"), "own_block",
-              "is undefined for routing 'instance' (all queries of a sample share one selection)")
-        check(self.block_size >= 1, "block_size", f"must be >= 1, got {self.block_size}")
+        bad = moba_problem(block_size=self.block_size, sparsity=self.sparsity, routing=self.routing,
+                           own_block=self.own_block, impl=self.impl)  # the MoBA rules, defined once
+        check(bad is None, *(bad or ("", "")))
         check(self.num_layers >= 1, "num_layers", f"must be >= 1, got {self.num_layers}")
         check(self.num_heads >= 1, "num_heads", f"must be >= 1, got {self.num_heads}")
         check(self.ffn_dim >= 1, "ffn_dim", f"must be >= 1, got {self.ffn_dim}")

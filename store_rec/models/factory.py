@@ -1,4 +1,4 @@
-"""``build_model(cfg, schema)``: STORE or a baseline, all with ``forward(batch) -> (logits, aux)``."""
+"""``build_model(cfg, schema)``: STORE or a baseline, all with ``forward(batch) -> ModelOutput(logits, aux_losses)``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from store_rec.data.schema import DatasetSchema
 from store_rec.models.baselines import build_baseline
 from store_rec.models.config import ModelConfig
-from store_rec.models.store import RankingModel, StoreModel
+from store_rec.models.ranking import RankingModel
+from store_rec.models.store import StoreModel
 from store_rec.models.tables import embedding_tables
 
 
@@ -31,8 +32,9 @@ def build_model(
         dense_device: where the dense parts are created (default CPU; DMP moves them).
 
     Returns:
-        a :class:`~store_rec.models.store.RankingModel`: ``model(batch) -> (logits: Tensor[B],
-        aux_losses: Dict[str, Tensor])``; ``model.aux_loss_weights()`` gives the config weights.
+        a :class:`~store_rec.models.ranking.RankingModel`: ``model(batch) -> ModelOutput(logits:
+        Tensor[B], aux_losses: Dict[str, Tensor])``; ``model.aux_loss_weights()`` gives the config
+        weights; :class:`~store_rec.models.ranking.RankingTrain` wraps it for training.
     """
     if cfg.name == "store":
         return StoreModel(schema, cfg, device=device, dense_device=dense_device)

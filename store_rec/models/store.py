@@ -27,7 +27,8 @@
 * :class:`DLRM_STORE` is built the way ``DLRM_DCN`` is: ``super().__init__`` then replace
   ``inter_arch`` and ``over_arch``; state_dict keys and ``DLRM.forward`` are DLRM's.
 
-* :class:`StoreModel` is the full model of store_rec's training app (``forward(batch) -> (logits,
+* :class:`StoreModel` is the full model of store_rec's training app, a
+  :class:`~store_rec.models.ranking.RankingModel` (``forward(batch) -> ModelOutput(logits: Tensor[B],
   aux_losses)``), see its docstring.
 """
 
@@ -38,11 +39,11 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Uni
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 from torchrec.models.dlrm import DLRM, OverArch
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from store_rec.models.config import AttentionConfig, ModelConfig, RotationConfig
+from store_rec.models.ranking import RankingModel
 from store_rec.modules.rotation import OrthogonalRotation
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,8 @@ class StoreInteractionArch(nn.Module):
         sid_tokenizer: an :class:`~store_rec.tokenizer.online.OnlineSIDTokenizer` (online SIDs): the
             pooled embeddings of ``tokenize_indices`` (a subset of ``token_indices``, in the
             tokenizer's feature order) become K SID tokens each instead of one raw-ID token; its
-            auxiliary losses (fine-tuning) join :meth:`aux_losses`. ``gate_indices`` may then name
+            auxiliary losses (fine-tuning) are returned by :meth:`interact` / ``forward(...,
+            return_losses=True)``. ``gate_indices`` may then name
             them: the gate is the mean of their SID tokens.
 
     Token order: ``[dense, plain tokens (token_indices minus tokenize_indices), SID tokens of the
@@ -164,7 +166,6 @@ class StoreInteractionArch(nn.Module):
         self.sid_tokenizer = sid_tokenizer
         self.register_buffer("tokenize_index", torch.tensor(online, dtype=torch.long), persistent=False)
         n_sid = len(online) * (sid_tokenizer.num_sids if sid_tokenizer is not None else 0)
-        self._sid_aux: Dict[str, torch.Tensor] = {}
         self.use_rotation = bool(rotation.enabled and groups)
         if self.use_rotation:
             self.register_buffer("token_index", torch.tensor(tokens, dtype=torch.long), persistent=False)
@@ -205,88 +206,65 @@ class StoreInteractionArch(nn.Module):
 
     def tokens(self, dense_features: torch.Tensor, sparse_features: torch.Tensor) -> torch.Tensor:
         """The layer-1 input ``X_0: Tensor[B, L, D]`` = [dense, tokens..., rotated...]."""
+        return self._tokens(dense_features, sparse_features)[0]
+
+    def sid_loss_names(self) -> Tuple[str, ...]:
+        """Names (``sid_<name>``) of the online tokenizer's losses that :meth:`forward` returns in the
+        current mode: the tokenizer's ``loss_names`` while fine-tuning in train mode, else none."""
+        t = self.sid_tokenizer
+        if t is None or not (t.finetune and t.training):
+            return ()
+        return tuple(f"sid_{n}" for n in t.loss_names)
+
+    def _tokens(self, dense_features: torch.Tensor, sparse_features: torch.Tensor) -> Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]:
+        """``(X_0: Tensor[B, L, D], the online tokenizer's losses in :meth:`sid_loss_names` order)``."""
         parts = [dense_features.unsqueeze(1), sparse_features.index_select(1, self.token_index)]
+        sid_losses: Tuple[torch.Tensor, ...] = ()
         if self.sid_tokenizer is not None:
-            sid_tokens, self._sid_aux = self.sid_tokenizer(sparse_features.index_select(1, self.tokenize_index))
+            sid_tokens, tok_aux = self.sid_tokenizer(sparse_features.index_select(1, self.tokenize_index))
+            names = self.sid_loss_names()
+            if {f"sid_{k}" for k in tok_aux} != set(names):
+                raise RuntimeError(f"online tokenizer returned losses {sorted(tok_aux)}, expected {list(names)}")
+            sid_losses = tuple(tok_aux[n[len("sid_"):]] for n in names)
             parts.append(sid_tokens)
         if self.rotation is not None:
             parts.append(self.rotation(sparse_features.index_select(1, self.static_index)))
-        return torch.cat(parts, dim=1)
+        return torch.cat(parts, dim=1), sid_losses
 
-    def forward(self, dense_features: torch.Tensor, sparse_features: torch.Tensor) -> torch.Tensor:
-        """``dense_features: Tensor[B, D], sparse_features: Tensor[B, F, D] -> Tensor[B, output_dim]``."""
-        x = self.tokens(dense_features, sparse_features)
+    def forward(
+        self, dense_features: torch.Tensor, sparse_features: torch.Tensor, return_losses: bool = False
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]]:
+        """``dense_features: Tensor[B, D], sparse_features: Tensor[B, F, D] -> Tensor[B, output_dim]``
+        (TorchRec's interaction-arch contract). With ``return_losses=True``: ``(Tensor[B, output_dim],
+        losses)``, the online tokenizer's losses of this batch (``Tensor[]`` each, weighted by the
+        tokenizer's own weights) in :meth:`sid_loss_names` order (see :meth:`interact`)."""
+        x, sid_losses = self._tokens(dense_features, sparse_features)
         for layer in self.layers:
             gate = x.index_select(1, self.gate_pos).mean(dim=1) if self.gate_pos.numel() else None
             x = layer(x, gate)
-        return x.flatten(1) if self.pooling == "flatten" else x.mean(dim=1)
+        y = x.flatten(1) if self.pooling == "flatten" else x.mean(dim=1)
+        return (y, sid_losses) if return_losses else y
+
+    def interact(self, dense_features: torch.Tensor, sparse_features: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """``(Tensor[B, output_dim], {"sid_<name>": Tensor[]})``: :meth:`forward` with the online
+        tokenizer's losses by name (``{}`` without an online tokenizer or while it is frozen / in
+        eval mode). They are returned, not stored on the module.
+
+        The arch is called as a module (not its ``forward`` method) and its outputs are indexed, not
+        iterated: ``TrainPipelineSparseDist`` fx-traces the train wrapper with this arch as a leaf."""
+        out = self(dense_features=dense_features, sparse_features=sparse_features, return_losses=True)
+        losses = out[1]
+        return out[0], {n: losses[i] for i, n in enumerate(self.sid_loss_names())}
 
     def aux_losses(self) -> Dict[str, torch.Tensor]:
-        """Auxiliary losses: ``{"diversity": -sum_{i<j}||R_i - R_j||_F^2}`` (unweighted) with rotation, plus
-        the online tokenizer's losses of the last forward (``sid_<name>``, weighted by the tokenizer's own
-        weights; only while fine-tuning)."""
-        out = {"diversity": self.rotation.diversity_loss()} if self.rotation is not None else {}
-        out.update({f"sid_{k}": v for k, v in self._sid_aux.items()})
-        return out
+        """The parameter losses: ``{"diversity": -sum_{i<j}||R_i - R_j||_F^2}`` (unweighted) with rotation,
+        ``{}`` without. (The online tokenizer's batch losses come from :meth:`interact`.)"""
+        return {"diversity": self.rotation.diversity_loss()} if self.rotation is not None else {}
 
-    def attention_flops(self, batch_size: int, backward: bool = True) -> int:
-        """Analytic FLOPs of the attention modules (q/k/v/out projections + attention core)."""
-        return sum(int(layer.attn.flops(batch_size, self.seq_len, backward=backward)) for layer in self.layers)
-
-    def analytic_flops_modules(self) -> Dict[nn.Module, "FlopsFn"]:
-        """Attention modules -> ``fn(batch_size, backward) -> FLOPs`` (counted analytically)."""
+    def analytic_flops_modules(self) -> Dict[nn.Module, Callable[[int, bool], int]]:
+        """Attention modules -> ``fn(batch_size, backward) -> FLOPs`` (counted analytically by
+        ``store_rec.ops.flops``: ``FlopCounterMode`` sees 0 for CPU SDPA)."""
         return {layer.attn: (lambda b, bw, a=layer.attn: int(a.flops(b, self.seq_len, backward=bw))) for layer in self.layers}
-
-    def flops(self, batch_size: int, backward: bool = True) -> int:
-        """FLOPs of one fwd(+bwd) of this arch on ``batch_size`` samples (see :func:`count_flops`)."""
-        ref = next(iter(self.parameters()))
-        D, F = self.embedding_dim, self.num_sparse_features
-
-        def step(b: int) -> torch.Tensor:
-            dense = torch.randn(b, D, device=ref.device, dtype=ref.dtype, requires_grad=backward)
-            sparse = torch.randn(b, F, D, device=ref.device, dtype=ref.dtype, requires_grad=backward)
-            return self(dense_features=dense, sparse_features=sparse)
-
-        return count_flops(self, step, self.analytic_flops_modules(), batch_size, backward)
-
-
-FlopsFn = Callable[[int, bool], int]
-
-
-def count_flops(root: nn.Module, step: Callable[[int], torch.Tensor], analytic: Mapping[nn.Module, FlopsFn],
-                batch_size: int, backward: bool = True, owner: Optional[nn.Module] = None) -> int:
-    """FLOPs of ``step(b)`` (a forward of ``root`` on ``b`` synthetic samples, plus its backward when
-    ``backward``) on ``batch_size`` samples.
-
-    ``torch.utils.flop_counter.FlopCounterMode`` counts every op, except that the modules in
-    ``analytic`` (attention: the counter sees 0 for CPU SDPA) are replaced by their analytic count.
-    Everything counted is linear in the batch, so it runs at a batch of 4 and scales exactly.
-    ``root`` is the outermost module ``step`` calls that holds the ``analytic`` ones (the counter names
-    modules from there); ``owner`` (default ``root``) is run in train mode and has its grads cleared.
-    """
-    from torch.utils.flop_counter import FlopCounterMode
-
-    b0 = 4
-    owner = root if owner is None else owner
-    was_training = owner.training
-    owner.train()
-    counter = FlopCounterMode(display=False)
-    with counter:
-        out = step(b0)
-        if backward:
-            out.sum().backward()
-    owner.train(was_training)
-    owner.zero_grad(set_to_none=True)
-    totals = counter.get_flop_counts()
-    # the counter names modules from the outermost module it saw: ``root``
-    names = {id(m): f"{type(root).__name__}.{n}" for n, m in root.named_modules() if n}
-    seen_in_analytic = 0
-    for m in analytic:
-        if names.get(id(m)) not in totals:
-            raise RuntimeError(f"FlopCounterMode did not see attention module {names.get(id(m))}")
-        seen_in_analytic += sum(totals[names[id(m)]].values())
-    per_sample = (counter.get_total_flops() - seen_in_analytic) / b0
-    return int(round(per_sample * batch_size)) + sum(int(fn(batch_size, backward)) for fn in analytic.values())
 
 
 def _feature_indices(names: Sequence[str], groups: Optional[Union[Mapping[str, Sequence[str]], Sequence[Sequence[str]]]]):
@@ -360,88 +338,6 @@ class DLRM_STORE(DLRM):
 
 
 # ---------------------------------------------------------------------------- the full model
-def _dense_input(batch, const_dense: bool) -> torch.Tensor:
-    """``batch.dense_features``, or ``ones[B, 1]`` when the dataset has no dense feature (the dense
-    MLP then learns a bias token). No data-dependent control flow: the pipeline fx-traces this."""
-    dense = batch.dense_features
-    if const_dense:
-        return torch.ones_like(batch.labels, dtype=torch.float32).unsqueeze(1)
-    return dense
-
-
-class RankingModel(nn.Module):
-    """``forward(batch) -> (logits: Tensor[B], aux_losses: Dict[str, Tensor])`` around a DLRM-style
-    ``model(dense_features, sparse_features: KJT) -> Tensor[B, 1]`` (STORE or a baseline).
-
-    ``batch`` is anything with ``.dense_features: Tensor[B, n_dense]`` and ``.sparse_features: KJT``
-    (``StoreBatch``, ``torchrec.datasets.utils.Batch``). The KJT may carry extra keys; the EBC reads
-    its own features. Loss: ``BCEWithLogits(logits, labels) + sum_k w_k * aux[k]`` with
-    ``w = aux_loss_weights()``.
-    """
-
-    def __init__(self, model: nn.Module, dense_in_features: int, const_dense: bool, name: str) -> None:
-        super().__init__()
-        self.model = model
-        self.dense_in_features = dense_in_features
-        self.const_dense = const_dense
-        self.name = name
-
-    def forward(self, batch) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:  # noqa: ANN001
-        dense = _dense_input(batch, self.const_dense)
-        with parametrize.cached():  # each parametrized R_i is computed once for forward + aux
-            logits = self.model(dense_features=dense, sparse_features=batch.sparse_features).squeeze(-1)
-            aux = self.aux_losses()
-        return logits, aux
-
-    def aux_losses(self) -> Dict[str, torch.Tensor]:
-        inter = getattr(self.model, "inter_arch", None)
-        return inter.aux_losses() if hasattr(inter, "aux_losses") else {}
-
-    def aux_loss_weights(self) -> Dict[str, float]:
-        return {}
-
-    @property
-    def embedding_bag_collection(self) -> EmbeddingBagCollection:
-        return self.model.sparse_arch.embedding_bag_collection
-
-    # ---------------------------------------------------------------- FLOPs
-    def _dense_parts(self) -> List[nn.Module]:
-        return [m for m in (getattr(self.model, "dense_arch", None), self.model.inter_arch, self.model.over_arch) if m is not None]
-
-    def _analytic_modules(self) -> Dict[nn.Module, int]:
-        """Modules whose FLOPs are counted analytically (FlopCounterMode misses CPU SDPA), per batch of 1."""
-        return {}
-
-    def flops(self, batch_size: int, backward: bool = True) -> int:
-        """FLOPs of one training step (forward + backward) on ``batch_size`` samples.
-
-        Counts what runs after the embedding lookups (dense arch, interaction, over arch) with
-        :func:`count_flops` on synthetic inputs (works with a meta-device EBC: call it on the
-        unsharded model); attention modules are counted analytically. Embedding-bag pooling is not
-        counted.
-        """
-        ref = next(p for p in self.model.over_arch.parameters())
-        dev, dt = ref.device, ref.dtype
-        D = self.embedding_bag_collection.embedding_bag_configs()[0].embedding_dim
-        F = sum(len(c.feature_names) for c in self.embedding_bag_collection.embedding_bag_configs())
-        dense_in = 1 if self.const_dense else self.dense_in_features
-
-        def step(b: int) -> torch.Tensor:
-            dense = torch.randn(b, dense_in, device=dev, dtype=dt)
-            sparse = torch.randn(b, F, D, device=dev, dtype=dt, requires_grad=backward)
-            return self._dense_step(dense, sparse)
-
-        return count_flops(self.model.inter_arch, step, self._analytic_modules(), batch_size, backward, owner=self)
-
-    def _dense_step(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        ed = self.model.dense_arch(dense)
-        return self.model.over_arch(self.model.inter_arch(dense_features=ed, sparse_features=sparse))
-
-    def tflops_per_batch(self, batch_size: int = 1024, backward: bool = True) -> float:
-        """``flops(batch_size) / 1e12`` (the paper reports TFLOPs per batch of 1024)."""
-        return self.flops(batch_size, backward=backward) / 1e12
-
-
 def _item_features(schema, cfg: ModelConfig, tokens: Sequence[str]) -> List[str]:  # noqa: ANN001
     """The target item's token features: its SIDs, else its raw ID (``model.item_feature``; with online
     SIDs its K SID tokens)."""
@@ -470,7 +366,9 @@ class StoreModel(RankingModel):
     * the inner module is a :class:`DLRM_STORE` (``self.model``), so state_dict keys are DLRM's
       under ``model.``.
 
-    ``forward(batch) -> (logits: Tensor[B], {"diversity": Tensor[]})`` (no aux without rotation).
+    ``forward(batch) -> ModelOutput(logits: Tensor[B], aux_losses={"diversity": Tensor[]})`` (no aux
+    without rotation), computed by :meth:`logits_and_aux` (DLRM's forward, with the losses the
+    interaction returns).
     Loss = ``bce + sum(aux_loss_weights()[k] * aux[k])``; ``aux_loss_weights() == {"diversity":
     cfg.rotation.diversity_weight}``. Rotation parameters for the alternating optimizer:
     ``store_rec.modules.rotation.rotation_parameters(model)`` / ``split_rotation_params``.
@@ -480,7 +378,7 @@ class StoreModel(RankingModel):
     ``OnlineSIDTokenizer`` turns its pooled embedding into K SID tokens after the (sharded) EBC, so
     the pipeline still overlaps the input dist. The tokenizer comes from ``model.online.tokenizer``
     (or ``sid_tokenizer=``, an already built tokenizer module, e.g. in tests); while fine-tuning,
-    its losses join ``aux`` as ``sid_<name>`` and ``aux_loss_weights()`` gives each of them weight 1
+    its losses (returned by :meth:`StoreInteractionArch.interact`) join ``aux`` as ``sid_<name>`` and ``aux_loss_weights()`` gives each of them weight 1
     (they are already weighted by the tokenizer), for whatever names the tokenizer returns.
     """
 
@@ -517,7 +415,17 @@ class StoreModel(RankingModel):
             w.update({f"sid_{k}": 1.0 for k in tok.loss_names})
         return w
 
-    def _analytic_modules(self):
+    def logits_and_aux(self, dense: torch.Tensor, sparse_features) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:  # noqa: ANN001
+        """DLRM's forward (dense arch, sparse arch, interaction, over arch) with the interaction's
+        losses: ``(Tensor[B, 1], {"diversity": ..., "sid_<name>": ...})``."""
+        m = self.model
+        embedded_dense = m.dense_arch(dense)
+        embedded_sparse = m.sparse_arch(sparse_features)
+        inter, sid_aux = m.inter_arch.interact(dense_features=embedded_dense, sparse_features=embedded_sparse)
+        logits = m.over_arch(inter)
+        return logits, {**m.inter_arch.aux_losses(), **sid_aux}
+
+    def analytic_flops_modules(self) -> Dict[nn.Module, Callable[[int, bool], int]]:
         return self.model.inter_arch.analytic_flops_modules()
 
 
@@ -539,39 +447,3 @@ def _online_tokenizer(cfg: ModelConfig, features: Sequence[str], tokenizer: Opti
                         "(the item table feeds it: pre-train and tokenize at the model's embedding_dim)")
     return OnlineSIDTokenizer(tokenizer, list(features), cfg.embedding_dim, token_mode=o.token_mode,
                               finetune=o.finetune, aux_weight=o.aux_weight)
-
-
-class RankingTrain(nn.Module):
-    """Train wrapper for ``TrainPipelineSparseDist`` (like TorchRec's ``DLRMTrain``).
-
-    ``forward(batch) -> (loss, (bce, logits, labels))`` with ``loss = BCEWithLogits(logits, labels)
-    + sum_k weights[k] * aux[k]``, ``weights = {**model.aux_loss_weights(), **aux_weights}``: the
-    given weights override the model's defaults key by key (``{"diversity": 0.05}`` keeps an online
-    tokenizer's ``sid_*`` weights; set a key to 0 to drop that loss). The second element is detached,
-    as ``pipeline.progress`` returns it. The last aux values (detached) are kept in ``self.last_aux``
-    for logging.
-    """
-
-    def __init__(self, model: RankingModel, aux_weights: Optional[Mapping[str, float]] = None) -> None:
-        super().__init__()
-        self.model = model
-        self.aux_weights = {**model.aux_loss_weights(), **(aux_weights or {})}
-        self.loss_fn = nn.BCEWithLogitsLoss()
-        self.last_aux: Dict[str, torch.Tensor] = {}
-
-    def weighted_loss(self, batch) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # noqa: ANN001
-        """``(loss, bce, logits: Tensor[B], labels: Tensor[B])`` with ``loss = bce + sum_k w_k * aux_k``."""
-        logits, aux = self.model(batch)
-        labels = batch.labels.float()
-        bce = self.loss_fn(logits, labels)
-        loss = bce
-        for k, v in aux.items():
-            w = self.aux_weights.get(k, 0.0)
-            if w:
-                loss = loss + w * v
-        self.last_aux = {k: v.detach() for k, v in aux.items()}
-        return loss, bce, logits, labels
-
-    def forward(self, batch) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:  # noqa: ANN001
-        loss, bce, logits, labels = self.weighted_loss(batch)
-        return loss, (bce.detach(), logits.detach(), labels.detach())

@@ -1,4 +1,7 @@
-"""Analytic FLOPs of dense attention and MoBA (what actually runs), fwd and fwd+bwd.
+"""FLOPs counting, in one place: analytic FLOPs of dense attention and MoBA (what actually runs), fwd
+and fwd+bwd, and the FLOPs of whole models (:func:`model_flops`, :func:`interaction_flops`: torch's
+``FlopCounterMode`` for everything but attention, which the models declare through
+``analytic_flops_modules()``).
 
 torch's ``FlopCounterMode`` counts **0** FLOPs for ``F.scaled_dot_product_attention`` on CPU (checked
 on torch 2.13: fwd+bwd of SDPA, with and without a mask, reports 0, while the same attention written
@@ -24,7 +27,10 @@ Conventions:
 from __future__ import annotations
 
 import math
-from typing import Dict
+from typing import Callable, Dict, Mapping, Optional
+
+import torch
+from torch import nn
 
 ROUTINGS = ("query", "query_block", "instance")
 
@@ -68,6 +74,14 @@ def dense_attention_flops(batch: int, heads: int, seq_len: int, head_dim: int, *
     return _core(batch, heads, seq_len, seq_len, head_dim, backward)
 
 
+def mha_flops(batch: int, seq_len: int, embed_dim: int, heads: int, *, backward: bool = True) -> int:
+    """One ``nn.MultiheadAttention`` over ``seq_len`` tokens (the transformer baseline): q/k/v/out
+    projections + dense attention core, with the conventions above (the ones STORE's attention is
+    counted with)."""
+    return projection_flops(batch, seq_len, embed_dim, backward=backward) + dense_attention_flops(
+        batch, heads, seq_len, embed_dim // heads, backward=backward)
+
+
 def moba_attention_flops(
     batch: int,
     heads: int,
@@ -108,3 +122,94 @@ def moba_attention_flops(
     else:  # query_block: nb groups of block_size (padded) queries, each against its k blocks
         att = _core(batch * nb, heads, block_size, k * block_size, head_dim, backward)
     return {"gate": gate, "attention": att, "total": gate + att}
+
+
+# ------------------------------------------------------------------------------------ whole models
+FlopsFn = Callable[[int, bool], int]  # (batch_size, backward) -> FLOPs
+
+
+def count_flops(root: nn.Module, step: Callable[[int], torch.Tensor], analytic: Mapping[nn.Module, FlopsFn],
+                batch_size: int, backward: bool = True, owner: Optional[nn.Module] = None) -> int:
+    """FLOPs of ``step(b)`` (a forward of ``root`` on ``b`` synthetic samples, plus its backward when
+    ``backward``) on ``batch_size`` samples.
+
+    ``torch.utils.flop_counter.FlopCounterMode`` counts every op, except that the modules in
+    ``analytic`` (attention: the counter sees 0 for CPU SDPA) are replaced by their analytic count.
+    Everything counted is linear in the batch, so it runs at a batch of 4 and scales exactly.
+    ``root`` is the outermost module ``step`` calls that holds the ``analytic`` ones (the counter names
+    modules from there); ``owner`` (default ``root``) is run in train mode and has its grads cleared.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    b0 = 4
+    owner = root if owner is None else owner
+    was_training = owner.training
+    owner.train()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = step(b0)
+        if backward:
+            out.sum().backward()
+    owner.train(was_training)
+    owner.zero_grad(set_to_none=True)
+    totals = counter.get_flop_counts()
+    # the counter names modules from the outermost module it saw: ``root``
+    names = {id(m): f"{type(root).__name__}.{n}" for n, m in root.named_modules() if n}
+    seen_in_analytic = 0
+    for m in analytic:
+        if names.get(id(m)) not in totals:
+            raise RuntimeError(f"FlopCounterMode did not see attention module {names.get(id(m))}")
+        seen_in_analytic += sum(totals[names[id(m)]].values())
+    per_sample = (counter.get_total_flops() - seen_in_analytic) / b0
+    return int(round(per_sample * batch_size)) + sum(int(fn(batch_size, backward)) for fn in analytic.values())
+
+
+def analytic_flops(module: nn.Module, batch_size: int, backward: bool = True) -> int:
+    """The analytically counted part alone: the sum over ``module.analytic_flops_modules()`` (for
+    STORE's interaction arch: its attention modules' projections + cores)."""
+    return sum(int(fn(batch_size, backward)) for fn in module.analytic_flops_modules().values())
+
+
+def interaction_flops(arch: nn.Module, batch_size: int, backward: bool = True) -> int:
+    """FLOPs of one fwd(+bwd) of an interaction arch (``arch(dense_features=Tensor[B, D],
+    sparse_features=Tensor[B, F, D])``, with ``embedding_dim``, ``num_sparse_features`` and
+    ``analytic_flops_modules()``, e.g. ``StoreInteractionArch``) on ``batch_size`` samples
+    (:func:`count_flops` on random inputs)."""
+    ref = next(iter(arch.parameters()))
+    D, F = int(arch.embedding_dim), int(arch.num_sparse_features)
+
+    def step(b: int) -> torch.Tensor:
+        dense = torch.randn(b, D, device=ref.device, dtype=ref.dtype, requires_grad=backward)
+        sparse = torch.randn(b, F, D, device=ref.device, dtype=ref.dtype, requires_grad=backward)
+        return arch(dense_features=dense, sparse_features=sparse)
+
+    return count_flops(arch, step, arch.analytic_flops_modules(), batch_size, backward)
+
+
+def model_flops(model: nn.Module, batch_size: int, backward: bool = True) -> int:
+    """FLOPs of one training step (forward + backward) of a ranking model on ``batch_size`` samples.
+
+    ``model`` is a :class:`store_rec.models.ranking.RankingModel` (STORE or a baseline): what runs
+    after the embedding lookups (``model.dense_step``: dense arch, interaction, over arch) is counted
+    by :func:`count_flops` on synthetic inputs (works with a meta-device EBC: call it on the
+    unsharded model); the modules of ``model.analytic_flops_modules()`` (attention) analytically.
+    Embedding-bag pooling is not counted.
+    """
+    ref = next(p for p in model.model.over_arch.parameters())
+    dev, dt = ref.device, ref.dtype
+    configs = model.embedding_bag_collection.embedding_bag_configs()
+    D = configs[0].embedding_dim
+    F = sum(len(c.feature_names) for c in configs)
+    dense_in = 1 if model.const_dense else model.dense_in_features
+
+    def step(b: int) -> torch.Tensor:
+        dense = torch.randn(b, dense_in, device=dev, dtype=dt)
+        sparse = torch.randn(b, F, D, device=dev, dtype=dt, requires_grad=backward)
+        return model.dense_step(dense, sparse)
+
+    return count_flops(model.model.inter_arch, step, model.analytic_flops_modules(), batch_size, backward, owner=model)
+
+
+def tflops_per_batch(model: nn.Module, batch_size: int = 1024, backward: bool = True) -> float:
+    """``model_flops(model, batch_size) / 1e12`` (the paper reports TFLOPs per batch of 1024)."""
+    return model_flops(model, batch_size, backward=backward) / 1e12

@@ -54,27 +54,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from store_rec.ops.flops import (
-    ROUTINGS,
     moba_attention_flops,
     num_blocks,
     projection_flops,
     topk_for,
 )
+from store_rec.ops.moba_rules import check_moba_args
 
 logger = logging.getLogger(__name__)
 
-IMPLS = ("reference", "fast", "dense")
-_ALIASES = {"block": "query_block"}  # accepted spelling of "query_block" (model config)
 _ONEHOT_MAX_BLOCKS = 32  # query_block backward: one-hot bmm up to this many key blocks, else index_add_
 
 __all__ = ["BlockSparseAttention", "moba_attention", "route", "selection_mask", "topk_for", "num_blocks"]
-
-
-def _check_routing(routing: str) -> str:
-    routing = _ALIASES.get(routing, routing)
-    if routing not in ROUTINGS:
-        raise ValueError(f"routing must be one of {ROUTINGS}, got {routing!r}")
-    return routing
 
 
 def _block_means(x: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -107,24 +98,18 @@ def route(
     G = L (``query``), ``num_blocks`` (``query_block``) or 1 (``instance``). Gate scores are fp32
     ``gating query . mean block key`` per head; the gating query is the query, the block-mean query,
     or ``gate: Tensor[B, H, Dh]`` / the mean query of the sample (``instance``).
+
+    Trusts its arguments (canonical ``routing``, ``1 <= topk <= num_blocks``, ``gate`` / ``own_block``
+    as :func:`moba_attention` checks them): see :mod:`store_rec.ops.moba_rules`.
     """
-    routing = _check_routing(routing)
     B, H, L, Dh = q.shape
     nb = num_blocks(L, block_size)
-    if not 1 <= topk <= nb:
-        raise ValueError(f"topk must be in [1, {nb}], got {topk}")
-    if gate is not None and routing != "instance":
-        raise ValueError(f"a gating vector is only used by routing='instance', got routing={routing!r}")
-    if own_block and routing == "instance":
-        raise ValueError("own_block is undefined for routing='instance' (all queries share one selection)")
     kbar = _block_means(k, block_size)  # [B, H, nb, Dh]
     if routing == "query":
         gq = q.detach().float()
     elif routing == "query_block":
         gq = _block_means(q, block_size)
     elif gate is not None:
-        if gate.shape != (B, H, Dh):
-            raise ValueError(f"gate must have shape {(B, H, Dh)} = [B, H, Dh], got {tuple(gate.shape)}")
         gq = gate.detach().float().unsqueeze(2)
     else:
         gq = q.detach().float().mean(dim=2, keepdim=True)
@@ -141,8 +126,8 @@ def route(
 
 
 def selection_mask(sel: torch.Tensor, seq_len: int, block_size: int, routing: str) -> torch.Tensor:
-    """``LongTensor[B, H, G, topk] -> BoolTensor[B, H, L, num_blocks]``: may query i use key block j."""
-    routing = _check_routing(routing)
+    """``LongTensor[B, H, G, topk] -> BoolTensor[B, H, L, num_blocks]``: may query i use key block j
+    (``routing`` canonical, as :func:`route` returns it for)."""
     B, H, G, _ = sel.shape
     nb = num_blocks(seq_len, block_size)
     m = torch.zeros(B, H, G, nb, dtype=torch.bool, device=sel.device).scatter_(-1, sel, True)
@@ -278,16 +263,42 @@ def moba_attention(
             default: the mean query of the sample).
         own_block: always select the query's own block (``query`` / ``query_block`` routing).
         dropout_p: attention-probability dropout, applied when ``training``.
+
+    The public entry point for direct use: checks the MoBA rules (:func:`store_rec.ops.moba_rules.
+    check_moba_args`) and the shapes once, then runs the unchecked path :func:`_moba_attention`.
     """
     if q.dim() != 4 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(
             f"q, k, v must all be [B, H, L, Dh] with equal shapes, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
         )
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
-    routing = _check_routing(routing)
+    routing = check_moba_args(block_size=block_size, sparsity=sparsity, routing=routing, own_block=own_block, impl=impl)
+    if gate is not None:
+        if routing != "instance":
+            raise ValueError(f"a gating vector is only used by routing='instance', got routing={routing!r}")
+        B, H, _, Dh = q.shape
+        if gate.shape != (B, H, Dh):
+            raise ValueError(f"gate must have shape {(B, H, Dh)} = [B, H, Dh], got {tuple(gate.shape)}")
+    return _moba_attention(q, k, v, block_size=block_size, sparsity=sparsity, routing=routing, impl=impl, gate=gate,
+                           own_block=own_block, dropout_p=dropout_p, scale=scale, training=training)
+
+
+def _moba_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    block_size: int,
+    sparsity: float,
+    routing: str,
+    impl: str,
+    gate: Optional[torch.Tensor],
+    own_block: bool,
+    dropout_p: float,
+    scale: Optional[float],
+    training: bool,
+) -> torch.Tensor:
+    """:func:`moba_attention` without checks (arguments already valid: canonical routing, see
+    :mod:`store_rec.ops.moba_rules`); what :class:`BlockSparseAttention` calls every step."""
     nb = num_blocks(q.shape[2], block_size)
     topk = topk_for(sparsity, nb)
     drop = dropout_p if training else 0.0
@@ -326,14 +337,9 @@ class BlockSparseAttention(nn.Module):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})")
-        if impl not in IMPLS:
-            raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-        if block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {block_size}")
-        topk_for(sparsity, 1)  # validates sparsity
-        self.routing = _check_routing(routing)
-        if own_block and self.routing == "instance":
-            raise ValueError("own_block is undefined for routing='instance'")
+        # the MoBA rules, once at construction (a model built from a validated AttentionConfig passes)
+        self.routing = check_moba_args(block_size=block_size, sparsity=sparsity, routing=routing, own_block=own_block,
+                                       impl=impl)
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
         self.block_size, self.sparsity, self.dense = int(block_size), float(sparsity), bool(dense)
         self.impl, self.dropout, self.own_block = impl, float(dropout), bool(own_block)
@@ -368,12 +374,14 @@ class BlockSparseAttention(nn.Module):
         q, k, v = qkv[0], qkv[1], qkv[2]
         g = None
         if gate is not None and not self.dense:
+            if self.routing != "instance":
+                raise ValueError(f"a gating vector is only used by routing='instance', got routing={self.routing!r}")
             if gate.shape != (B, D):
                 raise ValueError(f"gate must have shape {(B, D)} = [B, D], got {tuple(gate.shape)}")
             w = self.in_proj.weight[:D]
             b = None if self.in_proj.bias is None else self.in_proj.bias[:D]
             g = F.linear(gate, w, b).view(B, H, Dh)
-        out = moba_attention(
+        out = _moba_attention(
             q,
             k,
             v,
@@ -384,6 +392,7 @@ class BlockSparseAttention(nn.Module):
             gate=g,
             own_block=self.own_block,
             dropout_p=self.dropout,
+            scale=None,
             training=self.training,
         )
         return self.out_proj(out.transpose(1, 2).reshape(B, L, D))

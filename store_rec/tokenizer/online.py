@@ -30,7 +30,8 @@ Training the tokenizer (``finetune``):
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+import os
+from typing import Any, Dict, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn

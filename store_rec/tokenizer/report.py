@@ -16,24 +16,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from store_rec.data.sid_table import dedup_tokens  # noqa: F401  (re-exported: the SID table format owns it)
+
 #: rows per decode batch in :func:`partial_stats` (bounded memory whatever N is)
 DECODE_BATCH = 16384
-
-
-def dedup_tokens(codes: np.ndarray) -> np.ndarray:
-    """``codes: int64[N, K]`` -> ``sid_dedup int64[N]``: 0, 1, 2.. among items sharing a tuple (TIGER),
-    in row order, so ``(codes, sid_dedup)`` is unique per item."""
-    if len(codes) == 0:
-        return np.zeros(0, np.int64)
-    _, inv = np.unique(codes, axis=0, return_inverse=True)
-    inv = inv.reshape(-1)
-    order = np.argsort(inv, kind="stable")
-    sorted_inv = inv[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_inv)) + 1]
-    group_start = np.repeat(starts, np.diff(np.r_[starts, len(inv)]))
-    out = np.empty(len(inv), np.int64)
-    out[order] = np.arange(len(inv)) - group_start
-    return out
 
 
 def usage_stats(counts: np.ndarray) -> Dict[str, Any]:

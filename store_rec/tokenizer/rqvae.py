@@ -46,11 +46,11 @@ class RQVAE(SemanticTokenizer):
         qs, codes, res, losses = [], [], [], {}
         for k, vq in enumerate(self.levels):
             res.append(residual)
-            q, c, l = vq(residual[:, None, :])
+            q, c, level_losses = vq(residual[:, None, :])
             qs.append(q[:, 0])
             codes.append(c[:, 0])
             residual = residual - q[:, 0].detach()
-            for name, v in l.items():
+            for name, v in level_losses.items():
                 losses[name] = losses.get(name, 0) + v
         quant = torch.stack(qs, 1)
         recon = self.decoder(quant.sum(1))

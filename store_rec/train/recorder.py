@@ -1,0 +1,57 @@
+"""Rank 0's metric outputs of a training run: ``<output.dir>/metrics.jsonl`` (one record per eval) and
+TensorBoard scalars in ``<output.dir>/tb``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from store_rec.distributed.env import DistEnv
+from store_rec.fileio import atomic_write_text
+from store_rec.train.config import TrainConfig
+from store_rec.train.metrics import finite_or_none
+
+
+class Recorder:
+    """Rank-0 metrics sink: JSONL records + TensorBoard scalars (inactive on the other ranks).
+
+    A fresh run starts an empty ``metrics.jsonl``; a run resumed from step ``resumed_from`` keeps the
+    records up to that step and drops the later ones (the resumed run writes them again)."""
+
+    def __init__(self, cfg: TrainConfig, env: DistEnv, resumed_from: Optional[int]) -> None:
+        self.active = env.rank == 0
+        self.out = Path(cfg.output.dir)
+        self.tb = None
+        if self.active:
+            self.out.mkdir(parents=True, exist_ok=True)
+            jl = self.out / "metrics.jsonl"
+            if jl.exists():  # a fresh run starts an empty file; a resumed one drops records past its step
+                keep = [] if resumed_from is None else [
+                    line for line in jl.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= resumed_from]
+                atomic_write_text(jl, "".join(line + "\n" for line in keep))
+            if cfg.output.tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.out / "tb"))
+
+    def eval_record(self, rec: Dict[str, Any]) -> None:
+        """Append one eval record (non-finite floats as null) and its auc/gauc/logloss scalars."""
+        if not self.active:
+            return
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in rec.items()}) + "\n")
+        if self.tb is not None:
+            for k in ("auc", "gauc", "logloss"):
+                if rec.get(k) is not None and math.isfinite(rec[k]):
+                    self.tb.add_scalar(f"{rec['split']}/{k}", rec[k], rec["step"])
+            self.tb.flush()
+
+    def scalar(self, name: str, value: float, step: int) -> None:
+        if self.tb is not None:
+            self.tb.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()

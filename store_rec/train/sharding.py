@@ -1,0 +1,84 @@
+"""Sharding the train wrapper: planner constraints from the ``sharding:`` config section, a plan
+(planned by ``EmbeddingShardingPlanner`` or loaded from a ``store-rec plan`` file), the
+``DistributedModelParallel`` built with it, and the pre-trained item vectors loaded into its shards.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from store_rec.distributed.env import DistEnv
+from store_rec.errors import UserError
+from store_rec.train.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+def planner_constraints(cfg: TrainConfig, tables: List[Any], device: torch.device) -> Dict[str, Any]:
+    """``ParameterConstraints`` per table from ``sharding:`` (global lists, then per-table overrides),
+    built by :func:`store_rec.distributed.planning.build_constraints` as ``store-rec plan`` builds them
+    (``--strategy auto``; on CPU the search defaults to TorchRec's CPU sharding types)."""
+    from store_rec.distributed.planning import TableOverride, build_constraints
+    from store_rec.distributed.sharding_types import CPU_SHARDING_TYPES
+
+    sh = cfg.sharding
+    overrides: Dict[str, TableOverride] = {}
+    for name, over in sh.tables.items():  # each key given per table wins over the global one
+        overrides[name] = TableOverride(sharding_types=over.sharding_types or sh.sharding_types,
+                                        compute_kernels=over.compute_kernels or sh.compute_kernels)
+    every = TableOverride(sharding_types=sh.sharding_types, compute_kernels=sh.compute_kernels)
+    out = build_constraints(tables, "auto", None, {}, overrides, cpu=device.type == "cpu",
+                            auto_defaults=every if (sh.sharding_types or sh.compute_kernels) else None,
+                            overrides_key="sharding.tables")
+    if device.type == "cpu":
+        for t in tables:
+            bad = [s for s in (out[t.name].sharding_types or []) if s not in CPU_SHARDING_TYPES]
+            if bad:
+                where = f"sharding.tables.{t.name}" if t.name in sh.tables and sh.tables[t.name].sharding_types else "sharding"
+                raise UserError(f"{where}.sharding_types: {bad} need CUDA; on CPU use {list(CPU_SHARDING_TYPES)}")
+    return out
+
+
+def shard_model(wrapper: nn.Module, cfg: TrainConfig, env: DistEnv, tables: List[Any], plan_file: Optional[str]) -> nn.Module:
+    """``DistributedModelParallel`` of ``wrapper`` (a :class:`~store_rec.models.ranking.RankingTrain`
+    whose EBC is on the meta device) with a planned or loaded plan."""
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+    from torchrec.distributed.sharding_plan import get_default_sharders
+
+    from store_rec.distributed.cpu_row_wise import with_cpu_row_wise
+
+    sharders = with_cpu_row_wise(get_default_sharders())  # lets the planner offer row_wise on cpu
+    if plan_file:
+        from store_rec.distributed.plan_io import ebc_module_path, load_plan
+
+        plan = load_plan(plan_file, tables, env.world_size, env.device, module_path=ebc_module_path(wrapper), local_world_size=env.local_world_size)
+    else:
+        topology = Topology(world_size=env.world_size, local_world_size=env.local_world_size, compute_device=env.device.type)
+        planner = EmbeddingShardingPlanner(topology=topology, constraints=planner_constraints(cfg, tables, env.device))
+        plan = planner.collective_plan(wrapper, sharders, dist.GroupMember.WORLD)
+    if env.rank == 0:
+        logger.info("sharding plan:\n%s", plan)
+    return DistributedModelParallel(module=wrapper, device=env.device, plan=plan, sharders=sharders)
+
+
+def load_online_item_embeddings(dmp: nn.Module, cfg: TrainConfig, schema) -> int:  # noqa: ANN001
+    """Online SIDs: pre-trained vectors (``model.online.embeddings``) into this rank's shards of the
+    ``item_feature`` table, before training (a resumed run then overwrites them from the checkpoint).
+    Returns the rows written on this rank (0 when nothing is configured)."""
+    m = cfg.model
+    if m.sid_source != "online" or m.tokenizer == "none" or not m.online.embeddings:
+        return 0
+    from store_rec.distributed.embedding_io import load_pretrained_into_ebc
+    from store_rec.tokenizer.embeddings import load_embeddings
+
+    ids, emb = load_embeddings(m.online.embeddings, expected_dim=m.embedding_dim)
+    n = load_pretrained_into_ebc(dmp, f"t_{m.item_feature}", ids, emb)
+    logger.info("model.online.embeddings: %d pre-trained %s vectors from %s (%d rows on this rank)", len(ids),
+                m.item_feature, m.online.embeddings, n)
+    return n

@@ -1,0 +1,344 @@
+"""The training loop: sharded STORE / baseline training on TorchRec with exact metrics and resume.
+
+``run(cfg)`` is what ``store-rec train`` and ``python -m store_rec.train`` (under ``torchrun`` /
+``torchx``) execute on every rank; a :class:`Trainer` holds the run's state. Read in this order:
+
+1. Process group from the environment (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` from torchrun; cuda +
+   nccl with GPUs, cpu + gloo otherwise; a single process without torchrun gets a world of one):
+   :func:`store_rec.distributed.env.init_distributed`.
+2. Data (:mod:`store_rec.train.data`): ``data.dir`` (prepared by rank 0 from
+   ``data.prepare_if_missing`` when absent), one :class:`~store_rec.data.loader.ParquetBatchLoader`
+   per split, rank-sharded.
+3. Model: :func:`~store_rec.models.factory.build_model` with its EBC on the meta device, wrapped in
+   :class:`~store_rec.models.ranking.RankingTrain` (``forward(batch) -> (loss, TrainOutput)``); fused
+   sparse optimizer applied in backward (Adagrad / row-wise Adagrad, :mod:`store_rec.train.optim`),
+   sharded by ``DistributedModelParallel`` with a plan from ``EmbeddingShardingPlanner`` (constraints
+   from ``sharding:``) or a plan file (``store-rec plan``) (:mod:`store_rec.train.sharding`).
+4. Dense optimizer (Adam/Adagrad) over the non-rotation dense parameters and the rotation optimizer,
+   stepped by :class:`~store_rec.modules.rotation.AlternatingOptimizer` on ``model.rotation.schedule``;
+   linear warm-up then none/linear/cosine decay of their LRs. With ``optim.schedule_sparse_lr`` (the
+   default) the fused sparse LR of the embedding tables follows the same schedule
+   (:class:`~store_rec.train.optim.SparseLR`); without it it stays at ``optim.sparse.lr``.
+5. Loop (:meth:`Trainer.fit`): ``TrainPipelineSparseDist`` over segments of the epoch that end at the
+   next eval / checkpoint / stop step (the pipeline is drained there, so a checkpoint holds the exact
+   loader position). Eval on ``valid`` every ``train.eval_every`` steps and at each epoch end
+   (:mod:`store_rec.train.evaluate`); early stop on valid AUC; final eval of the last model on
+   ``train.eval_splits``.
+6. Outputs (rank 0): ``<output.dir>/metrics.jsonl`` (one record per eval), TensorBoard scalars in
+   ``<output.dir>/tb`` (:mod:`store_rec.train.recorder`), a tqdm bar, and the final JSON summary
+   (``auc``, ``gauc``, ``logloss`` of the test split -- valid if there is no test -- plus
+   ``samples_per_s``, ``tflops_per_batch`` (TFLOPs of one fwd+bwd step on a batch of 1024 samples,
+   whatever ``data.batch_size`` is, as the paper reports them), best/valid/test details) at
+   ``output.metrics_out``; written to a temp file then renamed.
+7. Checkpoints (:mod:`store_rec.train.checkpoint`): ``<checkpoint.dir>/step-N``, written atomically. A
+   run with ``resume=True`` -- or any restart of an elastic job (``TORCHELASTIC_RESTART_COUNT > 0``)
+   -- continues from the newest complete checkpoint, exactly (same world size).
+
+Test hook: ``STORE_REC_FAULT_AT_STEP=N`` makes the last rank SIGKILL itself once after step ``N``
+(a marker file ``STORE_REC_FAULT_MARKER`` -- default ``<checkpoint.dir>/fault.marker`` -- keeps the
+restarted attempt alive). It exists to test fault recovery and is off unless the variable is set.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from store_rec.config import to_dict
+from store_rec.distributed.env import SHARED_STORE_ENV, DistEnv, init_distributed
+from store_rec.fileio import atomic_write_json
+from store_rec.models.ranking import RankingTrain, TrainOutput
+from store_rec.train.checkpoint import clear_checkpoints, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from store_rec.train.config import TrainConfig
+from store_rec.train.data import check_sid_table_method, make_loader, prepare_data
+from store_rec.train.evaluate import evaluate, improves_on_best
+from store_rec.train.metrics import finite_or_none
+from store_rec.train.optim import LRSchedule, SparseLR, dense_optimizer, sparse_optimizer
+from store_rec.train.recorder import Recorder
+from store_rec.train.sharding import load_online_item_embeddings, shard_model
+
+logger = logging.getLogger(__name__)
+
+FAULT_ENV = "STORE_REC_FAULT_AT_STEP"
+FAULT_MARKER_ENV = "STORE_REC_FAULT_MARKER"
+
+
+def warn_shared_rdzv_store(env: DistEnv) -> None:
+    """torch's elastic agent (torchrun --max-restarts N) shares one TCP store across restart rounds; the
+    process group's keys of the failed round are still in it, and a restarted gloo rank can read its
+    peer's stale address and wait forever (pytorch/pytorch#135712). The launcher must run with
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` (launch/components.py:train sets it)."""
+    if env.rank == 0 and int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0 and os.environ.get(SHARED_STORE_ENV) != "1":
+        logger.warning("elastic restarts are on but %s is not set in the launcher's environment: a restarted attempt can "
+                       "hang in init_process_group (pytorch/pytorch#135712); set %s=1 for torchrun", SHARED_STORE_ENV, SHARED_STORE_ENV)
+
+
+class Trainer:
+    """One training run on this rank: built by ``__init__`` (steps 2-4 of the module docstring),
+    trained by :meth:`fit` (steps 5-7). The loop's state (``step``, ``epoch``, ``pos`` -- the batch
+    within the epoch --, early-stop state, throughput counters) lives on the instance and is what a
+    checkpoint's extras hold (:meth:`extra_state`)."""
+
+    def __init__(self, cfg: TrainConfig, env: DistEnv, plan_file: Optional[str] = None) -> None:
+        from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+        from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+
+        from store_rec.models.factory import build_model
+        from store_rec.models.tables import embedding_tables
+        from store_rec.ops.flops import tflops_per_batch
+
+        self.cfg, self.env = cfg, env
+        torch.manual_seed(cfg.train.seed)
+        np.random.seed(cfg.train.seed)
+        random.seed(cfg.train.seed)
+        # data
+        check_sid_table_method(cfg)
+        data_dir = prepare_data(cfg, env)
+        self.train_loader = make_loader(cfg, data_dir, "train", env, train=True)
+        schema = self.train_loader.schema
+        self.eval_loaders = {s: make_loader(cfg, data_dir, s, env, train=False)
+                             for s in sorted({"valid", *cfg.train.eval_splits, *cfg.train.epoch_end_splits}) if s in schema.splits}
+        # model, sharded
+        model = build_model(cfg.model, schema, device=torch.device("meta"))
+        self.tflops = float(tflops_per_batch(model, 1024))
+        tables = embedding_tables(schema, cfg.model)
+        wrapper = RankingTrain(model, cfg.loss.aux_weights)
+        opt_cls, opt_kw = sparse_optimizer(cfg)
+        apply_optimizer_in_backward(opt_cls, model.embedding_bag_collection.parameters(), opt_kw)
+        self.dmp = shard_model(wrapper, cfg, env, tables, plan_file or cfg.sharding.plan_file)
+        load_online_item_embeddings(self.dmp, cfg, schema)
+        # optimizers, LR schedule, pipeline
+        self.optimizer = dense_optimizer(cfg, self.dmp)
+        self.steps_per_epoch = len(self.train_loader)
+        total = self.steps_per_epoch * cfg.train.epochs
+        if cfg.train.max_steps is not None:
+            total = min(total, cfg.train.max_steps)
+        self.total = total
+        sparse_lr = SparseLR(self.dmp, cfg.optim.sparse.lr) if cfg.optim.schedule_sparse_lr else None
+        self.lr_schedule = LRSchedule(cfg, self.optimizer, total, sparse_lr)  # reads the base LRs before a resume
+        self.pipeline = TrainPipelineSparseDist(self.dmp, self.optimizer, env.device, execute_all_batches=True)
+        self.ck_root = Path(cfg.checkpoint.dir or Path(cfg.output.dir) / "checkpoints")
+        # loop state
+        self.step, self.epoch, self.pos = 0, 0, 0
+        self.best: Optional[Dict[str, Any]] = None
+        self.bad_evals, self.train_time, self.train_samples = 0, 0.0, 0
+        self.resumed_from: Optional[int] = None
+        self.last_eval: Dict[str, Dict[str, Any]] = {}  # split -> its newest eval record
+        self.loss_sum, self.loss_n = self._zero_loss(), 0
+        self.recorder: Optional[Recorder] = None
+        self.fault_step = int(os.environ[FAULT_ENV]) if os.environ.get(FAULT_ENV) else None
+        self.fault_marker = Path(os.environ.get(FAULT_MARKER_ENV) or self.ck_root / "fault.marker")
+
+    # ------------------------------------------------------------------ resume / checkpoint state
+    def restore(self, resume: bool) -> None:
+        """Continue from the newest checkpoint (``resume``, or a restarted elastic attempt); a fresh run
+        removes an earlier run's checkpoints instead."""
+        env = self.env
+        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+        warn_shared_rdzv_store(env)
+        if resume or restarted:
+            latest = latest_checkpoint(self.ck_root)
+            if latest is not None:
+                extra = load_checkpoint(latest, self.dmp, env, self.cfg)
+                self.optimizer.load_state_dict(extra["optimizer"])
+                self.step, self.epoch, self.pos = extra["step"], extra["epoch"], extra["pos"]
+                self.best, self.bad_evals = extra["best"], extra["bad_evals"]
+                self.train_time, self.train_samples = extra["train_time"], extra["train_samples"]
+                set_rng_state(extra["rng"])
+                self.resumed_from = self.step
+                logger.info("resumed from %s (step %d, epoch %d, batch %d)", latest, self.step, self.epoch, self.pos)
+            elif resume:
+                logger.info("--resume: no checkpoint in %s, starting from scratch", self.ck_root)
+        if self.resumed_from is None and env.rank == 0:
+            # a fresh run must not mix with (nor have its new checkpoints pruned in favour of) an older run's
+            gone = clear_checkpoints(self.ck_root)
+            if gone:
+                logger.warning("starting from scratch: removed %d checkpoint(s) of an earlier run in %s (pass --resume "
+                               "to continue from them instead)", len(gone), self.ck_root)
+        dist.barrier()
+
+    def extra_state(self) -> Dict[str, Any]:
+        """This rank's part of a checkpoint besides the DCP state (see :mod:`store_rec.train.checkpoint`)."""
+        return {"step": self.step, "epoch": self.epoch, "pos": self.pos, "optimizer": self.optimizer.state_dict(),
+                "best": self.best, "bad_evals": self.bad_evals, "train_time": self.train_time,
+                "train_samples": self.train_samples, "rng": rng_state(), "world_size": self.env.world_size,
+                "config": to_dict(self.cfg)}
+
+    # ------------------------------------------------------------------ metrics
+    def global_samples_per_s(self) -> float:
+        """Training samples of every rank / the slowest rank's training time."""
+        n = torch.tensor([float(self.train_samples)], dtype=torch.float64)
+        dist.all_reduce(n)
+        t = torch.tensor([self.train_time], dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(n[0] / t[0]) if t[0] > 0 else float("nan")
+
+    def evaluate_split(self, split: str, loss_avg: Optional[float]) -> Dict[str, Any]:
+        """Evaluate the current model on ``split`` (once per step), record and return the record."""
+        if split in self.last_eval and self.last_eval[split]["step"] == self.step:  # this model was already evaluated
+            return self.last_eval[split]
+        self.pipeline.detach()
+        m = evaluate(self.dmp, self.eval_loaders[split], self.env)
+        rec = {"step": self.step, "epoch": self.epoch, "split": split, **m, "samples_per_s": self.global_samples_per_s(),
+               "tflops_per_batch": self.tflops, "train_logloss": loss_avg, "resumed_from_step": self.resumed_from}
+        self.last_eval[split] = rec
+        self.recorder.eval_record(rec)
+        if self.env.rank == 0:
+            logger.info("eval %s step %d epoch %d: auc %.5f gauc %.5f logloss %.5f", split, self.step, self.epoch,
+                        m["auc"], m["gauc"], m["logloss"])
+        return rec
+
+    def _zero_loss(self) -> torch.Tensor:
+        # sum of the steps' log loss since the last valid eval, kept on the device: float() of it syncs host and
+        # device, so it happens only at log_every and at segment ends (where the pipeline is drained anyway)
+        return torch.zeros((), dtype=torch.float64, device=self.env.device)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, *, resume: bool = False, metrics_out: Optional[str] = None) -> Dict[str, Any]:
+        """Train (from the newest checkpoint with ``resume``), evaluate, write and return the summary."""
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        self.restore(resume)
+        self.recorder = Recorder(cfg, self.env, self.resumed_from)
+        pbar = tqdm(total=self.total, initial=self.step, desc="train",
+                    disable=not (self.env.rank == 0 and cfg.output.progress_bar), dynamic_ncols=True)
+        stop = self.step >= self.total
+        self.loss_sum, self.loss_n = self._zero_loss(), 0
+        while not stop and self.epoch < cfg.train.epochs:
+            stop = self.train_epoch(pbar)
+        pbar.close()
+        self.pipeline.detach()
+        return self.finish(metrics_out)
+
+    def train_epoch(self, pbar) -> bool:  # noqa: ANN001
+        """Train the rest of the current epoch (from batch ``pos``) segment by segment; True to stop."""
+        self.train_loader.set_epoch(self.epoch)
+        self.train_loader.load_state_dict({**self.train_loader.state_dict(), "epoch": self.epoch, "batches": self.pos})
+        it: Iterator = iter(self.train_loader)
+        self.dmp.train()
+        stop = False
+        while self.pos < self.steps_per_epoch and self.step < self.total:
+            self.train_segment(itertools.islice(it, self.segment_end() - self.step), pbar)
+            stop, epoch_done = self.end_segment()
+            if stop or epoch_done:
+                break
+        if hasattr(it, "close"):
+            it.close()
+        return stop
+
+    def segment_end(self) -> int:
+        """The next segment boundary: eval, checkpoint, epoch end or the last step."""
+        ends = [self.steps_per_epoch - self.pos + self.step, self.total]
+        for every in (self.cfg.train.eval_every, self.cfg.checkpoint.every_steps):
+            if every:
+                ends.append((self.step // every + 1) * every)
+        return min(ends)
+
+    def train_segment(self, seg: Iterator, pbar) -> None:  # noqa: ANN001
+        """Pipeline steps over ``seg`` (LR scheduled before each), counting samples and log loss."""
+        t0 = time.perf_counter()
+        while True:
+            self.lr_schedule.apply(self.step)
+            try:
+                out: TrainOutput = self.pipeline.progress(seg)
+            except StopIteration:
+                break
+            self.step += 1
+            self.pos += 1
+            self.train_samples += int(out.labels.numel())
+            self.loss_sum += out.losses["bce"].to(torch.float64)
+            self.loss_n += 1
+            pbar.update(1)
+            if self.step % self.cfg.train.log_every == 0 and self.env.rank == 0:
+                logloss = float(self.loss_sum) / self.loss_n
+                pbar.set_postfix(logloss=f"{logloss:.4f}")
+                self.recorder.scalar("train/logloss", logloss, self.step)
+                self.recorder.scalar("train/loss", float(out.loss), self.step)
+            self.maybe_inject_fault()
+        self.train_time += time.perf_counter() - t0
+
+    def end_segment(self) -> Tuple[bool, bool]:
+        """At a segment boundary: evals + early stop, epoch bookkeeping, checkpoint. ``(stop, epoch_done)``."""
+        cfg = self.cfg
+        eval_every, ck_every = cfg.train.eval_every, cfg.checkpoint.every_steps
+        loss_avg = float(self.loss_sum) / self.loss_n if self.loss_n else None
+        epoch_done = self.pos >= self.steps_per_epoch
+        stop = False
+        if (eval_every and self.step % eval_every == 0) or (epoch_done and cfg.train.eval_at_epoch_end) or self.step >= self.total:
+            if "valid" in self.eval_loaders:
+                rec = self.evaluate_split("valid", loss_avg)
+                self.loss_sum, self.loss_n = self._zero_loss(), 0
+                if improves_on_best(rec["auc"], self.best):
+                    self.best, self.bad_evals = {k: rec[k] for k in ("step", "epoch", "auc", "gauc", "logloss")}, 0
+                else:
+                    self.bad_evals += 1
+                if cfg.train.early_stop_patience and self.bad_evals >= cfg.train.early_stop_patience:
+                    logger.info("early stop at step %d: %d evals without a better valid AUC", self.step, self.bad_evals)
+                    stop = True
+        if epoch_done and cfg.train.eval_at_epoch_end:
+            for split in cfg.train.epoch_end_splits:
+                if split != "valid" and split in self.eval_loaders:
+                    self.evaluate_split(split, loss_avg)
+        if epoch_done:
+            self.epoch, self.pos = self.epoch + 1, 0
+        if cfg.checkpoint.enabled and ((ck_every and self.step % ck_every == 0) or epoch_done or stop or self.step >= self.total):
+            save_checkpoint(self.ck_root, self.step, self.dmp, self.extra_state(), self.env, cfg.checkpoint.keep)
+        return stop or self.step >= self.total, epoch_done
+
+    def maybe_inject_fault(self) -> None:
+        """The ``STORE_REC_FAULT_AT_STEP`` test hook (see the module docstring)."""
+        env = self.env
+        if self.fault_step is not None and self.step == self.fault_step and env.rank == env.world_size - 1 \
+                and not self.fault_marker.exists():
+            self.fault_marker.parent.mkdir(parents=True, exist_ok=True)
+            self.fault_marker.write_text(f"killed rank {env.rank} at step {self.step}\n")
+            logger.warning("fault injection: SIGKILL rank %d at step %d", env.rank, self.step)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def finish(self, metrics_out: Optional[str]) -> Dict[str, Any]:
+        """Final evals on ``train.eval_splits``; the summary (written by rank 0, returned on every rank)."""
+        from store_rec.modules.rotation import rotation_modules
+
+        cfg, env = self.cfg, self.env
+        final = {s: self.evaluate_split(s, None) for s in cfg.train.eval_splits if s in self.eval_loaders}
+        head = final.get("test") or final.get("valid") or next(iter(final.values()), {})
+        summary = {
+            "auc": finite_or_none(head.get("auc")), "gauc": finite_or_none(head.get("gauc")),
+            "logloss": finite_or_none(head.get("logloss")), "split": head.get("split"),
+            # TFLOPs of one fwd+bwd step per batch of 1024 samples (not per data.batch_size batch)
+            "samples_per_s": finite_or_none(self.global_samples_per_s()), "tflops_per_batch": self.tflops,
+            "steps": self.step, "epochs_completed": self.epoch, "world_size": env.world_size, "model": cfg.model.name,
+            "best_valid": self.best,
+            "final": {s: {k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in r.items()} for s, r in final.items()},
+            "resumed_from_step": self.resumed_from, "train_time_s": self.train_time, "train_samples": self.train_samples,
+            # max |R^T R - I| over every rotation matrix after training (None without rotation)
+            "rotation_orthogonality_error": max((m.orthogonality_error() for m in rotation_modules(self.dmp)), default=None),
+        }
+        out = Path(metrics_out or cfg.output.metrics_out or Path(cfg.output.dir) / "summary.json")
+        if env.rank == 0:
+            atomic_write_json(out, summary, sort_keys=True)
+            logger.info("summary: %s", out)
+        self.recorder.close()
+        dist.barrier()
+        return summary
+
+
+def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = None, metrics_out: Optional[str] = None) -> Dict[str, Any]:
+    """Train ``cfg`` on this rank (see the module docstring); returns the final summary (every rank)."""
+    env = init_distributed()
+    try:
+        return Trainer(cfg, env, plan_file=plan_file).fit(resume=resume, metrics_out=metrics_out)
+    finally:
+        if env.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
