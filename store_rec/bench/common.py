@@ -12,6 +12,7 @@ columns computed from stored ones (e.g. GFLOPs from an older JSON's TFLOPs), app
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
