@@ -35,8 +35,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     cfg = load_train_config(args.config, args.overrides)
     summary = run(cfg, resume=args.resume, plan_file=args.plan, metrics_out=args.metrics_out)
     if int(os.environ.get("RANK", "0")) == 0:
-        # tflops_per_batch: TFLOPs of one fwd+bwd step per batch of 1024 samples
-        keys = ("auc", "gauc", "logloss", "samples_per_s", "tflops_per_batch", "steps", "resumed_from_step")
+        # gflops_per_batch: GFLOPs of one fwd+bwd step per batch of 1024 samples (the summary also has it as
+        # tflops_per_batch, its older key); samples_per_s: training throughput
+        keys = ("auc", "gauc", "logloss", "ne", "calibration", "samples_per_s", "gflops_per_batch", "steps", "resumed_from_step")
         print(json.dumps({k: summary.get(k) for k in keys}))
     return 0
 

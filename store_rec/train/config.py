@@ -13,7 +13,7 @@ Sections (every key optional except ``data.dir``)::
                 weight_decay, warmup_steps, decay: none|linear|cosine, min_lr_ratio, schedule_sparse_lr,
                 rotation: {lr, type: adam|sgd}}   # rotation steps follow model.rotation.schedule
     train:     {epochs, max_steps, eval_every, eval_at_epoch_end, early_stop_patience, seed,
-                log_every, eval_splits, epoch_end_splits}
+                log_every, eval_splits, epoch_end_splits, eval_auc, eval_auc_bins}
     sharding:  {plan_file, sharding_types, compute_kernels, tables: {t_<feature>: {sharding_types,
                 compute_kernels}}}
     checkpoint:{enabled, dir, every_steps, keep}
@@ -156,6 +156,10 @@ class LoopConfig:
     eval_splits: List[str] = field(default_factory=lambda: ["valid", "test"])  # final evaluation
     # evaluated at every epoch end (with eval_at_epoch_end); valid drives early stop and "best"
     epoch_end_splits: List[str] = field(default_factory=lambda: ["valid"])
+    # AUC of an eval: exact (rows gathered on rank 0 only) or histogram (all-reduced counts, O(bins)
+    # memory, reported with its error bound auc_error_bound); see store_rec.train.metrics.EvalMetrics
+    eval_auc: Literal["exact", "histogram"] = "exact"
+    eval_auc_bins: int = 65536
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
@@ -164,6 +168,7 @@ class LoopConfig:
         check(self.early_stop_patience >= 0, "early_stop_patience", f"must be >= 0, got {self.early_stop_patience}")
         check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         check(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
+        check(self.eval_auc_bins >= 2, "eval_auc_bins", f"must be >= 2, got {self.eval_auc_bins}")
         for i, s in enumerate(self.eval_splits):
             check(s in ("train", "valid", "test"), f"eval_splits[{i}]", f"{s!r} is not one of train/valid/test")
         for i, s in enumerate(self.epoch_end_splits):
@@ -224,6 +229,8 @@ class OutputConfig:
     dir: str = "runs/train"
     metrics_out: Optional[str] = None  # final JSON summary (default <dir>/summary.json)
     tensorboard: bool = True
+    # a tqdm bar on rank 0 when stderr is a terminal; otherwise (slurm .out, torchx logs, pipes) or with
+    # false, one log line every train.log_every steps instead
     progress_bar: bool = True
 
 

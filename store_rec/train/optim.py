@@ -113,6 +113,20 @@ class LRSchedule:
         self.cfg, self.optimizer, self.total, self.sparse_lr = cfg, optimizer, total, sparse_lr
         self.base_lrs: List[float] = [g["lr"] for g in optimizer.param_groups]
 
+    def current_lrs(self) -> Dict[str, float]:
+        """The LR each optimizer uses now: ``dense``, ``rotation`` (when the model has one) and ``sparse``
+        (the embedding tables' fused optimizer)."""
+        out: Dict[str, float] = {}
+        for name in ("main", "rotation"):
+            opt = getattr(self.optimizer, name, None)
+            if opt is not None and opt.param_groups:
+                out["dense" if name == "main" else name] = float(opt.param_groups[0]["lr"])
+        if not out and self.optimizer.param_groups:
+            out["dense"] = float(self.optimizer.param_groups[0]["lr"])
+        sl = self.sparse_lr
+        out["sparse"] = float(sl.lr * (sl.factor if sl.factor is not None else 1.0)) if sl is not None else self.cfg.optim.sparse.lr
+        return out
+
     def apply(self, step: int) -> None:
         f = lr_factor(step, self.total, self.cfg)
         for g, lr0 in zip(self.optimizer.param_groups, self.base_lrs):

@@ -24,12 +24,18 @@
    loader position). Eval on ``valid`` every ``train.eval_every`` steps and at each epoch end
    (:mod:`store_rec.train.evaluate`); early stop on valid AUC; final eval of the last model on
    ``train.eval_splits``.
-6. Outputs (rank 0): ``<output.dir>/metrics.jsonl`` (one record per eval), TensorBoard scalars in
-   ``<output.dir>/tb`` (:mod:`store_rec.train.recorder`), a tqdm bar, and the final JSON summary
-   (``auc``, ``gauc``, ``logloss`` of the test split -- valid if there is no test -- plus
-   ``samples_per_s``, ``tflops_per_batch`` (TFLOPs of one fwd+bwd step on a batch of 1024 samples,
-   whatever ``data.batch_size`` is, as the paper reports them), best/valid/test details) at
-   ``output.metrics_out``; written to a temp file then renamed.
+6. Outputs (rank 0): ``<output.dir>/config.yaml`` (the resolved config, what ``store-rec predict``
+   reads), ``<output.dir>/metrics.jsonl`` (one record per eval: AUC, GAUC, LogLoss, NE, calibration,
+   ``eval_samples_per_s`` and the training's ``train_samples_per_s`` so far), TensorBoard scalars in
+   ``<output.dir>/tb`` (:mod:`store_rec.train.recorder`: eval metrics, and every ``train.log_every``
+   steps the log loss, each auxiliary loss, each optimizer's LR, train samples/s and the rotations'
+   orthogonality error), a tqdm bar on a terminal or one log line every ``train.log_every`` steps
+   otherwise, and the final JSON summary (``auc``, ``gauc``, ``logloss`` of the test split -- valid if
+   there is no test -- plus ``samples_per_s`` (training), ``gflops_per_batch`` (GFLOPs of one fwd+bwd
+   step on a batch of 1024 samples, whatever ``data.batch_size`` is, as the paper reports them; also as
+   ``tflops_per_batch``, its older key), best/valid/test details) at ``output.metrics_out``; written to
+   a temp file then renamed. Known-benign TorchRec / fbgemm warnings are filtered once
+   (:mod:`store_rec.distributed.benign_warnings`).
 7. Checkpoints (:mod:`store_rec.train.checkpoint`): ``<checkpoint.dir>/step-N``, written atomically. A
    run with ``resume=True`` -- or any restart of an elastic job (``TORCHELASTIC_RESTART_COUNT > 0``)
    -- continues from the newest complete checkpoint, exactly (same world size).
@@ -46,6 +52,7 @@ import logging
 import os
 import random
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple
@@ -188,15 +195,24 @@ class Trainer:
         if split in self.last_eval and self.last_eval[split]["step"] == self.step:  # this model was already evaluated
             return self.last_eval[split]
         self.pipeline.detach()
-        m = evaluate(self.dmp, self.eval_loaders[split], self.env)
-        rec = {"step": self.step, "epoch": self.epoch, "split": split, **m, "samples_per_s": self.global_samples_per_s(),
-               "tflops_per_batch": self.tflops, "train_logloss": loss_avg, "resumed_from_step": self.resumed_from}
+        m = evaluate(self.dmp, self.eval_loaders[split], self.env, self.cfg.train.eval_auc, self.cfg.train.eval_auc_bins)
+        # train_samples_per_s: the training throughput so far (eval excluded); eval_samples_per_s: this eval's
+        rec = {"step": self.step, "epoch": self.epoch, "split": split, **m, "train_samples_per_s": self.global_samples_per_s(),
+               "gflops_per_batch": self.tflops * 1e3, "tflops_per_batch": self.tflops, "train_logloss": loss_avg,
+               "resumed_from_step": self.resumed_from, "rotation_orthogonality_error": self.orthogonality_error()}
         self.last_eval[split] = rec
         self.recorder.eval_record(rec)
         if self.env.rank == 0:
-            logger.info("eval %s step %d epoch %d: auc %.5f gauc %.5f logloss %.5f", split, self.step, self.epoch,
-                        m["auc"], m["gauc"], m["logloss"])
+            logger.info("eval %s step %d epoch %d: auc %.5f gauc %.5f logloss %.5f ne %.4f calibration %.3f "
+                        "(%d rows, %.0f eval samples/s)", split, self.step, self.epoch, m["auc"], m["gauc"], m["logloss"],
+                        m["ne"], m["calibration"], m["num_samples"], m["eval_samples_per_s"])
         return rec
+
+    def orthogonality_error(self) -> Optional[float]:
+        """max |R^T R - I| over every rotation matrix of the model (None without rotation)."""
+        from store_rec.modules.rotation import rotation_modules
+
+        return max((float(m.orthogonality_error()) for m in rotation_modules(self.dmp)), default=None)
 
     def _zero_loss(self) -> torch.Tensor:
         # sum of the steps' log loss since the last valid eval, kept on the device: float() of it syncs host and
@@ -211,8 +227,12 @@ class Trainer:
         cfg = self.cfg
         self.restore(resume)
         self.recorder = Recorder(cfg, self.env, self.resumed_from)
-        pbar = tqdm(total=self.total, initial=self.step, desc="train",
-                    disable=not (self.env.rank == 0 and cfg.output.progress_bar), dynamic_ncols=True)
+        self.recorder.write_config(cfg)
+        # a bar only on a terminal: in slurm / torchx log files its carriage-return updates pile up, and
+        # there (or with output.progress_bar false) train_segment logs a line every log_every steps instead
+        self.bar = self.env.rank == 0 and cfg.output.progress_bar and sys.stderr.isatty()
+        pbar = tqdm(total=self.total, initial=self.step, desc="train", disable=not self.bar, dynamic_ncols=True)
+        self._log_t, self._log_samples = time.perf_counter(), self.train_samples
         stop = self.step >= self.total
         self.loss_sum, self.loss_n = self._zero_loss(), 0
         while not stop and self.epoch < cfg.train.epochs:
@@ -261,12 +281,40 @@ class Trainer:
             self.loss_n += 1
             pbar.update(1)
             if self.step % self.cfg.train.log_every == 0 and self.env.rank == 0:
-                logloss = float(self.loss_sum) / self.loss_n
-                pbar.set_postfix(logloss=f"{logloss:.4f}")
-                self.recorder.scalar("train/logloss", logloss, self.step)
-                self.recorder.scalar("train/loss", float(out.loss), self.step)
+                self.log_step(out, pbar, self.train_time + time.perf_counter() - t0)
             self.maybe_inject_fault()
         self.train_time += time.perf_counter() - t0
+
+    def log_step(self, out: TrainOutput, pbar, train_time: float) -> None:  # noqa: ANN001
+        """Every ``train.log_every`` steps on rank 0: TensorBoard scalars (log loss, loss, each auxiliary
+        loss, each optimizer's LR, this rank's train samples/s since the last log, orthogonality error),
+        and the bar's postfix on a terminal or one log line otherwise."""
+        logloss = float(self.loss_sum) / self.loss_n
+        now = time.perf_counter()
+        # this rank's rate since the last log line (wall time, evals included when one fell in between)
+        rate = (self.train_samples - self._log_samples) / max(now - self._log_t, 1e-9)
+        self._log_t, self._log_samples = now, self.train_samples
+        lrs = self.lr_schedule.current_lrs()
+        orth = self.orthogonality_error()
+        rec = self.recorder
+        rec.scalar("train/logloss", logloss, self.step)
+        rec.scalar("train/loss", float(out.loss), self.step)
+        for k, v in out.losses.items():
+            if k != "bce":
+                rec.scalar(f"train/aux/{k}", float(v), self.step)
+        for k, v in lrs.items():
+            rec.scalar(f"lr/{k}", v, self.step)
+        rec.scalar("throughput/train_samples_per_s_rank0", rate, self.step)
+        if orth is not None:
+            rec.scalar("rotation/orthogonality_error", orth, self.step)
+        if self.bar:
+            pbar.set_postfix(logloss=f"{logloss:.4f}")
+        else:
+            aux = "".join(f" {k} {float(v):.4g}" for k, v in out.losses.items() if k != "bce")
+            logger.info("step %d/%d (%.0f%%) epoch %d: logloss %.4f%s | lr %s | %.0f samples/s (rank 0)%s", self.step,
+                        self.total, 100.0 * self.step / max(self.total, 1), self.epoch, logloss, aux,
+                        " ".join(f"{k} {v:.3g}" for k, v in lrs.items()), rate,
+                        f" | orthogonality error {orth:.2e}" if orth is not None else "")
 
     def end_segment(self) -> Tuple[bool, bool]:
         """At a segment boundary: evals + early stop, epoch bookkeeping, checkpoint. ``(stop, epoch_done)``."""
@@ -308,8 +356,6 @@ class Trainer:
 
     def finish(self, metrics_out: Optional[str]) -> Dict[str, Any]:
         """Final evals on ``train.eval_splits``; the summary (written by rank 0, returned on every rank)."""
-        from store_rec.modules.rotation import rotation_modules
-
         cfg, env = self.cfg, self.env
         final = {s: self.evaluate_split(s, None) for s in cfg.train.eval_splits if s in self.eval_loaders}
         head = final.get("test") or final.get("valid") or next(iter(final.values()), {})
@@ -317,13 +363,15 @@ class Trainer:
             "auc": finite_or_none(head.get("auc")), "gauc": finite_or_none(head.get("gauc")),
             "logloss": finite_or_none(head.get("logloss")), "split": head.get("split"),
             # TFLOPs of one fwd+bwd step per batch of 1024 samples (not per data.batch_size batch)
-            "samples_per_s": finite_or_none(self.global_samples_per_s()), "tflops_per_batch": self.tflops,
+            "samples_per_s": finite_or_none(self.global_samples_per_s()), "gflops_per_batch": self.tflops * 1e3,
+            "tflops_per_batch": self.tflops, "ne": finite_or_none(head.get("ne")),
+            "calibration": finite_or_none(head.get("calibration")),
             "steps": self.step, "epochs_completed": self.epoch, "world_size": env.world_size, "model": cfg.model.name,
             "best_valid": self.best,
             "final": {s: {k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in r.items()} for s, r in final.items()},
             "resumed_from_step": self.resumed_from, "train_time_s": self.train_time, "train_samples": self.train_samples,
             # max |R^T R - I| over every rotation matrix after training (None without rotation)
-            "rotation_orthogonality_error": max((m.orthogonality_error() for m in rotation_modules(self.dmp)), default=None),
+            "rotation_orthogonality_error": self.orthogonality_error(),
         }
         out = Path(metrics_out or cfg.output.metrics_out or Path(cfg.output.dir) / "summary.json")
         if env.rank == 0:
@@ -336,6 +384,9 @@ class Trainer:
 
 def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = None, metrics_out: Optional[str] = None) -> Dict[str, Any]:
     """Train ``cfg`` on this rank (see the module docstring); returns the final summary (every rank)."""
+    from store_rec.distributed.benign_warnings import filter_benign_warnings
+
+    filter_benign_warnings()
     env = init_distributed()
     try:
         return Trainer(cfg, env, plan_file=plan_file).fit(resume=resume, metrics_out=metrics_out)
