@@ -22,6 +22,7 @@ SUBCOMMANDS = {
     "pretrain": "pretrain",
     "tokenize": "tokenize",
     "train": "train",
+    "predict": "predict",
     "plan": "plan",
     "bench": "bench",
     "experiments": "experiments",

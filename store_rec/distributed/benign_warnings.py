@@ -62,6 +62,13 @@ BENIGN: List[Benign] = [
         "nothing in store_rec passes it",
     ),
     Benign(
+        message=r"Please use DTensor instead and we are deprecating ShardedTensor",
+        category=FutureWarning,
+        reason="torch.distributed.checkpoint's note when it loads the ShardedTensors TorchRec 1.8's sharded "
+        "modules hold; loading is exact (`store-rec predict` reproduces the training's test AUC from a "
+        "checkpoint, tests/test_predict.py)",
+    ),
+    Benign(
         message=r"is_fx_tracing will return true for both fx.symbolic_trace and torch.export",
         logger="torch.fx._symbolic_trace",
         reason="torch's note to library authors (TorchRec calls is_fx_tracing); no behaviour changes",

@@ -3,7 +3,8 @@
 Layout (``torch.distributed.checkpoint``): ``<checkpoint.dir>/step-N`` holds the DMP state dict
 (sharded tables + dense parameters) and the fused optimizer state (DCP, sharded), plus one
 ``extra-rank<r>.pt`` per rank (dense/rotation optimizer states, loader position, RNG states, step,
-epoch, early-stop state: :meth:`store_rec.train.trainer.Trainer.extra_state`). Written into
+epoch, early-stop state: :meth:`store_rec.train.trainer.Trainer.extra_state`), and ``config.yaml`` (the
+run's resolved config as plain YAML, so a reader such as ``store-rec predict`` unpickles nothing). Written into
 ``step-N.tmp`` and renamed when every rank is done, so a ``step-N`` directory is always complete.
 """
 
@@ -83,6 +84,10 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, extra: Dict[str, An
     state = {"model": model.state_dict(), "fused_optim": model.fused_optimizer.state_dict()}
     dcp.save(state, checkpoint_id=str(tmp))
     torch.save(extra, tmp / f"extra-rank{env.rank}.pt")
+    if env.rank == 0 and "config" in extra:  # plain YAML of the run's config: what `store-rec predict` reads
+        import yaml
+
+        (tmp / "config.yaml").write_text(yaml.safe_dump(extra["config"], sort_keys=False))
     dist.barrier()
     if env.rank == 0:
         if final.exists():

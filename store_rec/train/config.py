@@ -15,7 +15,7 @@ Sections (every key optional except ``data.dir``)::
     train:     {epochs, max_steps, eval_every, eval_at_epoch_end, early_stop_patience, seed,
                 log_every, eval_splits, epoch_end_splits, eval_auc, eval_auc_bins}
     sharding:  {plan_file, sharding_types, compute_kernels, tables: {t_<feature>: {sharding_types,
-                compute_kernels}}}
+                compute_kernels}}, storage_reservation}
     checkpoint:{enabled, dir, every_steps, keep}
     output:    {dir, metrics_out, tensorboard, progress_bar}
     loss:      {aux_weights: {diversity: 0.1, sid_recon: ...}}  # per key, over the model's own weights
@@ -204,9 +204,13 @@ class ShardingConfig:
     sharding_types: Optional[List[str]] = None
     compute_kernels: Optional[List[str]] = None
     tables: Dict[str, TableShardingConfig] = field(default_factory=dict)
+    # share of each rank's memory the planner keeps free for the dense model and activations (TorchRec's
+    # FixedPercentageStorageReservation; its default percentage)
+    storage_reservation: float = 0.15
 
     def __post_init__(self) -> None:
         _check_kinds(self.sharding_types, self.compute_kernels)
+        check(0.0 <= self.storage_reservation < 1.0, "storage_reservation", f"must be in [0, 1), got {self.storage_reservation}")
 
 
 @dataclass

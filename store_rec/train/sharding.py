@@ -48,7 +48,9 @@ def shard_model(wrapper: nn.Module, cfg: TrainConfig, env: DistEnv, tables: List
     """``DistributedModelParallel`` of ``wrapper`` (a :class:`~store_rec.models.ranking.RankingTrain`
     whose EBC is on the meta device) with a planned or loaded plan."""
     from torchrec.distributed.model_parallel import DistributedModelParallel
-    from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+    from torchrec.distributed.planner import EmbeddingShardingPlanner
+    from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
+    from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
     from torchrec.distributed.sharding_plan import get_default_sharders
 
     from store_rec.distributed.cpu_row_wise import with_cpu_row_wise
@@ -59,8 +61,15 @@ def shard_model(wrapper: nn.Module, cfg: TrainConfig, env: DistEnv, tables: List
 
         plan = load_plan(plan_file, tables, env.world_size, env.device, module_path=ebc_module_path(wrapper), local_world_size=env.local_world_size)
     else:
-        topology = Topology(world_size=env.world_size, local_world_size=env.local_world_size, compute_device=env.device.type)
-        planner = EmbeddingShardingPlanner(topology=topology, constraints=planner_constraints(cfg, tables, env.device))
+        # TopologyFactory with TorchRec's default capacities and bandwidths (what the bare Topology(...)
+        # constructor gives, without its "use TopologyFactory ... the job will fail" warning), and a fixed
+        # share of memory reserved (TorchRec's default HeuristicalStorageReservation over-estimates the
+        # dense part of a meta-device model and warns about it)
+        topology = TopologyFactory.create_topology(
+            TrainerConfig(world_size=env.world_size, local_world_size=env.local_world_size),
+            kernel_config=KernelConfig(compute_device=env.device.type))
+        planner = EmbeddingShardingPlanner(topology=topology, constraints=planner_constraints(cfg, tables, env.device),
+                                           storage_reservation=FixedPercentageStorageReservation(cfg.sharding.storage_reservation))
         plan = planner.collective_plan(wrapper, sharders, dist.GroupMember.WORLD)
     if env.rank == 0:
         logger.info("sharding plan:\n%s", plan)
