@@ -98,3 +98,37 @@ def test_predict_on_two_ranks_reshards_a_one_rank_checkpoint(tmp_path, trained):
     assert res[0]["world_size"] == 2 and math.isclose(res[0]["logloss"], summary["logloss"], rel_tol=1e-9)
     t = pq.read_table(preds)
     assert t.column("row").to_pylist() == list(range(t.num_rows))  # rank 0's part, then rank 1's
+
+
+def test_export_dense_part_matches_the_model(tmp_path, trained):
+    """The exported dense part, fed the EBC's pooled embeddings, gives the logits `predict` wrote."""
+    from store_rec.data.loader import ParquetBatchLoader
+    from store_rec.inference.predict import load_sharded_model, resolve_checkpoint
+    from store_rec.models.ranking import dense_input
+    from store_rec.train.config import load_train_config
+
+    data, out, _ = trained
+    pt2 = tmp_path / "dense.pt2"
+    assert main(["export", "--checkpoint", str(out), "--data", str(data), "--out", str(pt2)]) == 0
+    meta = json.loads(pt2.with_name("dense.pt2.json").read_text())
+    assert meta["check"]["max_abs_diff_vs_model"] <= 1e-5 and meta["inputs"]["sparse"][1] == len(meta["feature_order"])
+    rc, preds = _predict(tmp_path, trained)
+    assert rc == 0
+    program = torch.export.load(str(pt2)).module()
+    # the embedding side, as a server would run it, on the first 5 test rows (a batch size the export never saw)
+    import torch.distributed as dist
+
+    from store_rec.distributed.env import init_distributed
+
+    cfg = load_train_config(out / "config.yaml", [])
+    env = init_distributed()
+    try:
+        loader = ParquetBatchLoader(data, "test", 5, shuffle=False)
+        model = load_sharded_model(cfg, loader.schema, resolve_checkpoint(out), env, None).module.model.eval()
+        batch = next(iter(loader))
+        with torch.no_grad():
+            logits = program(dense_input(batch, model.const_dense), model.model.sparse_arch(batch.sparse_features))
+    finally:
+        dist.destroy_process_group()
+    want = torch.tensor(pq.read_table(preds).column("logit").to_pylist()[:5])
+    torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-5)

@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "tokenize": "tokenize",
     "train": "train",
     "predict": "predict",
+    "export": "export",
     "plan": "plan",
     "bench": "bench",
     "experiments": "experiments",

@@ -6,9 +6,9 @@
 What it does, on every rank (a world of one without torchrun):
 
 1. ``--checkpoint``: a ``step-N`` directory written by training, a checkpoint root (its newest
-   ``step-N``) or a run's ``output.dir`` (its ``checkpoints/``). The training config is read from
-   the ``config.yaml`` the run wrote (in ``output.dir``: the step directory's ancestors are searched,
-   or ``--config``); nothing in the checkpoint is unpickled.
+   ``step-N``) or a run's ``output.dir`` (the ``checkpoint.dir`` its ``config.yaml`` names, else its
+   ``checkpoints/``). The training config is the ``config.yaml`` every checkpoint carries (or
+   ``--config``); nothing in the checkpoint is unpickled.
 2. The model is built as training builds it (``build_model`` on the meta device, the same
    ``RankingTrain`` wrapper) and sharded for *this* job's world size
    (``DistributedModelParallel``, planned anew or ``--plan``); ``torch.distributed.checkpoint``
@@ -62,11 +62,18 @@ def resolve_checkpoint(path: Path) -> Path:
         raise UserError(f"--checkpoint: {path} does not exist")
     if path.name.startswith("step-") and path.is_dir() and not path.name.endswith(".tmp"):
         return path
-    for root in (path, path / "checkpoints"):
+    roots = [path, path / "checkpoints"]
+    if (path / "config.yaml").is_file():  # a run's output.dir: its config names the checkpoint dir
+        from store_rec.config import load_yaml
+
+        ck = (load_yaml(path / "config.yaml").get("checkpoint") or {}).get("dir")
+        if ck:
+            roots.insert(0, Path(ck))
+    for root in roots:
         step = latest_checkpoint(root)
         if step is not None:
             return step
-    raise UserError(f"--checkpoint: no step-N checkpoint in {path} or {path / 'checkpoints'}")
+    raise UserError(f"--checkpoint: no step-N checkpoint in {' or '.join(map(str, roots))}")
 
 
 def find_config(step: Path, given: Optional[str]) -> Path:
@@ -74,7 +81,7 @@ def find_config(step: Path, given: Optional[str]) -> Path:
 
     if given:
         return Path(given)
-    for d in (step, *step.parents[:3]):
+    for d in (step, *list(step.parents)[:3]):
         if (d / "config.yaml").is_file():
             return d / "config.yaml"
     raise UserError(f"--checkpoint {step}: no config.yaml in it or the 3 directories above (training writes one into "
