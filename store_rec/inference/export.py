@@ -25,10 +25,13 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from store_rec.models.ranking import RankingModel
 
 DESCRIPTION = "torch.export the dense part of a trained model (after the embedding lookups) for serving"
 
@@ -36,7 +39,7 @@ DESCRIPTION = "torch.export the dense part of a trained model (after the embeddi
 class DensePart(nn.Module):
     """``forward(dense: Tensor[B, n_dense], sparse: Tensor[B, F, D]) -> logits: Tensor[B]``."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: "RankingModel") -> None:
         super().__init__()
         self.model = model
 

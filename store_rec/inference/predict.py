@@ -185,6 +185,7 @@ def load_sharded_model(cfg, schema, step: Path, env, plan_file: Optional[str]): 
     from store_rec.train.sharding import shard_model
 
     model = build_model(cfg.model, schema, device=torch.device("meta"))
+    model.set_precision(cfg.train.precision, env.device.type)  # score as training evaluated
     wrapper = RankingTrain(model, cfg.loss.aux_weights)
     dmp = shard_model(wrapper, cfg, env, embedding_tables(schema, cfg.model), plan_file)
     state = {"model": dmp.state_dict()}

@@ -60,11 +60,12 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from store_rec.config import to_dict
 from store_rec.distributed.env import SHARED_STORE_ENV, DistEnv, init_distributed
 from store_rec.fileio import atomic_write_json
-from store_rec.models.ranking import RankingTrain, TrainOutput
+from store_rec.models.ranking import RankingModel, RankingTrain, TrainOutput
 from store_rec.train.checkpoint import clear_checkpoints, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from store_rec.train.config import TrainConfig
 from store_rec.train.data import check_sid_table_method, make_loader, prepare_data
@@ -120,10 +121,14 @@ class Trainer:
         self.tflops = float(tflops_per_batch(model, 1024))
         tables = embedding_tables(schema, cfg.model)
         wrapper = RankingTrain(model, cfg.loss.aux_weights)
-        opt_cls, opt_kw = sparse_optimizer(cfg)
+        opt_cls, opt_kw = sparse_optimizer(cfg, env.device.type)
         apply_optimizer_in_backward(opt_cls, model.embedding_bag_collection.parameters(), opt_kw)
+        model.set_precision(cfg.train.precision, env.device.type)
         self.dmp = shard_model(wrapper, cfg, env, tables, plan_file or cfg.sharding.plan_file)
         load_online_item_embeddings(self.dmp, cfg, schema)
+        t0 = time.perf_counter()
+        self.compiled = compile_dense_part(model, self.dmp, self.train_loader, env) if cfg.train.compile else False
+        self.compile_s = time.perf_counter() - t0 if cfg.train.compile else 0.0
         # optimizers, LR schedule, pipeline
         self.optimizer = dense_optimizer(cfg, self.dmp)
         self.steps_per_epoch = len(self.train_loader)
@@ -233,13 +238,40 @@ class Trainer:
         self.bar = self.env.rank == 0 and cfg.output.progress_bar and sys.stderr.isatty()
         pbar = tqdm(total=self.total, initial=self.step, desc="train", disable=not self.bar, dynamic_ncols=True)
         self._log_t, self._log_samples = time.perf_counter(), self.train_samples
+        self.profiler = self.start_profiler()
         stop = self.step >= self.total
         self.loss_sum, self.loss_n = self._zero_loss(), 0
         while not stop and self.epoch < cfg.train.epochs:
             stop = self.train_epoch(pbar)
         pbar.close()
+        if self.profiler is not None:
+            self.profiler.stop()
         self.pipeline.detach()
         return self.finish(metrics_out)
+
+    def start_profiler(self):  # noqa: ANN201
+        """``train.profile_steps > 0``: a ``torch.profiler`` over that many training steps after
+        ``train.profile_skip`` (+1 warm-up) steps, its trace written per rank to
+        ``<output.dir>/profile/rank<r>.json`` (chrome://tracing / Perfetto)."""
+        n = self.cfg.train.profile_steps
+        if not n:
+            return None
+        from torch.profiler import ProfilerActivity, profile, schedule
+
+        out = Path(self.cfg.output.dir) / "profile"
+        out.mkdir(parents=True, exist_ok=True)
+        rank = self.env.rank
+
+        def save(p) -> None:  # noqa: ANN001
+            path = out / f"rank{rank}.json"
+            p.export_chrome_trace(str(path))
+            logger.info("train.profile_steps: trace of %d steps in %s", n, path)
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.env.device.type == "cuda" else [])
+        prof = profile(activities=acts, schedule=schedule(wait=self.cfg.train.profile_skip, warmup=1, active=n, repeat=1),
+                       on_trace_ready=save, record_shapes=True)
+        prof.start()
+        return prof
 
     def train_epoch(self, pbar) -> bool:  # noqa: ANN001
         """Train the rest of the current epoch (from batch ``pos``) segment by segment; True to stop."""
@@ -276,6 +308,8 @@ class Trainer:
                 break
             self.step += 1
             self.pos += 1
+            if self.profiler is not None:
+                self.profiler.step()
             self.train_samples += int(out.labels.numel())
             self.loss_sum += out.losses["bce"].to(torch.float64)
             self.loss_n += 1
@@ -370,6 +404,7 @@ class Trainer:
             "best_valid": self.best,
             "final": {s: {k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in r.items()} for s, r in final.items()},
             "resumed_from_step": self.resumed_from, "train_time_s": self.train_time, "train_samples": self.train_samples,
+            "precision": cfg.train.precision, "compiled": self.compiled, "compile_s": round(self.compile_s, 3),
             # max |R^T R - I| over every rotation matrix after training (None without rotation)
             "rotation_orthogonality_error": self.orthogonality_error(),
         }
@@ -380,6 +415,35 @@ class Trainer:
         self.recorder.close()
         dist.barrier()
         return summary
+
+
+def compile_dense_part(model: RankingModel, dmp: nn.Module, loader, env: DistEnv) -> bool:  # noqa: ANN001
+    """``train.compile``: ``nn.Module.compile()`` (in place: parameter names and checkpoints unchanged) on
+    the modules after the embedding lookups (:meth:`RankingModel.dense_children`), then one forward of
+    the first training batch (no backward, so no parameter changes) to compile now. Where torch.compile
+    fails (no C++ compiler for inductor, an op dynamo cannot trace, ...) the modules go back to eager
+    with a warning naming the error, and training goes on. Returns whether the compiled modules run.
+    All ranks agree (a failure on any rank reverts every rank)."""
+    parts = model.dense_children()
+    for m in parts.values():
+        m.compile()
+    t0 = time.perf_counter()
+    err = ""
+    try:
+        batch = next(iter(loader)).to(env.device)
+        dmp(batch)
+    except Exception as e:  # noqa: BLE001 - any compile failure falls back to eager
+        err = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    failed = torch.tensor([1 if err else 0])
+    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+    if int(failed):
+        for m in parts.values():
+            m._compiled_call_impl = None  # back to eager
+        logger.warning("train.compile: torch.compile of %s failed%s; continuing in eager mode", ", ".join(parts),
+                       f" ({err})" if err else " on another rank")
+        return False
+    logger.info("train.compile: compiled %s in %.1f s (first batch)", ", ".join(parts), time.perf_counter() - t0)
+    return True
 
 
 def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = None, metrics_out: Optional[str] = None) -> Dict[str, Any]:
