@@ -17,6 +17,7 @@ SUITES = {
     "train": ("store_rec.bench.train", "end-to-end training samples/s and TFLOPs per batch of 1024, STORE vs baselines"),
     "data": ("store_rec.bench.data", "loader samples/s (Avazu-shaped and synthetic schemas)"),
     "tokenizer": ("store_rec.bench.tokenizer", "tokenizer encode items/s and training time"),
+    "speed": ("store_rec.bench.speed", "training speed options side by side: fp32 / bf16 / torch.compile (ratios, AUC parity)"),
 }
 
 
