@@ -57,6 +57,10 @@ def register(subparsers) -> None:
                    help="TorchRec proposers: auto (default: TorchRec's four for small problems, uniform for big ones; "
                         "see docs/PLANNING.md), default (all four), greedy, uniform")
     p.add_argument("--timeout", type=int, default=None, help="stop each search after this many seconds and keep the best plan so far")
+    p.add_argument("--partitioner", default=None,
+                   help="comma list of TorchRec partitioners compared side by side: greedy (default: GreedyPerfPartitioner "
+                        "by storage), greedy_perf (by perf), memory_balanced (MemoryBalancedPartitioner: lowest max HBM "
+                        "within plan.memory_balanced_tolerance of greedy's perf)")
     p.add_argument("--imbalance-warn", type=float, default=2.0, metavar="X",
                    help="warn when a plan's max/mean over ranks of HBM, DDR or estimated time exceeds X (default 2.0)")
     p.add_argument("--replot", metavar="DIR", default=None,
@@ -221,7 +225,7 @@ def run(args) -> int:
     import logging
 
     from store_rec.distributed.plan_io import save_plan
-    from store_rec.distributed.planning import KERNELS, STRATEGIES, choose_proposer, plan_tables
+    from store_rec.distributed.planning import KERNELS, PARTITIONERS, STRATEGIES, choose_proposer, plan_tables
     from store_rec.distributed.topology import load_topology
     from store_rec.errors import UserError
     from store_rec.fileio import atomic_write_text
@@ -250,43 +254,49 @@ def run(args) -> int:
     print(f"planning {desc} on topology {base.name} ({base.compute_device}, {base.hbm_cap_gb:g} GB HBM, "
           f"{base.ddr_cap_gb:g} GB DDR per rank, batch {base.batch_size}/rank)")
 
+    partitioners = [x.strip() for x in (args.partitioner or cfg.partitioner).split(",") if x.strip()]
+    for x in partitioners:
+        if x not in PARTITIONERS:
+            raise UserError(f"--partitioner: {x!r} is not one of {', '.join(PARTITIONERS)}")
     records: List[Dict[str, Any]] = []
     ranks: Dict[str, Dict[str, List[float]]] = {}  # tag -> per-rank hbm_gb / ddr_gb / total_ms
     failures: List[str] = []
-    for w in worlds:
+    runs = [(w, s, x) for w in worlds for s in strategies for x in partitioners]
+    for w, s, x in runs:
         spec = base.with_world_size(w)
-        for s in strategies:
-            tag = f"ws{w}_{s}"
-            t0 = time.perf_counter()
-            try:
-                res = plan_tables(tables, spec, s, args.kernel, cfg, pfs)
-            except UserError as e:
-                if len(worlds) * len(strategies) == 1:
-                    raise
-                failures.append(f"{tag}: {e}")
-                records.append({"world_size": w, "strategy": s, "kernel": args.kernel or "auto",
-                                "proposer": choose_proposer(cfg.proposer, len(tables), w),
-                                "status": f"no plan ({getattr(e, 'kind', 'other')})",
-                                "planning_time_s": round(time.perf_counter() - t0, 3)})
-                print(f"[{tag}] no plan ({time.perf_counter() - t0:.1f} s): {e}")
-                continue
-            save_plan(res, out / f"plan_{tag}.json")
-            atomic_write_text(out / f"stats_{tag}.txt", res.stats_text)
-            _write_ranks(out / f"ranks_{tag}.csv", res)
-            rec = {**res.summary(), "status": "ok"}
-            rec["warnings"] = imbalance_warnings(rec, args.imbalance_warn)
-            records.append(rec)
-            ranks[tag] = {"hbm_gb": [round(r.hbm_gb, 6) for r in res.ranks], "ddr_gb": [round(r.ddr_gb, 6) for r in res.ranks],
-                          "total_ms": [round(r.total_ms, 6) for r in res.ranks]}
-            print(
-                f"[{tag}] planning time {res.planning_time_s:.2f} s ({rec['proposer']} proposer) | step {rec['step_time_ms']:.3f} ms (est.) | "
-                f"peak HBM {rec['peak_hbm_gb']:.2f} GB, DDR {rec['peak_ddr_gb']:.2f} GB per rank | imbalance perf {rec['perf_imbalance']:.2f}, "
-                f"HBM {rec['hbm_imbalance']:.2f} | {rec['sharding_types']}"
-            )
-            if rec["warnings"]:
-                print(f"[{tag}] WARNING: {rec['warnings']} -- {_imbalance_hint(rec)}")
-            if w <= 16 and len(worlds) * len(strategies) == 1:
-                sys.stdout.write(res.stats_text)
+        cfg.partitioner = x
+        tag = _tag({"world_size": w, "strategy": s, "partitioner": x})
+        t0 = time.perf_counter()
+        try:
+            res = plan_tables(tables, spec, s, args.kernel, cfg, pfs)
+        except UserError as e:
+            if len(runs) == 1:
+                raise
+            failures.append(f"{tag}: {e}")
+            records.append({"world_size": w, "strategy": s, "kernel": args.kernel or "auto",
+                            "proposer": choose_proposer(cfg.proposer, len(tables), w), "partitioner": x,
+                            "status": f"no plan ({getattr(e, 'kind', 'other')})",
+                            "planning_time_s": round(time.perf_counter() - t0, 3)})
+            print(f"[{tag}] no plan ({time.perf_counter() - t0:.1f} s): {e}")
+            continue
+        save_plan(res, out / f"plan_{tag}.json")
+        atomic_write_text(out / f"stats_{tag}.txt", res.stats_text)
+        _write_ranks(out / f"ranks_{tag}.csv", res)
+        rec = {**res.summary(), "status": "ok"}
+        rec["warnings"] = imbalance_warnings(rec, args.imbalance_warn)
+        records.append(rec)
+        ranks[tag] = {"hbm_gb": [round(r.hbm_gb, 6) for r in res.ranks], "ddr_gb": [round(r.ddr_gb, 6) for r in res.ranks],
+                      "total_ms": [round(r.total_ms, 6) for r in res.ranks]}
+        print(
+            f"[{tag}] planning time {res.planning_time_s:.2f} s ({rec['proposer']} proposer, {x} partitioner) | "
+            f"step {rec['step_time_ms']:.3f} ms (est.) | "
+            f"peak HBM {rec['peak_hbm_gb']:.2f} GB, DDR {rec['peak_ddr_gb']:.2f} GB per rank | imbalance perf {rec['perf_imbalance']:.2f}, "
+            f"HBM {rec['hbm_imbalance']:.2f} | {rec['sharding_types']}"
+        )
+        if rec["warnings"]:
+            print(f"[{tag}] WARNING: {rec['warnings']} -- {_imbalance_hint(rec)}")
+        if w <= 16 and len(runs) == 1:
+            sys.stdout.write(res.stats_text)
     meta = {"description": desc, "num_tables": len(tables), "topology": base.name, "compute_device": base.compute_device,
             "hbm_cap_gb": base.hbm_cap_gb, "ddr_cap_gb": base.ddr_cap_gb, "batch_size_per_rank": base.batch_size,
             "kernel": args.kernel or "auto", "imbalance_warn": args.imbalance_warn, "config": args.config}
@@ -301,10 +311,22 @@ def run(args) -> int:
 
 
 COLUMNS = [
-    "world_size", "strategy", "kernel", "proposer", "status", "step_time_ms", "fwd_compute_ms", "fwd_comms_ms", "bwd_compute_ms",
+    "world_size", "strategy", "kernel", "proposer", "partitioner", "status", "step_time_ms", "fwd_compute_ms", "fwd_comms_ms", "bwd_compute_ms",
     "bwd_comms_ms", "input_dist_ms", "peak_hbm_gb", "peak_ddr_gb", "perf_imbalance", "hbm_imbalance", "ddr_imbalance",
     "planning_time_s", "sharding_types", "warnings",
 ]
+
+def _tag(r: Dict[str, Any]) -> str:
+    """File tag of a run: ``ws{W}_{strategy}``, plus ``_{partitioner}`` for a non-default partitioner."""
+    x = r.get("partitioner") or "greedy"
+    return f"ws{r['world_size']}_{r['strategy']}" + ("" if x == "greedy" else f"_{x}")
+
+
+def _series(r: Dict[str, Any]) -> str:
+    """Plot series of a run: the strategy, plus ``/ partitioner`` for a non-default partitioner."""
+    x = r.get("partitioner") or "greedy"
+    return r["strategy"] if x == "greedy" else f"{r['strategy']} / {x}"
+
 
 IMBALANCE_KEYS = (("hbm_imbalance", "HBM"), ("ddr_imbalance", "DDR"), ("perf_imbalance", "estimated time"))
 
@@ -326,8 +348,8 @@ def _imbalance_hint(rec: Dict[str, Any]) -> str:
     if rec["strategy"] == "row_wise":
         return "see the per-rank spread in rank_memory.png"
     return ("most of the memory sits on a few ranks (whole tables, columns, or host-local row shards: table_row_wise "
-            "splits a table over one host only); compare --strategy row_wise (rows over every rank) or fewer ranks, "
-            "and see the per-rank spread in rank_memory.png")
+            "splits a table over one host only); compare --strategy row_wise (rows over every rank), --partitioner "
+            "memory_balanced or fewer ranks, and see the per-rank spread in rank_memory.png")
 
 
 def _markdown(records: List[Dict[str, Any]]) -> str:
@@ -416,7 +438,7 @@ def plot_comparison(payload: Dict[str, Any], out: Path) -> List[Path]:
 
     meta, records, ranks = payload.get("meta") or {}, payload["records"], payload.get("ranks") or {}
     title = _wrap(_title(meta)) if meta else "store-rec plan"
-    strategies = list(dict.fromkeys(r["strategy"] for r in records))
+    strategies = list(dict.fromkeys(_series(r) for r in records))
     worlds = sorted({r["world_size"] for r in records})
     pngs = []
     markers, styles = "osD^vP*X", ["-", "--", "-.", ":"]
@@ -427,8 +449,8 @@ def plot_comparison(payload: Dict[str, Any], out: Path) -> List[Path]:
         fig, ax = plt.subplots(figsize=(7.6, 4.8))
         failed_any, ys_all = False, []
         for k, s in enumerate(strategies):
-            ok = sorted((r for r in records if r["strategy"] == s and r.get("status") == "ok"), key=lambda r: r["world_size"])
-            bad = sorted(r["world_size"] for r in records if r["strategy"] == s and r.get("status") != "ok")
+            ok = sorted((r for r in records if _series(r) == s and r.get("status") == "ok"), key=lambda r: r["world_size"])
+            bad = sorted(r["world_size"] for r in records if _series(r) == s and r.get("status") != "ok")
             if ok:  # distinct marker + dash per strategy: identical plans (auto == table_row_wise) stay visible
                 xs = [r["world_size"] for r in ok]
                 ys = [r[key] if key else max(r["peak_hbm_gb"], r["peak_ddr_gb"]) for r in ok]
@@ -475,11 +497,11 @@ def _plot_rank_memory(records: List[Dict[str, Any]], ranks: Dict[str, Dict[str, 
 
     from store_rec.fileio import atomic_path
 
-    strategies = list(dict.fromkeys(r["strategy"] for r in records))
+    strategies = list(dict.fromkeys(_series(r) for r in records))
     worlds = sorted({r["world_size"] for r in records})
     n = len(strategies)
     fig, axes = plt.subplots(2, 1, figsize=(max(7.5, 0.55 * n * len(worlds) + 3), 7.2), sharex=True)
-    at = {(r["world_size"], r["strategy"]): r for r in records}
+    at = {(r["world_size"], _series(r)): r for r in records}
     for ax, key, cap_key, what in ((axes[0], "hbm_gb", "hbm_cap_gb", "HBM"), (axes[1], "ddr_gb", "ddr_cap_gb", "DDR")):
         for g, w in enumerate(worlds):
             for k, s in enumerate(strategies):
@@ -487,7 +509,7 @@ def _plot_rank_memory(records: List[Dict[str, Any]], ranks: Dict[str, Dict[str, 
                 r = at.get((w, s))
                 if r is None:
                     continue
-                vals = (ranks.get(f"ws{w}_{s}") or {}).get(key)
+                vals = (ranks.get(_tag(r)) or {}).get(key)
                 if r.get("status") != "ok" or not vals:
                     ax.text(x, 0.03, "no plan" if r.get("status") != "ok" else "no per-rank data", rotation=90,
                             ha="center", va="bottom", transform=ax.get_xaxis_transform(), color=f"C{k}", fontsize=8)
