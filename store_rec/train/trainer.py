@@ -144,6 +144,7 @@ class Trainer:
         self.step, self.epoch, self.pos = 0, 0, 0
         self.best: Optional[Dict[str, Any]] = None
         self.bad_evals, self.train_time, self.train_samples = 0, 0.0, 0
+        self.train_cpu_time = 0.0  # not checkpointed: the CPU seconds of this attempt's training
         self.resumed_from: Optional[int] = None
         self.last_eval: Dict[str, Dict[str, Any]] = {}  # split -> its newest eval record
         self.loss_sum, self.loss_n = self._zero_loss(), 0
@@ -299,7 +300,7 @@ class Trainer:
 
     def train_segment(self, seg: Iterator, pbar) -> None:  # noqa: ANN001
         """Pipeline steps over ``seg`` (LR scheduled before each), counting samples and log loss."""
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         while True:
             self.lr_schedule.apply(self.step)
             try:
@@ -318,6 +319,7 @@ class Trainer:
                 self.log_step(out, pbar, self.train_time + time.perf_counter() - t0)
             self.maybe_inject_fault()
         self.train_time += time.perf_counter() - t0
+        self.train_cpu_time += time.process_time() - c0  # this process's CPU seconds: steadier on a shared machine
 
     def log_step(self, out: TrainOutput, pbar, train_time: float) -> None:  # noqa: ANN001
         """Every ``train.log_every`` steps on rank 0: TensorBoard scalars (log loss, loss, each auxiliary
@@ -404,6 +406,7 @@ class Trainer:
             "best_valid": self.best,
             "final": {s: {k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in r.items()} for s, r in final.items()},
             "resumed_from_step": self.resumed_from, "train_time_s": self.train_time, "train_samples": self.train_samples,
+            "train_cpu_s": round(self.train_cpu_time, 3),
             "precision": cfg.train.precision, "compiled": self.compiled, "compile_s": round(self.compile_s, 3),
             # max |R^T R - I| over every rotation matrix after training (None without rotation)
             "rotation_orthogonality_error": self.orthogonality_error(),
