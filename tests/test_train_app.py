@@ -58,6 +58,9 @@ def test_two_rank_training(data_dir, tmp_path, model):
     recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs if r["split"] == "valid"][:3] == [10, 13, 20]
     assert s["final"]["test"]["num_samples"] == recs[-1]["num_samples"]
+    # eval records label both throughputs; NE / calibration from the all-reduced sums; the resolved config is saved
+    assert all(r["eval_samples_per_s"] > 0 and r["train_samples_per_s"] > 0 and r["ne"] > 0 and r["calibration"] > 0 for r in recs)
+    assert (out / "config.yaml").exists() and s["gflops_per_batch"] == pytest.approx(s["tflops_per_batch"] * 1e3)
 
 
 def _auc_worker(n_local):

@@ -27,6 +27,8 @@ SUBCOMMANDS = {
     "pretrain": "pretrain",
     "tokenize": "tokenize",
     "train": "train",
+    "predict": "predict",
+    "export": "export",
     "plan": "plan",
     "bench": "bench",
     "experiments": "experiments",

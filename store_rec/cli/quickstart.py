@@ -131,9 +131,9 @@ def run(args: argparse.Namespace) -> int:
               "args": {k: v for k, v in vars(args).items() if k != "func"}}
     atomic_write_json(out / "quickstart.json", report, default=str)
 
-    print(f"\n{'model':12s} {'test AUC':>9s} {'GAUC':>7s} {'LogLoss':>8s} {'samples/s':>10s} {'TFLOPs/1024':>12s} {'wall s':>7s}")
+    print(f"\n{'model':12s} {'test AUC':>9s} {'GAUC':>7s} {'LogLoss':>8s} {'samples/s':>10s} {'GFLOPs/1024':>12s} {'wall s':>7s}")
     for name, r in results.items():
         print(f"{name:12s} {r['auc']:9.4f} {r['gauc']:7.4f} {r['logloss']:8.4f} {r['samples_per_s']:10.0f} "
-              f"{r['tflops_per_batch']:12.2e} {r['wall_s']:7.1f}")
+              f"{r['tflops_per_batch'] * 1e3:12.4g} {r['wall_s']:7.1f}")
     print(f"\nwrote {out / 'quickstart.json'} (total {report['total_wall_s']:.0f} s); runs in {out}/<model>/")
     return 0

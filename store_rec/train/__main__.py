@@ -39,8 +39,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     summary = run(cfg, resume=args.resume, plan_file=args.plan, metrics_out=args.metrics_out,
                   overwrite_checkpoints=args.overwrite_checkpoints, config_file=args.config)
     if int(os.environ.get("RANK", "0")) == 0:
-        # tflops_per_batch: TFLOPs of one fwd+bwd step per batch of 1024 samples
-        keys = ("auc", "gauc", "logloss", "samples_per_s", "tflops_per_batch", "steps", "resumed_from_step")
+        # gflops_per_batch: GFLOPs of one fwd+bwd step per batch of 1024 samples (the summary also has it as
+        # tflops_per_batch, its older key); samples_per_s: training throughput
+        keys = ("auc", "gauc", "logloss", "ne", "calibration", "samples_per_s", "gflops_per_batch", "steps", "resumed_from_step")
         print(json.dumps({k: summary.get(k) for k in keys}))
     return 0
 

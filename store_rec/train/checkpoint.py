@@ -3,8 +3,9 @@
 Layout (``torch.distributed.checkpoint``): ``<checkpoint.dir>/step-N`` holds the DMP state dict
 (sharded tables + dense parameters) and the fused optimizer state (DCP, sharded), plus one
 ``extra-rank<r>.pt`` per rank (dense/rotation optimizer states, loader position, RNG states, step,
-epoch, steps per epoch, early-stop state: :meth:`store_rec.train.trainer.Trainer.extra_state`) and
-the marker :data:`MARKER`. Written into ``step-N.tmp`` and renamed when every rank is done.
+epoch, steps per epoch, early-stop state: :meth:`store_rec.train.trainer.Trainer.extra_state`) , ``config.yaml``
+(the run's resolved config as plain YAML, so a reader such as ``store-rec predict`` unpickles nothing)
+and the marker :data:`MARKER`. Written into ``step-N.tmp`` and renamed when every rank is done.
 
 A checkpoint resumes on any world size (:func:`load_checkpoint`, :func:`map_position`): DCP reshards the
 tables, dense parameters and fused optimizer state; the loop position is mapped to the new world size.
@@ -269,6 +270,10 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, extra: Dict[str, An
     dist.barrier()
     dcp.save(state, checkpoint_id=str(tmp))
     torch.save(_plain(extra), tmp / f"extra-rank{env.rank}.pt")
+    if env.rank == 0 and "config" in extra:  # plain YAML of the run's config: what `store-rec predict` reads
+        import yaml
+
+        (tmp / "config.yaml").write_text(yaml.safe_dump(extra["config"], sort_keys=False))
     dist.barrier()
     if env.rank == 0:
         _write_marker(tmp, step, env.world_size, complete=True)
