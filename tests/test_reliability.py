@@ -720,3 +720,32 @@ def test_case6_divergence_stops_every_rank_of_a_two_rank_run(tiny_data, tmp_path
     assert all(m.startswith("training diverged: the loss is NaN or inf at step") for m in msgs), msgs
     assert msgs[0] == msgs[1]  # the same first step on both ranks
     assert not (out / "summary.json").exists() and (not (out / "ck").exists() or not _steps(out / "ck"))
+
+
+def test_case11_interrupted_checkpoint_write_leaves_no_temp_dir(tmp_path, monkeypatch):
+    """SIGTERM (raised as Terminated) or an error while a checkpoint is written removes its step-N.tmp."""
+    import torch
+
+    from store_rec.distributed.env import DistEnv
+    from store_rec.errors import Terminated
+    from store_rec.train import checkpoint as ck
+
+    class _M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(2))
+            self.fused_optimizer = torch.optim.SGD([self.w], lr=0.1)
+
+    def boom(*a, **k):
+        raise Terminated(15)
+
+    monkeypatch.setattr(ck.dist, "barrier", lambda: None)
+    monkeypatch.setattr(ck.dist, "all_reduce", lambda t, *a, **k: t)
+    import torch.distributed.checkpoint as dcp
+
+    monkeypatch.setattr(dcp, "save", boom)
+    env = DistEnv.__new__(DistEnv)
+    env.rank, env.world_size = 0, 1
+    with pytest.raises(Terminated):
+        ck.save_checkpoint(tmp_path / "ck", 3, _M(), {"step": 3}, env, keep=2)
+    assert list((tmp_path / "ck").iterdir()) == []

@@ -267,21 +267,27 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, extra: Dict[str, An
             raise CheckpointError(f"{tmp}: exists and was not written by store_rec (no {MARKER}); refusing to replace it")
         tmp.mkdir()
         _write_marker(tmp, step, env.world_size, complete=False)
-    dist.barrier()
-    dcp.save(state, checkpoint_id=str(tmp))
-    torch.save(_plain(extra), tmp / f"extra-rank{env.rank}.pt")
-    if env.rank == 0 and "config" in extra:  # plain YAML of the run's config: what `store-rec predict` reads
-        import yaml
+    try:
+        dist.barrier()
+        dcp.save(state, checkpoint_id=str(tmp))
+        torch.save(_plain(extra), tmp / f"extra-rank{env.rank}.pt")
+        if env.rank == 0 and "config" in extra:  # plain YAML of the run's config: what `store-rec predict` reads
+            import yaml
 
-        (tmp / "config.yaml").write_text(yaml.safe_dump(extra["config"], sort_keys=False))
-    dist.barrier()
+            (tmp / "config.yaml").write_text(yaml.safe_dump(extra["config"], sort_keys=False))
+        dist.barrier()
+        if env.rank == 0:
+            _write_marker(tmp, step, env.world_size, complete=True)
+            if final.exists():
+                if not (final / MARKER).is_file():
+                    raise CheckpointError(f"{final}: exists and was not written by store_rec (no {MARKER}); refusing to replace it")
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+    except BaseException:  # an error, SIGTERM (store_rec.errors.Terminated) or Ctrl-C: no half-written step-N.tmp left
+        if env.rank == 0 and (tmp / MARKER).is_file():
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if env.rank == 0:
-        _write_marker(tmp, step, env.world_size, complete=True)
-        if final.exists():
-            if not (final / MARKER).is_file():
-                raise CheckpointError(f"{final}: exists and was not written by store_rec (no {MARKER}); refusing to replace it")
-            shutil.rmtree(final)
-        os.replace(tmp, final)
         for _, old in _step_dirs(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
         logger.info("checkpoint: %s", final)
