@@ -227,8 +227,10 @@ def test_checkpoint_lifecycle_single_rank(data_dir, tmp_path):
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert max(r["step"] for r in recs) == per_epoch
 
-    s2 = _run1(data_dir, out, "checkpoint.every_steps=0", "train.epochs=2", "train.eval_every=0", resume=True)
+    s2 = _run1(data_dir, out, "checkpoint.every_steps=0", "train.epochs=2", "train.eval_every=0", "checkpoint.keep=1",
+               resume=True)
     assert s2["resumed_from_step"] == per_epoch and s2["steps"] == 2 * per_epoch
+    assert [p.name for p in (out / "ck").iterdir()] == [f"step-{2 * per_epoch}"]  # keep=1 pruned the older one
 
 
 def test_sparse_lr_follows_the_schedule(data_dir, tmp_path):
