@@ -91,6 +91,9 @@ def test_results_generator_on_a_tiny_config(tmp_path):
     assert "Claims (generated" in text and "| syn | DCNv2 | " in text
     for name in ("ep", "sp"):
         assert (md.parent / "results" / f"{name}.png").stat().st_size > 0
+        fig = json.loads((md.parent / "results" / f"{name}.json").read_text())  # the plotted numbers, for --replot
+        assert fig["kind"] == {"ep": "epochs", "sp": "sweep"}[name] and fig["series"][0]["variant"] == "STORE"
+    assert "| GFLOPs/batch |" in text and "TFLOPs" not in text
     # artifacts the runs used: the data, embeddings, and one SID table per method
     data = out / "data" / "syn"
     assert (data / "emb.parquet").exists()

@@ -383,13 +383,13 @@ def test_interface_command_prepares_smoke_data_and_writes_plans(tmp_path, capsys
         assert len(p["tables"]) == 13 and set(p["plan"]) == {t["name"] for t in p["tables"]}
         # smoke.yaml's sharding.sharding_types bound the auto search
         assert {e["sharding_type"] for e in p["plan"].values()} <= {"table_wise", "column_wise", "data_parallel"}
-    times = [float(x) for x in re.findall(r"\[ws(?:64|1024)_auto\] planning time (\d+\.\d+) s \(default proposer\)", text)]
+    times = [float(x) for x in re.findall(r"\[ws(?:64|1024)_auto\] planning time (\d+\.\d+) s \(default proposer, greedy partitioner\)", text)]
     assert len(times) == 2 and all(t > 0 for t in times)
     with (out / "comparison.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [(int(r["world_size"]), r["strategy"], r["status"]) for r in rows] == [(64, "auto", "ok"), (1024, "auto", "ok")]
     assert [float(r["planning_time_s"]) for r in rows] == pytest.approx(times, abs=0.01)
-    assert (out / "comparison.md").read_text().count("| auto | auto | default | ok |") == 2
+    assert (out / "comparison.md").read_text().count("| auto | auto | default | greedy | ok |") == 2
 
 
 def test_auto_proposer_by_problem_size():

@@ -134,7 +134,7 @@ def _fit_exponent(points: List[tuple]) -> float:
     return float(np.polyfit(x, y, 1)[0])
 
 
-def _plot(records: List[Dict[str, Any]], path) -> None:
+def plot(records: List[Dict[str, Any]], path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -310,4 +310,4 @@ def run(args):
                   "arch": f"arch (StoreInteractionArch, {args.arch_layers} attention+FFN block(s), ffn {args.ffn_dim or 2 * D})"}[level],
         "timing": "median fwd+bwd wall seconds, MoBA and dense interleaved in one process",
     }
-    return BenchResult(suite="attention", records=records, config=config, columns=COLUMNS, summary=summary, plot=_plot)
+    return BenchResult(suite="attention", records=records, config=config, columns=COLUMNS, summary=summary, plot=plot)

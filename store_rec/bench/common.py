@@ -3,10 +3,16 @@
 Every ``store-rec bench <suite>`` produces ``OUT.json`` (``{"suite", "machine", "config", "records"}``),
 ``OUT.md`` (a markdown table of the records) and, when the suite defines a plot, ``OUT.png``.
 Files are written to a temp name and renamed, so a crashed benchmark leaves no partial results.
+
+The table and plot are views of the JSON: ``store-rec bench replot OUT.json`` (:func:`replot`) redraws
+``OUT.md`` and ``OUT.png`` from a committed JSON without re-running the benchmark. A suite module
+exposes ``COLUMNS`` and ``plot(records, path)``; it may expose ``derive(records) -> records`` to add
+columns computed from stored ones (e.g. GFLOPs from an older JSON's TFLOPs), applied on both paths.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -15,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from store_rec.errors import UserError
 from store_rec.fileio import atomic_path, atomic_write_json, atomic_write_text
 
 
@@ -92,6 +99,7 @@ class BenchResult:
     columns: Optional[Sequence[str]] = None  # table columns (default: keys of the first record)
     summary: Dict[str, Any] = field(default_factory=dict)  # e.g. fitted exponents, headline ratios
     plot: Optional[Callable[[List[Dict[str, Any]], Path], None]] = None  # draws a PNG at the path
+    derive: Optional[Callable[[List[Dict[str, Any]]], List[Dict[str, Any]]]] = None  # display-only columns
 
 
 def _fmt(v: Any) -> str:
@@ -124,19 +132,42 @@ def write_result(result: BenchResult, out_json: os.PathLike) -> Dict[str, Path]:
         "records": result.records,
     }
     atomic_write_json(out, payload, default=float)
-    paths = {"json": out}
+    return {"json": out, **write_views(payload, out, result.columns, result.plot, result.derive)}
+
+
+def write_views(payload: Dict[str, Any], out_json: os.PathLike, columns: Optional[Sequence[str]] = None,
+                plot: Optional[Callable[[List[Dict[str, Any]], Path], None]] = None,
+                derive: Optional[Callable[[List[Dict[str, Any]]], List[Dict[str, Any]]]] = None) -> Dict[str, Path]:
+    """OUT.md (summary + table) and, with ``plot``, OUT.png from a benchmark payload (the JSON's content)."""
+    out = Path(out_json)
+    records = [dict(r) for r in payload["records"]]
+    if derive is not None:
+        records = derive(records)
+    summary = payload.get("summary") or {}
     md = out.with_suffix(".md")
-    head = f"# bench {result.suite}\n\n"
-    if result.summary:
-        head += "".join(f"- {k}: {_fmt(v)}\n" for k, v in result.summary.items()) + "\n"
-    atomic_write_text(md, head + markdown_table(result.records, result.columns))
-    paths["md"] = md
-    if result.plot is not None and result.records:
+    head = f"# bench {payload['suite']}\n\n"
+    if summary:
+        head += "".join(f"- {k}: {_fmt(v)}\n" for k, v in summary.items()) + "\n"
+    atomic_write_text(md, head + markdown_table(records, columns))
+    paths = {"md": md}
+    if plot is not None and records:
         import matplotlib
 
         matplotlib.use("Agg")
         png = out.with_suffix(".png")
         with atomic_path(png) as tmp:  # the plot functions save with format="png" (tmp has no .png suffix)
-            result.plot(result.records, tmp)
+            plot(records, tmp)
         paths["png"] = png
     return paths
+
+
+def replot(out_json: os.PathLike, module: Any) -> Dict[str, Path]:
+    """Redraw OUT.md and OUT.png of an existing benchmark JSON with ``module``'s current table and plot
+    (``COLUMNS``, ``plot``, optional ``derive``); the JSON itself is only read."""
+    out = Path(out_json)
+    payload = json.loads(out.read_text())
+    for key in ("suite", "records"):
+        if key not in payload:
+            raise UserError(f"{out}: not a store-rec bench JSON (no {key!r} key)")
+    return write_views(payload, out, getattr(module, "COLUMNS", None), getattr(module, "plot", None),
+                       getattr(module, "derive", None))

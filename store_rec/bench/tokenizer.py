@@ -54,7 +54,7 @@ def clustered_embeddings(n: int, d: int, clusters: int = 64, noise: float = 0.3,
     return cent[lab] + noise * torch.randn(n, d, generator=g)
 
 
-def _plot(records: List[Dict[str, Any]], path: Path) -> None:
+def plot(records: List[Dict[str, Any]], path: Path) -> None:
     """Encode items/s and training seconds per method, one bar group per KxC setting."""
     import matplotlib.pyplot as plt
 
@@ -124,4 +124,4 @@ def run(args: argparse.Namespace) -> BenchResult:
                                "batch_size": args.batch_size, "repeats": repeats, "quick": quick,
                                "threads": torch.get_num_threads(), "hidden_dims": hidden,
                                "latent_dim": args.latent_dim, "data": "64 planted gaussian clusters, noise 0.3"},
-                       plot=_plot)
+                       plot=plot)

@@ -15,9 +15,9 @@ token each). The SID table holds seeded random codes: this suite measures speed,
 Each (world size, model) is a real run of the training app (``store_rec.train.trainer.run``: sharded
 EBCs, fused sparse optimizer, ``TrainPipelineSparseDist``) launched with :func:`store_rec.distributed.local_launch.launch_local` on
 ``--world-sizes`` local gloo ranks for ``--steps`` steps; ``samples_per_s`` is the app's own figure
-(train samples over the slowest rank's train time, evals excluded) and ``tflops_per_batch`` the
-model's analytic-plus-counted TFLOPs of one fwd+bwd per batch of 1024 samples (whatever the run's
-batch size). Runs of one world size go
+(train samples over the slowest rank's train time, evals excluded) and ``gflops_per_batch`` the
+model's analytic-plus-counted GFLOPs of one fwd+bwd per batch of 1024 samples (whatever the run's
+batch size; the JSON also keeps the app's ``tflops_per_batch`` = GFLOPs / 1000, the key older JSONs have). Runs of one world size go
 back to back in one process; ``speedup_vs_vanilla`` divides by ``store_vanilla`` of the same world
 size. Each rank uses ``--threads`` intra-op threads (default 1, as torchrun sets for several ranks):
 on a small shared CPU a multi-threaded op waits for descheduled workers, which measured a 1-rank run
@@ -41,9 +41,17 @@ MODELS = {
 }
 
 COLUMNS = ("world_size", "model", "seq_len", "steps", "batch_size", "samples_per_s", "speedup_vs_vanilla",
-           "tflops_per_batch", "flops_ratio_vs_vanilla", "train_time_s")  # tflops_per_batch: per batch of 1024
+           "gflops_per_batch", "flops_ratio_vs_vanilla", "train_time_s")  # gflops_per_batch: per batch of 1024
 
-CONFIG = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
+
+def derive(records: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """``gflops_per_batch`` from ``tflops_per_batch`` where a record (e.g. an older JSON's) lacks it."""
+    for r in records:
+        if "gflops_per_batch" not in r and r.get("tflops_per_batch") is not None:
+            r["gflops_per_batch"] = r["tflops_per_batch"] * 1e3
+    return records
+
+CONFIG = "smoke"  # the shipped configs/smoke.yaml (store_rec.presets)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,7 +103,7 @@ def _seq_len(overrides: List[str]) -> int:
     return sum(len(c.feature_names) for c in model.embedding_bag_collection.embedding_bag_configs()) + 1
 
 
-def _plot(records: List[Dict[str, Any]], path: Path) -> None:
+def plot(records: List[Dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     worlds = sorted({r["world_size"] for r in records})
@@ -108,11 +116,14 @@ def _plot(records: List[Dict[str, Any]], path: Path) -> None:
         axes[0].bar(xs, [rs[m]["samples_per_s"] if m in rs else 0 for m in models], width, label=f"{w} rank(s)")
     axes[0].set_xticks([j + width * (len(worlds) - 1) / 2 for j in range(len(models))], models, rotation=20)
     axes[0].set_ylabel("train samples/s")
+    axes[0].set_title("training throughput (the app's samples/s)")
     axes[0].legend()
-    first = {r["model"]: r for r in records if r["world_size"] == worlds[0]}
-    axes[1].bar(range(len(models)), [first[m]["tflops_per_batch"] for m in models])
+    first = {r["model"]: r for r in derive([dict(r) for r in records if r["world_size"] == worlds[0]])}
+    bars = axes[1].bar(range(len(models)), [first[m]["gflops_per_batch"] for m in models])
+    axes[1].bar_label(bars, labels=[f"{first[m]['gflops_per_batch']:.3g}" for m in models], fontsize=8)
     axes[1].set_xticks(range(len(models)), models, rotation=20)
-    axes[1].set_ylabel("TFLOPs per batch of 1024 (fwd+bwd)")
+    axes[1].set_ylabel("GFLOPs per batch of 1024 (fwd+bwd)")
+    axes[1].set_title("model FLOPs (analytic + counted)")
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=110)
     plt.close(fig)
@@ -164,6 +175,7 @@ def run(args: argparse.Namespace) -> BenchResult:
                 s = _launch(w, ov, tmp, args.threads)
                 by_model[m] = rec = {"world_size": w, "model": m, "seq_len": _seq_len(ov), "steps": s["steps"],
                                      "batch_size": batch, "samples_per_s": s["samples_per_s"],
+                                     "gflops_per_batch": s["tflops_per_batch"] * 1e3,
                                      "tflops_per_batch": s["tflops_per_batch"], "train_time_s": s["train_time_s"]}
                 records.append(rec)
             base = by_model.get("store_vanilla")
@@ -180,4 +192,5 @@ def run(args: argparse.Namespace) -> BenchResult:
               "layers": args.layers, "block_size": args.block_size, "sparsity": args.sparsity, "quick": quick,
               "sid_codes": "seeded random (speed only)", "threads_per_rank": args.threads,
               "timing": "the app's samples_per_s: train samples / slowest rank's train time (evals excluded)"}
-    return BenchResult(suite="train", records=records, config=config, columns=COLUMNS, summary=summary, plot=_plot)
+    return BenchResult(suite="train", records=records, config=config, columns=COLUMNS, summary=summary, plot=plot,
+                       derive=derive)

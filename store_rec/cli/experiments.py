@@ -26,6 +26,12 @@ sit under OUT/data/); artifacts and runs with a record that differs are still re
 --report-only it adopts without training anything:
 
     store-rec experiments --config configs/experiments/paper.yaml --out runs/experiments --adopt-artifacts --report-only
+
+``--replot JSON [JSON ...]`` only redraws figures: each ``<results dir>/results/<name>.json`` (the plotted
+numbers, written beside every PNG) becomes ``<name>.png`` again with the current plotting code; no config,
+runs or training are needed:
+
+    store-rec experiments --replot docs/results/*.json
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import argparse
 def register(subparsers) -> None:  # noqa: ANN001
     p = subparsers.add_parser("experiments", help="run the paper's experiments and write RESULTS.md",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", required=True, help="experiments YAML (configs/experiments/paper.yaml)")
+    p.add_argument("--config", help="experiments YAML (configs/experiments/paper.yaml); required unless --replot")
     p.add_argument("--out", default="runs/experiments", help="artifacts and runs (default runs/experiments)")
     p.add_argument("--results", default="docs/RESULTS.md", help="markdown to write (default docs/RESULTS.md)")
     p.add_argument("--jobs", type=int, default=None, help="parallel runs (default: the YAML's jobs)")
@@ -49,6 +55,8 @@ def register(subparsers) -> None:  # noqa: ANN001
                    help="for an OUT made before build records existed: record existing artifacts without a build record, "
                         "and finished runs without a base config hash, as made with the current config instead of "
                         "rebuilding / rerunning them (explicit opt-in; see the description above)")
+    p.add_argument("--replot", nargs="+", metavar="JSON", default=None,
+                   help="only redraw the PNGs of these figure JSONs (results/<name>.json); needs no --config")
     p.set_defaults(func=run)
 
 
@@ -63,7 +71,25 @@ def run(args: argparse.Namespace) -> int:
     from store_rec.experiments.spec import load_spec
 
     log = logging.getLogger("store_rec.experiments")
+    if args.replot:
+        from store_rec.experiments.report import replot
+
+        for j in args.replot:
+            print(f"{j}: wrote {replot(Path(j))}")
+        return 0
+    if not args.config:
+        from store_rec.errors import UserError
+
+        raise UserError("--config: required (unless --replot)")
+    from store_rec.fileio import check_output_path
+
     spec = load_spec(args.config)
+    # every output checked before anything is built: none equals, contains or sits inside an input
+    inputs = [("--config", args.config), ("base", spec.base)] + [
+        (f"datasets.{n}.prepare.source", d.prepare.source) for n, d in spec.datasets.items()]
+    check_output_path(args.out, inputs=inputs, kind="dir")
+    check_output_path(args.results, inputs=inputs, flag="--results")
+    check_output_path(Path(args.results).parent / "results", inputs=inputs, kind="dir", flag="--results (plots folder)")
     base_sha = base_config_sha256(spec.base, args.config)
     out = Path(args.out)
     only = [x for x in args.only.split(",") if x] if args.only else None

@@ -7,8 +7,16 @@
 
 Writes into DIR, per world size W and strategy S: ``plan_ws{W}_{S}.json`` (loadable by
 ``store-rec train --plan``), ``stats_ws{W}_{S}.txt`` (TorchRec's planner table), ``ranks_ws{W}_{S}.csv``
-(per-rank HBM/DDR and estimated fwd/bwd compute/comms); and once: ``comparison.md`` / ``comparison.csv``
-and ``step_time.png`` / ``peak_memory.png`` (one line per strategy vs world size).
+(per-rank HBM/DDR and estimated fwd/bwd compute/comms); and once: ``comparison.md`` / ``comparison.csv`` /
+``comparison.json`` (the records plus what was planned: topology, tables, per-rank HBM/DDR of every plan)
+and the plots ``step_time.png`` / ``peak_memory.png`` (one line per strategy vs world size; a run that
+found no plan is an ``x`` on the axis, named in the legend) and ``rank_memory.png`` (per-rank HBM and
+DDR distribution of every plan against the per-rank capacity). ``store-rec plan --replot DIR`` redraws
+the plots from ``DIR/comparison.json``.
+
+A plan whose per-rank HBM (or DDR, or estimated time) is more than ``--imbalance-warn`` (default 2.0)
+times the mean over ranks is reported with a ``WARNING`` line and in the table's ``warnings`` column:
+one rank holding many times its share is the rank that runs out of memory or sets the step time.
 
 Config keys read (everything else in the file is ignored, so a train config works as is):
 ``model`` (ModelConfig), ``plan`` (store_rec.distributed.planning.PlanConfig; planning-only configs),
@@ -26,7 +34,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -36,7 +44,7 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="experiment YAML (keys model, plan, data are read)")
-    p.add_argument("--topology", required=True, help="preset name (h100x8, a100x8, cpu_gloo) or a topology YAML file")
+    p.add_argument("--topology", help="preset name (h100x8, a100x8, cpu_gloo) or a topology YAML file")
     p.add_argument("--topology-set", action="append", default=[], metavar="KEY=VALUE", help="override a topology key (repeatable), e.g. hbm_cap_gb=40")
     p.add_argument("--world-sizes", help="comma list of world sizes (default: the topology's world_size)")
     p.add_argument("--strategy", default="auto",
@@ -49,7 +57,15 @@ def register(subparsers) -> None:
                    help="TorchRec proposers: auto (default: TorchRec's four for small problems, uniform for big ones; "
                         "see docs/PLANNING.md), default (all four), greedy, uniform")
     p.add_argument("--timeout", type=int, default=None, help="stop each search after this many seconds and keep the best plan so far")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--partitioner", default=None,
+                   help="comma list of TorchRec partitioners compared side by side: greedy (default: GreedyPerfPartitioner "
+                        "by storage), greedy_perf (by perf), memory_balanced (MemoryBalancedPartitioner: lowest max HBM "
+                        "within plan.memory_balanced_tolerance of greedy's perf)")
+    p.add_argument("--imbalance-warn", type=float, default=2.0, metavar="X",
+                   help="warn when a plan's max/mean over ranks of HBM, DDR or estimated time exceeds X (default 2.0)")
+    p.add_argument("--replot", metavar="DIR", default=None,
+                   help="only redraw DIR's plots from DIR/comparison.json (no planning; other flags ignored)")
+    p.add_argument("--out", help="output directory (required unless --replot)")
     p.add_argument("--verify", action="store_true",
                    help="for cpu-runnable strategies: 2 gloo ranks apply a world-size-2 cpu plan and check sharded == "
                         "unsharded fwd/bwd")
@@ -117,7 +133,7 @@ def load_tables(args) -> Tuple[List[Any], Dict[str, float], Any, str]:
         tables += syn_tables
         pfs.update(synthetic_pooling_factors(cfg.synthetic))
         rows = sum(t.num_embeddings for t in syn_tables)
-        desc.append(f"{len(syn_tables)} synthetic tables ({rows / 1e9:.2f} B rows)")
+        desc.append(f"{len(syn_tables)} synthetic tables ({_rows_text(rows)})")
     if not tables:
         raise UserError("nothing to plan: give --config with a model section, or --synthetic-tables N")
     _merge_sharding_section(raw.get("sharding"), cfg, tables, where)
@@ -126,6 +142,14 @@ def load_tables(args) -> Tuple[List[Any], Dict[str, float], Any, str]:
     if args.timeout:
         cfg.timeout_s = args.timeout
     return tables, pfs, cfg, " + ".join(desc)
+
+
+def _rows_text(rows: int) -> str:
+    """3_730_000_000 -> '3.73 B rows'; 2_400_000 -> '2.4 M rows'; 12_345 -> '12,345 rows'."""
+    for div, unit in ((1e9, "B"), (1e6, "M")):
+        if rows >= div:
+            return f"{rows / div:.3g} {unit} rows"
+    return f"{rows:,} rows"
 
 
 def _merge_sharding_section(sec: Any, cfg: Any, tables: List[Any], where: str) -> None:
@@ -201,11 +225,23 @@ def run(args) -> int:
     import logging
 
     from store_rec.distributed.plan_io import save_plan
-    from store_rec.distributed.planning import KERNELS, STRATEGIES, choose_proposer, plan_tables
+    from store_rec.distributed.planning import KERNELS, PARTITIONERS, STRATEGIES, choose_proposer, plan_tables
     from store_rec.distributed.topology import load_topology
     from store_rec.errors import UserError
     from store_rec.fileio import atomic_write_text
 
+    if args.replot:
+        paths = replot(Path(args.replot))
+        print("wrote " + ", ".join(str(p) for p in paths))
+        return 0
+    for flag in ("topology", "out"):
+        if not getattr(args, flag):
+            raise UserError(f"--{flag}: required (unless --replot)")
+    if not args.imbalance_warn > 1.0:
+        raise UserError(f"--imbalance-warn: a max/mean ratio above 1.0, got {args.imbalance_warn}")
+    from store_rec.fileio import check_output_path
+
+    check_output_path(args.out, inputs=[("--config", args.config)], kind="dir")
     logging.getLogger("torchrec").setLevel(logging.ERROR)  # the planner logs a lot at INFO/WARNING
     base = load_topology(args.topology, args.topology_set)
     worlds = _int_list(args.world_sizes, "--world-sizes") if args.world_sizes else [base.world_size]
@@ -221,38 +257,53 @@ def run(args) -> int:
     print(f"planning {desc} on topology {base.name} ({base.compute_device}, {base.hbm_cap_gb:g} GB HBM, "
           f"{base.ddr_cap_gb:g} GB DDR per rank, batch {base.batch_size}/rank)")
 
+    partitioners = [x.strip() for x in (args.partitioner or cfg.partitioner).split(",") if x.strip()]
+    for x in partitioners:
+        if x not in PARTITIONERS:
+            raise UserError(f"--partitioner: {x!r} is not one of {', '.join(PARTITIONERS)}")
     records: List[Dict[str, Any]] = []
+    ranks: Dict[str, Dict[str, List[float]]] = {}  # tag -> per-rank hbm_gb / ddr_gb / total_ms
     failures: List[str] = []
-    for w in worlds:
+    runs = [(w, s, x) for w in worlds for s in strategies for x in partitioners]
+    for w, s, x in runs:
         spec = base.with_world_size(w)
-        for s in strategies:
-            tag = f"ws{w}_{s}"
-            t0 = time.perf_counter()
-            try:
-                res = plan_tables(tables, spec, s, args.kernel, cfg, pfs)
-            except UserError as e:
-                if len(worlds) * len(strategies) == 1:
-                    raise
-                failures.append(f"{tag}: {e}")
-                records.append({"world_size": w, "strategy": s, "kernel": args.kernel or "auto",
-                                "proposer": choose_proposer(cfg.proposer, len(tables), w),
-                                "status": f"no plan ({getattr(e, 'kind', 'other')})",
-                                "planning_time_s": round(time.perf_counter() - t0, 3)})
-                print(f"[{tag}] no plan ({time.perf_counter() - t0:.1f} s): {e}")
-                continue
-            save_plan(res, out / f"plan_{tag}.json")
-            atomic_write_text(out / f"stats_{tag}.txt", res.stats_text)
-            _write_ranks(out / f"ranks_{tag}.csv", res)
-            rec = {**res.summary(), "status": "ok"}
-            records.append(rec)
-            print(
-                f"[{tag}] planning time {res.planning_time_s:.2f} s ({rec['proposer']} proposer) | step {rec['step_time_ms']:.3f} ms (est.) | "
-                f"peak HBM {rec['peak_hbm_gb']:.2f} GB, DDR {rec['peak_ddr_gb']:.2f} GB per rank | imbalance perf {rec['perf_imbalance']:.2f}, "
-                f"HBM {rec['hbm_imbalance']:.2f} | {rec['sharding_types']}"
-            )
-            if w <= 16 and len(worlds) * len(strategies) == 1:
-                sys.stdout.write(res.stats_text)
-    paths = write_comparison(records, out)
+        cfg.partitioner = x
+        tag = _tag({"world_size": w, "strategy": s, "partitioner": x})
+        t0 = time.perf_counter()
+        try:
+            res = plan_tables(tables, spec, s, args.kernel, cfg, pfs)
+        except UserError as e:
+            if len(runs) == 1:
+                raise
+            failures.append(f"{tag}: {e}")
+            records.append({"world_size": w, "strategy": s, "kernel": args.kernel or "auto",
+                            "proposer": choose_proposer(cfg.proposer, len(tables), w), "partitioner": x,
+                            "status": f"no plan ({getattr(e, 'kind', 'other')})",
+                            "planning_time_s": round(time.perf_counter() - t0, 3)})
+            print(f"[{tag}] no plan ({time.perf_counter() - t0:.1f} s): {e}")
+            continue
+        save_plan(res, out / f"plan_{tag}.json")
+        atomic_write_text(out / f"stats_{tag}.txt", res.stats_text)
+        _write_ranks(out / f"ranks_{tag}.csv", res)
+        rec = {**res.summary(), "status": "ok"}
+        rec["warnings"] = imbalance_warnings(rec, args.imbalance_warn)
+        records.append(rec)
+        ranks[tag] = {"hbm_gb": [round(r.hbm_gb, 6) for r in res.ranks], "ddr_gb": [round(r.ddr_gb, 6) for r in res.ranks],
+                      "total_ms": [round(r.total_ms, 6) for r in res.ranks]}
+        print(
+            f"[{tag}] planning time {res.planning_time_s:.2f} s ({rec['proposer']} proposer, {x} partitioner) | "
+            f"step {rec['step_time_ms']:.3f} ms (est.) | "
+            f"peak HBM {rec['peak_hbm_gb']:.2f} GB, DDR {rec['peak_ddr_gb']:.2f} GB per rank | imbalance perf {rec['perf_imbalance']:.2f}, "
+            f"HBM {rec['hbm_imbalance']:.2f} | {rec['sharding_types']}"
+        )
+        if rec["warnings"]:
+            print(f"[{tag}] WARNING: {rec['warnings']} -- {_imbalance_hint(rec)}")
+        if w <= 16 and len(runs) == 1:
+            sys.stdout.write(res.stats_text)
+    meta = {"description": desc, "num_tables": len(tables), "topology": base.name, "compute_device": base.compute_device,
+            "hbm_cap_gb": base.hbm_cap_gb, "ddr_cap_gb": base.ddr_cap_gb, "batch_size_per_rank": base.batch_size,
+            "kernel": args.kernel or "auto", "imbalance_warn": args.imbalance_warn, "config": args.config}
+    paths = write_comparison(records, out, meta, ranks)
     print(_markdown(records))
     print("wrote " + ", ".join(str(p) for p in paths) + f" and per-run plan/stats/ranks files in {out}")
     if args.verify:
@@ -263,10 +314,45 @@ def run(args) -> int:
 
 
 COLUMNS = [
-    "world_size", "strategy", "kernel", "proposer", "status", "step_time_ms", "fwd_compute_ms", "fwd_comms_ms", "bwd_compute_ms",
+    "world_size", "strategy", "kernel", "proposer", "partitioner", "status", "step_time_ms", "fwd_compute_ms", "fwd_comms_ms", "bwd_compute_ms",
     "bwd_comms_ms", "input_dist_ms", "peak_hbm_gb", "peak_ddr_gb", "perf_imbalance", "hbm_imbalance", "ddr_imbalance",
-    "planning_time_s", "sharding_types",
+    "planning_time_s", "sharding_types", "warnings",
 ]
+
+def _tag(r: Dict[str, Any]) -> str:
+    """File tag of a run: ``ws{W}_{strategy}``, plus ``_{partitioner}`` for a non-default partitioner."""
+    x = r.get("partitioner") or "greedy"
+    return f"ws{r['world_size']}_{r['strategy']}" + ("" if x == "greedy" else f"_{x}")
+
+
+def _series(r: Dict[str, Any]) -> str:
+    """Plot series of a run: the strategy, plus ``/ partitioner`` for a non-default partitioner."""
+    x = r.get("partitioner") or "greedy"
+    return r["strategy"] if x == "greedy" else f"{r['strategy']} / {x}"
+
+
+IMBALANCE_KEYS = (("hbm_imbalance", "HBM"), ("ddr_imbalance", "DDR"), ("perf_imbalance", "estimated time"))
+
+
+def imbalance_warnings(rec: Dict[str, Any], threshold: float) -> str:
+    """``"HBM 33.1x the mean on one rank (59.9 GB peak)"``-style text for every max/mean over ranks above
+    ``threshold`` ('' when the plan is balanced within it)."""
+    out = []
+    for key, what in IMBALANCE_KEYS:
+        v = rec.get(key)
+        if v is not None and v > threshold:
+            peak = {"HBM": f"{rec.get('peak_hbm_gb', 0):.3g} GB peak", "DDR": f"{rec.get('peak_ddr_gb', 0):.3g} GB peak",
+                    "estimated time": f"{rec.get('step_time_ms', 0):.3g} ms on the slowest rank"}[what]
+            out.append(f"{what} {v:.1f}x the mean on one rank ({peak})")
+    return "; ".join(out) + (f" (> --imbalance-warn {threshold:g})" if out else "")
+
+
+def _imbalance_hint(rec: Dict[str, Any]) -> str:
+    if rec["strategy"] == "row_wise":
+        return "see the per-rank spread in rank_memory.png"
+    return ("most of the memory sits on a few ranks (whole tables, columns, or host-local row shards: table_row_wise "
+            "splits a table over one host only); compare --strategy row_wise (rows over every rank), --partitioner "
+            "memory_balanced or fewer ranks, and see the per-rank spread in rank_memory.png")
 
 
 def _markdown(records: List[Dict[str, Any]]) -> str:
@@ -290,20 +376,18 @@ def _write_ranks(path: Path, res) -> None:
             w.writerow([*(round(v, 6) if isinstance(v, float) else v for v in dataclasses.astuple(r)), round(r.total_ms, 6)])
 
 
-def write_comparison(records: List[Dict[str, Any]], out: Path) -> List[Path]:
-    """comparison.md, comparison.csv, step_time.png, peak_memory.png (each written atomically)."""
+def write_comparison(records: List[Dict[str, Any]], out: Path, meta: Optional[Dict[str, Any]] = None,
+                     ranks: Optional[Dict[str, Dict[str, List[float]]]] = None) -> List[Path]:
+    """comparison.md, comparison.csv, comparison.json and the plots (each written atomically)."""
     import csv
 
-    import matplotlib
+    from store_rec.fileio import atomic_path, atomic_write_json, atomic_write_text
 
-    from store_rec.fileio import atomic_path, atomic_write_text
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    meta = dict(meta or {})
     md = atomic_write_text(
         out / "comparison.md",
-        "Estimated by TorchRec's planner cost model (not measured): step time = max over ranks of "
+        (f"{_title(meta)}\n\n" if meta else "")
+        + "Estimated by TorchRec's planner cost model (not measured): step time = max over ranks of "
         "fwd/bwd compute + comms of the embedding tables; memory = table shards per rank.\n\n" + _markdown(records),
     )
     cs = out / "comparison.csv"
@@ -312,31 +396,162 @@ def write_comparison(records: List[Dict[str, Any]], out: Path) -> List[Path]:
         w.writeheader()
         for r in records:
             w.writerow(r)
+    js = atomic_write_json(out / "comparison.json", {"meta": meta, "records": records, "ranks": ranks or {}})
+    return [md, cs, js, *plot_comparison({"meta": meta, "records": records, "ranks": ranks or {}}, out)]
+
+
+def replot(out: Path) -> List[Path]:
+    """Redraw ``out``'s plots from its ``comparison.json`` (written by a plan run; only read here)."""
+    import json
+
+    from store_rec.errors import UserError
+
+    path = out / "comparison.json"
+    try:
+        payload = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"--replot: {path} not found (written by store-rec plan ... --out {out})") from None
+    except ValueError as e:
+        raise UserError(f"--replot: {path}: not JSON ({e})") from None
+    if not isinstance(payload, dict) or not isinstance(payload.get("records"), list):
+        raise UserError(f"--replot: {path}: no 'records' list")
+    return plot_comparison(payload, out)
+
+
+def _title(meta: Dict[str, Any]) -> str:
+    """``200 synthetic tables (...) on h100x8 (cuda, 80 GB HBM + 512 GB DDR per rank, batch 512/rank)``."""
+    if not meta:
+        return ""
+    cap = f"{meta.get('hbm_cap_gb', 0):g} GB HBM + {meta.get('ddr_cap_gb', 0):g} GB DDR per rank"
+    kern = f", kernel {meta['kernel']}" if meta.get("kernel") not in (None, "auto") else ""
+    return (f"{meta.get('description', '?')} on {meta.get('topology', '?')} ({meta.get('compute_device', '?')}, {cap}, "
+            f"batch {meta.get('batch_size_per_rank', '?')}/rank{kern})")
+
+
+def plot_comparison(payload: Dict[str, Any], out: Path) -> List[Path]:
+    """step_time.png, peak_memory.png (lines per strategy vs world size; no-plan runs as x markers on the
+    axis, named in the legend) and rank_memory.png (per-rank HBM / DDR of every plan, min-max bar and
+    quartile box, against the per-rank capacity)."""
+    import matplotlib
+
+    from store_rec.fileio import atomic_path
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    meta, records, ranks = payload.get("meta") or {}, payload["records"], payload.get("ranks") or {}
+    title = _wrap(_title(meta)) if meta else "store-rec plan"
+    strategies = list(dict.fromkeys(_series(r) for r in records))
+    worlds = sorted({r["world_size"] for r in records})
     pngs = []
-    ok = [r for r in records if r.get("status") == "ok"]
+    markers, styles = "osD^vP*X", ["-", "--", "-.", ":"]
     for fname, key, ylabel in (
         ("step_time.png", "step_time_ms", "estimated step time (ms, max over ranks)"),
-        ("peak_memory.png", None, "peak memory per rank (GB)"),
+        ("peak_memory.png", None, "peak memory per rank (GB, max of HBM and DDR)"),
     ):
-        fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        for s in dict.fromkeys(r["strategy"] for r in ok):
-            rs = sorted((r for r in ok if r["strategy"] == s), key=lambda r: r["world_size"])
-            xs = [r["world_size"] for r in rs]
-            ys = [r[key] if key else max(r["peak_hbm_gb"], r["peak_ddr_gb"]) for r in rs]
-            ax.plot(xs, ys, marker="o", label=s)
-        ax.set_xscale("log", base=2)
+        fig, ax = plt.subplots(figsize=(7.6, 4.8))
+        failed_any, ys_all = False, []
+        for k, s in enumerate(strategies):
+            ok = sorted((r for r in records if _series(r) == s and r.get("status") == "ok"), key=lambda r: r["world_size"])
+            bad = sorted(r["world_size"] for r in records if _series(r) == s and r.get("status") != "ok")
+            if ok:  # distinct marker + dash per strategy: identical plans (auto == table_row_wise) stay visible
+                xs = [r["world_size"] for r in ok]
+                ys = [r[key] if key else max(r["peak_hbm_gb"], r["peak_ddr_gb"]) for r in ok]
+                ys_all += ys
+                ax.plot(xs, ys, marker=markers[k % len(markers)], ls=styles[k % len(styles)], color=f"C{k}",
+                        ms=8 - 1.2 * (k % 4), label=s)
+            if bad:
+                failed_any = True
+                # on the x axis (axes coordinates: visible on linear and log scales alike)
+                ax.plot(bad, [0.0] * len(bad), "x", color=f"C{k}", ms=11, mew=2.5, clip_on=False, zorder=5,
+                        transform=ax.get_xaxis_transform(),
+                        label=f"{s}: no plan at W={','.join(map(str, bad))}" if ok else f"{s}: no plan at any W")
+        if len(worlds) > 1 and worlds[-1] / worlds[0] >= 4:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(worlds, [str(w) for w in worlds])
+        pos = [y for y in ys_all if y > 0]
+        if pos and max(pos) / min(pos) >= 100:  # spans decades: log, so the small values stay readable
+            ax.set_yscale("log")
+            ylabel += ", log scale"
+        else:
+            ax.set_ylim(bottom=0)
         ax.set_xlabel("world size (ranks)")
         ax.set_ylabel(ylabel)
+        ax.set_title(title + ("\n(x on the axis: TorchRec found no plan)" if failed_any else ""), fontsize=8.5)
         ax.grid(True, alpha=0.3)
-        if ok:
-            ax.legend()
+        if strategies:
+            ax.legend(fontsize=8)
         fig.tight_layout()
         p = out / fname
         with atomic_path(p) as tmp:
             fig.savefig(tmp, format="png", dpi=110)
         plt.close(fig)
         pngs.append(p)
-    return [md, cs, *pngs]
+    pngs.append(_plot_rank_memory(records, ranks, meta, title, out / "rank_memory.png"))
+    return pngs
+
+
+def _plot_rank_memory(records: List[Dict[str, Any]], ranks: Dict[str, Dict[str, List[float]]], meta: Dict[str, Any],
+                      title: str, path: Path) -> Path:
+    """Per-rank HBM (top) and DDR (bottom) of every run, grouped by world size, one colour per strategy:
+    min-max line, 25-75% box, median bar, mean diamond, the max labelled; capacity dashed; no plan named."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from store_rec.fileio import atomic_path
+
+    strategies = list(dict.fromkeys(_series(r) for r in records))
+    worlds = sorted({r["world_size"] for r in records})
+    n = len(strategies)
+    fig, axes = plt.subplots(2, 1, figsize=(max(7.5, 0.55 * n * len(worlds) + 3), 7.2), sharex=True)
+    at = {(r["world_size"], _series(r)): r for r in records}
+    for ax, key, cap_key, what in ((axes[0], "hbm_gb", "hbm_cap_gb", "HBM"), (axes[1], "ddr_gb", "ddr_cap_gb", "DDR")):
+        for g, w in enumerate(worlds):
+            for k, s in enumerate(strategies):
+                x = g * (n + 1) + k
+                r = at.get((w, s))
+                if r is None:
+                    continue
+                vals = (ranks.get(_tag(r)) or {}).get(key)
+                if r.get("status") != "ok" or not vals:
+                    ax.text(x, 0.03, "no plan" if r.get("status") != "ok" else "no per-rank data", rotation=90,
+                            ha="center", va="bottom", transform=ax.get_xaxis_transform(), color=f"C{k}", fontsize=8)
+                    continue
+                v = np.asarray(vals, dtype=float)
+                q1, med, q3 = np.percentile(v, [25, 50, 75])
+                ax.vlines(x, v.min(), v.max(), color="k", lw=1)
+                ax.add_patch(plt.Rectangle((x - 0.35, q1), 0.7, q3 - q1, facecolor=f"C{k}", alpha=0.6, edgecolor="k"))
+                ax.plot([x - 0.35, x + 0.35], [med, med], color="k", lw=1.5)
+                ax.plot([x], [v.mean()], "D", color="w", mec="k", ms=4)
+                if v.max() > 0:
+                    ax.annotate(f"{v.max():.3g}", (x, v.max()), textcoords="offset points", xytext=(0, 3), ha="center",
+                                fontsize=7)
+        cap = meta.get(cap_key)
+        if cap:
+            ax.axhline(cap, color="C3", ls="--", lw=1)
+            ax.text(1.0, cap, f" {what} capacity\n {cap:g} GB", transform=ax.get_yaxis_transform(), va="center",
+                    fontsize=7, color="C3")
+        ax.set_ylim(bottom=0)
+        ax.set_ylabel(f"{what} per rank (GB)")
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[1].set_xticks([g * (n + 1) + (n - 1) / 2 for g in range(len(worlds))], [f"W = {w}" for w in worlds])
+    axes[1].set_xlim(-0.8, len(worlds) * (n + 1) - 1.2)
+    handles = [plt.Rectangle((0, 0), 1, 1, facecolor=f"C{k}", alpha=0.6, edgecolor="k") for k in range(n)]
+    axes[0].legend(handles, strategies, fontsize=8, loc="upper left", ncol=min(n, 4))
+    axes[0].set_title("per-rank memory of each plan: min-max line, 25-75% box, median bar, mean diamond, max labelled",
+                      fontsize=8)
+    fig.suptitle(title, fontsize=8.5)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _wrap(text: str, width: int = 95) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
 
 
 def _verify(args, tables, strategies, out: Path) -> None:

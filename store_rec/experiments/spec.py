@@ -43,6 +43,19 @@ from typing import Any, Dict, List, Literal, Optional
 
 from store_rec.config import check
 
+#: a dataset or experiment name becomes one directory / file name under the output folders: letters,
+#: digits and ``_ - . +``, not starting with a dot (no ``/``, ``..``, hidden or absolute paths)
+NAME_RE = r"^[A-Za-z0-9_+\-][A-Za-z0-9_.+\-]*$"
+
+
+def check_name(name: str, key: str) -> None:
+    """ConfigError naming ``key`` unless ``name`` is usable as one path component (see :data:`NAME_RE`)."""
+    import re
+
+    check(isinstance(name, str) and re.match(NAME_RE, name) is not None and len(name) <= 128, key,
+          f"{name!r} is not usable as a directory name: use letters, digits and _ - . + only, not starting "
+          "with a dot (it becomes a path under the output folder)")
+
 
 @dataclass
 class PrepareSpec:
@@ -124,6 +137,7 @@ class ExperimentSpec:
         check(bool(self.variants), "variants", "needs at least one variant")
         for name in self.variants:  # a variant names a run directory (separators become '_')
             check(name.strip(" ./\\") != "", f"variants[{name!r}]", "is not usable as a run directory name (only dots, slashes or spaces)")
+            check(not name.startswith("."), f"variants[{name!r}]", "must not start with a dot (a hidden run directory)")
         check(bool(self.seeds), "seeds", "needs at least one seed")
         check(self.kind == "sweep" or self.sweep is None or self.kind == "fair", "sweep",
               "only kinds 'sweep' and 'fair' (its tuning grid) take a sweep")
@@ -154,6 +168,10 @@ class PaperSpec:
 
     def __post_init__(self) -> None:
         check(self.jobs >= 1, "jobs", f"must be >= 1, got {self.jobs}")
+        for name in self.datasets:
+            check_name(name, f"datasets[{name!r}]")
+        for name in self.experiments:
+            check_name(name, f"experiments[{name!r}]")
         for name, e in self.experiments.items():
             for i, d in enumerate(e.datasets):
                 check(d in self.datasets, f"experiments.{name}.datasets[{i}]", f"{d!r} is not one of {sorted(self.datasets)}")

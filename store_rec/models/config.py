@@ -37,9 +37,9 @@ over-arch), ``dense_skip`` (the dense token of layer 0 into the over-arch).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Literal, Optional
+from typing import Any, List, Literal, Mapping, Optional, Type, TypeVar, Union
 
-from store_rec.config import check
+from store_rec.config import ConfigError, check, from_dict
 from store_rec.ops.moba_rules import moba_problem
 
 MODEL_NAMES = ("store", "dlrm", "dlrm_dcn", "transformer", "deepfm", "rankmixer")
@@ -184,3 +184,19 @@ class ModelConfig:
         if self.sid_source == "online":
             check(self.tokenizer != "none", "sid_source", "online SIDs need a tokenizer (opmq/rqvae/opq), not 'none'")
             check(self.item_feature is not None, "item_feature", "sid_source 'online' tokenizes this id feature: set it")
+
+
+C = TypeVar("C")
+
+
+def as_config(cls: Type[C], value: Union[C, Mapping[str, Any], None], path: str) -> C:
+    """``value`` as a ``cls`` instance: an instance as is, None as the defaults, a dict validated like the
+    YAML section ``path`` (:func:`store_rec.config.from_dict`: ``ConfigError`` naming the key, e.g.
+    ``rotation.diversity_weigth: unknown key``). Lets Python callers pass ``rotation={"schedule": "4:1"}``."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        return from_dict(cls, value, path)
+    raise ConfigError(f"{path}: expected a {cls.__name__} or a dict of its keys, got {type(value).__name__}")

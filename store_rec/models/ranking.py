@@ -15,6 +15,7 @@ Every caller reads outputs by name (``out.logits``, ``out.losses["bce"]``), neve
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Dict, Mapping, NamedTuple, Optional, Tuple
 
 import torch
@@ -72,12 +73,34 @@ class RankingModel(nn.Module):
         self.dense_in_features = dense_in_features
         self.const_dense = const_dense
         self.name = name
+        self.autocast_dtype: Optional[torch.dtype] = None  # set_precision("bf16"): autocast the dense part
+        self.autocast_device = "cpu"
+
+    def set_precision(self, precision: str, device_type: str = "cpu") -> None:
+        """``"bf16"``: run the forward under ``torch.autocast(bfloat16)``. The embedding lookups (fbgemm
+        TBE, not autocast ops) and the pooled embeddings stay fp32; the dense arch, interaction (MoBA
+        attention, rotation) and over arch compute in bf16 where autocast allows; the logits and
+        auxiliary losses are returned as fp32 (the loss is computed in fp32). ``"fp32"``: off."""
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision: {precision!r} is not fp32 or bf16")
+        self.autocast_dtype = torch.bfloat16 if precision == "bf16" else None
+        self.autocast_device = device_type
 
     def forward(self, batch) -> ModelOutput:  # noqa: ANN001
         dense = dense_input(batch, self.const_dense)
-        with parametrize.cached():  # each parametrized R_i is computed once for forward + aux
+        # each parametrized R_i is computed once for forward + aux. The autocast device is a plain string
+        # (not dense.device.type): TrainPipelineSparseDist fx-traces this forward.
+        amp = torch.autocast(self.autocast_device, dtype=self.autocast_dtype) if self.autocast_dtype is not None else nullcontext()
+        with parametrize.cached(), amp:
             logits, aux = self.logits_and_aux(dense, batch.sparse_features)
+        if self.autocast_dtype is not None:
+            logits, aux = logits.float(), {k: v.float() for k, v in aux.items()}
         return ModelOutput(logits.squeeze(-1), aux)
+
+    def dense_children(self) -> Dict[str, nn.Module]:
+        """The inner model's modules after the embedding lookups (all but ``sparse_arch``): what
+        ``train.compile`` compiles."""
+        return {n: c for n, c in self.model.named_children() if n != "sparse_arch"}
 
     def logits_and_aux(self, dense: torch.Tensor, sparse_features) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:  # noqa: ANN001
         """``(Tensor[B, 1], aux_losses)`` of the inner model; the baselines have no auxiliary loss."""
@@ -122,15 +145,23 @@ class RankingTrain(nn.Module):
 
     def forward(self, batch) -> Tuple[torch.Tensor, TrainOutput]:  # noqa: ANN001
         logits, aux = self.model(batch)
-        labels = batch.labels.float()
-        bce = self.loss_fn(logits, labels)
-        loss = bce
-        for k, v in aux.items():
-            w = self.aux_weights.get(k, 0.0)
-            if w:
-                loss = loss + w * v
-        user_ids = getattr(batch, "user_ids", None)
-        if user_ids is None:
-            user_ids = torch.full_like(labels, -1, dtype=torch.int64)
-        losses = {"bce": bce.detach(), **{k: v.detach() for k, v in aux.items()}}
-        return loss, TrainOutput(loss.detach(), logits.detach(), labels.detach(), user_ids, losses)
+        return ranking_loss(logits, aux, batch, self.aux_weights, self.loss_fn)
+
+
+def ranking_loss(logits: torch.Tensor, aux: Mapping[str, torch.Tensor], batch, weights: Mapping[str, float],  # noqa: ANN001
+                 loss_fn: nn.Module) -> Tuple[torch.Tensor, TrainOutput]:
+    """The training objective of every train wrapper (:class:`RankingTrain`, ``store_rec.models.dropin.DLRMStoreTrain``):
+    ``loss = loss_fn(logits: Tensor[B], batch.labels) + sum_k weights[k] * aux[k]`` (a key missing from
+    ``weights`` or weighted 0 is reported, not optimised) and the detached :class:`TrainOutput`."""
+    labels = batch.labels.float()
+    bce = loss_fn(logits, labels)
+    loss = bce
+    for k, v in aux.items():
+        w = weights.get(k, 0.0)
+        if w:
+            loss = loss + w * v
+    user_ids = getattr(batch, "user_ids", None)
+    if user_ids is None:
+        user_ids = torch.full_like(labels, -1, dtype=torch.int64)
+    losses = {"bce": bce.detach(), **{k: v.detach() for k, v in aux.items()}}
+    return loss, TrainOutput(loss.detach(), logits.detach(), labels.detach(), user_ids, losses)

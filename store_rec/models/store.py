@@ -44,7 +44,7 @@ from torch import nn
 from torchrec.models.dlrm import DLRM, OverArch
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-from store_rec.models.config import AttentionConfig, ModelConfig, RotationConfig
+from store_rec.models.config import AttentionConfig, ModelConfig, RotationConfig, as_config
 from store_rec.models.ranking import RankingModel
 from store_rec.modules.rotation import OrthogonalRotation
 
@@ -107,11 +107,14 @@ class StoreInteractionArch(nn.Module):
             Default: every index not in ``static_groups``.
         static_groups: one list of feature indices per semantic group (rotation input).
             Every feature index must appear exactly once across the two arguments.
-        rotation: a :class:`RotationConfig`. Static tokens by ``static_tokens`` x ``enabled``: fused +
-            on = K rotated copies of C; fused + off = one D-wide group-MLP token per group (the
-            paper's "w/o rotation", same token count for K = G); per_feature + on = each static
-            feature a token rotated by its group's R_k; per_feature + off = plain feature tokens.
-        attention: an :class:`AttentionConfig` (type, sparsity, block size, layers, heads, ...).
+        rotation: a :class:`RotationConfig` or a dict of its keys (validated like the YAML
+            ``model.rotation`` section: an unknown key or a bad value is a ``ConfigError`` naming it).
+            Static tokens by ``static_tokens`` x ``enabled``: fused + on = K rotated copies of C;
+            fused + off = one D-wide group-MLP token per group (the paper's "w/o rotation", same
+            token count for K = G); per_feature + on = each static feature a token rotated by its
+            group's R_k; per_feature + off = plain feature tokens.
+        attention: an :class:`AttentionConfig` or a dict of its keys, validated the same way (type,
+            sparsity, block size, layers, heads, ...).
         gate_indices: feature indices of the target item's tokens (a subset of ``token_indices``);
             with ``attention.gate == "item"`` and MoBA instance routing, the mean of their hidden
             states gates the key-block selection in every layer (the paper's "filters
@@ -140,16 +143,17 @@ class StoreInteractionArch(nn.Module):
         *,
         token_indices: Optional[Sequence[int]] = None,
         static_groups: Optional[Sequence[Sequence[int]]] = None,
-        rotation: Optional[RotationConfig] = None,
-        attention: Optional[AttentionConfig] = None,
+        rotation: Union[RotationConfig, Mapping[str, object], None] = None,
+        attention: Union[AttentionConfig, Mapping[str, object], None] = None,
         gate_indices: Optional[Sequence[int]] = None,
         sid_tokenizer: Optional[nn.Module] = None,
         tokenize_indices: Optional[Sequence[int]] = None,
     ) -> None:
         super().__init__()
         F, D = int(num_sparse_features), int(embedding_dim)
-        rotation = rotation or RotationConfig()
-        attention = attention or AttentionConfig()
+        rotation = as_config(RotationConfig, rotation, "rotation")
+        attention = as_config(AttentionConfig, attention, "attention")
+        self.rotation_config = rotation
         groups = [list(map(int, g)) for g in (static_groups or []) if len(g)]
         grouped = [i for g in groups for i in g]
         tokens = list(map(int, token_indices)) if token_indices is not None else [i for i in range(F) if i not in set(grouped)]
@@ -269,12 +273,10 @@ class StoreInteractionArch(nn.Module):
         self, dense_features: torch.Tensor, sparse_features: torch.Tensor, return_losses: bool = False
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]]:
         """``dense_features: Tensor[B, D], sparse_features: Tensor[B, F, D] -> Tensor[B, output_dim]``
-        (TorchRec's interaction-arch contract). With ``return_losses=True``: ``(Tensor[B, output_dim],
-        losses)``, the online tokenizer's losses of this batch (``Tensor[]`` each, weighted by the
-        tokenizer's own weights) in :meth:`sid_loss_names` order (see :meth:`interact`).
-
-        Output = ``[pooled X_L, dots(X_0) (dot_features), X_0[:, 0] (dense_skip)]``.
-        """
+        (TorchRec's interaction-arch contract). Output = ``[pooled X_L, dots(X_0) (dot_features),
+        X_0[:, 0] (dense_skip)]``. With ``return_losses=True``: ``(Tensor[B, output_dim], losses)``, the
+        online tokenizer's losses of this batch (``Tensor[]`` each, weighted by the tokenizer's own
+        weights) in :meth:`sid_loss_names` order (see :meth:`interact`)."""
         x0, sid_losses = self._tokens(dense_features, sparse_features)
         x = x0
         for layer in self.layers:
@@ -298,6 +300,15 @@ class StoreInteractionArch(nn.Module):
         out = self(dense_features=dense_features, sparse_features=sparse_features, return_losses=True)
         losses = out[1]
         return out[0], {n: losses[i] for i, n in enumerate(self.sid_loss_names())}
+
+    def aux_loss_weights(self) -> Dict[str, float]:
+        """Default weight of each auxiliary loss: ``"diversity"`` -> ``rotation.diversity_weight`` (with
+        rotation); each ``"sid_<name>"`` of a fine-tuned online tokenizer -> 1 (the tokenizer weighs its own)."""
+        w = {"diversity": float(self.rotation_config.diversity_weight)} if self.use_rotation else {}
+        tok = self.sid_tokenizer
+        if tok is not None and tok.finetune:
+            w.update({f"sid_{k}": 1.0 for k in tok.loss_names})
+        return w
 
     def aux_losses(self) -> Dict[str, torch.Tensor]:
         """The parameter losses: ``{"diversity": -sum_{i<j}||R_i - R_j||_F^2}`` (unweighted) with rotation,
@@ -328,7 +339,8 @@ class DLRM_STORE(DLRM):
             ``dense_arch_layer_sizes[-1] == D``).
         static_groups: semantic groups of static features by *feature name* (mapping group ->
             names, or a list of name lists); every other feature is a token.
-        rotation, attention: :class:`RotationConfig` / :class:`AttentionConfig`.
+        rotation, attention: :class:`RotationConfig` / :class:`AttentionConfig`, or dicts of their keys
+            (validated as the YAML sections, errors naming the key).
         gate_features: names of the target item's features (e.g. ``sid_0 .. sid_{K-1}``) for
             ``attention.gate == "item"``.
         sid_tokenizer: an ``OnlineSIDTokenizer`` over some token features (its ``features``, by
@@ -346,8 +358,8 @@ class DLRM_STORE(DLRM):
         over_arch_layer_sizes: List[int],
         *,
         static_groups: Optional[Union[Mapping[str, Sequence[str]], Sequence[Sequence[str]]]] = None,
-        rotation: Optional[RotationConfig] = None,
-        attention: Optional[AttentionConfig] = None,
+        rotation: Union[RotationConfig, Mapping[str, object], None] = None,
+        attention: Union[AttentionConfig, Mapping[str, object], None] = None,
         gate_features: Optional[Sequence[str]] = None,
         sid_tokenizer: Optional[nn.Module] = None,
         dense_device: Optional[torch.device] = None,
@@ -452,11 +464,7 @@ class StoreModel(RankingModel):
         self.features = feats
 
     def aux_loss_weights(self) -> Dict[str, float]:
-        w = {"diversity": self.cfg.rotation.diversity_weight} if self.model.inter_arch.use_rotation else {}
-        tok = self.model.inter_arch.sid_tokenizer
-        if tok is not None and tok.finetune:
-            w.update({f"sid_{k}": 1.0 for k in tok.loss_names})
-        return w
+        return self.model.inter_arch.aux_loss_weights()
 
     def logits_and_aux(self, dense: torch.Tensor, sparse_features) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:  # noqa: ANN001
         """DLRM's forward (dense arch, sparse arch, interaction, over arch) with the interaction's

@@ -244,7 +244,7 @@ class OrthogonalRotation(nn.Module):
         """``static: Tensor[B, S, D] -> tokens``: ``Tensor[B, K, D]`` with token i = C R_i (fused), or
         ``Tensor[B, S, D]`` with token s = e_s R_{k(s)} (per_feature)."""
         if self.static_tokens == "per_feature":
-            R = self.rotation_matrices().index_select(0, self.feature_group)  # [S, D, D]
+            R = self.rotation_matrices().index_select(0, self.feature_group)  # type: ignore[arg-type]  # buffer [S], [S, D, D]
             return torch.einsum("bsd,sde->bse", static, R)
         C = self.instance_block(static)
         return torch.einsum("bd,kde->bke", C, self.rotation_matrices())

@@ -38,6 +38,8 @@ from store_rec.fileio import atomic_path
 logger = logging.getLogger(__name__)
 
 META_KEY = b"store_rec"
+#: largest |value| accepted: squared (1e30) and summed over a batch it stays finite in float32 (max 3.4e38)
+MAX_ABS_VALUE = 1e15
 PathLike = Union[str, os.PathLike]
 
 
@@ -59,6 +61,13 @@ def _validate(where: str, ids: np.ndarray, emb: np.ndarray, expected_dim: Option
         kind = "NaN" if np.isnan(emb[r]).any() else "inf"
         raise DataError(f"{where}: {kind} in embedding of id {int(ids[r])} (row {r}); "
                         f"{bad_rows.size} non-finite rows in total")
+    big = np.abs(emb).max(axis=1) > MAX_ABS_VALUE
+    if big.any():
+        r = int(np.argmax(big))
+        raise DataError(f"{where}: embedding of id {int(ids[r])} (row {r}) has a value of magnitude "
+                        f"{float(np.abs(emb[r]).max()):.3g} > {MAX_ABS_VALUE:.0e}: its squares overflow float32 "
+                        f"arithmetic; {int(big.sum())} such rows in total (rescale the table, e.g. L2-normalise "
+                        "each row)")
     uniq, first, counts = np.unique(ids, return_index=True, return_counts=True)
     if (counts > 1).any():
         dup = int(uniq[np.argmax(counts > 1)])
@@ -85,13 +94,20 @@ def _read_ids(path: Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"id file {path} does not exist")
     if path.suffix == ".npy":
-        ids = np.load(path, allow_pickle=False)
+        try:
+            ids = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise DataError(f"{path}: not a readable .npy array ({e})") from None
         if not np.issubdtype(ids.dtype, np.integer):
             raise DataError(f"{path}: ids must be integers, got dtype {ids.dtype}")
         return ids.astype(np.int64)
     out = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{path}: line {n}: not valid UTF-8 text") from None
             s = line.strip()
             if not s:
                 continue
@@ -102,12 +118,28 @@ def _read_ids(path: Path) -> np.ndarray:
     return np.asarray(out, dtype=np.int64)
 
 
+def _parquet_error(path: PathLike, e: BaseException) -> DataError:
+    return DataError(f"{path}: not a readable parquet file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+
+
 def read_metadata(path: PathLike) -> Dict[str, Any]:
-    """The ``store_rec`` JSON metadata of an embedding parquet (``{}`` when absent)."""
+    """The ``store_rec`` JSON metadata of an embedding parquet (``{}`` when absent); errors name the file."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    meta = pq.read_schema(path).metadata or {}
-    return json.loads(meta[META_KEY]) if META_KEY in meta else {}
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (pa.ArrowException, OSError) as e:
+        raise _parquet_error(path, e) from None
+    if META_KEY not in meta:
+        return {}
+    try:
+        out = json.loads(meta[META_KEY])
+    except ValueError as e:
+        raise DataError(f"{path}: metadata {META_KEY.decode()!r} is not valid JSON ({e})") from None
+    if not isinstance(out, dict):
+        raise DataError(f"{path}: metadata {META_KEY.decode()!r} must be a JSON object, got {type(out).__name__}")
+    return out
 
 
 def load_embeddings(path: PathLike, *, ids_path: Optional[PathLike] = None, expected_dim: Optional[int] = None,
@@ -131,7 +163,10 @@ def load_embeddings(path: PathLike, *, ids_path: Optional[PathLike] = None, expe
         raise FileNotFoundError(f"embedding file {path} does not exist")
     where = str(path)
     if path.suffix == ".npy":
-        emb = np.load(path, allow_pickle=False)
+        try:
+            emb = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            raise DataError(f"{path}: not a readable .npy array ({e})") from None
         if not np.issubdtype(emb.dtype, np.floating):
             raise DataError(f"{path}: embeddings must be floating point, got dtype {emb.dtype}")
         if ids_path is not None:
@@ -145,7 +180,12 @@ def load_embeddings(path: PathLike, *, ids_path: Optional[PathLike] = None, expe
 
         if ids_path is not None:
             raise DataError(f"{path}: an id file is only used with .npy embeddings (parquet has an 'item' column)")
-        table = pq.read_table(path)
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as e:
+            raise _parquet_error(path, e) from None
+        if table.num_rows == 0:
+            raise DataError(f"{path}: empty embedding table (0 rows)")
         for col in ("item", "embedding"):
             if col not in table.column_names:
                 raise DataError(f"{path}: missing column {col!r} (has {table.column_names})")

@@ -8,14 +8,17 @@ Sections (every key optional except ``data.dir``)::
 
     data:      {dir, prepare_if_missing: {rows, items, users, seed, ...} | null, batch_size,
                 eval_batch_size, sid_table, sid_feature, shuffle, drop_last}
+                # batch_size / eval_batch_size are PER RANK: one step of a W-rank job consumes
+                # batch_size x W samples (the global batch, logged at start-up and in the summary)
     model:     store_rec.models.config.ModelConfig
-    optim:     {sparse: {type: adagrad|rowwise_adagrad, lr, eps}, dense: {type: adam|adagrad, lr},
+    optim:     {sparse: {type: adagrad|rowwise_adagrad|sgd|adam|rowwise_adam, lr, eps}, dense: {type: adam|adagrad, lr},
                 weight_decay, warmup_steps, decay: none|linear|cosine, min_lr_ratio, schedule_sparse_lr,
                 rotation: {lr, type: adam|sgd}}   # rotation steps follow model.rotation.schedule
     train:     {epochs, max_steps, eval_every, eval_at_epoch_end, early_stop_patience, seed,
-                log_every, eval_splits, epoch_end_splits}
+                log_every, eval_splits, epoch_end_splits, eval_auc, eval_auc_bins, precision, compile,
+                profile_steps, profile_skip}
     sharding:  {plan_file, sharding_types, compute_kernels, tables: {t_<feature>: {sharding_types,
-                compute_kernels}}}
+                compute_kernels}}, storage_reservation, qcomms: {forward, backward}}
     checkpoint:{enabled, dir, every_steps, keep}
     output:    {dir, metrics_out, tensorboard, progress_bar}
     loss:      {aux_weights: {diversity: 0.1, sid_recon: ...}}  # per key, over the model's own weights
@@ -57,6 +60,10 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
+    """``data:``. ``batch_size`` and ``eval_batch_size`` are per rank: the global batch of a step is
+    ``batch_size x world size`` (what LR and warm-up are tuned for; the trainer logs it and writes it to
+    the summary as ``global_batch_size``), and an epoch has ``ceil(rows / global batch)`` steps."""
+
     dir: str
     prepare_if_missing: Optional[SyntheticConfig] = None
     batch_size: int = 256  # per rank
@@ -97,7 +104,10 @@ def ensure_data_dir(data: DataConfig, *, generate: bool = True) -> Path:
 
 @dataclass
 class SparseOptimConfig:
-    type: Literal["adagrad", "rowwise_adagrad"] = "rowwise_adagrad"
+    # fused in the TBE kernels (fbgemm EmbOptimType): adagrad (EXACT_ADAGRAD), rowwise_adagrad
+    # (EXACT_ROWWISE_ADAGRAD), sgd (EXACT_SGD), adam (ADAM), rowwise_adam (PARTIAL_ROWWISE_ADAM: Adam's
+    # first moment per element, second moment per row -- the memory of row-wise Adagrad plus one copy)
+    type: Literal["adagrad", "rowwise_adagrad", "sgd", "adam", "rowwise_adam"] = "rowwise_adagrad"
     lr: float = 0.05
     eps: float = 1e-8
 
@@ -156,6 +166,18 @@ class LoopConfig:
     eval_splits: List[str] = field(default_factory=lambda: ["valid", "test"])  # final evaluation
     # evaluated at every epoch end (with eval_at_epoch_end); valid drives early stop and "best"
     epoch_end_splits: List[str] = field(default_factory=lambda: ["valid"])
+    # AUC of an eval: exact (rows gathered on rank 0 only) or histogram (all-reduced counts, O(bins)
+    # memory, reported with its error bound auc_error_bound); see store_rec.train.metrics.EvalMetrics
+    eval_auc: Literal["exact", "histogram"] = "exact"
+    eval_auc_bins: int = 65536
+    # speed options (docs/OPERATIONS.md): bf16 autocasts the dense part (interaction, MLPs; the embedding
+    # lookups and the loss stay fp32) in training and evaluation; compile torch.compiles the dense part
+    # (falls back to eager, with a warning, where it fails); profile_steps > 0 writes a torch.profiler
+    # trace of that many training steps (after profile_skip steps) per rank to <output.dir>/profile/
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+    profile_steps: int = 0
+    profile_skip: int = 5
 
     def __post_init__(self) -> None:
         check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
@@ -164,6 +186,9 @@ class LoopConfig:
         check(self.early_stop_patience >= 0, "early_stop_patience", f"must be >= 0, got {self.early_stop_patience}")
         check(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         check(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
+        check(self.eval_auc_bins >= 2, "eval_auc_bins", f"must be >= 2, got {self.eval_auc_bins}")
+        check(self.profile_steps >= 0, "profile_steps", f"must be >= 0, got {self.profile_steps}")
+        check(self.profile_skip >= 0, "profile_skip", f"must be >= 0, got {self.profile_skip}")
         for i, s in enumerate(self.eval_splits):
             check(s in ("train", "valid", "test"), f"eval_splits[{i}]", f"{s!r} is not one of train/valid/test")
         for i, s in enumerate(self.epoch_end_splits):
@@ -187,6 +212,14 @@ def _check_kinds(sharding_types: Optional[List[str]], kernels: Optional[List[str
 
 
 @dataclass
+class QCommsSection:
+    """``sharding.qcomms: {forward: fp16, backward: bf16}`` (``fp32`` = not quantized)."""
+
+    forward: Literal["fp32", "fp16", "bf16", "fp8"] = "fp16"
+    backward: Literal["fp32", "fp16", "bf16", "fp8"] = "bf16"
+
+
+@dataclass
 class ShardingConfig:
     """``sharding:``: a saved plan (``store-rec plan``), or planner constraints.
 
@@ -199,9 +232,16 @@ class ShardingConfig:
     sharding_types: Optional[List[str]] = None
     compute_kernels: Optional[List[str]] = None
     tables: Dict[str, TableShardingConfig] = field(default_factory=dict)
+    # share of each rank's memory the planner keeps free for the dense model and activations (TorchRec's
+    # FixedPercentageStorageReservation; its default percentage)
+    storage_reservation: float = 0.15
+    # quantized embedding comms (TorchRec QCommsConfig: all-to-all / reduce-scatter payloads of sharded
+    # tables in fp16 / bf16 / fp8); fbgemm's codecs need CUDA + NCCL, refused on CPU / gloo
+    qcomms: Optional[QCommsSection] = None
 
     def __post_init__(self) -> None:
         _check_kinds(self.sharding_types, self.compute_kernels)
+        check(0.0 <= self.storage_reservation < 1.0, "storage_reservation", f"must be in [0, 1), got {self.storage_reservation}")
 
 
 @dataclass
@@ -224,6 +264,8 @@ class OutputConfig:
     dir: str = "runs/train"
     metrics_out: Optional[str] = None  # final JSON summary (default <dir>/summary.json)
     tensorboard: bool = True
+    # a tqdm bar on rank 0 when stderr is a terminal; otherwise (slurm .out, torchx logs, pipes) or with
+    # false, one log line every train.log_every steps instead
     progress_bar: bool = True
 
 

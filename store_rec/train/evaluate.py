@@ -1,5 +1,6 @@
-"""Evaluation: exact AUC / GAUC / LogLoss of the sharded model on a split (predictions gathered from
-every rank), and the early-stop comparison of a valid AUC with the best so far."""
+"""Evaluation: AUC / GAUC / LogLoss / NE / calibration of the sharded model on a split
+(:class:`~store_rec.train.metrics.EvalMetrics`: no rank holds every prediction), and the early-stop
+comparison of a valid AUC with the best so far."""
 
 from __future__ import annotations
 
@@ -10,28 +11,41 @@ import torch
 from torch import nn
 
 from store_rec.distributed.env import DistEnv
-from store_rec.train.metrics import gather_predictions, ranking_metrics
+from store_rec.train.metrics import EvalMetrics
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, env: DistEnv) -> Dict[str, float]:  # noqa: ANN001
-    """AUC / GAUC / LogLoss of ``model`` (a ``RankingTrain``, possibly DMP-wrapped: ``model(batch) ->
-    (loss, TrainOutput)``) on all ranks' parts of ``loader``'s split (exact, gathered)."""
+def evaluate(model: nn.Module, loader, env: DistEnv, auc_method: str = "exact", bins: int = 1 << 16) -> Dict[str, Any]:  # noqa: ANN001
+    """Metrics of ``model`` (a ``RankingTrain``, possibly DMP-wrapped: ``model(batch) -> (loss,
+    TrainOutput)``) on all ranks' parts of ``loader``'s split: :meth:`EvalMetrics.compute`'s dict plus
+    ``eval_samples_per_s`` (rows of every rank / the slowest rank's seconds) and ``eval_time_s``.
+
+    ``gauc`` is None when the dataset has no user key (``schema.user_key``; the loader then fills the
+    batch's user ids with a placeholder) or a row has no user id (-1): never the AUC under another name."""
+    import time
+
+    import torch.distributed as dist
+
+    schema = getattr(loader, "schema", None)
+    has_user_key = schema is None or getattr(schema, "user_key", None) is not None
     was = model.training
     model.eval()
     loader.set_epoch(0)
-    logits, labels, users = [], [], []
+    metrics = EvalMetrics(auc_method=auc_method, bins=bins)
+    t0 = time.perf_counter()
     for batch in loader:
         batch = batch.to(env.device)
         _, out = model(batch)
-        logits.append(out.logits.float())
-        labels.append(out.labels.float())
-        users.append(out.user_ids.long())
+        users = out.user_ids
+        metrics.update(out.logits, out.labels, users if has_user_key and bool((users >= 0).all()) else None)
     model.train(was)
-    cat = lambda xs, dt: torch.cat(xs) if xs else torch.zeros(0, dtype=dt, device=env.device)  # noqa: E731
-    lg, lb, u = gather_predictions(cat(logits, torch.float32), cat(labels, torch.float32), cat(users, torch.int64))
-    has_users = bool((u >= 0).all()) and u.numel() > 0
-    return ranking_metrics(lg.cpu(), lb.cpu(), u.cpu() if has_users else None)
+    took = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(took, op=dist.ReduceOp.MAX)
+    m = metrics.compute()
+    m["eval_time_s"] = float(took[0])
+    m["eval_samples_per_s"] = m["num_samples"] / float(took[0]) if took[0] > 0 else float("nan")
+    return m
 
 
 def improves_on_best(auc: Optional[float], best: Optional[Mapping[str, Any]]) -> bool:

@@ -1,8 +1,13 @@
-"""Ranking metrics computed exactly over all ranks: AUC, GAUC, LogLoss.
+"""Ranking metrics over all ranks: AUC, GAUC, LogLoss, NE, calibration.
 
-Per-rank AUCs cannot be averaged into the global AUC, so evaluation gathers every rank's
-``(logits, labels, user_ids)`` (:func:`gather_predictions`, ``all_gather`` of padded tensors) and
-computes on the union; every rank gets the same numbers.
+Per-rank AUCs cannot be averaged into the global AUC. Evaluation uses :class:`EvalMetrics`, which
+computes them without every rank holding every prediction: sums for LogLoss / NE / calibration
+(all-reduced), the exact AUC on rank 0 alone (``gather`` of ``(logit, label)``) or a histogram AUC
+with its error bound (all-reduced counts), and the exact GAUC with each user's rows moved to one rank
+(``all_to_all``). The reference functions below (:func:`auc`, :func:`gauc`, :func:`logloss` on all
+predictions in one process) define the numbers; ``tests/test_eval_metrics.py`` checks
+:class:`EvalMetrics` against them on 1 and 2 gloo ranks. :func:`gather_predictions` (every rank gets
+every prediction) is kept for tests and small tools.
 
 * :func:`auc` -- the Mann-Whitney statistic with ties counted 1/2:
   ``(sum of the positives' average ranks - P(P+1)/2) / (P * N)``.
@@ -16,7 +21,7 @@ Everything runs in float64 on CPU numpy (evaluation sets are at most a few milli
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -103,10 +108,14 @@ def logloss(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray
     return float(np.mean(np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))))
 
 
-def ranking_metrics(logits, labels, user_ids: Optional[torch.Tensor] = None) -> Dict[str, float]:  # noqa: ANN001
-    """``{"auc", "gauc", "logloss", "num_samples"}`` of one evaluation (gauc NaN without user ids)."""
-    out = {"auc": auc(logits, labels), "logloss": logloss(logits, labels), "num_samples": int(len(_np(labels)))}
-    out["gauc"] = gauc(logits, labels, user_ids) if user_ids is not None else float("nan")
+def ranking_metrics(logits, labels, user_ids: Optional[torch.Tensor] = None) -> Dict[str, Optional[float]]:  # noqa: ANN001
+    """``{"auc", "gauc", "logloss", "num_samples"}`` of one evaluation.
+
+    ``gauc`` is None -- absent, not a number -- without ``user_ids`` (a dataset without a user key):
+    grouping every row under one user would report the AUC under GAUC's name."""
+    out: Dict[str, Optional[float]] = {"auc": auc(logits, labels), "logloss": logloss(logits, labels),
+                                       "num_samples": int(len(_np(labels)))}
+    out["gauc"] = gauc(logits, labels, user_ids) if user_ids is not None else None
     return out
 
 
@@ -139,3 +148,188 @@ def gather_predictions(*tensors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
 def finite_or_none(x: float) -> Optional[float]:
     """JSON-safe float: NaN/inf -> None."""
     return None if x is None or not math.isfinite(x) else float(x)
+
+
+# ---------------------------------------------------------------------------------- evaluation at scale
+#: ``eval.auc`` methods: ``exact`` gathers (logit, label) to rank 0 only; ``histogram`` all-reduces
+#: per-class score histograms (O(bins) memory, every rank) and reports its error bound.
+AUC_METHODS = ("exact", "histogram")
+
+
+def _dist_world() -> Tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def histogram_auc(pos_hist: np.ndarray, neg_hist: np.ndarray) -> Tuple[float, float]:
+    """AUC from per-class histograms over the same ascending score bins, and its error bound.
+
+    Pairs in different bins are ordered exactly; a (positive, negative) pair in the same bin is
+    counted 1/2, as the exact statistic counts a tie, so ``|AUC_hist - AUC_exact| <= bound =
+    0.5 * sum_b pos_b neg_b / (P N)`` (the share of same-bin pairs over 2). NaN if one class."""
+    pos, neg = np.asarray(pos_hist, np.float64), np.asarray(neg_hist, np.float64)
+    P, N = pos.sum(), neg.sum()
+    if P == 0 or N == 0:
+        return float("nan"), float("nan")
+    neg_below = np.cumsum(neg) - neg
+    same = float((pos * neg).sum())
+    return float(((pos * neg_below).sum() + 0.5 * same) / (P * N)), float(0.5 * same / (P * N))
+
+
+class EvalMetrics:
+    """Streaming evaluation metrics over every rank without every rank holding every prediction.
+
+    ``update(logits, labels, user_ids)`` per batch on each rank; ``compute()`` (a collective: every
+    rank calls it) returns the same dict on every rank:
+
+    * ``logloss``, ``ne``, ``calibration``, ``ctr``, ``num_samples``: exact, from all-reduced sums
+      (``sum BCE``, ``sum y``, ``sum sigmoid(logit)``, ``n``) -- O(1) memory. ``ne`` = logloss / the
+      entropy of the mean label (He et al. 2014; TorchRec's NE); ``calibration`` = sum of predicted
+      probabilities / sum of labels (1.0 = calibrated; TorchRec's definition); ``ctr`` = mean label.
+    * ``auc``: ``auc_method="exact"`` gathers (logit float32, label) to rank 0 only (8 bytes a row
+      on rank 0, none kept elsewhere), which computes the Mann-Whitney AUC of :func:`auc` and
+      broadcasts it; ``"histogram"`` bins ``sigmoid(logit)`` into ``bins`` equal-width bins per
+      class, all-reduces the 2 x ``bins`` counts and reports ``auc_error_bound``
+      (:func:`histogram_auc`; 0.0 for exact).
+    * ``gauc``: exact. Rows are sent to rank ``user_id % world`` (``all_to_all``), so every user's
+      rows meet on one rank holding ~1/world of the set; each rank sums ``n_u AUC_u`` and ``n_u``
+      over its users and the sums are all-reduced.
+
+    Per rank, the exact path keeps its own rows only (logit, label and user id: 16 bytes a row);
+    the previous all-gather kept every rank's rows on every rank (24 bytes a row x world).
+    """
+
+    def __init__(self, auc_method: str = "exact", bins: int = 1 << 16, gauc: bool = True) -> None:
+        if auc_method not in AUC_METHODS:
+            raise ValueError(f"auc_method: {auc_method!r} is not one of {AUC_METHODS}")
+        if bins < 2:
+            raise ValueError(f"bins: need >= 2, got {bins}")
+        self.auc_method, self.bins, self.with_gauc = auc_method, int(bins), gauc
+        self.reset()
+
+    def reset(self) -> None:
+        self._sums = np.zeros(4, dtype=np.float64)  # n, sum y, sum p, sum bce
+        self._hist = np.zeros((2, self.bins), dtype=np.float64) if self.auc_method == "histogram" else None
+        self._logits: List[torch.Tensor] = []
+        self._labels: List[torch.Tensor] = []
+        self._users: List[torch.Tensor] = []
+        self._users_missing = False
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, user_ids: Optional[torch.Tensor] = None) -> None:
+        """``logits: [B]``, ``labels: [B]`` (0/1), ``user_ids: [B]`` (int; GAUC needs them for every row:
+        one batch without them makes GAUC NaN)."""
+        x = logits.detach().reshape(-1).to("cpu", torch.float64)
+        y = labels.detach().reshape(-1).to("cpu", torch.float64)
+        if x.numel() != y.numel():
+            raise ValueError(f"logits [{x.numel()}] and labels [{y.numel()}] differ in length")
+        p = torch.sigmoid(x)
+        bce = torch.clamp(x, min=0) - x * y + torch.log1p(torch.exp(-x.abs()))
+        self._sums += np.array([x.numel(), float(y.sum()), float(p.sum()), float(bce.sum())])
+        if self._hist is not None:
+            b = torch.clamp((p * self.bins).long(), 0, self.bins - 1).numpy()
+            pos = y.numpy() > 0.5
+            self._hist[1] += np.bincount(b[pos], minlength=self.bins)
+            self._hist[0] += np.bincount(b[~pos], minlength=self.bins)
+        keep_rows = self.auc_method == "exact" or (self.with_gauc and user_ids is not None)
+        if keep_rows:
+            self._logits.append(logits.detach().reshape(-1).to("cpu", torch.float32))
+            self._labels.append(labels.detach().reshape(-1).to("cpu", torch.float32))
+            if self.with_gauc and user_ids is not None:
+                self._users.append(user_ids.detach().reshape(-1).to("cpu", torch.int64))
+        if user_ids is None:
+            self._users_missing = True
+
+    def compute(self) -> Dict[str, Any]:
+        """The metrics over every rank (collective: every rank calls it). ``gauc`` is None -- absent, not a
+        number -- without user ids for every row (a dataset without a user key), as in :func:`ranking_metrics`."""
+        import torch.distributed as dist
+
+        rank, world = _dist_world()
+        sums = torch.from_numpy(self._sums.copy())
+        if world > 1:
+            dist.all_reduce(sums)
+        n, sy, sp, sbce = (float(v) for v in sums)
+        out: Dict[str, Any] = {"num_samples": int(n)}
+        ctr = sy / n if n else float("nan")
+        out["logloss"] = sbce / n if n else float("nan")
+        out["ctr"] = ctr
+        out["calibration"] = sp / sy if sy > 0 else float("nan")
+        if n and 0.0 < ctr < 1.0:
+            out["ne"] = out["logloss"] / -(ctr * math.log(ctr) + (1 - ctr) * math.log(1 - ctr))
+        else:
+            out["ne"] = float("nan")
+        logits = torch.cat(self._logits) if self._logits else torch.zeros(0)
+        labels = torch.cat(self._labels) if self._labels else torch.zeros(0)
+        if self.auc_method == "histogram":
+            h = torch.from_numpy(self._hist.copy())
+            if world > 1:
+                dist.all_reduce(h)
+            out["auc"], out["auc_error_bound"] = histogram_auc(h[1].numpy(), h[0].numpy())
+        else:
+            out["auc"], out["auc_error_bound"] = _rank0_auc(logits, labels, rank, world), 0.0
+        # [some batch had user ids, some batch had none] over every rank (a rank that saw no batch joins too)
+        flags = torch.tensor([1 if self._users else 0, 1 if self._users_missing else 0])
+        if world > 1:
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        if self.with_gauc and int(flags[0]) and not int(flags[1]):
+            users = torch.cat(self._users) if self._users else torch.zeros(0, dtype=torch.int64)
+            out["gauc"] = _user_sharded_gauc(logits, labels, users, rank, world)
+        else:  # no user ids, or not for every row (as the gathered implementation: GAUC needs all of them)
+            out["gauc"] = None
+        return out
+
+
+def _rank0_auc(logits: torch.Tensor, labels: torch.Tensor, rank: int, world: int) -> float:
+    """Exact AUC: every rank's (logit, label) rows gathered on rank 0 only; the value broadcast."""
+    import torch.distributed as dist
+
+    if world == 1:
+        return auc(logits, labels)
+    n = torch.tensor([logits.numel()], dtype=torch.int64)
+    sizes = [torch.zeros_like(n) for _ in range(world)]
+    dist.all_gather(sizes, n)  # world integers
+    m = max(int(s) for s in sizes)
+    packed = torch.zeros(2, m, dtype=torch.float32)
+    packed[0, : logits.numel()] = logits
+    packed[1, : labels.numel()] = labels
+    parts = [torch.empty_like(packed) for _ in range(world)] if rank == 0 else None
+    dist.gather(packed, parts, dst=0)
+    val = torch.zeros(1, dtype=torch.float64)
+    if rank == 0:
+        x = torch.cat([p[0, : int(k)] for p, k in zip(parts, sizes)])
+        y = torch.cat([p[1, : int(k)] for p, k in zip(parts, sizes)])
+        del parts
+        val[0] = auc(x, y)
+    dist.broadcast(val, src=0)
+    return float(val[0])
+
+
+def _user_sharded_gauc(logits: torch.Tensor, labels: torch.Tensor, users: torch.Tensor, rank: int, world: int) -> float:
+    """Exact GAUC with each user's rows moved to rank ``user_id % world`` (``all_to_all``)."""
+    import torch.distributed as dist
+
+    if world > 1:
+        dest = torch.remainder(users, world)
+        order = torch.argsort(dest, stable=True)
+        send_counts = torch.bincount(dest, minlength=world).to(torch.int64)
+        recv_counts = torch.empty_like(send_counts)
+        dist.all_to_all_single(recv_counts, send_counts)
+        sc, rc = send_counts.tolist(), recv_counts.tolist()
+        moved = []
+        for t in (logits, labels, users):
+            got = torch.empty(sum(rc), dtype=t.dtype)
+            dist.all_to_all_single(got, t[order].contiguous(), rc, sc)
+            moved.append(got)
+        logits, labels, users = moved
+    sums = torch.zeros(2, dtype=torch.float64)
+    if users.numel():
+        a, n_pos, n_neg = _grouped_auc(_np(logits).astype(np.float64), _np(labels).astype(np.float64), _np(users))
+        ok = ~np.isnan(a)
+        w = (n_pos + n_neg)[ok]
+        sums[0], sums[1] = float((a[ok] * w).sum()), float(w.sum())
+    if world > 1:
+        dist.all_reduce(sums)
+    return float(sums[0] / sums[1]) if sums[1] > 0 else float("nan")

@@ -3,7 +3,7 @@ rotation optimizers (alternated by :class:`~store_rec.modules.rotation.Alternati
 the LR schedule (linear warm-up, then none / linear / cosine decay) they all follow.
 
 * :func:`sparse_optimizer` -- (class, kwargs) for ``apply_optimizer_in_backward`` on the tables
-  (Adagrad / row-wise Adagrad), applied before sharding.
+  (Adagrad / row-wise Adagrad / SGD / Adam / row-wise Adam, fused in fbgemm's TBE), applied before sharding.
 * :func:`dense_optimizer` -- Adam/Adagrad over the non-rotation dense parameters + the rotation
   optimizer, stepped on ``model.rotation.schedule``.
 * :func:`lr_factor` / :class:`LRSchedule` -- the multiplier at each step, applied to the dense groups
@@ -21,13 +21,30 @@ from torch import nn
 from store_rec.train.config import TrainConfig
 
 
-def sparse_optimizer(cfg: TrainConfig) -> Tuple[type, Dict[str, Any]]:
-    """(optimizer class, kwargs) for ``apply_optimizer_in_backward`` on the embedding tables."""
+#: sparse optimizers fbgemm's CPU TBE implements (split_table_batched_embeddings_ops_training, fbgemm 1.8)
+CPU_SPARSE_OPTIMIZERS = ("adagrad", "rowwise_adagrad", "sgd")
+
+
+def sparse_optimizer(cfg: TrainConfig, device_type: str = "cpu") -> Tuple[type, Dict[str, Any]]:
+    """(optimizer class, kwargs) for ``apply_optimizer_in_backward`` on the embedding tables. Adam and
+    row-wise Adam are fused on CUDA only: refused on CPU (UserError) before the model is sharded."""
     import torchrec.optim as trec_optim
 
+    from store_rec.errors import UserError
+
     s = cfg.optim.sparse
+    if device_type != "cuda" and s.type not in CPU_SPARSE_OPTIMIZERS:
+        raise UserError(f"optim.sparse.type: {s.type!r} is fused on CUDA only (fbgemm's CPU embedding kernels implement "
+                        f"{', '.join(CPU_SPARSE_OPTIMIZERS)})")
+    # each class maps to a fused fbgemm EmbOptimType (torchrec.distributed.utils.optimizer_type_to_emb_opt_type)
     if s.type == "rowwise_adagrad":
         return trec_optim.RowWiseAdagrad, {"lr": s.lr, "eps": s.eps}
+    if s.type == "sgd":
+        return trec_optim.SGD, {"lr": s.lr}
+    if s.type == "adam":
+        return trec_optim.Adam, {"lr": s.lr, "eps": s.eps}
+    if s.type == "rowwise_adam":
+        return trec_optim.PartialRowWiseAdam, {"lr": s.lr, "eps": s.eps}
     return torch.optim.Adagrad, {"lr": s.lr, "eps": s.eps}
 
 
@@ -112,6 +129,20 @@ class LRSchedule:
     def __init__(self, cfg: TrainConfig, optimizer: torch.optim.Optimizer, total: int, sparse_lr: Optional[SparseLR]) -> None:
         self.cfg, self.optimizer, self.total, self.sparse_lr = cfg, optimizer, total, sparse_lr
         self.base_lrs: List[float] = [g["lr"] for g in optimizer.param_groups]
+
+    def current_lrs(self) -> Dict[str, float]:
+        """The LR each optimizer uses now: ``dense``, ``rotation`` (when the model has one) and ``sparse``
+        (the embedding tables' fused optimizer)."""
+        out: Dict[str, float] = {}
+        for name in ("main", "rotation"):
+            opt = getattr(self.optimizer, name, None)
+            if opt is not None and opt.param_groups:
+                out["dense" if name == "main" else name] = float(opt.param_groups[0]["lr"])
+        if not out and self.optimizer.param_groups:
+            out["dense"] = float(self.optimizer.param_groups[0]["lr"])
+        sl = self.sparse_lr
+        out["sparse"] = float(sl.lr * (sl.factor if sl.factor is not None else 1.0)) if sl is not None else self.cfg.optim.sparse.lr
+        return out
 
     def apply(self, step: int) -> None:
         f = lr_factor(step, self.total, self.cfg)

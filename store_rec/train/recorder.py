@@ -1,5 +1,5 @@
-"""Rank 0's metric outputs of a training run: ``<output.dir>/metrics.jsonl`` (one record per eval) and
-TensorBoard scalars in ``<output.dir>/tb``."""
+"""Rank 0's outputs of a training run: ``<output.dir>/config.yaml`` (the resolved config),
+``<output.dir>/metrics.jsonl`` (one record per eval) and TensorBoard scalars in ``<output.dir>/tb``."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from store_rec.distributed.env import DistEnv
-from store_rec.fileio import atomic_write_text
+from store_rec.config import to_dict
+from store_rec.fileio import atomic_write_text, strict_json_dumps
 from store_rec.train.config import TrainConfig
-from store_rec.train.metrics import finite_or_none
 
 
 class Recorder:
@@ -36,15 +36,25 @@ class Recorder:
 
                 self.tb = SummaryWriter(str(self.out / "tb"))
 
+    def write_config(self, cfg: TrainConfig) -> None:
+        """``config.yaml``: every key of the run's config after defaults and overrides (atomically)."""
+        if not self.active:
+            return
+        import yaml
+
+        atomic_write_text(self.out / "config.yaml", "# resolved store-rec train config of this run (defaults and overrides applied)\n"
+                          + yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
     def eval_record(self, rec: Dict[str, Any]) -> None:
-        """Append one eval record (non-finite floats as null) and its auc/gauc/logloss scalars."""
+        """Append one eval record (non-finite floats as null) and its metric scalars."""
         if not self.active:
             return
         with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in rec.items()}) + "\n")
+            # strict JSON: a non-finite value is null, listed with what it was under "non_finite"
+            f.write(strict_json_dumps(rec) + "\n")
         if self.tb is not None:
-            for k in ("auc", "gauc", "logloss"):
-                if rec.get(k) is not None and math.isfinite(rec[k]):
+            for k in ("auc", "gauc", "logloss", "ne", "calibration", "eval_samples_per_s", "auc_error_bound"):
+                if isinstance(rec.get(k), (int, float)) and math.isfinite(rec[k]):
                     self.tb.add_scalar(f"{rec['split']}/{k}", rec[k], rec["step"])
             self.tb.flush()
 

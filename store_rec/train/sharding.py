@@ -44,23 +44,52 @@ def planner_constraints(cfg: TrainConfig, tables: List[Any], device: torch.devic
     return out
 
 
+def qcomms_sharders(cfg: TrainConfig, env: DistEnv) -> Optional[List[Any]]:
+    """TorchRec's default sharders with quantized comms codecs (``sharding.qcomms``), or None when it is
+    not set. The codecs (fbgemm's quantize/dequantize ops on the all-to-all / reduce-scatter payloads of
+    sharded tables) need CUDA + NCCL: on CPU the config is refused before anything is built."""
+    q = cfg.sharding.qcomms
+    if q is None:
+        return None
+    if env.device.type != "cuda":
+        raise UserError(f"sharding.qcomms: quantized comms (forward {q.forward}, backward {q.backward}) need CUDA + NCCL; "
+                        f"this job runs on {env.device.type} / {env.backend}: remove sharding.qcomms")
+    from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+    from torchrec.distributed.fbgemm_qcomm_codec import CommType, QCommsConfig, get_qcomm_codecs_registry
+    from torchrec.distributed.sharding_plan import get_default_sharders
+
+    kind = {"fp32": CommType.FP32, "fp16": CommType.FP16, "bf16": CommType.BF16, "fp8": CommType.FP8}
+    registry = get_qcomm_codecs_registry(QCommsConfig(forward_precision=kind[q.forward], backward_precision=kind[q.backward]))
+    return [EmbeddingBagCollectionSharder(qcomm_codecs_registry=registry) if type(s) is EmbeddingBagCollectionSharder else s
+            for s in get_default_sharders()]
+
+
 def shard_model(wrapper: nn.Module, cfg: TrainConfig, env: DistEnv, tables: List[Any], plan_file: Optional[str]) -> nn.Module:
     """``DistributedModelParallel`` of ``wrapper`` (a :class:`~store_rec.models.ranking.RankingTrain`
     whose EBC is on the meta device) with a planned or loaded plan."""
     from torchrec.distributed.model_parallel import DistributedModelParallel
-    from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+    from torchrec.distributed.planner import EmbeddingShardingPlanner
+    from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
+    from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
     from torchrec.distributed.sharding_plan import get_default_sharders
 
     from store_rec.distributed.cpu_row_wise import with_cpu_row_wise
 
-    sharders = with_cpu_row_wise(get_default_sharders())  # lets the planner offer row_wise on cpu
+    sharders = with_cpu_row_wise(qcomms_sharders(cfg, env) or get_default_sharders())  # row_wise on cpu too
     if plan_file:
         from store_rec.distributed.plan_io import ebc_module_path, load_plan
 
         plan = load_plan(plan_file, tables, env.world_size, env.device, module_path=ebc_module_path(wrapper), local_world_size=env.local_world_size)
     else:
-        topology = Topology(world_size=env.world_size, local_world_size=env.local_world_size, compute_device=env.device.type)
-        planner = EmbeddingShardingPlanner(topology=topology, constraints=planner_constraints(cfg, tables, env.device))
+        # TopologyFactory with TorchRec's default capacities and bandwidths (what the bare Topology(...)
+        # constructor gives, without its "use TopologyFactory ... the job will fail" warning), and a fixed
+        # share of memory reserved (TorchRec's default HeuristicalStorageReservation over-estimates the
+        # dense part of a meta-device model and warns about it)
+        topology = TopologyFactory.create_topology(
+            TrainerConfig(world_size=env.world_size, local_world_size=env.local_world_size),
+            kernel_config=KernelConfig(compute_device=env.device.type))
+        planner = EmbeddingShardingPlanner(topology=topology, constraints=planner_constraints(cfg, tables, env.device),
+                                           storage_reservation=FixedPercentageStorageReservation(cfg.sharding.storage_reservation))
         plan = planner.collective_plan(wrapper, sharders, dist.GroupMember.WORLD)
     if env.rank == 0:
         logger.info("sharding plan:\n%s", plan)

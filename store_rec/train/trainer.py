@@ -24,12 +24,18 @@
    loader position). Eval on ``valid`` every ``train.eval_every`` steps and at each epoch end
    (:mod:`store_rec.train.evaluate`); early stop on valid AUC; final eval of the last model on
    ``train.eval_splits``.
-6. Outputs (rank 0): ``<output.dir>/metrics.jsonl`` (one record per eval), TensorBoard scalars in
-   ``<output.dir>/tb`` (:mod:`store_rec.train.recorder`), a tqdm bar, and the final JSON summary
-   (``auc``, ``gauc``, ``logloss`` of the test split -- valid if there is no test -- plus
-   ``samples_per_s``, ``tflops_per_batch`` (TFLOPs of one fwd+bwd step on a batch of 1024 samples,
-   whatever ``data.batch_size`` is, as the paper reports them), best/valid/test details) at
-   ``output.metrics_out``; written to a temp file then renamed.
+6. Outputs (rank 0): ``<output.dir>/config.yaml`` (the resolved config, what ``store-rec predict``
+   reads), ``<output.dir>/metrics.jsonl`` (one record per eval: AUC, GAUC, LogLoss, NE, calibration,
+   ``eval_samples_per_s`` and the training's ``train_samples_per_s`` so far), TensorBoard scalars in
+   ``<output.dir>/tb`` (:mod:`store_rec.train.recorder`: eval metrics, and every ``train.log_every``
+   steps the log loss, each auxiliary loss, each optimizer's LR, train samples/s and the rotations'
+   orthogonality error), a tqdm bar on a terminal or one log line every ``train.log_every`` steps
+   otherwise, and the final JSON summary (``auc``, ``gauc``, ``logloss`` of the test split -- valid if
+   there is no test -- plus ``samples_per_s`` (training), ``gflops_per_batch`` (GFLOPs of one fwd+bwd
+   step on a batch of 1024 samples, whatever ``data.batch_size`` is, as the paper reports them; also as
+   ``tflops_per_batch``, its older key), best/valid/test details) at ``output.metrics_out``; written to
+   a temp file then renamed. Known-benign TorchRec / fbgemm warnings are filtered once
+   (:mod:`store_rec.distributed.benign_warnings`).
 7. Checkpoints (:mod:`store_rec.train.checkpoint`): ``<checkpoint.dir>/step-N``, written atomically. A
    run with ``resume=True`` -- or any restart of an elastic job (``TORCHELASTIC_RESTART_COUNT > 0``)
    -- continues from the newest complete checkpoint, exactly (same world size).
@@ -46,6 +52,7 @@ import logging
 import os
 import random
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Tuple
@@ -53,12 +60,16 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from store_rec.config import to_dict
 from store_rec.distributed.env import SHARED_STORE_ENV, DistEnv, init_distributed
 from store_rec.fileio import atomic_write_json
-from store_rec.models.ranking import RankingTrain, TrainOutput
-from store_rec.train.checkpoint import clear_checkpoints, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from store_rec.models.ranking import RankingModel, RankingTrain, TrainOutput
+from store_rec.errors import UserError
+from store_rec.train.checkpoint import (check_fresh_start, clear_checkpoints, dense_param_names, existing_checkpoints,
+                                        load_latest_checkpoint, map_position, reseed, rng_state, save_checkpoint,
+                                        set_rng_state)
 from store_rec.train.config import TrainConfig
 from store_rec.train.data import check_sid_table_method, make_loader, prepare_data
 from store_rec.train.evaluate import evaluate, improves_on_best
@@ -68,6 +79,12 @@ from store_rec.train.recorder import Recorder
 from store_rec.train.sharding import load_online_item_embeddings, shard_model
 
 logger = logging.getLogger(__name__)
+
+class TrainingDiverged(UserError):
+    """A non-finite training loss: the run stops at that step (exit code 2), nothing more is written."""
+
+
+NO_BAD_STEP = 2**62  # "no non-finite loss yet" in the all-reduced minimum of first non-finite steps
 
 FAULT_ENV = "STORE_REC_FAULT_AT_STEP"
 FAULT_MARKER_ENV = "STORE_REC_FAULT_MARKER"
@@ -113,10 +130,14 @@ class Trainer:
         self.tflops = float(tflops_per_batch(model, 1024))
         tables = embedding_tables(schema, cfg.model)
         wrapper = RankingTrain(model, cfg.loss.aux_weights)
-        opt_cls, opt_kw = sparse_optimizer(cfg)
+        opt_cls, opt_kw = sparse_optimizer(cfg, env.device.type)
         apply_optimizer_in_backward(opt_cls, model.embedding_bag_collection.parameters(), opt_kw)
+        model.set_precision(cfg.train.precision, env.device.type)
         self.dmp = shard_model(wrapper, cfg, env, tables, plan_file or cfg.sharding.plan_file)
         load_online_item_embeddings(self.dmp, cfg, schema)
+        t0 = time.perf_counter()
+        self.compiled = compile_dense_part(model, self.dmp, self.train_loader, env) if cfg.train.compile else False
+        self.compile_s = time.perf_counter() - t0 if cfg.train.compile else 0.0
         # optimizers, LR schedule, pipeline
         self.optimizer = dense_optimizer(cfg, self.dmp)
         self.steps_per_epoch = len(self.train_loader)
@@ -124,6 +145,16 @@ class Trainer:
         if cfg.train.max_steps is not None:
             total = min(total, cfg.train.max_steps)
         self.total = total
+        self.global_batch_size = cfg.data.batch_size * env.world_size
+        if env.rank == 0:
+            logger.info("global batch %d = data.batch_size %d (per rank) x %d rank(s); %d steps per epoch, %d steps in all",
+                        self.global_batch_size, cfg.data.batch_size, env.world_size, self.steps_per_epoch, total)
+            if cfg.optim.warmup_steps > total:
+                logger.warning("optim.warmup_steps = %d exceeds the %d training steps (%d epoch(s) x %d steps of a global "
+                               "batch of %d = data.batch_size %d x %d ranks): the LR never reaches its base value; lower "
+                               "optim.warmup_steps or data.batch_size, or train longer", cfg.optim.warmup_steps, total,
+                               cfg.train.epochs, self.steps_per_epoch, self.global_batch_size, cfg.data.batch_size,
+                               env.world_size)
         sparse_lr = SparseLR(self.dmp, cfg.optim.sparse.lr) if cfg.optim.schedule_sparse_lr else None
         self.lr_schedule = LRSchedule(cfg, self.optimizer, total, sparse_lr)  # reads the base LRs before a resume
         self.pipeline = TrainPipelineSparseDist(self.dmp, self.optimizer, env.device, execute_all_batches=True)
@@ -132,39 +163,55 @@ class Trainer:
         self.step, self.epoch, self.pos = 0, 0, 0
         self.best: Optional[Dict[str, Any]] = None
         self.bad_evals, self.train_time, self.train_samples = 0, 0.0, 0
-        self.resumed_from: Optional[int] = None
+        self.train_cpu_time = 0.0  # not checkpointed: the CPU seconds of this attempt's training
+        self.resumed_from: Optional[int] = None  # the step this run continued at (in its own step units)
+        self.resumed_checkpoint_step: Optional[int] = None  # that checkpoint's step (in the units of its writer)
+        self.resumed_from_world_size: Optional[int] = None  # set when the checkpoint came from another world size
         self.last_eval: Dict[str, Dict[str, Any]] = {}  # split -> its newest eval record
         self.loss_sum, self.loss_n = self._zero_loss(), 0
+        self.first_bad = torch.full((), NO_BAD_STEP, dtype=torch.long, device=env.device)
         self.recorder: Optional[Recorder] = None
         self.fault_step = int(os.environ[FAULT_ENV]) if os.environ.get(FAULT_ENV) else None
         self.fault_marker = Path(os.environ.get(FAULT_MARKER_ENV) or self.ck_root / "fault.marker")
 
     # ------------------------------------------------------------------ resume / checkpoint state
-    def restore(self, resume: bool) -> None:
-        """Continue from the newest checkpoint (``resume``, or a restarted elastic attempt); a fresh run
-        removes an earlier run's checkpoints instead."""
+    def restore(self, resume: bool, overwrite_checkpoints: bool = False) -> None:
+        """Continue from the newest complete checkpoint (``resume``, or a restarted elastic attempt; a
+        corrupt newer one is reported and skipped). A fresh run in a checkpoint dir that holds checkpoints
+        was refused by :func:`check_run_paths` unless ``overwrite_checkpoints``: then the checkpoints this
+        code wrote (and nothing else) are removed."""
         env = self.env
-        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
         warn_shared_rdzv_store(env)
-        if resume or restarted:
-            latest = latest_checkpoint(self.ck_root)
+        if resume or is_restart():
+            latest, extra = load_latest_checkpoint(self.ck_root, self.dmp, env, self.cfg)
             if latest is not None:
-                extra = load_checkpoint(latest, self.dmp, env, self.cfg)
                 self.optimizer.load_state_dict(extra["optimizer"])
-                self.step, self.epoch, self.pos = extra["step"], extra["epoch"], extra["pos"]
+                self.step, self.epoch, self.pos = map_position(extra, self.steps_per_epoch, env.world_size)
                 self.best, self.bad_evals = extra["best"], extra["bad_evals"]
                 self.train_time, self.train_samples = extra["train_time"], extra["train_samples"]
-                set_rng_state(extra["rng"])
-                self.resumed_from = self.step
-                logger.info("resumed from %s (step %d, epoch %d, batch %d)", latest, self.step, self.epoch, self.pos)
+                self.resumed_from, self.resumed_checkpoint_step = self.step, int(extra["step"])
+                if extra["saved_world_size"] == env.world_size:
+                    set_rng_state(extra["rng"])
+                    logger.info("resumed from %s (step %d, epoch %d, batch %d)", latest, self.step, self.epoch, self.pos)
+                else:  # elastic: per-rank states of another world; samples per rank scale with 1 / world size
+                    self.train_samples = int(round(self.train_samples * extra["saved_world_size"] / env.world_size))
+                    reseed(self.cfg.train.seed, self.step, env.rank)
+                    self.resumed_from_world_size = int(extra["saved_world_size"])
+                    logger.info("resumed from %s written by %d rank(s) at step %d (epoch %d, batch %d of %d): continuing "
+                                "on %d rank(s) at step %d (batch %d of %d)", latest, extra["saved_world_size"], extra["step"],
+                                self.epoch, extra["pos"], extra["steps_per_epoch"], env.world_size, self.step, self.pos,
+                                self.steps_per_epoch)
+            elif existing_checkpoints(self.ck_root):
+                raise UserError(f"{self.ck_root}: no usable checkpoint to resume from (each one's problem is logged above); "
+                                "to start from scratch instead, run without --resume and with --overwrite-checkpoints")
             elif resume:
                 logger.info("--resume: no checkpoint in %s, starting from scratch", self.ck_root)
-        if self.resumed_from is None and env.rank == 0:
+        if self.resumed_from is None and env.rank == 0 and overwrite_checkpoints:
             # a fresh run must not mix with (nor have its new checkpoints pruned in favour of) an older run's
             gone = clear_checkpoints(self.ck_root)
             if gone:
-                logger.warning("starting from scratch: removed %d checkpoint(s) of an earlier run in %s (pass --resume "
-                               "to continue from them instead)", len(gone), self.ck_root)
+                logger.warning("starting from scratch (--overwrite-checkpoints): removed %d checkpoint(s) in %s",
+                               len(gone), self.ck_root)
         dist.barrier()
 
     def extra_state(self) -> Dict[str, Any]:
@@ -172,6 +219,7 @@ class Trainer:
         return {"step": self.step, "epoch": self.epoch, "pos": self.pos, "optimizer": self.optimizer.state_dict(),
                 "best": self.best, "bad_evals": self.bad_evals, "train_time": self.train_time,
                 "train_samples": self.train_samples, "rng": rng_state(), "world_size": self.env.world_size,
+                "steps_per_epoch": self.steps_per_epoch, "dense_params": dense_param_names(self.dmp),
                 "config": to_dict(self.cfg)}
 
     # ------------------------------------------------------------------ metrics
@@ -188,15 +236,26 @@ class Trainer:
         if split in self.last_eval and self.last_eval[split]["step"] == self.step:  # this model was already evaluated
             return self.last_eval[split]
         self.pipeline.detach()
-        m = evaluate(self.dmp, self.eval_loaders[split], self.env)
-        rec = {"step": self.step, "epoch": self.epoch, "split": split, **m, "samples_per_s": self.global_samples_per_s(),
-               "tflops_per_batch": self.tflops, "train_logloss": loss_avg, "resumed_from_step": self.resumed_from}
+        m = evaluate(self.dmp, self.eval_loaders[split], self.env, self.cfg.train.eval_auc, self.cfg.train.eval_auc_bins)
+        # train_samples_per_s: the training throughput so far (eval excluded); eval_samples_per_s: this eval's
+        rec = {"step": self.step, "epoch": self.epoch, "split": split, **m, "train_samples_per_s": self.global_samples_per_s(),
+               "gflops_per_batch": self.tflops * 1e3, "tflops_per_batch": self.tflops, "train_logloss": loss_avg,
+               "resumed_from_step": self.resumed_from, "rotation_orthogonality_error": self.orthogonality_error()}
         self.last_eval[split] = rec
         self.recorder.eval_record(rec)
         if self.env.rank == 0:
-            logger.info("eval %s step %d epoch %d: auc %.5f gauc %.5f logloss %.5f", split, self.step, self.epoch,
-                        m["auc"], m["gauc"], m["logloss"])
+            gauc = m.get("gauc")
+            logger.info("eval %s step %d epoch %d: auc %.5f gauc %s logloss %.5f ne %.4f calibration %.3f "
+                        "(%d rows, %.0f eval samples/s)", split, self.step, self.epoch, m["auc"],
+                        f"{gauc:.5f}" if gauc is not None else "n/a (no user key)", m["logloss"],
+                        m["ne"], m["calibration"], m["num_samples"], m["eval_samples_per_s"])
         return rec
+
+    def orthogonality_error(self) -> Optional[float]:
+        """max |R^T R - I| over every rotation matrix of the model (None without rotation)."""
+        from store_rec.modules.rotation import rotation_modules
+
+        return max((float(m.orthogonality_error()) for m in rotation_modules(self.dmp)), default=None)
 
     def _zero_loss(self) -> torch.Tensor:
         # sum of the steps' log loss since the last valid eval, kept on the device: float() of it syncs host and
@@ -204,22 +263,54 @@ class Trainer:
         return torch.zeros((), dtype=torch.float64, device=self.env.device)
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, *, resume: bool = False, metrics_out: Optional[str] = None) -> Dict[str, Any]:
+    def fit(self, *, resume: bool = False, metrics_out: Optional[str] = None, overwrite_checkpoints: bool = False) -> Dict[str, Any]:
         """Train (from the newest checkpoint with ``resume``), evaluate, write and return the summary."""
         from tqdm import tqdm
 
         cfg = self.cfg
-        self.restore(resume)
-        self.recorder = Recorder(cfg, self.env, self.resumed_from)
-        pbar = tqdm(total=self.total, initial=self.step, desc="train",
-                    disable=not (self.env.rank == 0 and cfg.output.progress_bar), dynamic_ncols=True)
+        self.restore(resume, overwrite_checkpoints)
+        # metrics.jsonl keeps the records up to the checkpoint's step (in the writer's step units)
+        self.recorder = Recorder(cfg, self.env, self.resumed_checkpoint_step)
+        self.recorder.write_config(cfg)
+        # a bar only on a terminal: in slurm / torchx log files its carriage-return updates pile up, and
+        # there (or with output.progress_bar false) train_segment logs a line every log_every steps instead
+        self.bar = self.env.rank == 0 and cfg.output.progress_bar and sys.stderr.isatty()
+        pbar = tqdm(total=self.total, initial=self.step, desc="train", disable=not self.bar, dynamic_ncols=True)
+        self._log_t, self._log_samples = time.perf_counter(), self.train_samples
+        self.profiler = self.start_profiler()
         stop = self.step >= self.total
         self.loss_sum, self.loss_n = self._zero_loss(), 0
         while not stop and self.epoch < cfg.train.epochs:
             stop = self.train_epoch(pbar)
         pbar.close()
+        if self.profiler is not None:
+            self.profiler.stop()
         self.pipeline.detach()
         return self.finish(metrics_out)
+
+    def start_profiler(self):  # noqa: ANN201
+        """``train.profile_steps > 0``: a ``torch.profiler`` over that many training steps after
+        ``train.profile_skip`` (+1 warm-up) steps, its trace written per rank to
+        ``<output.dir>/profile/rank<r>.json`` (chrome://tracing / Perfetto)."""
+        n = self.cfg.train.profile_steps
+        if not n:
+            return None
+        from torch.profiler import ProfilerActivity, profile, schedule
+
+        out = Path(self.cfg.output.dir) / "profile"
+        out.mkdir(parents=True, exist_ok=True)
+        rank = self.env.rank
+
+        def save(p) -> None:  # noqa: ANN001
+            path = out / f"rank{rank}.json"
+            p.export_chrome_trace(str(path))
+            logger.info("train.profile_steps: trace of %d steps in %s", n, path)
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.env.device.type == "cuda" else [])
+        prof = profile(activities=acts, schedule=schedule(wait=self.cfg.train.profile_skip, warmup=1, active=n, repeat=1),
+                       on_trace_ready=save, record_shapes=True)
+        prof.start()
+        return prof
 
     def train_epoch(self, pbar) -> bool:  # noqa: ANN001
         """Train the rest of the current epoch (from batch ``pos``) segment by segment; True to stop."""
@@ -247,7 +338,7 @@ class Trainer:
 
     def train_segment(self, seg: Iterator, pbar) -> None:  # noqa: ANN001
         """Pipeline steps over ``seg`` (LR scheduled before each), counting samples and log loss."""
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         while True:
             self.lr_schedule.apply(self.step)
             try:
@@ -256,21 +347,58 @@ class Trainer:
                 break
             self.step += 1
             self.pos += 1
+            if self.profiler is not None:
+                self.profiler.step()
             self.train_samples += int(out.labels.numel())
             self.loss_sum += out.losses["bce"].to(torch.float64)
             self.loss_n += 1
+            # first step with a non-finite loss, kept on the device (no host sync per step); checked at the
+            # segment end, before any eval or checkpoint (:meth:`check_finite`)
+            bad = ~torch.isfinite(out.loss.detach())
+            self.first_bad = torch.where(bad & (self.first_bad == NO_BAD_STEP), torch.full_like(self.first_bad, self.step),
+                                         self.first_bad)
             pbar.update(1)
             if self.step % self.cfg.train.log_every == 0 and self.env.rank == 0:
-                logloss = float(self.loss_sum) / self.loss_n
-                pbar.set_postfix(logloss=f"{logloss:.4f}")
-                self.recorder.scalar("train/logloss", logloss, self.step)
-                self.recorder.scalar("train/loss", float(out.loss), self.step)
+                self.log_step(out, pbar, self.train_time + time.perf_counter() - t0)
             self.maybe_inject_fault()
         self.train_time += time.perf_counter() - t0
+        self.train_cpu_time += time.process_time() - c0  # this process's CPU seconds: steadier on a shared machine
+
+    def log_step(self, out: TrainOutput, pbar, train_time: float) -> None:  # noqa: ANN001
+        """Every ``train.log_every`` steps on rank 0: TensorBoard scalars (log loss, loss, each auxiliary
+        loss, each optimizer's LR, this rank's train samples/s since the last log, orthogonality error),
+        and the bar's postfix on a terminal or one log line otherwise."""
+        logloss = float(self.loss_sum) / self.loss_n
+        now = time.perf_counter()
+        # this rank's rate since the last log line (wall time, evals included when one fell in between)
+        rate = (self.train_samples - self._log_samples) / max(now - self._log_t, 1e-9)
+        self._log_t, self._log_samples = now, self.train_samples
+        lrs = self.lr_schedule.current_lrs()
+        orth = self.orthogonality_error()
+        rec = self.recorder
+        rec.scalar("train/logloss", logloss, self.step)
+        rec.scalar("train/loss", float(out.loss), self.step)
+        for k, v in out.losses.items():
+            if k != "bce":
+                rec.scalar(f"train/aux/{k}", float(v), self.step)
+        for k, v in lrs.items():
+            rec.scalar(f"lr/{k}", v, self.step)
+        rec.scalar("throughput/train_samples_per_s_rank0", rate, self.step)
+        if orth is not None:
+            rec.scalar("rotation/orthogonality_error", orth, self.step)
+        if self.bar:
+            pbar.set_postfix(logloss=f"{logloss:.4f}")
+        else:
+            aux = "".join(f" {k} {float(v):.4g}" for k, v in out.losses.items() if k != "bce")
+            logger.info("step %d/%d (%.0f%%) epoch %d: logloss %.4f%s | lr %s | %.0f samples/s (rank 0)%s", self.step,
+                        self.total, 100.0 * self.step / max(self.total, 1), self.epoch, logloss, aux,
+                        " ".join(f"{k} {v:.3g}" for k, v in lrs.items()), rate,
+                        f" | orthogonality error {orth:.2e}" if orth is not None else "")
 
     def end_segment(self) -> Tuple[bool, bool]:
         """At a segment boundary: evals + early stop, epoch bookkeeping, checkpoint. ``(stop, epoch_done)``."""
         cfg = self.cfg
+        self.check_finite()
         eval_every, ck_every = cfg.train.eval_every, cfg.checkpoint.every_steps
         loss_avg = float(self.loss_sum) / self.loss_n if self.loss_n else None
         epoch_done = self.pos >= self.steps_per_epoch
@@ -296,6 +424,19 @@ class Trainer:
             save_checkpoint(self.ck_root, self.step, self.dmp, self.extra_state(), self.env, cfg.checkpoint.keep)
         return stop or self.step >= self.total, epoch_done
 
+    def check_finite(self) -> None:
+        """Stop the run (:class:`TrainingDiverged` on every rank) when any rank's loss was non-finite at a
+        step of the segment just trained, naming the first such step: no eval, checkpoint or summary of a
+        diverged model is written."""
+        first = self.first_bad.detach().clone().reshape(1)
+        dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        step = int(first[0])
+        if step != NO_BAD_STEP:
+            o = self.cfg.optim
+            raise TrainingDiverged(
+                f"training diverged: the loss is NaN or inf at step {step} (epoch {self.epoch}); stopped, no checkpoint or "
+                f"summary written for it (lower the learning rates: optim.dense.lr={o.dense.lr}, optim.sparse.lr={o.sparse.lr})")
+
     def maybe_inject_fault(self) -> None:
         """The ``STORE_REC_FAULT_AT_STEP`` test hook (see the module docstring)."""
         env = self.env
@@ -308,8 +449,6 @@ class Trainer:
 
     def finish(self, metrics_out: Optional[str]) -> Dict[str, Any]:
         """Final evals on ``train.eval_splits``; the summary (written by rank 0, returned on every rank)."""
-        from store_rec.modules.rotation import rotation_modules
-
         cfg, env = self.cfg, self.env
         final = {s: self.evaluate_split(s, None) for s in cfg.train.eval_splits if s in self.eval_loaders}
         head = final.get("test") or final.get("valid") or next(iter(final.values()), {})
@@ -317,13 +456,21 @@ class Trainer:
             "auc": finite_or_none(head.get("auc")), "gauc": finite_or_none(head.get("gauc")),
             "logloss": finite_or_none(head.get("logloss")), "split": head.get("split"),
             # TFLOPs of one fwd+bwd step per batch of 1024 samples (not per data.batch_size batch)
-            "samples_per_s": finite_or_none(self.global_samples_per_s()), "tflops_per_batch": self.tflops,
+            "samples_per_s": finite_or_none(self.global_samples_per_s()), "gflops_per_batch": self.tflops * 1e3,
+            "tflops_per_batch": self.tflops, "ne": finite_or_none(head.get("ne")),
+            "calibration": finite_or_none(head.get("calibration")),
             "steps": self.step, "epochs_completed": self.epoch, "world_size": env.world_size, "model": cfg.model.name,
+            # data.batch_size is per rank: one step consumes data.batch_size x world_size samples
+            "batch_size_per_rank": cfg.data.batch_size, "global_batch_size": self.global_batch_size,
             "best_valid": self.best,
             "final": {s: {k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in r.items()} for s, r in final.items()},
-            "resumed_from_step": self.resumed_from, "train_time_s": self.train_time, "train_samples": self.train_samples,
+            "resumed_from_step": self.resumed_from, "resumed_from_world_size": self.resumed_from_world_size,
+            "resumed_checkpoint_step": self.resumed_checkpoint_step,
+            "train_time_s": self.train_time, "train_samples": self.train_samples,
+            "train_cpu_s": round(self.train_cpu_time, 3),
+            "precision": cfg.train.precision, "compiled": self.compiled, "compile_s": round(self.compile_s, 3),
             # max |R^T R - I| over every rotation matrix after training (None without rotation)
-            "rotation_orthogonality_error": max((m.orthogonality_error() for m in rotation_modules(self.dmp)), default=None),
+            "rotation_orthogonality_error": self.orthogonality_error(),
         }
         out = Path(metrics_out or cfg.output.metrics_out or Path(cfg.output.dir) / "summary.json")
         if env.rank == 0:
@@ -334,11 +481,75 @@ class Trainer:
         return summary
 
 
-def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = None, metrics_out: Optional[str] = None) -> Dict[str, Any]:
-    """Train ``cfg`` on this rank (see the module docstring); returns the final summary (every rank)."""
+def is_restart() -> bool:
+    """True in a restarted attempt of an elastic job (it continues from the newest checkpoint)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
+def check_run_paths(cfg: TrainConfig, *, plan_file: Optional[str] = None, metrics_out: Optional[str] = None,
+                    resume: bool = False, overwrite_checkpoints: bool = False, config_file: Optional[str] = None) -> None:
+    """Every output path of the run, checked at start-up (before any data is read or model built):
+    ``output.dir`` and ``checkpoint.dir`` must be directories (or not exist yet), the summary JSON a file
+    path, and none may equal, contain or sit inside an input (config, plan, dataset, SID table); a fresh
+    run refuses a checkpoint dir that holds checkpoints (:func:`~store_rec.train.checkpoint.check_fresh_start`)."""
+    from store_rec.fileio import check_output_path
+
+    inputs = [("--config", config_file), ("--plan", plan_file or cfg.sharding.plan_file), ("data.dir", cfg.data.dir),
+              ("data.sid_table", cfg.data.sid_table)]
+    out_dir = Path(cfg.output.dir)
+    check_output_path(out_dir, inputs=inputs, kind="dir", flag="output.dir")
+    ck = Path(cfg.checkpoint.dir or out_dir / "checkpoints")
+    check_output_path(ck, inputs=inputs, kind="dir", flag="checkpoint.dir")
+    summary = metrics_out or cfg.output.metrics_out or out_dir / "summary.json"
+    check_output_path(summary, inputs=inputs, flag="--metrics-out" if metrics_out else "output.metrics_out")
+    if cfg.checkpoint.enabled or resume:
+        check_fresh_start(ck, resume=resume or is_restart(), overwrite=overwrite_checkpoints)
+
+
+def compile_dense_part(model: RankingModel, dmp: nn.Module, loader, env: DistEnv) -> bool:  # noqa: ANN001
+    """``train.compile``: ``nn.Module.compile()`` (in place: parameter names and checkpoints unchanged) on
+    the modules after the embedding lookups (:meth:`RankingModel.dense_children`), then one forward of
+    the first training batch (no backward, so no parameter changes) to compile now. Where torch.compile
+    fails (no C++ compiler for inductor, an op dynamo cannot trace, ...) the modules go back to eager
+    with a warning naming the error, and training goes on. Returns whether the compiled modules run.
+    All ranks agree (a failure on any rank reverts every rank)."""
+    parts = model.dense_children()
+    for m in parts.values():
+        m.compile()
+    t0 = time.perf_counter()
+    err = ""
+    try:
+        batch = next(iter(loader)).to(env.device)
+        dmp(batch)
+    except Exception as e:  # noqa: BLE001 - any compile failure falls back to eager
+        err = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    failed = torch.tensor([1 if err else 0])
+    dist.all_reduce(failed, op=dist.ReduceOp.MAX)
+    if int(failed):
+        for m in parts.values():
+            m._compiled_call_impl = None  # back to eager
+        logger.warning("train.compile: torch.compile of %s failed%s; continuing in eager mode", ", ".join(parts),
+                       f" ({err})" if err else " on another rank")
+        return False
+    logger.info("train.compile: compiled %s in %.1f s (first batch)", ", ".join(parts), time.perf_counter() - t0)
+    return True
+
+
+def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = None, metrics_out: Optional[str] = None,
+        overwrite_checkpoints: bool = False, config_file: Optional[str] = None) -> Dict[str, Any]:
+    """Train ``cfg`` on this rank (see the module docstring); returns the final summary (every rank).
+
+    ``overwrite_checkpoints``: a fresh run (no ``resume``) deletes the checkpoints in ``checkpoint.dir``
+    (only those this code wrote) instead of refusing to start."""
+    from store_rec.distributed.benign_warnings import filter_benign_warnings
+
+    check_run_paths(cfg, plan_file=plan_file, metrics_out=metrics_out, resume=resume,
+                    overwrite_checkpoints=overwrite_checkpoints, config_file=config_file)
+    filter_benign_warnings()
     env = init_distributed()
     try:
-        return Trainer(cfg, env, plan_file=plan_file).fit(resume=resume, metrics_out=metrics_out)
+        return Trainer(cfg, env, plan_file=plan_file).fit(resume=resume, metrics_out=metrics_out,
+                                                          overwrite_checkpoints=overwrite_checkpoints)
     finally:
         if env.owns_group and dist.is_initialized():
             dist.destroy_process_group()

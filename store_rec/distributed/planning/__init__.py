@@ -27,7 +27,14 @@ from store_rec.distributed.planning.config import (
 )
 from store_rec.distributed.planning.constraints import build_constraints
 from store_rec.distributed.planning.diagnosis import StorageDiagnosis, diagnose_storage
-from store_rec.distributed.planning.planner import AUTO_PROPOSER_LIMIT, capture_planner_stats, choose_proposer, plan_tables
+from store_rec.distributed.planning.planner import (
+    AUTO_PROPOSER_LIMIT,
+    PARTITIONERS,
+    capture_planner_stats,
+    choose_proposer,
+    make_partitioner,
+    plan_tables,
+)
 from store_rec.distributed.planning.results import PlanResult, RankUsage, rank_usage
 from store_rec.distributed.planning.tables import (
     measure_pooling_factors,
@@ -42,6 +49,7 @@ __all__ = [
     "CPU_STRATEGIES",
     "CUDA_ONLY_STRATEGIES",
     "KERNELS",
+    "PARTITIONERS",
     "PATCHED_TORCHREC",
     "ROW_SPLIT_WITH_WORLD",
     "STATS_LOGGER",
@@ -57,6 +65,7 @@ __all__ = [
     "build_constraints",
     "capture_planner_stats",
     "choose_proposer",
+    "make_partitioner",
     "copy_sharding_options",
     "diagnose_storage",
     "fast_planner",

@@ -87,6 +87,7 @@ class PlanConfig:
           tables:                       # per-table overrides (table name t_<feature>)
             t_device_ip: {sharding_types: [row_wise], compute_kernels: [fused_uvm_caching]}
           proposer: auto                # auto (by problem size, see choose_proposer) | default (TorchRec's 4) | greedy | uniform
+          partitioner: greedy           # greedy (TorchRec's default: by storage) | greedy_perf | memory_balanced
           timeout_s: null               # stop searching after this many seconds (best plan so far)
           fast_planner: true            # skip planner work that does not change the plan (identical results, faster)
           synthetic: {num_tables: 0, rows_scale: 1.0}
@@ -97,6 +98,12 @@ class PlanConfig:
     pooling_sample_rows: int = 200_000
     tables: Dict[str, TableOverride] = field(default_factory=dict)
     proposer: Literal["auto", "default", "greedy", "uniform"] = "auto"
+    # how a proposal's shards are placed on ranks (planning.planner.PARTITIONERS): TorchRec's
+    # GreedyPerfPartitioner sorting by storage (its default) or by perf, or its MemoryBalancedPartitioner
+    # (greedy by perf, then re-packed for the lowest max HBM within memory_balanced_tolerance of the perf)
+    partitioner: Literal["greedy", "greedy_perf", "memory_balanced"] = "greedy"
+    memory_balanced_tolerance: float = 0.02
+    memory_balanced_max_search: int = 10
     timeout_s: Optional[int] = None
     fast_planner: bool = True  # skip TorchRec planner work that does not change the plan (see fast_planner())
     auto_defaults: Optional[TableOverride] = None  # constraints for every table in --strategy auto runs
@@ -106,5 +113,7 @@ class PlanConfig:
         check(0.0 <= self.storage_reservation < 1.0, "storage_reservation", f"must be in [0, 1), got {self.storage_reservation}")
         check(self.pooling_sample_rows >= 1, "pooling_sample_rows", f"must be >= 1, got {self.pooling_sample_rows}")
         check(self.timeout_s is None or self.timeout_s >= 1, "timeout_s", f"must be >= 1, got {self.timeout_s}")
+        check(self.memory_balanced_tolerance >= 0, "memory_balanced_tolerance", f"must be >= 0, got {self.memory_balanced_tolerance}")
+        check(self.memory_balanced_max_search >= 1, "memory_balanced_max_search", f"must be >= 1, got {self.memory_balanced_max_search}")
         for k, v in self.pooling_factors.items():
             check(v > 0, f"pooling_factors.{k}", f"must be > 0, got {v}")

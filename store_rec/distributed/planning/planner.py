@@ -107,6 +107,26 @@ def _proposers(name: str) -> Optional[List[Any]]:
     return None
 
 
+#: ``plan.partitioner`` / ``store-rec plan --partitioner`` -> what TorchRec's planner places shards with
+PARTITIONERS = {
+    "greedy": "GreedyPerfPartitioner(sort_by=SortBy.STORAGE): largest shards first onto the rank that keeps perf lowest (TorchRec's default)",
+    "greedy_perf": "GreedyPerfPartitioner(sort_by=SortBy.PERF): the most expensive shards first",
+    "memory_balanced": "MemoryBalancedPartitioner: greedy by perf, then searches (max_search_count) for the lowest max HBM per rank "
+                       "whose perf stays within tolerance of the greedy plan's",
+}
+
+
+def make_partitioner(cfg: PlanConfig) -> Any:
+    """TorchRec's partitioner for ``cfg.partitioner`` (see :data:`PARTITIONERS`)."""
+    from torchrec.distributed.planner.partitioners import GreedyPerfPartitioner, MemoryBalancedPartitioner, SortBy
+
+    if cfg.partitioner not in PARTITIONERS:
+        raise UserError(f"--partitioner: {cfg.partitioner!r} is not one of {', '.join(PARTITIONERS)}")
+    if cfg.partitioner == "memory_balanced":
+        return MemoryBalancedPartitioner(max_search_count=cfg.memory_balanced_max_search, tolerance=cfg.memory_balanced_tolerance)
+    return GreedyPerfPartitioner(sort_by=SortBy.PERF if cfg.partitioner == "greedy_perf" else SortBy.STORAGE)
+
+
 def plan_tables(
     tables: Sequence[Any],
     spec: TopologySpec,
@@ -162,6 +182,7 @@ def plan_tables(
         batch_size=spec.batch_size,
         storage_reservation=FixedPercentageStorageReservation(percentage=cfg.storage_reservation),
         proposer=_proposers(proposer),
+        partitioner=make_partitioner(cfg),
         constraints=constraints,
         debug=True,
         timeout_seconds=cfg.timeout_s,
@@ -207,4 +228,5 @@ def plan_tables(
         storage_reservation=cfg.storage_reservation,
         pooling_factors={f: pfs.get(f, 1.0) for t in tables for f in t.feature_names},
         proposer=proposer,
+        partitioner=cfg.partitioner,
     )

@@ -46,6 +46,7 @@ class PlanResult:
     storage_reservation: float
     pooling_factors: Dict[str, float]
     proposer: str = "default"  # the proposer(s) that searched (after ``auto`` was resolved)
+    partitioner: str = "greedy"  # planning.planner.PARTITIONERS
 
     @property
     def world_size(self) -> int:
@@ -67,6 +68,7 @@ class PlanResult:
             "strategy": self.strategy,
             "kernel": self.kernel or "auto",
             "proposer": self.proposer,
+            "partitioner": self.partitioner,
             "sharding_types": ",".join(f"{k}:{v}" for k, v in sorted(types.items())),
             "step_time_ms": round(max(tot), 4),
             "fwd_compute_ms": round(worst.fwd_compute_ms, 4),
