@@ -25,7 +25,7 @@ def _emb_with_untrained(n_trained=400, n_untrained=600, d=16, seed=0):
 
 
 def _tokenize(tmp_path, emb_path, name):
-    out, rep = tmp_path / f"{name}.parquet", tmp_path / f"{name}.json"
+    out, rep = tmp_path / f"{name}_sids.parquet", tmp_path / f"{name}_sids.json"
     assert main(["tokenize", "--embeddings", str(emb_path), "--num-sids", "3", "--codebook-size", "16",
                  "--steps", "150", "--out", str(out), "--report", str(rep)]) == 0
     t = pq.read_table(out)

@@ -2,16 +2,20 @@
 
 Per experiment kind:
 
-* ``table``: mean +- std (over seeds) of test AUC / GAUC / LogLoss, TFLOPs per batch of 1024 and
+* ``table``: mean +- std (over seeds) of test AUC / GAUC / LogLoss, GFLOPs per batch of 1024 and
   train samples/s per (dataset, variant), and for every dataset what the numbers say about the
   first variant (STORE) against the others: the difference of means and the larger seed std;
 * ``epochs``: test AUC after every epoch (``train.epoch_end_splits`` includes test), one line per
   variant and dataset, and the AUC change from the first to the last epoch;
-* ``sweep``: test AUC (and TFLOPs per batch) against the swept value;
+* ``sweep``: test AUC (and GFLOPs per batch, on a right axis from 0) against the swept value;
 * ``fair``: the fair protocol (:mod:`store_rec.experiments.fair`): per dataset, every model at its
   grid point selected on valid (scores at each run's best-valid epoch), test AUC / LogLoss, and the
   paired per-seed test-AUC difference of the reference against it; then a claims table (the
   reference against the best non-extra rival on every dataset).
+
+Every plot is drawn from a small JSON written beside it (``results/<name>.json``: the plotted means,
+stds, seeds and GFLOPs), so ``store-rec experiments --replot results/<name>.json`` redraws a PNG
+without the run directories (:func:`replot`).
 
 The statements are computed from the numbers, so they stay true when the numbers change; the
 experiment's ``notes`` (hand-written) follow them. Every experiment says how many of its planned runs
@@ -28,7 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from store_rec.experiments.runner import Run
 from store_rec.experiments.spec import ExperimentSpec, PaperSpec
-from store_rec.fileio import atomic_path, atomic_write_text
+from store_rec.fileio import atomic_path, atomic_write_json, atomic_write_text, ensure_inside
 
 METRICS = ("auc", "gauc", "logloss")
 
@@ -44,6 +48,11 @@ def _fmt(m: float, s: float, digits: int = 4) -> str:
     if math.isnan(m):
         return "n/a"
     return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def _gflops(summaries: Sequence[Dict[str, Any]]) -> float:
+    """Mean GFLOPs of one fwd+bwd per batch of 1024 over runs (their summary.json's ``tflops_per_batch``)."""
+    return 1e3 * statistics.fmean(s["tflops_per_batch"] for s in summaries)
 
 
 def _epoch_curve(run: Run) -> Dict[int, float]:
@@ -69,13 +78,13 @@ def _group(runs: List[Run]) -> Dict[Tuple[str, str, Any], List[Dict[str, Any]]]:
 
 def _table(name: str, e: ExperimentSpec, runs: List[Run], fig_dir: Path) -> List[str]:
     g = _group(runs)
-    lines = ["| dataset | model | seeds | test AUC | GAUC | LogLoss | TFLOPs/batch | samples/s |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| dataset | model | seeds | test AUC | GAUC | LogLoss | GFLOPs/batch | samples/s |", "|---|---|---|---|---|---|---|---|"]
     stats: Dict[Tuple[str, str], Dict[str, Tuple[float, float]]] = {}
     for (dn, vn, _), ss in g.items():
         st = {m: _ms([s[m] for s in ss]) for m in METRICS}
         stats[(dn, vn)] = st
         lines.append(f"| {dn} | {vn} | {len(ss)} | {_fmt(*st['auc'])} | {_fmt(*st['gauc'])} | {_fmt(*st['logloss'])} | "
-                     f"{statistics.fmean(s['tflops_per_batch'] for s in ss):.3g} | {statistics.fmean(s['samples_per_s'] for s in ss):.0f} |")
+                     f"{_gflops(ss):.3g} | {statistics.fmean(s['samples_per_s'] for s in ss):.0f} |")
     lines.append("")
     first = next(iter(e.variants))
     for dn in e.datasets:
@@ -97,37 +106,27 @@ def _table(name: str, e: ExperimentSpec, runs: List[Run], fig_dir: Path) -> List
 
 
 def _epochs(name: str, e: ExperimentSpec, runs: List[Run], fig_dir: Path) -> List[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     curves: Dict[Tuple[str, str], Dict[int, List[float]]] = {}
     for r in runs:
         for ep, auc in _epoch_curve(r).items():
             curves.setdefault((r.dataset, r.variant), {}).setdefault(ep, []).append(auc)
     lines = []
-    fig, axes = plt.subplots(1, len(e.datasets), figsize=(5 * len(e.datasets), 3.6), squeeze=False)
-    for i, dn in enumerate(e.datasets):
-        ax = axes[0][i]
+    series = []
+    for dn in e.datasets:
         for vn in e.variants:
             c = curves.get((dn, vn), {})
             if not c:
                 continue
             eps = sorted(c)
             ms = [_ms(c[k]) for k in eps]
-            ax.errorbar(eps, [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", capsize=3, label=vn)
+            series.append({"dataset": dn, "variant": vn, "x": eps, "auc_mean": [m for m, _ in ms],
+                           "auc_std": [s for _, s in ms], "seeds": [len(c[k]) for k in eps]})
             row = " | ".join(_fmt(m, s) for m, s in ms)
             lines.append(f"| {dn} | {vn} | {row} |")
             best_ep = eps[max(range(len(ms)), key=lambda j: ms[j][0])]
             lines.append(f"|  |  | change epoch {eps[0]} -> {eps[-1]}: {ms[-1][0] - ms[0][0]:+.4f}; best epoch {best_ep} |")
-        ax.set_title(dn)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("test AUC")
-        ax.legend()
-    fig.tight_layout()
-    png = _save(fig, fig_dir / f"{name}.png")
-    plt.close(fig)
+    png = _figure(fig_dir, name, {"kind": "epochs", "title": e.title, "x_label": "epoch", "datasets": list(e.datasets),
+                                  "series": series})
     n_ep = max((max(c) for c in curves.values() if c), default=0)
     head = ["| dataset | model | " + " | ".join(f"epoch {k}" for k in range(1, n_ep + 1)) + " |",
             "|---|---|" + "---|" * n_ep]
@@ -135,46 +134,118 @@ def _epochs(name: str, e: ExperimentSpec, runs: List[Run], fig_dir: Path) -> Lis
 
 
 def _sweep(name: str, e: ExperimentSpec, runs: List[Run], fig_dir: Path) -> List[str]:
+    g = _group(runs)
+    lines = [f"| dataset | model | {e.sweep.label} | seeds | test AUC | GAUC | LogLoss | GFLOPs/batch |", "|---|---|---|---|---|---|---|---|"]
+    series = []
+    for dn in e.datasets:
+        for vn in e.variants:
+            pts = sorted((x, ss) for (d, v, x), ss in g.items() if d == dn and v == vn)
+            if not pts:
+                continue
+            xs, aucs, gfl, seeds = [], [], [], []
+            for x, ss in pts:
+                st = {m: _ms([s[m] for s in ss]) for m in METRICS}
+                t = _gflops(ss)
+                lines.append(f"| {dn} | {vn} | {x} | {len(ss)} | {_fmt(*st['auc'])} | {_fmt(*st['gauc'])} | "
+                             f"{_fmt(*st['logloss'])} | {t:.3g} |")
+                xs.append(x)
+                aucs.append(st["auc"])
+                gfl.append(t)
+                seeds.append(len(ss))
+            series.append({"dataset": dn, "variant": vn, "x": xs, "auc_mean": [m for m, _ in aucs],
+                           "auc_std": [s for _, s in aucs], "gflops": gfl, "seeds": seeds})
+            lo, hi = min(range(len(xs)), key=lambda j: aucs[j][0]), max(range(len(xs)), key=lambda j: aucs[j][0])
+            lines.append(f"|  |  | AUC range {aucs[lo][0]:.4f} ({e.sweep.label}={xs[lo]}) .. {aucs[hi][0]:.4f} "
+                         f"({e.sweep.label}={xs[hi]}); GFLOPs {gfl[0]:.3g} -> {gfl[-1]:.3g} "
+                         f"({_pct(gfl[0], gfl[-1])}) |  |  |  |  |  |")
+    png = _figure(fig_dir, name, {"kind": "sweep", "title": e.title, "x_label": e.sweep.label,
+                                  "datasets": list(e.datasets), "series": series})
+    return lines + ["", f"![{name}](results/{png.name})"]
+
+
+def _pct(a: float, b: float) -> str:
+    return f"{100 * (b / a - 1):+.0f}%" if a else "n/a"
+
+
+def _figure(fig_dir: Path, name: str, data: Dict[str, Any]) -> Path:
+    """Write ``fig_dir/<name>.json`` (the plotted numbers) and draw ``fig_dir/<name>.png`` from it."""
+    # names are validated by the spec; a plot is still never written outside its folder
+    what = f"plot of experiments[{name!r}]"
+    atomic_write_json(ensure_inside(fig_dir / f"{name}.json", fig_dir, what), data)
+    return draw(data, ensure_inside(fig_dir / f"{name}.png", fig_dir, what))
+
+
+def replot(json_path: Path) -> Path:
+    """Redraw the PNG beside a figure JSON written by :func:`write_results` (the JSON is only read)."""
+    from store_rec.errors import UserError
+
+    json_path = Path(json_path)
+    try:
+        data = json.loads(json_path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{json_path}: cannot read a results figure JSON ({e})") from None
+    if not isinstance(data, dict) or data.get("kind") not in ("epochs", "sweep") or "series" not in data:
+        raise UserError(f"{json_path}: not a results figure JSON (needs kind 'epochs' or 'sweep' and 'series')")
+    return draw(data, json_path.with_suffix(".png"))
+
+
+def draw(data: Dict[str, Any], png: Path) -> Path:
+    """:func:`figure` saved as ``png`` (atomically)."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(data)
+    _save(fig, png)
+    plt.close(fig)
+    return png
+
+
+def figure(data: Dict[str, Any]) -> Any:
+    """A matplotlib figure of a figure JSON: one panel per dataset: test AUC (mean, error bars = sample std over the seeds) against the x value;
+    for sweeps also GFLOPs per batch of 1024 on a labelled right axis that starts at 0, so a 6% change
+    looks like 6%. Every series is in the legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    g = _group(runs)
-    lines = [f"| dataset | model | {e.sweep.label} | seeds | test AUC | GAUC | LogLoss | TFLOPs/batch |", "|---|---|---|---|---|---|---|---|"]
-    fig, axes = plt.subplots(1, len(e.datasets), figsize=(5 * len(e.datasets), 3.6), squeeze=False)
-    for i, dn in enumerate(e.datasets):
+    datasets = [d for d in data["datasets"] if any(s["dataset"] == d for s in data["series"])] or data["datasets"]
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.6 * len(datasets), 4.0), squeeze=False)
+    for i, dn in enumerate(datasets):
         ax = axes[0][i]
+        handles = []
         ax2 = None
-        for vn in e.variants:
-            pts = sorted((x, ss) for (d, v, x), ss in g.items() if d == dn and v == vn)
-            if not pts:
-                continue
-            xs, aucs, tfl = [], [], []
-            for x, ss in pts:
-                st = {m: _ms([s[m] for s in ss]) for m in METRICS}
-                t = statistics.fmean(s["tflops_per_batch"] for s in ss)
-                lines.append(f"| {dn} | {vn} | {x} | {len(ss)} | {_fmt(*st['auc'])} | {_fmt(*st['gauc'])} | "
-                             f"{_fmt(*st['logloss'])} | {t:.3g} |")
-                xs.append(x)
-                aucs.append(st["auc"])
-                tfl.append(t)
-            ax.errorbar(xs, [m for m, _ in aucs], yerr=[s for _, s in aucs], marker="o", capsize=3, label=f"{vn} AUC")
-            if max(tfl) > 1.05 * min(tfl):
+        mine = [s for s in data["series"] if s["dataset"] == dn]
+        for k, sr in enumerate(mine):
+            seeds = sorted(set(sr.get("seeds") or []))
+            seed_txt = f"{seeds[0]} seeds" if len(seeds) == 1 else "seeds " + "/".join(map(str, seeds))
+            h = ax.errorbar(sr["x"], sr["auc_mean"], yerr=sr["auc_std"], marker="o", capsize=3, color=f"C{k}",
+                            label=f"{sr['variant']}: test AUC (mean ± std, {seed_txt})")
+            handles.append(h)
+            if data["kind"] == "sweep" and sr.get("gflops"):
                 ax2 = ax2 or ax.twinx()
-                ax2.plot(xs, tfl, "s--", color="gray", label=f"{vn} TFLOPs/batch")
-                ax2.set_ylabel("TFLOPs per batch of 1024")
-            lo, hi = min(range(len(xs)), key=lambda j: aucs[j][0]), max(range(len(xs)), key=lambda j: aucs[j][0])
-            lines.append(f"|  |  | AUC range {aucs[lo][0]:.4f} ({e.sweep.label}={xs[lo]}) .. {aucs[hi][0]:.4f} "
-                         f"({e.sweep.label}={xs[hi]}); TFLOPs {tfl[0]:.3g} -> {tfl[-1]:.3g} |  |  |  |  |  |")
+                g = sr["gflops"]
+                (h2,) = ax2.plot(sr["x"], g, "s--", color="gray" if len(mine) == 1 else f"C{k}", alpha=0.8,
+                                 label=f"{sr['variant']}: GFLOPs / batch ({g[0]:.3g} -> {g[-1]:.3g}, {_pct(g[0], g[-1])})")
+                handles.append(h2)
+        if ax2 is not None:
+            top = max(v for sr in mine for v in sr.get("gflops") or [0])
+            ax2.set_ylim(0, top * 1.35)  # from 0: the height of a change is its size; headroom for the legend
+            ax2.set_ylabel("GFLOPs per batch of 1024 (fwd+bwd), from 0")
+        xs = sorted({x for sr in mine for x in sr["x"]})
+        if 0 < len(xs) <= 10:  # ticks at the measured values (no 1.5 layers)
+            ax.set_xticks(xs)
         ax.set_title(dn)
-        ax.set_xlabel(e.sweep.label)
+        ax.set_xlabel(data["x_label"])
         ax.set_ylabel("test AUC")
-        ax.legend(loc="lower left", fontsize=8)
+        lo = min((m - s for sr in mine for m, s in zip(sr["auc_mean"], sr["auc_std"])), default=0.5)
+        hi = max((m + s for sr in mine for m, s in zip(sr["auc_mean"], sr["auc_std"])), default=1.0)
+        pad = max(hi - lo, 0.01)
+        ax.set_ylim(lo - 0.55 * pad, hi + 0.1 * pad)  # room below the curves for the legend
+        ax.grid(True, alpha=0.3)
+        ax.legend(handles=handles, loc="lower left", fontsize=7)
+    fig.suptitle(data.get("title", ""), fontsize=11)
     fig.tight_layout()
-    png = _save(fig, fig_dir / f"{name}.png")
-    plt.close(fig)
-    return lines + ["", f"![{name}](results/{png.name})"]
+    return fig
 
 
 KINDS = {"table": _table, "epochs": _epochs, "sweep": _sweep, "fair": lambda *a: _fair(*a)}
@@ -190,13 +261,12 @@ def _fair(name: str, e: ExperimentSpec, runs: List[Run], fig_dir: Path) -> List[
     from store_rec.experiments.fair import best_valid_epoch, claim_row, fair_table, select_all
 
     label = e.sweep.label if e.sweep is not None else "setting"
-    reference = e.reference or next(iter(e.variants))  # ExperimentSpec checks kind 'fair' has one
-    rivals = [v for v, spec in e.variants.items() if v != reference and not spec.extra]
+    rivals = [v for v, spec in e.variants.items() if v != e.reference and not spec.extra]
     lines: List[str] = [f"Selection: per model, the {label} with the best mean valid AUC over seeds (each run scored "
                         "at its best-valid epoch, early stopping on valid); test reported at that epoch. "
-                        f"Last column: paired per-seed test-AUC difference {reference} − model, mean ± std.", ""]
-    claims = ["| dataset | best rival (same features) | " + f"{reference} test AUC | rival test AUC | "
-              f"{reference} − rival (paired) | seeds | outcome |", "|---|---|---|---|---|---|---|"]
+                        f"Last column: paired per-seed test-AUC difference {e.reference} − model, mean ± std.", ""]
+    claims = ["| dataset | best rival (same features) | " + f"{e.reference} test AUC | rival test AUC | "
+              f"{e.reference} − rival (paired) | seeds | outcome |", "|---|---|---|---|---|---|---|"]
     for dn in e.datasets:
         scores: Dict[str, Dict[Any, Dict[int, Any]]] = {}
         for r in runs:
@@ -208,8 +278,9 @@ def _fair(name: str, e: ExperimentSpec, runs: List[Run], fig_dir: Path) -> List[
         if not scores:
             continue
         sel = select_all({v: scores[v] for v in e.variants if v in scores})
-        lines += fair_table(dn, sel, reference, rivals, label) + [""]
-        row = claim_row(dn, sel, reference, rivals)
+        assert e.reference is not None  # validated by the spec for kind 'fair'
+        lines += fair_table(dn, sel, e.reference, rivals, label) + [""]
+        row = claim_row(dn, sel, e.reference, rivals)
         if row:
             claims.append(row)
     notes = sorted({n for r in runs for n in r.notes})
