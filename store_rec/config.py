@@ -23,7 +23,6 @@ import dataclasses
 import os
 import types
 import typing
-from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 import yaml
@@ -123,6 +122,9 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
 def from_dict(cls: Type[T], data: Optional[Mapping[str, Any]], path: str = "") -> T:
     """Build dataclass ``cls`` from ``data``; unknown keys, wrong types and failed
     ``__post_init__`` checks raise :class:`ConfigError` naming the dotted key path."""
+    if data is not None and not isinstance(data, Mapping):
+        raise ConfigError(f"{path or 'top level'}: expected a mapping for {cls.__name__}, got "
+                          f"{type(data).__name__} {data!r}")
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -158,7 +160,11 @@ def parse_overrides(items: Iterable[str]) -> Dict[str, Any]:
         key = key.strip()
         if not key:
             raise ConfigError(f"override {item!r}: empty key")
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value = yaml.load(raw, Loader=UniqueKeyLoader) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: value {raw!r} is not valid YAML "
+                              f"({str(e).splitlines()[0]}); quote it or close its brackets") from None
         node = out
         parts = key.split(".")
         for p in parts[:-1]:
@@ -179,15 +185,51 @@ def deep_merge(base: Dict[str, Any], update: Mapping[str, Any]) -> Dict[str, Any
     return out
 
 
-def load_yaml(path: os.PathLike) -> Dict[str, Any]:
-    """Read a YAML mapping; errors name the file."""
-    p = Path(path)
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML keeps the last one
+    silently, so a second ``model:`` section would replace the first without a word)."""
+
+    def construct_mapping(self, node, deep=False):  # noqa: ANN001
+        seen: Dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                dup = key in seen
+            except TypeError:  # unhashable key: the base class reports it
+                break
+            if dup:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key].line + 1}, again at line "
+                    f"{key_node.start_mark.line + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, UniqueKeyLoader.construct_mapping)
+
+
+def load_yaml(path: Union[str, os.PathLike]) -> Dict[str, Any]:
+    """Read a YAML mapping; errors name the file (missing, a directory, not UTF-8, not YAML, a key given
+    twice in one mapping, not a mapping). ``path``: an existing file, else the shipped config it names
+    (``store_rec/configs``)."""
+    from store_rec.presets import not_found_hint, resolve_config
+
+    p = resolve_config(path)
     if not p.exists():
-        raise ConfigError(f"{p}: config file not found")
+        raise ConfigError(f"{p}: config file not found ({not_found_hint()})")
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory; expected a YAML config file")
     try:
-        data = yaml.safe_load(p.read_text())
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = p.read_bytes()[: e.start].count(b"\n") + 1
+        raise ConfigError(f"{p}: line {line}: not valid UTF-8 ({e.reason})") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read: {e.strerror or e}") from None
+    try:
+        data = yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

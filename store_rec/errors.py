@@ -21,4 +21,14 @@ class DataError(UserError):
     """A data file that cannot be read as the schema says (names file and row)."""
 
 
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM (what ``timeout``, slurm and kubernetes send), so that every
+    ``with`` block unwinds like on an error: temp outputs are removed, nothing half-written is left.
+    A ``BaseException`` like ``KeyboardInterrupt``: ``except Exception`` blocks do not swallow it."""
+
+    def __init__(self, signum: int = 15) -> None:
+        super().__init__(f"terminated by signal {signum}")
+        self.signum = signum
+
+
 USER_ERRORS = (UserError, ConfigError, SchemaError, FileNotFoundError, NotADirectoryError, KeyError)

@@ -84,7 +84,7 @@ def test_vocab_dictionary_with_repeated_values():
 def avazu_lapis(shared_datasets, tmp_path_factory):
     src = shared_datasets / "avazu" / "lapis-hong_wide-resdnn"
     out = tmp_path_factory.mktemp("avazu") / "lapis"
-    schema = prepare("avazu", str(src), out, seed=3)
+    schema = prepare("avazu", str(src), out, seed=3, resplit=True)  # train/dev/test files: re-split on purpose
     return src, out, schema
 
 

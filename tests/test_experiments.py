@@ -51,6 +51,16 @@ experiments:
     sweep: {{label: sparsity, key: model.attention.sparsity, values: [0.0, 0.5]}}
     variants:
       STORE: {{sids: opmq}}
+  fa:
+    title: "tiny fair"
+    kind: fair
+    datasets: [syn]
+    seeds: [0, 1]
+    sweep: {{label: lr, key: optim.dense.lr, values: [0.002]}}
+    reference: STORE
+    variants:
+      STORE: {{sids: opmq}}
+      DCNv2: {{sids: opmq, set: [model.name=dlrm_dcn]}}
 """
 
 
@@ -62,7 +72,7 @@ def test_results_generator_on_a_tiny_config(tmp_path):
     assert main(argv) == 0
     text = md.read_text()
     summaries = sorted(out.glob("runs/**/summary.json"))
-    assert len(summaries) == 3 * 2 + 1 + 2
+    assert len(summaries) == 3 * 2 + 1 + 2 + 2 * 2
     s = json.loads((out / "runs/t1/syn/STORE/seed0/summary.json").read_text())
     auc = [json.loads(p.read_text())["auc"] for p in sorted((out / "runs/t1/syn/STORE").glob("seed*/summary.json"))]
     mean = sum(auc) / 2
@@ -70,6 +80,15 @@ def test_results_generator_on_a_tiny_config(tmp_path):
     assert "highest mean test AUC" in text and "hand-written note" in text
     assert "| syn | STORE | 0.0 | 1 |" in text and "| syn | STORE | 0.5 | 1 |" in text
     assert "epoch 1 | epoch 2" in text
+    # fair: scores at the best-valid epoch, the paired difference and the claim from the runs' numbers
+    from store_rec.experiments.fair import best_valid_epoch, paired_difference
+
+    fa = out / "runs/fa/syn"
+    t = {v: {k: best_valid_epoch(fa / v / "x=0.002" / f"seed{k}" / "metrics.jsonl").test_auc for k in (0, 1)}
+         for v in ("STORE", "DCNv2")}
+    m, sd, n = paired_difference(t["STORE"], t["DCNv2"])
+    assert n == 2 and "| DCNv2 | 0.002 |" in text and f"{m:+.4f} ± {sd:.4f}" in text
+    assert "Claims (generated" in text and "| syn | DCNv2 | " in text
     for name in ("ep", "sp"):
         assert (md.parent / "results" / f"{name}.png").stat().st_size > 0
         fig = json.loads((md.parent / "results" / f"{name}.json").read_text())  # the plotted numbers, for --replot

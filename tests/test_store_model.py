@@ -56,7 +56,7 @@ def test_token_layout():
     torch.testing.assert_close(x[:, 0], dense)
     torch.testing.assert_close(x[:, 1:4], sparse[:, [0, 1, 2]])
     torch.testing.assert_close(x[:, 4:], arch.rotation(sparse[:, [3, 4, 5]]))
-    off = _arch(rotation=RotationConfig(enabled=False))
+    off = _arch(rotation=RotationConfig(enabled=False, static_tokens="per_feature"))
     assert off.rotation is None and off.seq_len == 7 and off.aux_losses() == {}
     torch.testing.assert_close(off.tokens(dense, sparse)[:, 1:], sparse)
 

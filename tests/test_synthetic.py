@@ -204,3 +204,52 @@ def test_static_groups_parameter(ds, tmp_path):
         with pytest.raises(UserError, match=msg):
             prepare_synthetic(tmp_path / "bad", rows=100, items=10, users=5, num_clusters=2, static_groups=value)
         assert not (tmp_path / "bad").exists()
+
+
+def test_generator_v1_is_the_default_and_unchanged(ds):
+    """v1 stays the default and its output did not change when v2 was added (digest from the
+    generator before v2 existed)."""
+    import hashlib
+
+    s = DatasetSchema.load(ds)
+    assert "generator" not in s.params and "cold_item_frac" not in s.params
+    with pytest.raises(UserError, match="cold_item_frac.*generator v2"):
+        prepare_synthetic(ds.parent / "bad", rows=100, items=50, users=10, num_clusters=4, cold_item_frac=0.1)
+    with pytest.raises(UserError, match="generator"):
+        prepare_synthetic(ds.parent / "bad", rows=100, items=50, users=10, num_clusters=4, generator="v3")
+    out = ds.parent / "v1digest"
+    prepare_synthetic(out, seed=3, rows=9000, items=500, users=200, num_clusters=8, num_user_groups=4)
+    h = hashlib.sha256()
+    for rel in ("train", "valid", "test", "sequences.parquet", "truth/items.parquet", "truth/users.parquet"):
+        h.update(str(pq.read_table(out / rel).to_pydict()).encode())
+    assert h.hexdigest() == "99e35ff526222f7f2c3d996184e4f5c85e892e9eab930694ec280bf219f377c4"
+
+
+@pytest.mark.parametrize("split", ["time", "random"])
+def test_generator_v2_cold_items_side_info_and_three_way(tmp_path, split):
+    out = tmp_path / "v2"
+    s = prepare_synthetic(out, seed=1, generator="v2", split=split, **SMALL)
+    assert s.params["generator"] == "v2" and s.params["cold_item_frac"] == 0.1 and s.params["three_way_scale"] == 0.5
+    truth = pq.read_table(out / "truth" / "items.parquet").to_pydict()
+    cold = {i for i, c in zip(truth["item"], truth["cold"]) if c}
+    assert len(cold) == 200  # 10 % of 2000 items
+    train_items = set(_read(out)["item_id"].to_pylist())
+    assert not train_items & cold  # cold items never in train
+    test_items = np.array(_read(out, "test")["item_id"].to_pylist())
+    frac = np.isin(test_items, list(cold)).mean()
+    assert 0.02 < frac < 0.3, frac  # a cold-start test slice
+    # cold items are in the pre-training sequences (SASRec learns them; SIDs carry their cluster)
+    seq_items = {i for row in pq.read_table(out / "sequences.parquet")["items"].to_pylist() for i in row}
+    assert len(cold & seq_items) > 0.5 * len(cold)  # the rarest are in no sequence (OOV SID, see tokenizer)
+    # side information carries no cluster: the majority category of a cluster covers ~1/16 of its items
+    cl = dict(zip(truth["item"], truth["cluster"]))
+    tr = _read(out).to_pydict()
+    pairs = np.array(sorted({(i, c) for i, c in zip(tr["item_id"], tr["category"])}))  # one row per item
+    pairs[:, 0] = [cl[i] for i in pairs[:, 0]]
+    purity = np.mean([np.bincount(pairs[pairs[:, 0] == c, 1]).max() / (pairs[:, 0] == c).sum()
+                      for c in np.unique(pairs[:, 0])])
+    assert purity < 0.25, purity  # item level; v1: ~0.9
+    # the same seed without the 3-way term changes labels only
+    s0 = prepare_synthetic(tmp_path / "v2_no3", seed=1, generator="v2", split=split, three_way_scale=0.0, **SMALL)
+    a, b = _read(out).to_pydict(), _read(tmp_path / "v2_no3").to_pydict()
+    assert a["item_id"] == b["item_id"] and a["label"] != b["label"] and s0.params["three_way_scale"] == 0.0

@@ -48,6 +48,7 @@ def test_two_rank_training(data_dir, tmp_path, model):
     s = json.loads((out / "summary.json").read_text())
     assert res[0]["auc"] == res[1]["auc"] == s["auc"]  # every rank computes the same global metrics
     assert s["steps"] == 26 and s["world_size"] == 2 and s["model"] == model
+    assert s["global_batch_size"] == 2 * s["batch_size_per_rank"] == 128  # data.batch_size=64 is per rank
     assert 0.5 < s["auc"] <= 1.0 and 0.0 <= s["gauc"] <= 1.0 and 0 < s["logloss"] < 0.7  # tiny data: GAUC is noisy
     assert s["samples_per_s"] > 0 and s["tflops_per_batch"] > 0
     if model == "store":  # the rotations are still orthogonal after training (Cayley parametrization)
@@ -192,16 +193,18 @@ def test_killed_rank_restarts_and_resumes_exactly(data_dir, tmp_path, monkeypatc
     print(f"resume equality: auc {sa['auc']:.6f} vs {sb['auc']:.6f}; logloss {sa['logloss']:.6f} vs {sb['logloss']:.6f}")
 
 
-def _run1(data_dir: Path, out: Path, *extra: str, resume: bool = False):
+def _run1(data_dir: Path, out: Path, *extra: str, resume: bool = False, overwrite: bool = False):
     """One in-process rank (a world of one: no launcher)."""
     from store_rec.train.trainer import run
 
-    return run(load_train_config(ROOT / "configs" / "smoke.yaml", _overrides(data_dir, out, *extra)), resume=resume)
+    return run(load_train_config(ROOT / "configs" / "smoke.yaml", _overrides(data_dir, out, *extra)), resume=resume,
+               overwrite_checkpoints=overwrite)
 
 
 def test_checkpoint_lifecycle_single_rank(data_dir, tmp_path):
-    """every_steps=0 checkpoints at epoch ends; a fresh run clears an older run's checkpoints (so keep= never
-    prunes the new ones) and starts a new metrics.jsonl; --resume refuses a checkpoint of another config."""
+    """every_steps=0 checkpoints at epoch ends; a fresh run refuses an older run's checkpoints, and with
+    --overwrite-checkpoints clears them (so keep= never prunes the new ones) and starts a new metrics.jsonl;
+    --resume refuses a checkpoint of another config."""
     from store_rec.errors import UserError
 
     out = tmp_path / "r"
@@ -216,7 +219,9 @@ def test_checkpoint_lifecycle_single_rank(data_dir, tmp_path):
     with pytest.raises(UserError, match=r"model\.embedding_dim=16, this config has model\.embedding_dim=32"):
         _run1(data_dir, out, "checkpoint.every_steps=0", "model.embedding_dim=32", resume=True)
 
-    s1 = _run1(data_dir, out, "checkpoint.every_steps=0", "train.epochs=1", "train.eval_every=0")
+    with pytest.raises(UserError, match="checkpoints exist .*: pass --resume to continue from the newest, or --overwrite-checkpoints"):
+        _run1(data_dir, out, "checkpoint.every_steps=0", "train.epochs=1", "train.eval_every=0")
+    s1 = _run1(data_dir, out, "checkpoint.every_steps=0", "train.epochs=1", "train.eval_every=0", overwrite=True)
     assert s1["steps"] == per_epoch
     assert [p.name for p in (out / "ck").iterdir()] == [f"step-{per_epoch}"]  # the 2-epoch run's step dirs are gone
     recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

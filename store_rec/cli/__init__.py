@@ -5,6 +5,11 @@ Each module in :data:`SUBCOMMANDS` exposes ``register(subparsers)``, which adds 
 their ``func`` so ``store-rec --help`` stays fast. Errors the user can fix (bad input, bad config)
 are raised as :class:`store_rec.errors.UserError` (or ConfigError/SchemaError/FileNotFoundError) and
 printed as one line on stderr with exit code 2; anything else is a bug and keeps its traceback.
+
+Signals: SIGTERM (sent by ``timeout``, slurm, kubernetes) and SIGINT (Ctrl-C) unwind the command like an
+error, so atomic outputs remove their hidden temp files/dirs; the exit code is 128 + the signal number
+(143 / 130). A closed stdout (``store-rec data info D | head -1``) ends the command quietly with 141, as
+unix tools killed by SIGPIPE do.
 """
 
 from __future__ import annotations
@@ -63,15 +68,68 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         force=True,
     )
     logging.getLogger("store_rec").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    from store_rec.errors import Terminated
+
+    restore = _raise_on_sigterm()
     try:
         rc = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the handlers below
     except USER_ERRORS as e:
         msg = str(e)
         if isinstance(e, KeyError) and len(e.args) == 1:
             msg = str(e.args[0])
         print(f"store-rec {args.command}: error: {msg}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        _silence_stdout()
+        return 141
+    except KeyboardInterrupt:
+        print(f"store-rec {args.command}: interrupted; outputs in progress were removed", file=sys.stderr)
+        return 130
+    except Terminated as e:
+        print(f"store-rec {args.command}: {e}; outputs in progress were removed", file=sys.stderr)
+        return 128 + e.signum
+    except (ImportError, OSError) as e:  # a broken torch/fbgemm/torchrec install: say which package to fix
+        from store_rec.stack import diagnose
+
+        fix = diagnose(e)
+        if fix is None:
+            raise
+        print(f"store-rec {args.command}: error: {fix}", file=sys.stderr)
+        return 2
+    finally:
+        restore()
     return int(rc or 0)
+
+
+def _raise_on_sigterm():
+    """Install a SIGTERM handler that raises :class:`~store_rec.errors.Terminated` (main thread only);
+    returns a function that puts the previous handler back."""
+    import signal
+    import threading
+
+    from store_rec.errors import Terminated
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):  # noqa: ARG001
+        signal.signal(signum, signal.SIG_IGN)  # a second SIGTERM must not interrupt the clean-up
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not raise again."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (tests): nothing to flush at exit
+        pass
 
 
 def entry() -> None:  # pragma: no cover - console script shim

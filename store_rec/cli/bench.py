@@ -18,6 +18,7 @@ SUITES = {
     "data": ("store_rec.bench.data", "loader samples/s (Avazu-shaped and synthetic schemas)"),
     "tokenizer": ("store_rec.bench.tokenizer", "tokenizer encode items/s and training time"),
     "speed": ("store_rec.bench.speed", "training speed options side by side: fp32 / bf16 / torch.compile (ratios, AUC parity)"),
+    "prepare": ("store_rec.bench.prepare", "`data prepare table` on a generated wide CSV: peak RSS and rows/s"),
 }
 
 
@@ -64,8 +65,14 @@ def _replot(args) -> int:
 
 def _runner(module):
     def run(args) -> int:
-        from store_rec.bench.common import markdown_table, write_result
+        from pathlib import Path
 
+        from store_rec.bench.common import markdown_table, write_result
+        from store_rec.fileio import check_output_path
+
+        out = Path(args.out)
+        for path in (out, out.with_suffix(".md"), out.with_suffix(".png")):  # before the (long) run
+            check_output_path(path, flag="--out")
         result = module.run(args)
         paths = write_result(result, args.out)
         sys.stdout.write(markdown_table(result.records, result.columns))

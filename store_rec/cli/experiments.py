@@ -81,7 +81,15 @@ def run(args: argparse.Namespace) -> int:
         from store_rec.errors import UserError
 
         raise UserError("--config: required (unless --replot)")
+    from store_rec.fileio import check_output_path
+
     spec = load_spec(args.config)
+    # every output checked before anything is built: none equals, contains or sits inside an input
+    inputs = [("--config", args.config), ("base", spec.base)] + [
+        (f"datasets.{n}.prepare.source", d.prepare.source) for n, d in spec.datasets.items()]
+    check_output_path(args.out, inputs=inputs, kind="dir")
+    check_output_path(args.results, inputs=inputs, flag="--results")
+    check_output_path(Path(args.results).parent / "results", inputs=inputs, kind="dir", flag="--results (plots folder)")
     base_sha = base_config_sha256(spec.base, args.config)
     out = Path(args.out)
     only = [x for x in args.only.split(",") if x] if args.only else None
@@ -92,7 +100,9 @@ def run(args: argparse.Namespace) -> int:
     done = finished_runs(runs, base_sha, adopt=args.adopt_artifacts)
     if args.report_only:
         log.info("experiments: --report-only: %d of %d planned runs have current results", len(done), len(runs))
-    header_file = Path(args.config).with_name("RESULTS_HEADER.md")
+    # the config's own header (fair.yaml -> fair.header.md), else the directory's RESULTS_HEADER.md
+    own = Path(args.config).with_suffix(".header.md")
+    header_file = own if own.exists() else Path(args.config).with_name("RESULTS_HEADER.md")
     header = header_file.read_text() if header_file.exists() else None
     # --adopt-artifacts is a one-off migration and --report-only only rewrites the markdown: neither is
     # part of how the results are made (a plain re-run reuses the current runs and writes the same file)

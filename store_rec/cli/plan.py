@@ -239,6 +239,9 @@ def run(args) -> int:
             raise UserError(f"--{flag}: required (unless --replot)")
     if not args.imbalance_warn > 1.0:
         raise UserError(f"--imbalance-warn: a max/mean ratio above 1.0, got {args.imbalance_warn}")
+    from store_rec.fileio import check_output_path
+
+    check_output_path(args.out, inputs=[("--config", args.config)], kind="dir")
     logging.getLogger("torchrec").setLevel(logging.ERROR)  # the planner logs a lot at INFO/WARNING
     base = load_topology(args.topology, args.topology_set)
     worlds = _int_list(args.world_sizes, "--world-sizes") if args.world_sizes else [base.world_size]

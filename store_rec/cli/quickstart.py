@@ -8,13 +8,15 @@ Steps (each a store_rec command users run themselves on their own data):
 2. ``store-rec pretrain`` -> SASRec item embeddings ``OUT/emb.parquet`` (HR@10 / NDCG@10 vs popularity);
 3. ``store-rec tokenize --method opmq`` -> semantic IDs ``OUT/sids.parquet`` + report, and the
    tokenizer itself ``OUT/tokenizer.pt`` (``configs/quickstart_online.yaml`` tokenizes inside the model);
-4. ``torchx run -s local_cwd launch/components.py:train`` on ``--nproc`` local gloo ranks: STORE
-   (``configs/quickstart.yaml``, SIDs from the batch) and one baseline on the same data;
+4. ``torchx run -s local_cwd <store_rec/launch/components.py>:train`` on ``--nproc`` local gloo ranks:
+   STORE (the shipped ``configs/quickstart.yaml``, SIDs from the batch) and one baseline on the same data
+   with the same features (the same SID table; only ``model.name`` differs);
 5. prints AUC / GAUC / LogLoss / samples/s / TFLOPs per batch of 1024 side by side and writes
    ``OUT/quickstart.json``.
 
-A step whose output already exists is not redone (delete ``OUT`` to start over). Step 4 needs the
-repository checkout (``launch/`` and ``configs/``); the package alone cannot launch it.
+A step whose output already exists is not redone (delete ``OUT`` to start over). Runs from any
+directory: the torchx component and the config are package data (:mod:`store_rec.presets`); step 4
+needs torchx (``pip install store_rec[launch]``).
 """
 
 from __future__ import annotations
@@ -30,8 +32,7 @@ from typing import Any, Dict, List
 
 logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
-CONFIG = "configs/quickstart.yaml"
+CONFIG = "quickstart"  # the shipped configs/quickstart.yaml (store_rec.presets)
 
 
 def register(subparsers) -> None:  # noqa: ANN001
@@ -57,18 +58,23 @@ def _step(name: str, done: bool) -> bool:
 
 
 def _torchx_train(run_dir: Path, overrides: List[str], nproc: int) -> Dict[str, Any]:
-    """``torchx run -s local_cwd launch/components.py:train`` from the repo root -> its summary JSON."""
+    """``torchx run -s local_cwd <installed components.py>:train`` from ``run_dir``'s parent -> its summary JSON."""
+    from importlib import resources
+
     from store_rec.errors import UserError
 
+    components = resources.files("store_rec.launch").joinpath("components.py")
+
     summary = run_dir / "summary.json"
-    cmd = [sys.executable, "-m", "torchx.cli.main", "run", "-s", "local_cwd", "launch/components.py:train",
+    cmd = [sys.executable, "-m", "torchx.cli.main", "run", "-s", "local_cwd", f"{components}:train",
            "--config", CONFIG, "--j", f"1x{nproc}", "--", *overrides, f"output.dir={run_dir}",
-           f"checkpoint.dir={run_dir}/checkpoints", "output.progress_bar=false", "--metrics-out", str(summary)]
+           f"checkpoint.dir={run_dir}/checkpoints", "output.progress_bar=false", "--metrics-out", str(summary),
+           "--overwrite-checkpoints"]  # a step without its summary is redone from scratch (its own run dir)
     # no PATH set-up for an unactivated venv: the component runs this Python's torchrun when none is on PATH
     t0 = time.perf_counter()
     log = run_dir.with_suffix(".log")
     with open(log, "w") as f:
-        r = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
+        r = subprocess.run(cmd, cwd=run_dir.parent, stdout=f, stderr=subprocess.STDOUT)
     if r.returncode != 0 or not summary.exists():
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
         raise UserError(f"training failed (exit {r.returncode}); log: {log}\n{tail}")
@@ -81,9 +87,13 @@ def run(args: argparse.Namespace) -> int:
     from store_rec.errors import UserError
     from store_rec.fileio import atomic_write_json
 
-    if not (REPO / "launch" / "components.py").exists() or not (REPO / CONFIG).exists():
-        raise UserError(f"quickstart launches {REPO}/launch/components.py with {CONFIG}: run it from a store_rec checkout")
-    out = Path(args.out).resolve()
+    try:
+        import torchx  # noqa: F401
+    except ImportError:
+        raise UserError("quickstart launches its training runs with torchx: pip install 'store_rec[launch]'") from None
+    from store_rec.fileio import check_output_path
+
+    out = check_output_path(args.out, kind="dir").resolve()
     data, emb, sids, tok = out / "data", out / "emb.parquet", out / "sids.parquet", out / "tokenizer.pt"
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -110,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"[quickstart] 4/4 torchx run: STORE and {args.baseline} on {args.nproc} local gloo ranks", flush=True)
     results = {
         "store": _torchx_train(out / "store", [*common, f"data.sid_table={sids}"], args.nproc),
-        args.baseline: _torchx_train(out / args.baseline, [*common, f"model.name={args.baseline}", "model.tokenizer=none"],
+        # the baseline gets the same features as STORE: the same SID table replaces the raw item id
+        args.baseline: _torchx_train(out / args.baseline, [*common, f"data.sid_table={sids}", f"model.name={args.baseline}"],
                                      args.nproc),
     }
     pre = json.loads(emb.with_suffix(".json").read_text())["metrics"]

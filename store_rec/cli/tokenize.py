@@ -47,5 +47,6 @@ def run(args) -> int:
           f"recon_mse={rep['recon_mse']:.4g} cos={rep['recon_cosine']:.3f} "
           f"util={min(rep['utilization']):.2f}-{max(rep['utilization']):.2f} "
           f"unique_tuples={rep['unique_tuple_rate']:.3f} max_collision={rep['largest_collision_group']} "
+          f"untrained->OOV={rep['untrained_items']} "
           f"train={train_s:.1f}s encode={n / max(enc_s, 1e-9):,.0f} items/s -> {args.out}")
     return 0

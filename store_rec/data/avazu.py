@@ -85,7 +85,7 @@ class AvazuConfig:
 
 
 def _read(files, skip_bad_rows: bool):
-    tables, skipped = [], 0
+    tables, skipped, rows = [], 0, []
     for path in files:
         line = first_line(path)
         first = line.split(",", 1)[0].strip().strip('"')
@@ -100,12 +100,13 @@ def _read(files, skip_bad_rows: bool):
                             lambda i, hour=hour: f"column 'hour': expected YYMMDDHH, got {hour[i].as_py()!r}")
         skipped += raw.skipped
         tables.append(raw.table)
+        rows.append(raw.table.num_rows)
         logger.info("%s: %d rows%s", path, raw.table.num_rows, f" ({raw.skipped} skipped)" if raw.skipped else "")
-    return pa.concat_tables(tables).unify_dictionaries().combine_chunks(), skipped
+    return pa.concat_tables(tables).unify_dictionaries().combine_chunks(), skipped, rows
 
 
 def prepare_avazu(source: str, out: os.PathLike, *, config=None, seed: int = 0, overwrite: bool = False,
-                  skip_bad_rows: bool = False, **overrides) -> DatasetSchema:
+                  skip_bad_rows: bool = False, splits=None, resplit: bool = False, **overrides) -> DatasetSchema:
     """Prepare Avazu from ``source`` (file or directory) into ``out``; returns the schema.
 
     ``config``: YAML path / mapping / :class:`AvazuConfig`; ``overrides``: config keys (e.g.
@@ -113,8 +114,10 @@ def prepare_avazu(source: str, out: os.PathLike, *, config=None, seed: int = 0, 
     """
     t0 = time.perf_counter()
     cfg = load_dataset_config(AvazuConfig, config, overrides)
-    files = list_source_files(source, "avazu")
-    table, skipped = _read(files, skip_bad_rows)
+    from store_rec.data.splits import codes_from_file_rows, files_and_given_splits
+
+    files, given = files_and_given_splits(source, splits, resplit, lambda p: list_source_files(p, "avazu"))
+    table, skipped, rows_per_file = _read(files, skip_bad_rows)
     n = table.num_rows
     ts = pc.strptime(table.column("hour"), format="%y%m%d%H", unit="s")
     hour_key = pc.cast(table.column("hour"), pa.int64()).to_numpy()
@@ -132,7 +135,10 @@ def prepare_avazu(source: str, out: os.PathLike, *, config=None, seed: int = 0, 
     hours = np.unique(hour_key)
     method = cfg.split if cfg.split != "auto" else ("random" if len(hours) == 1 else "time")
     fr = (cfg.train_frac, cfg.valid_frac)
-    if method == "random":
+    if given is not None:
+        codes, order = codes_from_file_rows(rows_per_file, given), None
+        split_method = "given: " + ", ".join(f"{f.name} -> {s}" for f, s in zip(files, given)) + " (kept row for row)"
+    elif method == "random":
         codes, order = random_split_codes(n, seed, fr), None
         split_method = f"random: seeded (seed {seed}) i.i.d. per row, {fr[0]:g}/{fr[1]:g}/{1 - sum(fr):g}"
     else:

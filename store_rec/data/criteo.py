@@ -143,7 +143,7 @@ def _is_hex(v: str) -> bool:
 
 
 def _read(files, skip_bad_rows: bool):
-    tables, skipped = [], 0
+    tables, skipped, rows = [], 0, []
     for path in files:
         line = first_line(path)
         delim = "\t" if "\t" in line else ","
@@ -153,17 +153,24 @@ def _read(files, skip_bad_rows: bool):
         raw = check_numeric(raw, DENSE, skip_bad_rows)
         skipped += raw.skipped
         tables.append(raw.table)
+        rows.append(raw.table.num_rows)
         logger.info("%s: %d rows%s", path, raw.table.num_rows, f" ({raw.skipped} skipped)" if raw.skipped else "")
-    return pa.concat_tables(tables).unify_dictionaries().combine_chunks(), skipped
+    return pa.concat_tables(tables).unify_dictionaries().combine_chunks(), skipped, rows
 
 
 def prepare_criteo(source: str, out: os.PathLike, *, config=None, seed: int = 0, overwrite: bool = False,
-                   skip_bad_rows: bool = False, **overrides) -> DatasetSchema:
-    """Prepare Criteo from ``source`` (file or directory) into ``out``; returns the schema."""
+                   skip_bad_rows: bool = False, splits=None, resplit: bool = False, **overrides) -> DatasetSchema:
+    """Prepare Criteo from ``source`` (file or directory) into ``out``; returns the schema.
+
+    ``splits`` (``{"train": PATH, "valid": PATH, "test": PATH}``) or files named train/valid(dev)/test in
+    the source directory: those splits are kept row for row (``resplit`` splits them again by ``split``)."""
+    from store_rec.data.splits import codes_from_file_rows, files_and_given_splits
+
     t0 = time.perf_counter()
     cfg = load_dataset_config(CriteoConfig, config, overrides)
-    files = list_source_files(source, "criteo", name_re=r"^day_\d+$")  # terabyte: day_0 .. day_23
-    table, skipped = _read(files, skip_bad_rows)
+    files, given = files_and_given_splits(  # terabyte: day_0 .. day_23
+        source, splits, resplit, lambda p: list_source_files(p, "criteo", name_re=r"^day_\d+$"))
+    table, skipped, rows_per_file = _read(files, skip_bad_rows)
     n = table.num_rows
     cols: Dict[str, pa.Array] = {"label": pc.cast(pc.cast(table.column("label"), pa.float64()), pa.float32())}
     for d in DENSE:
@@ -178,7 +185,10 @@ def prepare_criteo(source: str, out: os.PathLike, *, config=None, seed: int = 0,
     data = pa.table(cols)
 
     fr = (cfg.train_frac, cfg.valid_frac)
-    if cfg.split == "random":
+    if given is not None:
+        codes = codes_from_file_rows(rows_per_file, given)
+        split_method = "given: " + ", ".join(f"{f.name} -> {s}" for f, s in zip(files, given)) + " (kept row for row)"
+    elif cfg.split == "random":
         codes = random_split_codes(n, seed, fr)
         split_method = f"random: seeded (seed {seed}) i.i.d. per row, {fr[0]:g}/{fr[1]:g}/{1 - sum(fr):g}"
     else:

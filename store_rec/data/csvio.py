@@ -5,6 +5,15 @@ is ours: a row with the wrong number of fields goes through pyarrow's ``invalid_
 (skipped and counted with ``skip_bad_rows``, otherwise an error); numeric columns are checked with a
 vectorised regex. Only when something is wrong is the file re-scanned in Python, to report the exact
 1-based line number of the first bad row.
+
+Missing values: only an *empty* field is missing. Text such as ``nan``, ``NA`` or ``NULL`` is data, not a
+missing value (pandas exports write ``nan`` for missing cells; a category may well be called ``NA``): in
+a categorical column it is a value of its own and a warning gives the column and the count, so a
+pandas export is noticed; in a numeric column (label, Criteo dense) it is a non-numeric value and an
+error naming file and line (skipped with ``--skip-bad-rows``).
+
+Files that are not UTF-8 are refused with the line of the first invalid byte sequence; a corrupt gzip
+file is refused naming the file.
 """
 
 from __future__ import annotations
@@ -15,9 +24,10 @@ import io
 import logging
 import re
 import threading
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +37,12 @@ import pyarrow.csv as pacsv
 from store_rec.errors import DataError, UserError
 
 logger = logging.getLogger(__name__)
+
+#: text read as "missing": only the empty field (see the module docstring for why not ``nan``/``NA``)
+NULL_VALUES = [""]
+#: texts that other tools write for a missing value; counted and reported when they occur as data
+NA_LIKE = ("nan", "NaN", "NAN", "-nan", "NA", "N/A", "n/a", "NULL", "null", "None", "#N/A")
+DECODE_ERRORS = (OSError, EOFError, zlib.error, UnicodeDecodeError)
 
 DATA_SUFFIXES = (".csv", ".csv.gz", ".txt", ".txt.gz", ".tsv", ".tsv.gz", ".gz")
 NUMERIC_RE = r"^\s*[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?\s*$"
@@ -61,6 +77,25 @@ def open_text(path: Path) -> io.TextIOBase:
     return io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
 
 
+def _read_error(path: Path, e: BaseException) -> DataError:
+    """A DataError naming ``path`` for an error reading it (corrupt gzip, I/O error)."""
+    if isinstance(e, (zlib.error, gzip.BadGzipFile, EOFError)) or "zlib" in str(e) or "gzip" in str(e).lower():
+        return DataError(f"{path}: corrupt or truncated gzip file ({type(e).__name__}: {e})")
+    return DataError(f"{path}: cannot read: {e}")
+
+
+def first_invalid_utf8_line(path: Path) -> int:
+    """1-based line number of the first line that is not valid UTF-8 (-1 if none)."""
+    raw = gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+    with raw:
+        for lineno, line in enumerate(raw, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                return lineno
+    return -1
+
+
 def first_line(path: Path) -> str:
     """First non-empty line without its newline; DataError if the file has none."""
     try:
@@ -69,8 +104,8 @@ def first_line(path: Path) -> str:
                 line = line.rstrip("\r\n")
                 if line.strip():
                     return line
-    except (OSError, EOFError) as e:
-        raise DataError(f"{path}: cannot read: {e}") from e
+    except DECODE_ERRORS as e:
+        raise _read_error(path, e) from None
     raise DataError(f"{path}: empty file (no data rows)")
 
 
@@ -90,9 +125,12 @@ def _data_lines(path: Path, header: bool) -> Iterator[Tuple[int, str]]:
 
 def line_of_row(path: Path, header: bool, row: int) -> int:
     """1-based line number of data row ``row`` (0-based, as parsed without skips)."""
-    for i, (lineno, _) in enumerate(_data_lines(path, header)):
-        if i == row:
-            return lineno
+    try:
+        for i, (lineno, _) in enumerate(_data_lines(path, header)):
+            if i == row:
+                return lineno
+    except DECODE_ERRORS:
+        pass
     return -1
 
 
@@ -153,13 +191,21 @@ def read_delimited(path: Path, names: Sequence[str], delimiter: str, header: boo
     dict_type = pa.dictionary(pa.int32(), pa.string())
     conv_opts = pacsv.ConvertOptions(column_types={n: dict_type if n in dict_columns else pa.string()
                                                    for n in col_names},
-                                     strings_can_be_null=True, quoted_strings_can_be_null=True)
+                                     null_values=NULL_VALUES, strings_can_be_null=True,
+                                     quoted_strings_can_be_null=True)
     try:
         table = pacsv.read_csv(str(path), read_options=read_opts, parse_options=parse_opts,
                                convert_options=conv_opts)
     except pa.ArrowInvalid as e:
         if "Empty CSV file" in str(e):
             raise DataError(f"{path}: empty file (no data rows)") from None
+        if "invalid UTF8" in str(e) or "invalid utf8" in str(e).lower():
+            try:
+                lineno = first_invalid_utf8_line(path)
+            except DECODE_ERRORS as e2:
+                raise _read_error(path, e2) from None
+            where = f"line {lineno}: " if lineno > 0 else ""
+            raise DataError(f"{path}: {where}not valid UTF-8 text (re-encode the file as UTF-8)") from None
         if bad and not skip_bad_rows:
             lineno, n, text = _first_bad_field_count(path, header, delimiter, len(col_names))
             where = f"line {lineno}" if lineno > 0 else "a row"
@@ -167,13 +213,36 @@ def read_delimited(path: Path, names: Sequence[str], delimiter: str, header: boo
                     else f"expected {len(col_names)} fields, got {n}")
             raise DataError(f"{path}: {where}: {what} (use --skip-bad-rows to skip malformed rows)") from None
         raise DataError(f"{path}: cannot parse: {e}") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot read: {e}") from None
+    except DECODE_ERRORS as e:
+        raise _read_error(path, e) from None
     if table.num_rows == 0:
         raise DataError(f"{path}: no data rows")
     if bad:
         logger.warning("%s: skipped %d malformed row(s)", path, len(bad))
-    return RawTable(path, table.select(names), header, skipped=len(bad))
+    table = table.select(names)
+    warn_na_like(path, table)
+    return RawTable(path, table, header, skipped=len(bad))
+
+
+def warn_na_like(path: Path, table: pa.Table) -> Dict[str, int]:
+    """Count values such as ``nan`` / ``NA`` / ``NULL`` per column and log a warning naming the column and
+    the count: they are kept as data (only an empty field is missing), which is rarely what a pandas
+    export meant. Returns ``{column: count}`` of the columns that have any."""
+    found: Dict[str, int] = {}
+    na = pa.array(NA_LIKE, pa.string())
+    for name in table.column_names:
+        col = table.column(name)
+        if pa.types.is_dictionary(col.type):
+            col = pc.cast(col, pa.string())
+        if not pa.types.is_string(col.type):
+            continue
+        n = int(pc.sum(pc.is_in(col, value_set=na)).as_py() or 0)
+        if n:
+            found[name] = n
+    for name, n in found.items():
+        logger.warning("%s: column %r: %d value(s) such as 'nan'/'NA'/'NULL' are read as text, not as missing "
+                       "(only an empty field is missing); clean the file if they mean missing", path, name, n)
+    return found
 
 
 def _shorten(text: str, limit: int = 80) -> str:

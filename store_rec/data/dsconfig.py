@@ -11,7 +11,16 @@ from store_rec.config import ConfigError, check, deep_merge, from_dict, load_yam
 
 T = TypeVar("T")
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "datasets"
+
+
+def _config_dir() -> Path:
+    from store_rec.presets import config_root
+
+    return config_root() / "datasets"
+
+
+CONFIG_DIR = _config_dir()
+"""The shipped dataset prepare configs (package data ``store_rec/configs/datasets``)."""
 
 
 def load_dataset_config(cls: Type[T], config: Union[None, str, os.PathLike, Mapping[str, Any], T],

@@ -207,6 +207,8 @@ class DatasetSchema:
             )
         try:
             raw = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise SchemaError(f"{path}: not valid JSON: {e}") from e
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise SchemaError(f"{path}: not valid JSON: {e}") from None
+        if not isinstance(raw, dict):
+            raise SchemaError(f"{path}: expected a JSON object, got {type(raw).__name__}")
         return cls.from_dict(raw, where=str(path))

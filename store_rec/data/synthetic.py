@@ -20,6 +20,29 @@ The generator exists so that STORE's ideas can be tested on data whose truth is 
   ``seq_stay``, else resample from the group's preference), items by within-cluster popularity, so
   SASRec-style pre-training can recover clusters from co-occurrence.
 
+Generators (``generator``, default ``v1``; ``store-rec data prepare synthetic --set generator=v2``):
+
+* ``v1`` (the description above): the click logit is biases plus *pairwise* field terms only --
+  exactly the model class of an FM / DLRM dot interaction -- side information (category, price,
+  seller) largely reveals the item cluster, and only ~3 % of test rows have an item unseen in train.
+  It favours DLRM by construction (measured in ``MODEL_AUDIT.md``). Its output is unchanged
+  (digest-tested).
+* ``v2``: a data set that does not pick the winner:
+
+  - **3-way terms** (``three_way_scale``, default 0.5): ``+ W3[age, category, device] +
+    A3[user group, cluster, daypart]`` with i.i.d. normal cells (daypart = 4 blocks of 6 hours),
+    which no sum of pairwise products represents exactly;
+  - **cluster semantics only SIDs carry to cold items**: category, price and seller are drawn
+    independently of the cluster, so the cluster effects (``A``, ``A3``, tag match) reach an item only
+    through its ID (warm items) or its SIDs (pre-trained on the sequences, which contain cold items);
+  - **a cold-start slice** (``cold_item_frac``, default 0.1 of the items): cold items never appear in
+    train rows (a warm item of the same cluster is shown instead), only in valid / test;
+    ``truth/items.parquet`` gets a ``cold`` column. Rare cold items may also be missing from the
+    sequences (then they have no pre-trained embedding: OOV SID).
+
+  v2's extra draws come from their own random streams, so v2 and v1 share users, item clusters,
+  popularity and sequences for the same seed.
+
 Features (``schema.json``):
 
 ==================  ======  =========  =======================================================
@@ -80,6 +103,13 @@ logger = logging.getLogger(__name__)
 
 BLOCK_ROWS = 4096  # unit of randomness: output is identical for every chunk_rows
 _STREAM_ITEMS, _STREAM_USERS, _STREAM_ROWS, _STREAM_SEQ, _STREAM_TRUTH, _STREAM_GLOBAL = 1, 2, 3, 4, 5, 6
+_STREAM_V2_WORLD, _STREAM_V2_ROWS = 7, 8  # generator v2's extra draws (v1 output stays byte-identical)
+GENERATORS = ("v1", "v2")
+# generator-dependent defaults (None in DEFAULTS = take the generator's value from here)
+GENERATOR_DEFAULTS: Dict[str, Dict[str, float]] = {
+    "v1": dict(cold_item_frac=0.0, three_way_scale=0.0),
+    "v2": dict(cold_item_frac=0.1, three_way_scale=0.5),
+}
 
 DEFAULTS: Dict[str, object] = dict(
     rows=200_000, items=20_000, users=5_000, num_clusters=32, num_user_groups=16, latent_dim=16,
@@ -87,6 +117,7 @@ DEFAULTS: Dict[str, object] = dict(
     num_categories=16, num_sellers=None, max_tags=4, days=10, split="time", train_frac=0.8,
     valid_frac=0.1, seq_min_len=5, seq_max_len=50, seq_stay=0.8, max_sequence_users=1_000_000,
     bias=-2.2, noise=0.3, item_bias_std=0.4, user_bias_std=0.3, latent_noise=0.35, truth_latents=True,
+    generator="v1", cold_item_frac=None, three_way_scale=None,
 )
 
 SPARSE_SPEC = [  # (name, role, group)
@@ -194,6 +225,38 @@ class _World:
         self.user_ntags = u.integers(1, T + 1, n_users + 1).astype(np.int16)
         tags = self.sample_clusters(self.user_group.repeat(T), u.random((n_users + 1) * T)).reshape(-1, T)
         self.user_tags = (tags + 1).astype(np.int32)  # tag id = cluster + 1 (0 = OOV)
+        if p["generator"] == "v2":
+            self._init_v2(seed, p)
+
+    def _init_v2(self, seed: int, p: Dict[str, object]) -> None:
+        """Generator v2 (see the module docstring): side information independent of the cluster, a
+        3-way truth, and cold items (each mapped to a warm item of its cluster for train rows)."""
+        n_items, C, G = int(p["items"]), int(p["num_clusters"]), int(p["num_user_groups"])
+        ncat = int(p["num_categories"])
+        v = _rng(seed, _STREAM_V2_WORLD)
+        # side information carries no cluster: only the item id (warm) or its SIDs (warm and cold) do
+        self.item_category = v.integers(1, ncat + 1, n_items + 1).astype(np.int16)
+        self.item_price = v.integers(1, 11, n_items + 1).astype(np.int16)
+        self.item_seller = v.integers(1, self.num_sellers + 1, n_items + 1).astype(np.int32)
+        s3 = float(p["three_way_scale"])
+        self.w3_static = s3 * v.standard_normal((8, ncat + 1, 5))  # [age, category, device]
+        self.w3_latent = s3 * v.standard_normal((G, C, 4))  # [user group, cluster, daypart]
+        cold = np.zeros(n_items + 1, bool)
+        n_cold = int(round(float(p["cold_item_frac"]) * n_items))
+        if n_cold:
+            cold[1 + v.choice(n_items, n_cold, replace=False)] = True
+        self.item_cold = cold
+        # a warm item of the same cluster for every item (identity for warm items)
+        sub = np.arange(n_items + 1)
+        for c in range(C):
+            members = np.flatnonzero((self.item_cluster == c) & ~cold)
+            members = members[members > 0]
+            cold_c = np.flatnonzero((self.item_cluster == c) & cold)
+            if len(cold_c):
+                if not len(members):
+                    raise UserError(f"synthetic: cold_item_frac={p['cold_item_frac']}: cluster {c} has no warm item")
+                sub[cold_c] = v.choice(members, len(cold_c))
+        self.warm_substitute = sub
 
     def sample_clusters(self, groups: np.ndarray, uni: np.ndarray) -> np.ndarray:
         """A cluster per entry from ``pref[groups]``: int64[n]."""
@@ -219,10 +282,18 @@ def _block_rows(world: _World, seed: int, block: int, start: int, n: int, total:
     items_p = world.sample_items_in(cl_pick, r.random(n))
     items_g = np.maximum(_categorical(world.item_cum, r.random(n)), 1)
     items = np.where(personal, items_p, items_g)
+    v2 = p["generator"] == "v2"
+    row = np.arange(start, start + n)
+    tf, vf = float(p["train_frac"]), float(p["valid_frac"])
+    if v2:
+        # the split first: cold items never appear in train rows (a warm item of their cluster instead)
+        rv = _rng(seed, _STREAM_V2_ROWS, block)
+        pos = rv.random(n) if p["split"] == "random" else row / max(total, 1)
+        v2_split = np.where(pos < tf, 0, np.where(pos < tf + vf, 1, 2))
+        items = np.where(v2_split == 0, world.warm_substitute[items], items)
     cl = world.item_cluster[items]
     hour = _categorical(np.cumsum(_HOUR_P) / _HOUR_P.sum(), r.random(n)) + 1
     device = _categorical(np.cumsum(_DEVICE_P), r.random(n)) + 1
-    row = np.arange(start, start + n)
     day = row * int(p["days"]) // max(total, 1)
     weekday = day % 7 + 1
     age, city = world.user_age[users], world.user_city[users]
@@ -235,16 +306,18 @@ def _block_rows(world: _World, seed: int, block: int, start: int, n: int, total:
     logit = (float(p["bias"]) + world.affinity[grp, cl] + world.item_bias[items] + world.user_bias[users]
              + world.w_age_cat[age, cat] + world.w_price_city[price, city] + world.w_hour_device[hour, device]
              + 0.6 * match + r.normal(0, float(p["noise"]), n))
+    if v2:  # 3-way terms: no pairwise (FM / dot-product) model represents them exactly
+        daypart = (hour - 1) // 6
+        logit = logit + world.w3_static[age, cat, device] + world.w3_latent[grp, cl, daypart]
     label = (r.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
     item_quality = world.item_bias[items] + r.normal(0, 0.5, n).astype(np.float32)
     user_prop = world.user_bias[users] + r.normal(0, 0.3, n).astype(np.float32)
     split_u = r.random(n)
-    tf, vf = float(p["train_frac"]), float(p["valid_frac"])
-    if p["split"] == "random":
-        pos = split_u
+    if v2:
+        split = v2_split
     else:
-        pos = row / max(total, 1)
-    split = np.where(pos < tf, 0, np.where(pos < tf + vf, 1, 2))
+        pos = split_u if p["split"] == "random" else row / max(total, 1)
+        split = np.where(pos < tf, 0, np.where(pos < tf + vf, 1, 2))
     return {
         "label": label, "item_quality": item_quality.astype(np.float32), "user_propensity": user_prop.astype(np.float32),
         "item_id": items, "user_id": users, "seller_id": world.item_seller[items],
@@ -326,8 +399,10 @@ def _write_truth(world: _World, seed: int, path: Path) -> None:
     p = world.p
     n_items, d = int(p["items"]), int(p["latent_dim"])
     latents = bool(p["truth_latents"])
+    v2 = p["generator"] == "v2"
     schema = pa.schema([pa.field("item", pa.int64()), pa.field("cluster", pa.int64()),
                         pa.field("popularity", pa.float64())]
+                       + ([pa.field("cold", pa.bool_())] if v2 else [])
                        + ([pa.field("latent", pa.list_(pa.float32(), d))] if latents else []))
     pop = np.diff(world.item_cum)  # weight of ids 1..N
     step = BLOCK_ROWS * 16
@@ -338,6 +413,8 @@ def _write_truth(world: _World, seed: int, path: Path) -> None:
             cl = world.item_cluster[ids]
             cols = {"item": pa.array(ids.astype(np.int64)), "cluster": pa.array(cl.astype(np.int64)),
                     "popularity": pa.array(pop[ids - 1])}
+            if v2:
+                cols["cold"] = pa.array(world.item_cold[ids])
             if latents:
                 lat = world.centres[cl] + float(p["latent_noise"]) * r.standard_normal((len(ids), d)).astype(np.float32)
                 cols["latent"] = pa.FixedSizeListArray.from_arrays(pa.array(lat.astype(np.float32).ravel()), d)
@@ -360,6 +437,12 @@ def _check_params(p: Dict[str, object]) -> None:
     need(0 <= float(p["personalized"]) <= 1, "personalized", "must be in [0, 1]")
     need(0 <= float(p["seq_stay"]) < 1, "seq_stay", "must be in [0, 1)")
     need(p["num_sellers"] is None or int(p["num_sellers"]) >= 1, "num_sellers", "must be >= 1")
+    need(p["generator"] in GENERATORS, "generator", f"must be one of {', '.join(GENERATORS)}")
+    if p["generator"] == "v1":
+        for k, v in GENERATOR_DEFAULTS["v1"].items():
+            need(float(p[k]) == v, k, "is a generator v2 parameter (set generator: v2)")
+    need(0 <= float(p["cold_item_frac"]) < 1, "cold_item_frac", "must be in [0, 1)")
+    need(float(p["three_way_scale"]) >= 0, "three_way_scale", "must be >= 0")
 
 
 def resolve_static_groups(static_groups: Union[None, int, Mapping[str, Sequence[str]]]) -> Dict[str, List[str]]:
@@ -439,6 +522,10 @@ def prepare_synthetic(out: os.PathLike, *, rows: int = 200_000, items: int = 20_
     p: Dict[str, object] = dict(DEFAULTS)
     p.update(kw)
     p.update(rows=int(rows), items=int(items), users=int(users), num_clusters=int(num_clusters))
+    gen = GENERATOR_DEFAULTS.get(str(p["generator"]), GENERATOR_DEFAULTS["v1"])
+    for k, v in gen.items():
+        if p[k] is None:
+            p[k] = v
     _check_params(p)
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise UserError(f"synthetic: seed={seed!r}: must be a non-negative integer")
@@ -488,7 +575,8 @@ def prepare_synthetic(out: os.PathLike, *, rows: int = 200_000, items: int = 20_
                           if p["split"] == "time" else
                           f"random: per row, seeded, train {p['train_frac']} / valid {p['valid_frac']} / rest"),
             source="store_rec.data.synthetic",
-            params={**{k: (v if not isinstance(v, np.generic) else v.item()) for k, v in p.items()},
+            params={**{k: (v if not isinstance(v, np.generic) else v.item()) for k, v in p.items()
+                       if p["generator"] == "v2" or (k not in GENERATOR_DEFAULTS["v1"] and k != "generator")},
                     "seed": int(seed), "num_sellers": world.num_sellers,
                     "truth_files": ["truth/items.parquet", "truth/users.parquet"],
                     **({} if static_groups is None else {"static_groups": groups})},

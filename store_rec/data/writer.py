@@ -4,7 +4,10 @@ Nothing appears at ``out`` until :meth:`DatasetWriter.commit` succeeds: everythi
 hidden temporary directory beside ``out`` and renamed at the end, so a failed or interrupted
 ``prepare`` leaves no half dataset behind. An existing ``out`` must be an empty directory (replaced
 atomically by the rename) unless ``overwrite``; a non-empty one is refused, also when it was filled
-while preparing::
+while preparing. ``overwrite`` replaces only a previous *prepared dataset* (a directory holding the
+marker file :data:`MARKER` this writer puts in every dataset, or, for datasets written before the
+marker, a ``schema.json`` that loads as a dataset schema); any other directory or file is refused, so
+a mistyped ``--out`` never deletes a user's folder::
 
     with DatasetWriter(out, overwrite=True) as w:
         train = w.split("train", arrow_schema)
@@ -32,6 +35,43 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_ROW_GROUP_SIZE = 65_536
 DEFAULT_FILE_ROWS = 4_000_000
+#: file written into every prepared dataset; ``overwrite`` only ever replaces a directory holding it
+MARKER = ".store-rec-dataset"
+
+
+def is_prepared_dataset(path: os.PathLike) -> bool:
+    """True for a directory this code wrote as a dataset: it holds :data:`MARKER`, or (written before the
+    marker existed) a ``schema.json`` that loads as a :class:`DatasetSchema`."""
+    p = Path(path)
+    if p.is_symlink() or not p.is_dir():
+        return False
+    if (p / MARKER).is_file():
+        return True
+    try:
+        DatasetSchema.load(p)
+        return True
+    except Exception:  # noqa: BLE001 - anything unreadable is not one of ours
+        return False
+
+
+def check_replaceable(out: os.PathLike, overwrite: bool) -> None:
+    """UserError unless writing a dataset to ``out`` is allowed: ``out`` does not exist, is an empty
+    directory, or (with ``overwrite``) is a previous prepared dataset. Nothing is touched."""
+    out = Path(out)
+    if not out.exists() and not out.is_symlink():
+        return
+    if out.is_symlink() or not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory; refusing to replace it (--overwrite only "
+                        "replaces a dataset prepared by store-rec)")
+    if not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise UserError(f"{out}: output directory exists and is not empty (use --overwrite; it replaces only a "
+                        "dataset prepared by store-rec)")
+    if not is_prepared_dataset(out):
+        raise UserError(f"{out}: not a dataset prepared by store-rec (no {MARKER} or schema.json); "
+                        "--overwrite only replaces a previous prepared dataset, never another directory: "
+                        "choose another --out or remove it yourself")
 
 
 class SplitWriter:
@@ -89,17 +129,14 @@ class DatasetWriter:
     def __init__(self, out: os.PathLike, overwrite: bool = False,
                  row_group_size: int = DEFAULT_ROW_GROUP_SIZE, file_rows: int = DEFAULT_FILE_ROWS):
         self.out = Path(out)
-        if self.out.exists() and not overwrite:
-            if not self.out.is_dir():
-                raise UserError(f"{self.out}: exists and is not a directory (use --overwrite to replace it)")
-            if any(self.out.iterdir()):
-                raise UserError(f"{self.out}: output directory exists and is not empty (use --overwrite)")
+        check_replaceable(self.out, overwrite)
         self.overwrite = overwrite
         self.row_group_size, self.file_rows = row_group_size, file_rows
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp = self.out.parent / f".{self.out.name}.tmp-{uuid.uuid4().hex[:8]}"
         self.tmp.mkdir()
         self._splits: Dict[str, SplitWriter] = {}
+        self._added: Dict[str, list] = {}  # split -> [SplitInfo] of files written directly under root
         self._committed = False
 
     @property
@@ -113,6 +150,13 @@ class DatasetWriter:
         if name not in self._splits:
             self._splits[name] = SplitWriter(self.tmp, name, schema, label, self.row_group_size, self.file_rows)
         return self._splits[name]
+
+    def add_split_files(self, name: str, info: SplitInfo) -> None:
+        """Register parquet files of split ``name`` that were written directly under :attr:`root`
+        (e.g. by worker processes streaming their own row groups); ``info.files`` are relative paths."""
+        if name not in SPLITS:
+            raise ValueError(f"split {name!r} is not one of {SPLITS}")
+        self._added.setdefault(name, []).append(info)
 
     def write_vocab(self, feature: str, values: Sequence[str]) -> str:
         """Save vocabulary of ``feature``: ``values[i]`` is the raw value mapped to id ``i``.
@@ -137,9 +181,19 @@ class DatasetWriter:
         for w in self._splits.values():
             w.close()
         schema.splits = {name: w.info() for name, w in self._splits.items()}
+        for name, infos in self._added.items():
+            cur = schema.splits.get(name, SplitInfo(files=[], rows=0, positives=0))
+            for i in infos:
+                cur = SplitInfo(files=cur.files + list(i.files), rows=cur.rows + i.rows,
+                                positives=cur.positives + i.positives)
+            schema.splits[name] = cur
+        schema.splits = {name: schema.splits[name] for name in SPLITS if name in schema.splits}
         schema.validate(str(self.out / "schema.json"))
         schema.save(self.tmp)
-        if self.out.exists() and self.overwrite:
+        (self.tmp / MARKER).write_text("a dataset prepared by store_rec (store-rec data prepare); "
+                                       "--overwrite may replace this directory\n")
+        if self.out.exists() and self.overwrite and any(self.out.iterdir()):
+            check_replaceable(self.out, True)  # still ours (it may have been swapped while preparing)
             trash = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:8]}"
             os.replace(self.out, trash)
             os.replace(self.tmp, self.out)

@@ -15,7 +15,7 @@ A :class:`TopologySpec` is a small YAML (or CLI) dataclass validated with :mod:`
     hbm_to_ddr_mem_bw_gbs: 64 # GB/s host<->device (PCIe) per rank, used for UVM caching
     batch_size: 512           # per-rank batch size the planner's cost model assumes
 
-Presets live in ``configs/topologies/<name>.yaml`` (``h100x8``, ``a100x8``, ``cpu_gloo``); each file
+Presets live in ``store_rec/configs/topologies/<name>.yaml`` (package data, :mod:`store_rec.presets`) (``h100x8``, ``a100x8``, ``cpu_gloo``); each file
 documents its numbers and their sources. ``world_size`` in a preset is a default: sweeps override it.
 
 :func:`make_topology` hides TorchRec's Topology construction drift: torchrec >= 1.8 wants
@@ -38,7 +38,6 @@ logger = logging.getLogger(__name__)
 GB = 1024**3
 """TorchRec's planner counts capacities and bandwidths in GiB (``1024**3`` bytes); so do we."""
 
-PRESET_DIR = Path(__file__).resolve().parents[2] / "configs" / "topologies"
 
 
 @dataclass
@@ -82,7 +81,9 @@ class TopologySpec:
 
 
 def preset_names() -> Sequence[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    from store_rec.presets import preset_names as shipped
+
+    return shipped("topologies")
 
 
 def load_topology(spec: Union[str, Path], overrides: Sequence[str] = ()) -> TopologySpec:
@@ -93,7 +94,9 @@ def load_topology(spec: Union[str, Path], overrides: Sequence[str] = ()) -> Topo
     s = str(spec)
     path = Path(s)
     if not path.exists() and not s.endswith((".yaml", ".yml")):
-        path = PRESET_DIR / f"{s}.yaml"
+        from store_rec.presets import find_preset
+
+        path = find_preset(s, "topologies") or path
         if not path.exists():
             raise ConfigError(f"topology {s!r}: neither a YAML file nor a preset (presets: {', '.join(preset_names())})")
     data: Dict[str, Any] = load_yaml(path)

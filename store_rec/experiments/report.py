@@ -7,11 +7,15 @@ Per experiment kind:
   first variant (STORE) against the others: the difference of means and the larger seed std;
 * ``epochs``: test AUC after every epoch (``train.epoch_end_splits`` includes test), one line per
   variant and dataset, and the AUC change from the first to the last epoch;
-* ``sweep``: test AUC (and GFLOPs per batch, on a right axis from 0) against the swept value.
+* ``sweep``: test AUC (and GFLOPs per batch, on a right axis from 0) against the swept value;
+* ``fair``: the fair protocol (:mod:`store_rec.experiments.fair`): per dataset, every model at its
+  grid point selected on valid (scores at each run's best-valid epoch), test AUC / LogLoss, and the
+  paired per-seed test-AUC difference of the reference against it; then a claims table (the
+  reference against the best non-extra rival on every dataset).
 
-Every plot is drawn from a small JSON written beside it (``results/<name>.json``: the plotted means,
-stds, seeds and GFLOPs), so ``store-rec experiments --replot results/<name>.json`` redraws a PNG
-without the run directories (:func:`replot`).
+The epochs and sweep plots are drawn from a small JSON written beside them (``results/<name>.json``:
+the plotted means, stds, seeds and GFLOPs), so ``store-rec experiments --replot results/<name>.json``
+redraws a PNG without the run directories (:func:`replot`).
 
 The statements are computed from the numbers, so they stay true when the numbers change; the
 experiment's ``notes`` (hand-written) follow them. Every experiment says how many of its planned runs
@@ -28,7 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from store_rec.experiments.runner import Run
 from store_rec.experiments.spec import ExperimentSpec, PaperSpec
-from store_rec.fileio import atomic_path, atomic_write_json, atomic_write_text
+from store_rec.fileio import atomic_path, atomic_write_json, atomic_write_text, ensure_inside
 
 METRICS = ("auc", "gauc", "logloss")
 
@@ -165,8 +169,9 @@ def _pct(a: float, b: float) -> str:
 
 def _figure(fig_dir: Path, name: str, data: Dict[str, Any]) -> Path:
     """Write ``fig_dir/<name>.json`` (the plotted numbers) and draw ``fig_dir/<name>.png`` from it."""
-    atomic_write_json(fig_dir / f"{name}.json", data)
-    return draw(data, fig_dir / f"{name}.png")
+    # names are validated by the spec; a plot is still never written outside its folder
+    atomic_write_json(ensure_inside(fig_dir / f"{name}.json", fig_dir, f"plot data of experiments[{name!r}]"), data)
+    return draw(data, ensure_inside(fig_dir / f"{name}.png", fig_dir, f"plot of experiments[{name!r}]"))
 
 
 def replot(json_path: Path) -> Path:
@@ -188,7 +193,8 @@ def draw(data: Dict[str, Any], png: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig = figure(data)
-    _save(fig, png)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return png
 
@@ -242,13 +248,46 @@ def figure(data: Dict[str, Any]) -> Any:
     return fig
 
 
-KINDS = {"table": _table, "epochs": _epochs, "sweep": _sweep}
+KINDS = {"table": _table, "epochs": _epochs, "sweep": _sweep, "fair": lambda *a: _fair(*a)}
 
 
-def _save(fig: Any, png: Path) -> Path:
+def _save(fig: Any, fig_dir: Path, name: str) -> Path:
+    # names are validated by the spec; a plot is still never written outside its folder
+    png = ensure_inside(fig_dir / f"{name}.png", fig_dir, f"plot of experiments[{name!r}]")
     with atomic_path(png) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     return png
+
+
+def _fair(name: str, e: ExperimentSpec, runs: List[Run], fig_dir: Path) -> List[str]:
+    from store_rec.experiments.fair import best_valid_epoch, claim_row, fair_table, select_all
+
+    label = e.sweep.label if e.sweep is not None else "setting"
+    rivals = [v for v, spec in e.variants.items() if v != e.reference and not spec.extra]
+    lines: List[str] = [f"Selection: per model, the {label} with the best mean valid AUC over seeds (each run scored "
+                        "at its best-valid epoch, early stopping on valid); test reported at that epoch. "
+                        f"Last column: paired per-seed test-AUC difference {e.reference} − model, mean ± std.", ""]
+    claims = ["| dataset | best rival (same features) | " + f"{e.reference} test AUC | rival test AUC | "
+              f"{e.reference} − rival (paired) | seeds | outcome |", "|---|---|---|---|---|---|---|"]
+    for dn in e.datasets:
+        scores: Dict[str, Dict[Any, Dict[int, Any]]] = {}
+        for r in runs:
+            if r.dataset != dn:
+                continue
+            sc = best_valid_epoch(r.dir / "metrics.jsonl")
+            if sc is not None:
+                scores.setdefault(r.variant, {}).setdefault(r.x, {})[r.seed] = sc
+        if not scores:
+            continue
+        sel = select_all({v: scores[v] for v in e.variants if v in scores})
+        assert e.reference is not None  # validated by the spec for kind 'fair'
+        lines += fair_table(dn, sel, e.reference, rivals, label) + [""]
+        row = claim_row(dn, sel, e.reference, rivals)
+        if row:
+            claims.append(row)
+    notes = sorted({n for r in runs for n in r.notes})
+    lines += ["Claims (generated from the numbers above):", ""] + claims + [""] + [f"- note: {n}." for n in notes]
+    return lines
 
 
 def write_results(spec: PaperSpec, runs: List[Run], path: Path, command: str, tiny: bool, header: Optional[str] = None,

@@ -40,9 +40,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from store_rec.data.writer import is_prepared_dataset
 from store_rec.errors import UserError
 from store_rec.experiments.spec import DatasetSpec, ExperimentSpec, PaperSpec, SidShape
-from store_rec.fileio import atomic_write_json
+from store_rec.fileio import atomic_write_json, ensure_inside
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,9 @@ def sha256_file(path: Path) -> str:
 
 def base_config_sha256(base: str, config: Optional[str] = None) -> str:
     """sha256 of the base training config's content (what run.json records)."""
-    p = Path(base)
+    from store_rec.presets import resolve_config
+
+    p = resolve_config(base)  # a file, else the shipped config it names (configs/experiments/base.yaml)
     if not p.is_file():
         raise UserError(f"{config or 'experiments config'}: base: training config {base} not found")
     return sha256_file(p)
@@ -135,8 +138,9 @@ def _x_dir(x: Any) -> str:
 
 
 def _path_part(name: str) -> str:
-    """``name`` as one directory level: path separators become ``_`` ("w/o rotation" -> "w_o rotation")."""
-    return name.replace("/", "_").replace("\\", "_")
+    """``name`` as one directory level: path separators become ``_`` ("w/o rotation" -> "w_o rotation"), and
+    ``:`` becomes ``-`` (a ``": "`` in ``output.dir=...`` would make the override parse as a YAML mapping)."""
+    return name.replace("/", "_").replace("\\", "_").replace(":", "-")
 
 
 class Artifacts:
@@ -153,7 +157,7 @@ class Artifacts:
         self.counts = {"reused": 0, "built": 0, "rebuilt": 0, "adopted": 0, "unavailable": 0}
 
     def data_dir(self, name: str) -> Artifact:
-        d = self.root / name
+        d = ensure_inside(self.root / name, self.root, f"datasets[{name!r}]")
         ds = self.spec.datasets[name]
         p = ds.prepare
         sets = {**p.set, **(ds.tiny if self.tiny else {})}
@@ -164,7 +168,10 @@ class Artifacts:
             argv += ["--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}"]
 
         def remove() -> None:  # everything else under d (embeddings, SID tables) was built from it
-            if d.exists():
+            if d.exists() or d.is_symlink():
+                if not is_prepared_dataset(d):  # only ever delete what `data prepare` wrote
+                    raise UserError(f"experiments: {d} exists and is not a prepared dataset; refusing to delete "
+                                    "it (move it away, or choose another --out)")
                 shutil.rmtree(d)
 
         def build() -> None:  # = store-rec data prepare (argv above)
@@ -322,10 +329,12 @@ def plan_runs(spec: PaperSpec, out: Path, only: Optional[List[str]] = None, tiny
                         d = runs_root / _path_part(en) / _path_part(dn) / _path_part(vn)
                         if x is not None:
                             d = d / _x_dir(x)
-                        d = d / f"seed{seed}"
+                        d = ensure_inside(d / f"seed{seed}", runs_root, f"run of experiments[{en!r}]")
                         pre = [*ds.set, *base["overrides"], *e.set, *v.set]
                         if e.sweep is not None and e.sweep.key is not None:
                             pre.append(f"{e.sweep.key}={json.dumps(x)}")
+                        if e.kind == "fair":  # scores are read at the best-valid epoch: test at every epoch end
+                            pre.append("train.epoch_end_splits=[valid,test]")
                         post = ["checkpoint.enabled=false", "output.progress_bar=false", "output.tensorboard=false",
                                 *(spec.tiny.set if tiny else [])]
                         # the same training config planned again (table2's STORE is table1's): share its run

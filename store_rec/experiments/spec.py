@@ -15,12 +15,18 @@ Layout (every key checked; errors name the key path)::
     experiments:
       <name>:
         title: ...
-        kind: table | epochs | sweep        # table: mean/std per variant; epochs: test AUC per
-                                            # epoch (x = 1..train.epochs); sweep: metric vs x
+        kind: table | epochs | sweep | fair # table: mean/std per variant; epochs: test AUC per
+                                            # epoch (x = 1..train.epochs); sweep: metric vs x;
+                                            # fair: the fair protocol (store_rec.experiments.fair):
+                                            # sweep = the tuning grid every variant gets, selection
+                                            # on valid at the best-valid epoch, paired seeds vs
+                                            # `reference`; variants with `extra: true` (e.g. raw
+                                            # IDs) are reported but not a rival in the claims
         datasets: [<name>, ...]
         seeds: [0, 1, 2]
         set: [KEY=VALUE, ...]               # overrides of every run of the experiment
-        variants: {<label>: {sids: opmq|rqvae|opq|null, set: [...]}}
+        variants: {<label>: {sids: opmq|rqvae|opq|null, set: [...], extra: false}}
+        reference: <label>                  # kind fair: the model the others are compared with
         sweep: {label, key: <config key> | sids_key: num_sids|codebook_size, values: [...]}
         notes: free text copied into RESULTS.md
     tiny: {set: [...], seeds: [0], max_values: 2}   # --tiny: what CI runs
@@ -36,6 +42,19 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional
 
 from store_rec.config import check
+
+#: a dataset or experiment name becomes one directory / file name under the output folders: letters,
+#: digits and ``_ - . +``, not starting with a dot (no ``/``, ``..``, hidden or absolute paths)
+NAME_RE = r"^[A-Za-z0-9_+\-][A-Za-z0-9_.+\-]*$"
+
+
+def check_name(name: str, key: str) -> None:
+    """ConfigError naming ``key`` unless ``name`` is usable as one path component (see :data:`NAME_RE`)."""
+    import re
+
+    check(isinstance(name, str) and re.match(NAME_RE, name) is not None and len(name) <= 128, key,
+          f"{name!r} is not usable as a directory name: use letters, digits and _ - . + only, not starting "
+          "with a dot (it becomes a path under the output folder)")
 
 
 @dataclass
@@ -87,6 +106,7 @@ class DatasetSpec:
 class VariantSpec:
     sids: Optional[Literal["opmq", "rqvae", "opq"]] = None  # None: raw IDs (model.tokenizer=none)
     set: List[str] = field(default_factory=list)
+    extra: bool = False  # kind fair: reported, but not a rival in the claims (e.g. a raw-ID row)
 
 
 @dataclass
@@ -104,20 +124,31 @@ class SweepSpec:
 @dataclass
 class ExperimentSpec:
     title: str
-    kind: Literal["table", "epochs", "sweep"]
+    kind: Literal["table", "epochs", "sweep", "fair"]
     datasets: List[str]
     variants: Dict[str, VariantSpec]
     seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
     set: List[str] = field(default_factory=list)
     sweep: Optional[SweepSpec] = None
     notes: str = ""
+    reference: Optional[str] = None  # kind fair
 
     def __post_init__(self) -> None:
         check(bool(self.variants), "variants", "needs at least one variant")
         for name in self.variants:  # a variant names a run directory (separators become '_')
             check(name.strip(" ./\\") != "", f"variants[{name!r}]", "is not usable as a run directory name (only dots, slashes or spaces)")
+            check(not name.startswith("."), f"variants[{name!r}]", "must not start with a dot (a hidden run directory)")
         check(bool(self.seeds), "seeds", "needs at least one seed")
-        check((self.kind == "sweep") == (self.sweep is not None), "sweep", "kind 'sweep' needs a sweep (and only it)")
+        check(self.kind == "sweep" or self.sweep is None or self.kind == "fair", "sweep",
+              "only kinds 'sweep' and 'fair' (its tuning grid) take a sweep")
+        check(self.kind != "sweep" or self.sweep is not None, "sweep", "kind 'sweep' needs a sweep")
+        if self.kind == "fair":
+            check(self.reference in self.variants, "reference",
+                  f"kind 'fair' needs the reference variant, one of {list(self.variants)}; got {self.reference!r}")
+            check(self.sweep is None or self.sweep.key is not None, "sweep.key",
+                  "the tuning grid of kind 'fair' sweeps a training-config key (not a SID shape)")
+        else:
+            check(self.reference is None, "reference", "only kind 'fair' takes a reference")
 
 
 @dataclass
@@ -137,6 +168,10 @@ class PaperSpec:
 
     def __post_init__(self) -> None:
         check(self.jobs >= 1, "jobs", f"must be >= 1, got {self.jobs}")
+        for name in self.datasets:
+            check_name(name, f"datasets[{name!r}]")
+        for name in self.experiments:
+            check_name(name, f"experiments[{name!r}]")
         for name, e in self.experiments.items():
             for i, d in enumerate(e.datasets):
                 check(d in self.datasets, f"experiments.{name}.datasets[{i}]", f"{d!r} is not one of {sorted(self.datasets)}")

@@ -8,6 +8,7 @@ all :class:`RankingModel` s (``forward(batch) -> ModelOutput``), trained through
 
 from store_rec.models.baselines import DLRM_RankMixer, RankMixerInteractionArch, TorchRecBaseline
 from store_rec.models.config import AttentionConfig, ModelConfig, RotationConfig
+from store_rec.models.dropin import DLRMStoreTrain, alternating_optimizer
 from store_rec.models.factory import build_model
 from store_rec.models.ranking import ModelOutput, RankingModel, RankingTrain, TrainOutput
 from store_rec.models.store import DLRM_STORE, StoreInteractionArch, StoreLayer, StoreModel
@@ -15,6 +16,7 @@ from store_rec.models.tables import ModelFeatures, embedding_tables, model_featu
 
 __all__ = [
     "AttentionConfig",
+    "DLRMStoreTrain",
     "DLRM_RankMixer",
     "DLRM_STORE",
     "ModelConfig",
@@ -29,6 +31,7 @@ __all__ = [
     "StoreModel",
     "TorchRecBaseline",
     "TrainOutput",
+    "alternating_optimizer",
     "build_model",
     "embedding_tables",
     "model_features",

@@ -12,20 +12,34 @@ YAML example (every key optional; defaults shown)::
       online: {tokenizer: null, embeddings: null, finetune: false, token_mode: codes, aux_weight: 1.0}
       dense_arch: [64]            # hidden sizes of the dense MLP (a final layer of embedding_dim is added)
       over_arch: [64]             # hidden sizes of the over arch (a final layer of 1 is added)
-      rotation: {enabled: true, diversity_weight: 0.1, schedule: "1:1", mlp_hidden: 32, method: cayley}
+      rotation: {enabled: true, diversity_weight: 0.1, schedule: "1:1", mlp_hidden: 32, method: cayley,
+                 static_tokens: fused}
       attention: {type: moba, sparsity: 0.5, block_size: 4, routing: instance, num_layers: 2,
-                  num_heads: 2, ffn_dim: 64, dropout: 0.0, pooling: flatten, gate: query, own_block: false}
+                  num_heads: 2, ffn_dim: 64, dropout: 0.0, pooling: flatten, gate: query, own_block: false,
+                  token_ffn: false, dot_features: false, dense_skip: false}
 
 The paper's ablation variants are switches: ``tokenizer`` {opmq, rqvae, opq, none},
 ``rotation.enabled`` {true, false}, ``attention.type`` {moba, vanilla}.
+
+Static tokens (``rotation.static_tokens`` x ``rotation.enabled``; docs/MODEL.md "Static tokens"):
+
+* ``fused`` + enabled (default, the paper): group MLPs -> C (D wide) -> K rotated copies ``C R_i``.
+* ``fused`` + disabled: the paper's Table 2 "w/o rotation": the same group MLPs, each widened to D,
+  one token per group (G tokens = K by default: the token count is kept).
+* ``per_feature`` + enabled: every static feature its own token, rotated by its group's R_k.
+* ``per_feature`` + disabled: every static feature its own plain token.
+
+Head / FFN switches (``attention``): ``token_ffn`` (a token-specific FFN per position, RankMixer /
+OneTrans style), ``dot_features`` (DLRM-style pairwise dots of the layer-0 tokens into the
+over-arch), ``dense_skip`` (the dense token of layer 0 into the over-arch).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Literal, Optional
+from typing import Any, List, Literal, Mapping, Optional, Type, TypeVar, Union
 
-from store_rec.config import check
+from store_rec.config import ConfigError, check, from_dict
 from store_rec.ops.moba_rules import moba_problem
 
 MODEL_NAMES = ("store", "dlrm", "dlrm_dcn", "transformer", "deepfm", "rankmixer")
@@ -41,6 +55,9 @@ class RotationConfig:
     num_rotations: Optional[int] = None  # K; default = number of static groups
     mlp_hidden: int = 32  # hidden width of each group MLP (0 = linear)
     method: Literal["cayley", "matrix_exp", "qr"] = "cayley"
+    # "fused": group MLPs -> C -> K rotated copies (paper); "per_feature": one token per static
+    # feature, rotated by its group's R_k (K = number of groups)
+    static_tokens: Literal["fused", "per_feature"] = "fused"
 
     def __post_init__(self) -> None:
         check(self.diversity_weight >= 0, "diversity_weight", f"must be >= 0, got {self.diversity_weight}")
@@ -73,6 +90,12 @@ class AttentionConfig:
     gate: Literal["query", "item"] = "query"
     # query / query_block routing: always select the query's own block (as causal MoBA does)
     own_block: bool = False
+    # token-specific FFN per position (RankMixer / OneTrans) instead of one shared FFN
+    token_ffn: bool = False
+    # DLRM-style pairwise dot products of the layer-0 tokens, concatenated to the pooled output
+    dot_features: bool = False
+    # the layer-0 dense token concatenated to the pooled output (a skip past the attention layers)
+    dense_skip: bool = False
 
     def __post_init__(self) -> None:
         bad = moba_problem(block_size=self.block_size, sparsity=self.sparsity, routing=self.routing,
@@ -161,3 +184,19 @@ class ModelConfig:
         if self.sid_source == "online":
             check(self.tokenizer != "none", "sid_source", "online SIDs need a tokenizer (opmq/rqvae/opq), not 'none'")
             check(self.item_feature is not None, "item_feature", "sid_source 'online' tokenizes this id feature: set it")
+
+
+C = TypeVar("C")
+
+
+def as_config(cls: Type[C], value: Union[C, Mapping[str, Any], None], path: str) -> C:
+    """``value`` as a ``cls`` instance: an instance as is, None as the defaults, a dict validated like the
+    YAML section ``path`` (:func:`store_rec.config.from_dict`: ``ConfigError`` naming the key, e.g.
+    ``rotation.diversity_weigth: unknown key``). Lets Python callers pass ``rotation={"schedule": "4:1"}``."""
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        return from_dict(cls, value, path)
+    raise ConfigError(f"{path}: expected a {cls.__name__} or a dict of its keys, got {type(value).__name__}")

@@ -145,15 +145,23 @@ class RankingTrain(nn.Module):
 
     def forward(self, batch) -> Tuple[torch.Tensor, TrainOutput]:  # noqa: ANN001
         logits, aux = self.model(batch)
-        labels = batch.labels.float()
-        bce = self.loss_fn(logits, labels)
-        loss = bce
-        for k, v in aux.items():
-            w = self.aux_weights.get(k, 0.0)
-            if w:
-                loss = loss + w * v
-        user_ids = getattr(batch, "user_ids", None)
-        if user_ids is None:
-            user_ids = torch.full_like(labels, -1, dtype=torch.int64)
-        losses = {"bce": bce.detach(), **{k: v.detach() for k, v in aux.items()}}
-        return loss, TrainOutput(loss.detach(), logits.detach(), labels.detach(), user_ids, losses)
+        return ranking_loss(logits, aux, batch, self.aux_weights, self.loss_fn)
+
+
+def ranking_loss(logits: torch.Tensor, aux: Mapping[str, torch.Tensor], batch, weights: Mapping[str, float],  # noqa: ANN001
+                 loss_fn: nn.Module) -> Tuple[torch.Tensor, TrainOutput]:
+    """The training objective of every train wrapper (:class:`RankingTrain`, ``store_rec.models.dropin.DLRMStoreTrain``):
+    ``loss = loss_fn(logits: Tensor[B], batch.labels) + sum_k weights[k] * aux[k]`` (a key missing from
+    ``weights`` or weighted 0 is reported, not optimised) and the detached :class:`TrainOutput`."""
+    labels = batch.labels.float()
+    bce = loss_fn(logits, labels)
+    loss = bce
+    for k, v in aux.items():
+        w = weights.get(k, 0.0)
+        if w:
+            loss = loss + w * v
+    user_ids = getattr(batch, "user_ids", None)
+    if user_ids is None:
+        user_ids = torch.full_like(labels, -1, dtype=torch.int64)
+    losses = {"bce": bce.detach(), **{k: v.detach() for k, v in aux.items()}}
+    return loss, TrainOutput(loss.detach(), logits.detach(), labels.detach(), user_ids, losses)

@@ -15,14 +15,16 @@
   (SID / raw-ID features, one token each) and ``static_groups`` (lists of feature indices, one list
   per semantic group -> :class:`~store_rec.modules.rotation.OrthogonalRotation` -> K tokens). The
   dense embedding is one more token. Sequence ``X_0 = [dense, tokens..., rotated...]`` of length
-  ``L = 1 + T + K`` (``1 + T + S`` with rotation off: static features become plain tokens), then
-  ``num_layers`` post-LN blocks::
+  ``L = 1 + T + K`` (``1 + T + G`` for the fused "w/o rotation" ablation, ``1 + T + S`` with
+  ``rotation.static_tokens: per_feature``: every static feature its own token), then
+  ``num_layers`` post-LN blocks (static tokens: see ``rotation.static_tokens``)::
 
       X = LN(X + Attn(X))          # Attn = BlockSparseAttention (MoBA) or dense SDPA (vanilla)
       X = LN(X + FFN(X))           # FFN = Linear(D, ffn_dim) -> GELU -> Linear(ffn_dim, D)
 
   pooled by ``pooling="flatten"`` (``Tensor[B, L*D]``, default, like TorchRec's transformer DLRM)
-  or ``"mean"`` (``Tensor[B, D]``).
+  or ``"mean"`` (``Tensor[B, D]``), optionally followed by the pairwise dots of ``X_0``
+  (``attention.dot_features``, ``L(L-1)/2``) and the layer-0 dense token (``attention.dense_skip``).
 
 * :class:`DLRM_STORE` is built the way ``DLRM_DCN`` is: ``super().__init__`` then replace
   ``inter_arch`` and ``over_arch``; state_dict keys and ``DLRM.forward`` are DLRM's.
@@ -42,7 +44,7 @@ from torch import nn
 from torchrec.models.dlrm import DLRM, OverArch
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-from store_rec.models.config import AttentionConfig, ModelConfig, RotationConfig
+from store_rec.models.config import AttentionConfig, ModelConfig, RotationConfig, as_config
 from store_rec.models.ranking import RankingModel
 from store_rec.modules.rotation import OrthogonalRotation
 
@@ -69,16 +71,24 @@ def make_attention(embedding_dim: int, cfg: AttentionConfig) -> nn.Module:
 class StoreLayer(nn.Module):
     """One interaction block: ``Tensor[B, L, D] -> Tensor[B, L, D]``.
 
-    ``X = LN(X + Attn(X)); X = LN(X + FFN(X))`` (post-LN, as the paper writes X_l).
+    ``X = LN(X + Attn(X)); X = LN(X + FFN(X))`` (post-LN, as the paper writes X_l). FFN is shared by
+    all positions, or one per position with ``cfg.token_ffn`` (:class:`~store_rec.modules.token_ffn.TokenFFN`).
     """
 
-    def __init__(self, embedding_dim: int, cfg: AttentionConfig) -> None:
+    def __init__(self, embedding_dim: int, cfg: AttentionConfig, seq_len: Optional[int] = None) -> None:
         super().__init__()
         self.attn = make_attention(embedding_dim, cfg)
         self.norm1 = nn.LayerNorm(embedding_dim)
-        self.ffn = nn.Sequential(
-            nn.Linear(embedding_dim, cfg.ffn_dim), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.ffn_dim, embedding_dim)
-        )
+        if cfg.token_ffn:
+            if seq_len is None:
+                raise ValueError("StoreLayer: attention.token_ffn needs seq_len (one FFN per token position)")
+            from store_rec.modules.token_ffn import TokenFFN
+
+            self.ffn: nn.Module = TokenFFN(seq_len, embedding_dim, cfg.ffn_dim, cfg.dropout)
+        else:
+            self.ffn = nn.Sequential(
+                nn.Linear(embedding_dim, cfg.ffn_dim), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.ffn_dim, embedding_dim)
+            )
         self.norm2 = nn.LayerNorm(embedding_dim)
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -97,8 +107,14 @@ class StoreInteractionArch(nn.Module):
             Default: every index not in ``static_groups``.
         static_groups: one list of feature indices per semantic group (rotation input).
             Every feature index must appear exactly once across the two arguments.
-        rotation: a :class:`RotationConfig` (``enabled=False``: static features are plain tokens).
-        attention: an :class:`AttentionConfig` (type, sparsity, block size, layers, heads, ...).
+        rotation: a :class:`RotationConfig` or a dict of its keys (validated like the YAML
+            ``model.rotation`` section: an unknown key or a bad value is a ``ConfigError`` naming it).
+            Static tokens by ``static_tokens`` x ``enabled``: fused + on = K rotated copies of C;
+            fused + off = one D-wide group-MLP token per group (the paper's "w/o rotation", same
+            token count for K = G); per_feature + on = each static feature a token rotated by its
+            group's R_k; per_feature + off = plain feature tokens.
+        attention: an :class:`AttentionConfig` or a dict of its keys, validated the same way (type,
+            sparsity, block size, layers, heads, ...).
         gate_indices: feature indices of the target item's tokens (a subset of ``token_indices``);
             with ``attention.gate == "item"`` and MoBA instance routing, the mean of their hidden
             states gates the key-block selection in every layer (the paper's "filters
@@ -117,7 +133,7 @@ class StoreInteractionArch(nn.Module):
     Shapes::
 
         forward(dense_features: Tensor[B, D], sparse_features: Tensor[B, F, D]) -> Tensor[B, output_dim]
-        output_dim = L * D (pooling "flatten") or D ("mean");  L = seq_len
+        output_dim = L * D (pooling "flatten") or D ("mean"), + L(L-1)/2 (dot_features) + D (dense_skip)
     """
 
     def __init__(
@@ -127,16 +143,17 @@ class StoreInteractionArch(nn.Module):
         *,
         token_indices: Optional[Sequence[int]] = None,
         static_groups: Optional[Sequence[Sequence[int]]] = None,
-        rotation: Optional[RotationConfig] = None,
-        attention: Optional[AttentionConfig] = None,
+        rotation: Union[RotationConfig, Mapping[str, object], None] = None,
+        attention: Union[AttentionConfig, Mapping[str, object], None] = None,
         gate_indices: Optional[Sequence[int]] = None,
         sid_tokenizer: Optional[nn.Module] = None,
         tokenize_indices: Optional[Sequence[int]] = None,
     ) -> None:
         super().__init__()
         F, D = int(num_sparse_features), int(embedding_dim)
-        rotation = rotation or RotationConfig()
-        attention = attention or AttentionConfig()
+        rotation = as_config(RotationConfig, rotation, "rotation")
+        attention = as_config(AttentionConfig, attention, "attention")
+        self.rotation_config = rotation
         groups = [list(map(int, g)) for g in (static_groups or []) if len(g)]
         grouped = [i for g in groups for i in g]
         tokens = list(map(int, token_indices)) if token_indices is not None else [i for i in range(F) if i not in set(grouped)]
@@ -167,6 +184,8 @@ class StoreInteractionArch(nn.Module):
         self.register_buffer("tokenize_index", torch.tensor(online, dtype=torch.long), persistent=False)
         n_sid = len(online) * (sid_tokenizer.num_sids if sid_tokenizer is not None else 0)
         self.use_rotation = bool(rotation.enabled and groups)
+        self.static_tokens = rotation.static_tokens
+        self.group_tokens: Optional[nn.Module] = None
         if self.use_rotation:
             self.register_buffer("token_index", torch.tensor(tokens, dtype=torch.long), persistent=False)
             self.register_buffer("static_index", torch.tensor(grouped, dtype=torch.long), persistent=False)
@@ -176,9 +195,19 @@ class StoreInteractionArch(nn.Module):
                 num_rotations=rotation.num_rotations,
                 mlp_hidden=rotation.mlp_hidden,
                 method=rotation.method,
+                static_tokens=rotation.static_tokens,
             )
-            n_rot = self.rotation.num_rotations
-        else:
+            n_rot = self.rotation.num_tokens
+        elif groups and rotation.static_tokens == "fused":
+            # the paper's "w/o rotation" (Table 2): same group MLPs, one D-wide token per group
+            from store_rec.modules.group_tokens import GroupTokens
+
+            self.register_buffer("token_index", torch.tensor(tokens, dtype=torch.long), persistent=False)
+            self.register_buffer("static_index", torch.tensor(grouped, dtype=torch.long), persistent=False)
+            self.rotation = None
+            self.group_tokens = GroupTokens(D, [len(g) for g in groups], mlp_hidden=rotation.mlp_hidden)
+            n_rot = self.group_tokens.num_tokens
+        else:  # per_feature without rotation (or no static groups): static features are plain tokens
             self.register_buffer("token_index", torch.tensor(tokens + grouped, dtype=torch.long), persistent=False)
             self.register_buffer("static_index", torch.zeros(0, dtype=torch.long), persistent=False)
             self.rotation = None
@@ -201,8 +230,15 @@ class StoreInteractionArch(nn.Module):
                 p = seq_of[int(i)]
                 gate_pos.extend(p if isinstance(p, range) else [p])
         self.register_buffer("gate_pos", torch.tensor(gate_pos, dtype=torch.long), persistent=False)
-        self.layers = nn.ModuleList(StoreLayer(D, attention) for _ in range(attention.num_layers))
-        self.output_dim = self.seq_len * D if self.pooling == "flatten" else D
+        self.layers = nn.ModuleList(StoreLayer(D, attention, self.seq_len) for _ in range(attention.num_layers))
+        self.dots: Optional[nn.Module] = None
+        if attention.dot_features:
+            from store_rec.modules.pairwise import PairwiseDot
+
+            self.dots = PairwiseDot(self.seq_len)
+        self.dense_skip = bool(attention.dense_skip)
+        self.output_dim = ((self.seq_len * D if self.pooling == "flatten" else D)
+                           + (self.dots.output_dim if self.dots is not None else 0) + (D if self.dense_skip else 0))
 
     def tokens(self, dense_features: torch.Tensor, sparse_features: torch.Tensor) -> torch.Tensor:
         """The layer-1 input ``X_0: Tensor[B, L, D]`` = [dense, tokens..., rotated...]."""
@@ -229,20 +265,29 @@ class StoreInteractionArch(nn.Module):
             parts.append(sid_tokens)
         if self.rotation is not None:
             parts.append(self.rotation(sparse_features.index_select(1, self.static_index)))
+        if self.group_tokens is not None:
+            parts.append(self.group_tokens(sparse_features.index_select(1, self.static_index)))
         return torch.cat(parts, dim=1), sid_losses
 
     def forward(
         self, dense_features: torch.Tensor, sparse_features: torch.Tensor, return_losses: bool = False
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]]:
         """``dense_features: Tensor[B, D], sparse_features: Tensor[B, F, D] -> Tensor[B, output_dim]``
-        (TorchRec's interaction-arch contract). With ``return_losses=True``: ``(Tensor[B, output_dim],
-        losses)``, the online tokenizer's losses of this batch (``Tensor[]`` each, weighted by the
-        tokenizer's own weights) in :meth:`sid_loss_names` order (see :meth:`interact`)."""
-        x, sid_losses = self._tokens(dense_features, sparse_features)
+        (TorchRec's interaction-arch contract). Output = ``[pooled X_L, dots(X_0) (dot_features),
+        X_0[:, 0] (dense_skip)]``. With ``return_losses=True``: ``(Tensor[B, output_dim], losses)``, the
+        online tokenizer's losses of this batch (``Tensor[]`` each, weighted by the tokenizer's own
+        weights) in :meth:`sid_loss_names` order (see :meth:`interact`)."""
+        x0, sid_losses = self._tokens(dense_features, sparse_features)
+        x = x0
         for layer in self.layers:
             gate = x.index_select(1, self.gate_pos).mean(dim=1) if self.gate_pos.numel() else None
             x = layer(x, gate)
-        y = x.flatten(1) if self.pooling == "flatten" else x.mean(dim=1)
+        out = [x.flatten(1) if self.pooling == "flatten" else x.mean(dim=1)]
+        if self.dots is not None:
+            out.append(self.dots(x0))
+        if self.dense_skip:
+            out.append(x0[:, 0])
+        y = torch.cat(out, dim=1) if len(out) > 1 else out[0]
         return (y, sid_losses) if return_losses else y
 
     def interact(self, dense_features: torch.Tensor, sparse_features: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
@@ -255,6 +300,15 @@ class StoreInteractionArch(nn.Module):
         out = self(dense_features=dense_features, sparse_features=sparse_features, return_losses=True)
         losses = out[1]
         return out[0], {n: losses[i] for i, n in enumerate(self.sid_loss_names())}
+
+    def aux_loss_weights(self) -> Dict[str, float]:
+        """Default weight of each auxiliary loss: ``"diversity"`` -> ``rotation.diversity_weight`` (with
+        rotation); each ``"sid_<name>"`` of a fine-tuned online tokenizer -> 1 (the tokenizer weighs its own)."""
+        w = {"diversity": float(self.rotation_config.diversity_weight)} if self.use_rotation else {}
+        tok = self.sid_tokenizer
+        if tok is not None and tok.finetune:
+            w.update({f"sid_{k}": 1.0 for k in tok.loss_names})
+        return w
 
     def aux_losses(self) -> Dict[str, torch.Tensor]:
         """The parameter losses: ``{"diversity": -sum_{i<j}||R_i - R_j||_F^2}`` (unweighted) with rotation,
@@ -285,7 +339,8 @@ class DLRM_STORE(DLRM):
             ``dense_arch_layer_sizes[-1] == D``).
         static_groups: semantic groups of static features by *feature name* (mapping group ->
             names, or a list of name lists); every other feature is a token.
-        rotation, attention: :class:`RotationConfig` / :class:`AttentionConfig`.
+        rotation, attention: :class:`RotationConfig` / :class:`AttentionConfig`, or dicts of their keys
+            (validated as the YAML sections, errors naming the key).
         gate_features: names of the target item's features (e.g. ``sid_0 .. sid_{K-1}``) for
             ``attention.gate == "item"``.
         sid_tokenizer: an ``OnlineSIDTokenizer`` over some token features (its ``features``, by
@@ -303,8 +358,8 @@ class DLRM_STORE(DLRM):
         over_arch_layer_sizes: List[int],
         *,
         static_groups: Optional[Union[Mapping[str, Sequence[str]], Sequence[Sequence[str]]]] = None,
-        rotation: Optional[RotationConfig] = None,
-        attention: Optional[AttentionConfig] = None,
+        rotation: Union[RotationConfig, Mapping[str, object], None] = None,
+        attention: Union[AttentionConfig, Mapping[str, object], None] = None,
         gate_features: Optional[Sequence[str]] = None,
         sid_tokenizer: Optional[nn.Module] = None,
         dense_device: Optional[torch.device] = None,
@@ -409,11 +464,7 @@ class StoreModel(RankingModel):
         self.features = feats
 
     def aux_loss_weights(self) -> Dict[str, float]:
-        w = {"diversity": self.cfg.rotation.diversity_weight} if self.model.inter_arch.use_rotation else {}
-        tok = self.model.inter_arch.sid_tokenizer
-        if tok is not None and tok.finetune:
-            w.update({f"sid_{k}": 1.0 for k in tok.loss_names})
-        return w
+        return self.model.inter_arch.aux_loss_weights()
 
     def logits_and_aux(self, dense: torch.Tensor, sparse_features) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:  # noqa: ANN001
         """DLRM's forward (dense arch, sparse arch, interaction, over arch) with the interaction's

@@ -9,6 +9,19 @@ leaves it open)::
     K rotations, R_i in O(D)            O_i  = C R_i : Tensor[B, D]               (i = 1..K)
     tokens                              T    = stack_i O_i : Tensor[B, K, D]
 
+With ``static_tokens="per_feature"`` (a reading of the paper that does not squeeze the static
+features into one D-wide vector) there is no group MLP: every static feature keeps its own
+embedding as a token and the features of group ``k`` are rotated by ``R_k``::
+
+    static feature s of group k(s)      e_s  : Tensor[B, D]
+    tokens                              T_s  = e_s R_{k(s)} : Tensor[B, D]      (s = 1..S)
+
+so ``K`` must equal the number of groups ``G``, the token count is ``S`` (not ``K``), and the
+diversity term pushes the groups' rotations apart. Because every static feature has its own
+embedding table, ``e_s R_k`` is a re-parametrisation of a free embedding: the rotation adds no
+expressive power in this reading, only the diversity coupling between the groups (an honest
+consequence of the reading, measured in docs/MODEL.md).
+
 So every group MLP outputs a slice of the model width (``d_k = D // G``, the first ``D % G`` groups
 get one more), the concatenated block C has exactly the token width D, each ``R_i`` is a ``D x D``
 orthogonal matrix, and each rotated copy of the *whole* block is one token. ``K`` defaults to the
@@ -98,10 +111,14 @@ class OrthogonalRotation(nn.Module):
         num_rotations: K (default: G).
         mlp_hidden: hidden width of each group MLP (0 = a single linear layer).
         method: ``"cayley"`` | ``"matrix_exp"`` | ``"qr"`` (see module docstring).
+        static_tokens: ``"fused"`` (default: group MLPs -> C -> K rotated copies of C) or
+            ``"per_feature"`` (no MLP; feature s of group k becomes the token ``e_s R_k``; needs
+            ``num_rotations`` None or G).
 
     Shapes::
 
-        forward(static: Tensor[B, S, D]) -> Tensor[B, K, D]      S = sum(group_sizes)
+        forward(static: Tensor[B, S, D]) -> Tensor[B, K, D]      S = sum(group_sizes)   (fused)
+        forward(static: Tensor[B, S, D]) -> Tensor[B, S, D]                             (per_feature)
 
     Example::
 
@@ -118,8 +135,15 @@ class OrthogonalRotation(nn.Module):
         num_rotations: Optional[int] = None,
         mlp_hidden: int = 64,
         method: str = "cayley",
+        static_tokens: str = "fused",
     ) -> None:
         super().__init__()
+        if static_tokens not in ("fused", "per_feature"):
+            raise ValueError(f"static_tokens {static_tokens!r} is not 'fused' or 'per_feature'")
+        if static_tokens == "per_feature" and num_rotations and int(num_rotations) != len(group_sizes):
+            raise ValueError(f"static_tokens 'per_feature' rotates group k by R_k: num_rotations must be the number "
+                             f"of groups ({len(group_sizes)}), got {num_rotations}")
+        self.static_tokens = static_tokens
         if not group_sizes or any(int(n) < 1 for n in group_sizes):
             raise ValueError(f"group_sizes must be non-empty positive counts, got {list(group_sizes)}")
         if method not in ROTATION_METHODS:
@@ -131,10 +155,17 @@ class OrthogonalRotation(nn.Module):
             raise ValueError(f"num_rotations must be >= 1, got {num_rotations}")
         self.method = method
         D = self.embedding_dim
-        self.group_out = _split_width(D, len(self.group_sizes))
-        self.group_mlps = nn.ModuleList(
-            _GroupMLP(n * D, d, mlp_hidden) for n, d in zip(self.group_sizes, self.group_out)
-        )
+        if static_tokens == "fused":
+            self.group_out = _split_width(D, len(self.group_sizes))
+            self.group_mlps = nn.ModuleList(
+                _GroupMLP(n * D, d, mlp_hidden) for n, d in zip(self.group_sizes, self.group_out)
+            )
+        else:
+            self.group_out = []
+            self.group_mlps = nn.ModuleList()
+        # per_feature: rotation index of each static feature (its group)
+        feat_group = [k for k, n in enumerate(self.group_sizes) for _ in range(n)]
+        self.register_buffer("feature_group", torch.tensor(feat_group, dtype=torch.long), persistent=False)
         # One D x D holder per rotation (looped: no batched Cayley, see module docstring).
         self.rotations = nn.ModuleList()
         for _ in range(self.num_rotations):
@@ -202,8 +233,17 @@ class OrthogonalRotation(nn.Module):
         parts = torch.split(static, self.group_sizes, dim=1)
         return torch.cat([mlp(g.flatten(1)) for mlp, g in zip(self.group_mlps, parts)], dim=1)
 
+    @property
+    def num_tokens(self) -> int:
+        """Tokens emitted: K (fused) or S = sum(group_sizes) (per_feature)."""
+        return self.num_rotations if self.static_tokens == "fused" else sum(self.group_sizes)
+
     def forward(self, static: torch.Tensor) -> torch.Tensor:
-        """``static: Tensor[B, S, D] -> tokens: Tensor[B, K, D]`` with token i = C R_i."""
+        """``static: Tensor[B, S, D] -> tokens``: ``Tensor[B, K, D]`` with token i = C R_i (fused), or
+        ``Tensor[B, S, D]`` with token s = e_s R_{k(s)} (per_feature)."""
+        if self.static_tokens == "per_feature":
+            R = self.rotation_matrices().index_select(0, self.feature_group)  # type: ignore[arg-type]  # buffer [S], [S, D, D]
+            return torch.einsum("bsd,sde->bse", static, R)
         C = self.instance_block(static)
         return torch.einsum("bd,kde->bke", C, self.rotation_matrices())
 

@@ -165,7 +165,10 @@ TOKENIZER_FILE_VERSION = 1
 
 def save_tokenizer(path: Union[str, "os.PathLike[str]"], tokenizer: nn.Module, method: str) -> None:
     """Write a trained tokenizer (``opmq`` / ``rqvae`` / ``opq``) to ``path`` (temp file + rename):
-    its constructor arguments and ``state_dict``, what :func:`load_tokenizer` rebuilds it from."""
+    its constructor arguments and ``state_dict``, what :func:`load_tokenizer` rebuilds it from.
+
+    The file holds only plain containers, numbers, strings and tensors, so :func:`load_tokenizer` reads it
+    with ``torch.load(weights_only=True)``: loading a file never runs code from it."""
     import dataclasses
 
     from store_rec.fileio import atomic_path
@@ -175,15 +178,28 @@ def save_tokenizer(path: Union[str, "os.PathLike[str]"], tokenizer: nn.Module, m
     cfg = getattr(tokenizer, "cfg", None)
     blob = {"version": TOKENIZER_FILE_VERSION, "method": method, "input_dim": int(tokenizer.input_dim),
             "num_sids": int(tokenizer.num_sids), "codebook_size": int(tokenizer.codebook_size),
-            "config": dataclasses.asdict(cfg) if cfg is not None else None,
+            "config": _plain(dataclasses.asdict(cfg)) if cfg is not None else None,
             "state_dict": {k: v.detach().cpu() for k, v in tokenizer.state_dict().items()}}
     with atomic_path(path) as tmp:
         torch.save(blob, tmp)
 
 
+def _plain(obj: Any) -> Any:
+    """Tuples -> lists (recursively): what ``weights_only`` loading accepts without an allow-list."""
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
 def load_tokenizer(path: Union[str, "os.PathLike[str]"]) -> Tuple[nn.Module, str]:
-    """``(tokenizer, method)`` from a file of :func:`save_tokenizer`; errors name the file."""
+    """``(tokenizer, method)`` from a file of :func:`save_tokenizer`; errors name the file.
+
+    Read with ``torch.load(weights_only=True)``: a file that would run code when unpickled (any object
+    but containers, numbers, strings and tensors) is refused with a UserError, never executed."""
     import os
+    import pickle
 
     from store_rec.tokenizer.opmq import OPMQ, OPMQConfig
     from store_rec.tokenizer.opq import OPQ
@@ -192,8 +208,17 @@ def load_tokenizer(path: Union[str, "os.PathLike[str]"]) -> Tuple[nn.Module, str
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such tokenizer file (write one with `store-rec tokenize ... --save-model FILE`)")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:
+            raise UserError(f"{path}: refused: the file holds objects other than tensors and plain data, which "
+                            f"could run code when loaded (not a store_rec tokenizer file; "
+                            f"{str(e).splitlines()[0][:200]})") from None
+        if not isinstance(blob, dict):
+            raise UserError(f"{path}: not a store_rec tokenizer file (top level is {type(blob).__name__})")
         method = blob["method"]
+        if method not in ("opmq", "rqvae", "opq"):
+            raise UserError(f"{path}: not a store_rec tokenizer file (method {method!r})")
         if method == "opq":
             tok: nn.Module = OPQ(blob["input_dim"], blob["num_sids"], blob["codebook_size"])
         else:

@@ -114,4 +114,21 @@ def tokenizer_report(model: nn.Module, emb: Tensor, codes: Optional[Tensor] = No
     if hasattr(model, "orthogonality_error"):
         with torch.no_grad():
             rep["orthogonality_error"] = float(model.orthogonality_error())
+    rep["warnings"] = collapse_warnings(rep)
     return rep
+
+
+#: a SID tuple shared by more than this fraction of the items (and > COLLAPSE_MIN_ITEMS) is flagged
+COLLAPSE_SHARE = 0.1
+COLLAPSE_MIN_ITEMS = 20
+
+
+def collapse_warnings(rep: Dict[str, Any]) -> list:
+    """Warnings for a collapsed tokenization: one SID tuple holding a large share of the items (the
+    signature of untrained / constant input embeddings, which all land on one code tuple)."""
+    n, big = int(rep.get("num_items", 0)), int(rep.get("largest_collision_group", 0))
+    if n and big > max(COLLAPSE_MIN_ITEMS, COLLAPSE_SHARE * n):
+        return [f"one SID tuple is shared by {big} of {n} items ({big / n:.1%}): are some input embeddings "
+                "untrained or constant (e.g. items never seen by the pre-training)? Mark them with the "
+                "embedding file's 'trained' column so they get the OOV SID"]
+    return []

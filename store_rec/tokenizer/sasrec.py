@@ -122,37 +122,62 @@ def load_sequences_dir(data_dir: str | Path) -> Sequences:
 
 
 def load_sequences_text(path: str | Path) -> Sequences:
-    """Read the raw SASRec text format: one ``user item`` pair per line (ints >= 1), in order.
+    """Read a SASRec text file: each line is ``user item [item ...]`` (ints, items >= 1).
 
-    Lines of a user need not be contiguous; each user's items keep file order. ``.gz`` is read
-    transparently. Item ids are used as given (the file's own ids, 1-based), ``num_items = max id``;
-    ids in ``1 .. max`` that never occur are not in the sampling catalog (see the module docstring).
+    The raw SASRec format (one ``user item`` pair per line) and the one-line-per-user format
+    (``user item1 item2 ...``) are the same rule: a line appends its items to the user's sequence, in
+    file order (lines of a user need not be contiguous). ``.gz`` is read transparently. Item ids are
+    used as given (the file's own ids, 1-based), ``num_items = max id``; ids in ``1 .. max`` that never
+    occur are not in the sampling catalog (see the module docstring). For ids that match a prepared
+    dataset, prepare the log with ``store-rec data prepare table`` and use ``--data``.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"sequence file {path} does not exist")
+    import zlib
+
+    from store_rec.data.csvio import first_invalid_utf8_line
+
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as f:
-        try:
-            arr = np.loadtxt(f, dtype=np.int64, ndmin=2)
-        except ValueError as e:
-            raise DataError(f"{path}: expected 'user item' integer pairs per line: {e}") from None
-    if arr.size == 0:
+    users_l: List[int] = []
+    items_l: List[np.ndarray] = []
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                parts = line.split()
+                if not parts:
+                    continue
+                try:
+                    vals = [int(x) for x in parts]
+                except ValueError:
+                    raise DataError(f"{path}: line {lineno}: expected integers 'user item [item ...]', got "
+                                    f"{line.strip()[:80]!r}") from None
+                if len(vals) < 2:
+                    raise DataError(f"{path}: line {lineno}: expected 'user item [item ...]', got one field")
+                it = np.asarray(vals[1:], np.int64)
+                if (it < 1).any():
+                    raise DataError(f"{path}: line {lineno}: item id {int(it[it < 1][0])} < 1 "
+                                    "(SASRec format items are 1-based; 0 is padding)")
+                users_l.append(vals[0])
+                items_l.append(it)
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: line {first_invalid_utf8_line(path)}: not valid UTF-8 text") from None
+    except (zlib.error, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"{path}: corrupt or truncated gzip file ({type(e).__name__}: {e})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read: {e}") from None
+    if not users_l:
         raise DataError(f"{path}: no rows")
-    if arr.shape[1] != 2:
-        raise DataError(f"{path}: expected 2 columns 'user item', found {arr.shape[1]}")
-    bad = np.nonzero(arr[:, 1] < 1)[0]
-    if bad.size:
-        raise DataError(f"{path}: line {int(bad[0]) + 1}: item id {int(arr[bad[0], 1])} < 1 "
-                        "(SASRec format items are 1-based; 0 is padding)")
-    order = np.argsort(arr[:, 0], kind="stable")
-    users_sorted = arr[order, 0]
+    lens = np.fromiter((len(x) for x in items_l), np.int64, len(items_l))
+    user_of = np.repeat(np.asarray(users_l, np.int64), lens)
+    flat = np.concatenate(items_l)
+    order = np.argsort(user_of, kind="stable")
+    users_sorted = user_of[order]
     uniq, starts = np.unique(users_sorted, return_index=True)
-    items_sorted = arr[order, 1]
-    bounds = list(starts) + [len(arr)]
+    items_sorted = flat[order]
+    bounds = list(starts) + [len(flat)]
     items = [items_sorted[bounds[i]:bounds[i + 1]] for i in range(len(uniq))]
-    return Sequences(items=items, num_items=int(arr[:, 1].max()), item_feature="item",
-                     users=uniq.astype(np.int64))
+    return Sequences(items=items, num_items=int(flat.max()), item_feature="item", users=uniq.astype(np.int64))
 
 
 # ---------------------------------------------------------------------------------------- model
@@ -292,6 +317,22 @@ def hr_ndcg(ranks: np.ndarray, k: int = 10) -> Dict[str, float]:
             f"ndcg@{k}": float(np.where(hit, 1.0 / np.log2(ranks + 2.0), 0.0).mean())}
 
 
+def chance_hr_ndcg(num_candidates: int, k: int = 10) -> Dict[str, float]:
+    """Expected HR@k / NDCG@k of a random ranking of ``num_candidates`` items (one relevant):
+    the target's rank is uniform on ``0 .. num_candidates - 1``."""
+    r = np.arange(min(k, num_candidates))
+    return {f"hr@{k}": float(len(r) / num_candidates),
+            f"ndcg@{k}": float((1.0 / np.log2(r + 2.0)).sum() / num_candidates)}
+
+
+def worse_than_chance(hr: float, users: int, num_candidates: int, k: int = 10, z: float = 2.0) -> bool:
+    """Whether a test HR@k over ``users`` users is below chance by more than ``z`` standard errors of a
+    chance-level HR (binomial: ``sqrt(p (1 - p) / users)``, ``p = k / num_candidates``): a model that ranks
+    its own held-out items *lower* than random does, not noise."""
+    p = min(k, num_candidates) / num_candidates
+    return hr < p - z * math.sqrt(p * (1 - p) / max(users, 1))
+
+
 @dataclass
 class SASRecResult:
     """What :func:`train_sasrec` returns: the model, the item table and the metrics."""
@@ -309,6 +350,17 @@ class SASRecResult:
     def beats_popularity(self) -> bool:
         """Whether SASRec's test NDCG@10 is strictly above the popularity ranking's."""
         return self.metrics["sasrec_test"]["ndcg@10"] > self.metrics["popularity_test"]["ndcg@10"]
+
+    @property
+    def beats_chance(self) -> bool:
+        """Whether SASRec's test HR@10 is strictly above a random ranking's expected HR@10."""
+        return self.metrics["sasrec_test"]["hr@10"] > self.metrics["chance_test"]["hr@10"]
+
+    @property
+    def worse_than_chance(self) -> bool:
+        """Test HR@10 significantly (2 standard errors) below chance: see :func:`worse_than_chance`."""
+        n_cands = int(self.metrics["chance_test"].get("candidates", 101))
+        return worse_than_chance(self.metrics["sasrec_test"]["hr@10"], self.num_users, n_cands)
 
 
 class _Split:
@@ -380,7 +432,8 @@ def train_sasrec(seqs: Sequences, cfg: SASRecConfig, *, eval_every: int = 0) -> 
     """Train SASRec on ``seqs`` with leave-last-out, return the model, its table and metrics.
 
     ``metrics`` has keys ``sasrec_valid``, ``sasrec_test``, ``popularity_valid``, ``popularity_test``,
-    each ``{"hr@10", "ndcg@10"}``; a warning is logged when SASRec does not beat popularity on test
+    ``chance_valid``, ``chance_test`` (a random ranking's expectation), each ``{"hr@10", "ndcg@10"}``;
+    a warning is logged when SASRec does not beat popularity on test
     NDCG@10 (``SASRecResult.beats_popularity``). ``eval_every > 0`` logs validation metrics every that many epochs
     into ``history``. The returned model is the one after the last epoch.
     """
@@ -432,6 +485,7 @@ def train_sasrec(seqs: Sequences, cfg: SASRecConfig, *, eval_every: int = 0) -> 
     for which in ("valid", "test"):
         metrics[f"sasrec_{which}"] = evaluate(model, split, which, cfg.max_len, cfg.device, cfg.seed)
         metrics[f"popularity_{which}"] = evaluate_popularity(split, which, cfg.seed)
+        metrics[f"chance_{which}"] = {**chance_hr_ndcg(1 + cfg.num_eval_negatives), "candidates": 1 + cfg.num_eval_negatives}
     emb = model.item_embeddings().float().cpu().numpy().astype(np.float32)
     res = SASRecResult(model=model, embeddings=emb, metrics=metrics, epochs=cfg.epochs, seconds=seconds,
                        num_users=n_users, history=history, catalog_size=int(len(split.catalog)))
@@ -449,4 +503,4 @@ def training_items(seqs: Sequences) -> np.ndarray:
 
 __all__: Sequence[str] = ("SASRec", "SASRecConfig", "SASRecResult", "Sequences", "load_sequences_dir",
                           "load_sequences_text", "train_sasrec", "evaluate", "evaluate_popularity", "hr_ndcg",
-                          "rank_of_target", "training_items", "history_keys")
+                          "rank_of_target", "training_items", "history_keys", "chance_hr_ndcg", "worse_than_chance")

@@ -40,7 +40,9 @@ def fit_tokenizer(model: nn.Module, emb: Tensor, cfg: TrainConfig = None, *, log
     k-means-initialises the codebooks (when the model's quantizer has ``kmeans_init``).
 
     Raises UserError when the codebook is larger than the number of items (``C > N``); warns when the
-    batch (the k-means initialisation sample) is smaller than ``C``.
+    batch (the k-means initialisation sample) is smaller than ``C``. Raises FloatingPointError naming
+    the step when the loss is not finite (diverged, or inputs too large for float32): training stops
+    there instead of producing a tokenizer whose codes are all garbage.
     """
     cfg = cfg or TrainConfig()
     check_embeddings(emb, model.input_dim)
@@ -68,6 +70,9 @@ def fit_tokenizer(model: nn.Module, emb: Tensor, cfg: TrainConfig = None, *, log
         pos += bs
         out = model(batch)
         loss = sum(out.losses.values())
+        if not torch.isfinite(loss):
+            parts = ", ".join(f"{k}={v.item():.4g}" for k, v in out.losses.items())
+            raise FloatingPointError(f"step {step}: loss is {loss.item()} ({parts})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -119,6 +124,10 @@ def load_tokenize_spec(config_path: Optional[str], *, method: str, num_sids: int
         raw = load_yaml(config_path)  # ConfigError naming the file: missing, not YAML, not a mapping
         if set(raw) - {"model", "train", "opq"}:
             raise ConfigError(f"{config_path}: expected a mapping with keys model/train/opq, got {list(raw)}")
+    for section in ("model", "train", "opq"):
+        if raw.get(section) is not None and not isinstance(raw[section], dict):
+            raise ConfigError(f"{config_path}: {section}: expected a mapping, got {type(raw[section]).__name__} "
+                              f"{raw[section]!r}")
     mcfg = dict(raw.get("model") or {}, num_sids=num_sids, codebook_size=codebook_size)
     tcfg = dict(raw.get("train") or {})
     for key, val in (("steps", steps), ("seed", seed), ("epochs", epochs), ("batch_size", batch_size)):

@@ -23,7 +23,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="training YAML (store_rec.train.config.TrainConfig)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=2 data.batch_size=512")
     p.add_argument("--metrics-out", help="final JSON summary path (overrides output.metrics_out)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in checkpoint.dir")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in checkpoint.dir")
+    p.add_argument("--overwrite-checkpoints", action="store_true",
+                   help="a fresh run (no --resume) deletes the checkpoints in checkpoint.dir (only those store_rec wrote) "
+                        "instead of refusing to start")
     p.add_argument("--plan", help="sharding plan JSON written by `store-rec plan` (overrides sharding.plan_file)")
 
 
@@ -33,7 +36,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     from store_rec.train.trainer import run
 
     cfg = load_train_config(args.config, args.overrides)
-    summary = run(cfg, resume=args.resume, plan_file=args.plan, metrics_out=args.metrics_out)
+    summary = run(cfg, resume=args.resume, plan_file=args.plan, metrics_out=args.metrics_out,
+                  overwrite_checkpoints=args.overwrite_checkpoints, config_file=args.config)
     if int(os.environ.get("RANK", "0")) == 0:
         # gflops_per_batch: GFLOPs of one fwd+bwd step per batch of 1024 samples (the summary also has it as
         # tflops_per_batch, its older key); samples_per_s: training throughput
@@ -60,6 +64,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     except USER_ERRORS as e:
         msg = str(e.args[0]) if isinstance(e, KeyError) and len(e.args) == 1 else str(e)
         print(f"store-rec train: error: {msg}", file=sys.stderr)
+        return 2
+    except (ImportError, OSError) as e:  # a broken torch/fbgemm/torchrec install: say which package to fix
+        from store_rec.stack import diagnose
+
+        fix = diagnose(e)
+        if fix is None:
+            raise
+        print(f"store-rec train: error: {fix}", file=sys.stderr)
         return 2
 
 

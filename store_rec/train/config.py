@@ -8,6 +8,8 @@ Sections (every key optional except ``data.dir``)::
 
     data:      {dir, prepare_if_missing: {rows, items, users, seed, ...} | null, batch_size,
                 eval_batch_size, sid_table, sid_feature, shuffle, drop_last}
+                # batch_size / eval_batch_size are PER RANK: one step of a W-rank job consumes
+                # batch_size x W samples (the global batch, logged at start-up and in the summary)
     model:     store_rec.models.config.ModelConfig
     optim:     {sparse: {type: adagrad|rowwise_adagrad|sgd|adam|rowwise_adam, lr, eps}, dense: {type: adam|adagrad, lr},
                 weight_decay, warmup_steps, decay: none|linear|cosine, min_lr_ratio, schedule_sparse_lr,
@@ -58,6 +60,10 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
+    """``data:``. ``batch_size`` and ``eval_batch_size`` are per rank: the global batch of a step is
+    ``batch_size x world size`` (what LR and warm-up are tuned for; the trainer logs it and writes it to
+    the summary as ``global_batch_size``), and an epoch has ``ceil(rows / global batch)`` steps."""
+
     dir: str
     prepare_if_missing: Optional[SyntheticConfig] = None
     batch_size: int = 256  # per rank

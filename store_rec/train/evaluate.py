@@ -15,10 +15,13 @@ from store_rec.train.metrics import EvalMetrics
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, env: DistEnv, auc_method: str = "exact", bins: int = 1 << 16) -> Dict[str, float]:  # noqa: ANN001
+def evaluate(model: nn.Module, loader, env: DistEnv, auc_method: str = "exact", bins: int = 1 << 16) -> Dict[str, Optional[float]]:  # noqa: ANN001
     """Metrics of ``model`` (a ``RankingTrain``, possibly DMP-wrapped: ``model(batch) -> (loss,
     TrainOutput)``) on all ranks' parts of ``loader``'s split: :meth:`EvalMetrics.compute`'s dict plus
-    ``eval_samples_per_s`` (rows of every rank / the slowest rank's seconds) and ``eval_time_s``."""
+    ``eval_samples_per_s`` (rows of every rank / the slowest rank's seconds) and ``eval_time_s``.
+
+    ``gauc`` is None when the dataset has no user key (``schema.user_key``; the loader then fills the
+    batch's user ids with a placeholder) or a row has no user id (-1): never the AUC under another name."""
     import time
 
     import torch.distributed as dist
@@ -26,20 +29,25 @@ def evaluate(model: nn.Module, loader, env: DistEnv, auc_method: str = "exact", 
     was = model.training
     model.eval()
     loader.set_epoch(0)
-    metrics = EvalMetrics(auc_method=auc_method, bins=bins)
+    schema = getattr(loader, "schema", None)
+    has_user_key = schema is None or getattr(schema, "user_key", None) is not None
+    metrics = EvalMetrics(auc_method=auc_method, bins=bins, gauc=has_user_key)
     t0 = time.perf_counter()
     for batch in loader:
         batch = batch.to(env.device)
         _, out = model(batch)
         users = out.user_ids
-        metrics.update(out.logits, out.labels, users if bool((users >= 0).all()) else None)
+        metrics.update(out.logits, out.labels, users if has_user_key and bool((users >= 0).all()) else None)
     model.train(was)
     took = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(took, op=dist.ReduceOp.MAX)
-    m = metrics.compute()
+    computed = metrics.compute()
+    m: Dict[str, Optional[float]] = dict(computed)
+    if not has_user_key or m["gauc"] is None or math.isnan(m["gauc"]):
+        m["gauc"] = None  # no user key, or a row without a user id: absent, never the AUC under another name
     m["eval_time_s"] = float(took[0])
-    m["eval_samples_per_s"] = m["num_samples"] / float(took[0]) if took[0] > 0 else float("nan")
+    m["eval_samples_per_s"] = computed["num_samples"] / float(took[0]) if took[0] > 0 else float("nan")
     return m
 
 

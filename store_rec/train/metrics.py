@@ -108,10 +108,14 @@ def logloss(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray
     return float(np.mean(np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))))
 
 
-def ranking_metrics(logits, labels, user_ids: Optional[torch.Tensor] = None) -> Dict[str, float]:  # noqa: ANN001
-    """``{"auc", "gauc", "logloss", "num_samples"}`` of one evaluation (gauc NaN without user ids)."""
-    out = {"auc": auc(logits, labels), "logloss": logloss(logits, labels), "num_samples": int(len(_np(labels)))}
-    out["gauc"] = gauc(logits, labels, user_ids) if user_ids is not None else float("nan")
+def ranking_metrics(logits, labels, user_ids: Optional[torch.Tensor] = None) -> Dict[str, Optional[float]]:  # noqa: ANN001
+    """``{"auc", "gauc", "logloss", "num_samples"}`` of one evaluation.
+
+    ``gauc`` is None -- absent, not a number -- without ``user_ids`` (a dataset without a user key):
+    grouping every row under one user would report the AUC under GAUC's name."""
+    out: Dict[str, Optional[float]] = {"auc": auc(logits, labels), "logloss": logloss(logits, labels),
+                                       "num_samples": int(len(_np(labels)))}
+    out["gauc"] = gauc(logits, labels, user_ids) if user_ids is not None else None
     return out
 
 

@@ -10,9 +10,8 @@ from typing import Any, Dict, Optional
 
 from store_rec.distributed.env import DistEnv
 from store_rec.config import to_dict
-from store_rec.fileio import atomic_write_text
+from store_rec.fileio import atomic_write_text, strict_json_dumps
 from store_rec.train.config import TrainConfig
-from store_rec.train.metrics import finite_or_none
 
 
 class Recorder:
@@ -51,7 +50,8 @@ class Recorder:
         if not self.active:
             return
         with open(self.out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps({k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in rec.items()}) + "\n")
+            # strict JSON: a non-finite value is null, listed with what it was under "non_finite"
+            f.write(strict_json_dumps(rec) + "\n")
         if self.tb is not None:
             for k in ("auc", "gauc", "logloss", "ne", "calibration", "eval_samples_per_s", "auc_error_bound"):
                 if isinstance(rec.get(k), (int, float)) and math.isfinite(rec[k]):

@@ -66,7 +66,10 @@ from store_rec.config import to_dict
 from store_rec.distributed.env import SHARED_STORE_ENV, DistEnv, init_distributed
 from store_rec.fileio import atomic_write_json
 from store_rec.models.ranking import RankingModel, RankingTrain, TrainOutput
-from store_rec.train.checkpoint import clear_checkpoints, latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from store_rec.errors import UserError
+from store_rec.train.checkpoint import (check_fresh_start, clear_checkpoints, dense_param_names, existing_checkpoints,
+                                        load_latest_checkpoint, map_position, reseed, rng_state, save_checkpoint,
+                                        set_rng_state)
 from store_rec.train.config import TrainConfig
 from store_rec.train.data import check_sid_table_method, make_loader, prepare_data
 from store_rec.train.evaluate import evaluate, improves_on_best
@@ -76,6 +79,12 @@ from store_rec.train.recorder import Recorder
 from store_rec.train.sharding import load_online_item_embeddings, shard_model
 
 logger = logging.getLogger(__name__)
+
+class TrainingDiverged(UserError):
+    """A non-finite training loss: the run stops at that step (exit code 2), nothing more is written."""
+
+
+NO_BAD_STEP = 2**62  # "no non-finite loss yet" in the all-reduced minimum of first non-finite steps
 
 FAULT_ENV = "STORE_REC_FAULT_AT_STEP"
 FAULT_MARKER_ENV = "STORE_REC_FAULT_MARKER"
@@ -136,6 +145,16 @@ class Trainer:
         if cfg.train.max_steps is not None:
             total = min(total, cfg.train.max_steps)
         self.total = total
+        self.global_batch_size = cfg.data.batch_size * env.world_size
+        if env.rank == 0:
+            logger.info("global batch %d = data.batch_size %d (per rank) x %d rank(s); %d steps per epoch, %d steps in all",
+                        self.global_batch_size, cfg.data.batch_size, env.world_size, self.steps_per_epoch, total)
+            if cfg.optim.warmup_steps > total:
+                logger.warning("optim.warmup_steps = %d exceeds the %d training steps (%d epoch(s) x %d steps of a global "
+                               "batch of %d = data.batch_size %d x %d ranks): the LR never reaches its base value; lower "
+                               "optim.warmup_steps or data.batch_size, or train longer", cfg.optim.warmup_steps, total,
+                               cfg.train.epochs, self.steps_per_epoch, self.global_batch_size, cfg.data.batch_size,
+                               env.world_size)
         sparse_lr = SparseLR(self.dmp, cfg.optim.sparse.lr) if cfg.optim.schedule_sparse_lr else None
         self.lr_schedule = LRSchedule(cfg, self.optimizer, total, sparse_lr)  # reads the base LRs before a resume
         self.pipeline = TrainPipelineSparseDist(self.dmp, self.optimizer, env.device, execute_all_batches=True)
@@ -145,39 +164,54 @@ class Trainer:
         self.best: Optional[Dict[str, Any]] = None
         self.bad_evals, self.train_time, self.train_samples = 0, 0.0, 0
         self.train_cpu_time = 0.0  # not checkpointed: the CPU seconds of this attempt's training
-        self.resumed_from: Optional[int] = None
+        self.resumed_from: Optional[int] = None  # the step this run continued at (in its own step units)
+        self.resumed_checkpoint_step: Optional[int] = None  # that checkpoint's step (in the units of its writer)
+        self.resumed_from_world_size: Optional[int] = None  # set when the checkpoint came from another world size
         self.last_eval: Dict[str, Dict[str, Any]] = {}  # split -> its newest eval record
         self.loss_sum, self.loss_n = self._zero_loss(), 0
+        self.first_bad = torch.full((), NO_BAD_STEP, dtype=torch.long, device=env.device)
         self.recorder: Optional[Recorder] = None
         self.fault_step = int(os.environ[FAULT_ENV]) if os.environ.get(FAULT_ENV) else None
         self.fault_marker = Path(os.environ.get(FAULT_MARKER_ENV) or self.ck_root / "fault.marker")
 
     # ------------------------------------------------------------------ resume / checkpoint state
-    def restore(self, resume: bool) -> None:
-        """Continue from the newest checkpoint (``resume``, or a restarted elastic attempt); a fresh run
-        removes an earlier run's checkpoints instead."""
+    def restore(self, resume: bool, overwrite_checkpoints: bool = False) -> None:
+        """Continue from the newest complete checkpoint (``resume``, or a restarted elastic attempt; a
+        corrupt newer one is reported and skipped). A fresh run in a checkpoint dir that holds checkpoints
+        was refused by :func:`check_run_paths` unless ``overwrite_checkpoints``: then the checkpoints this
+        code wrote (and nothing else) are removed."""
         env = self.env
-        restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
         warn_shared_rdzv_store(env)
-        if resume or restarted:
-            latest = latest_checkpoint(self.ck_root)
+        if resume or is_restart():
+            latest, extra = load_latest_checkpoint(self.ck_root, self.dmp, env, self.cfg)
             if latest is not None:
-                extra = load_checkpoint(latest, self.dmp, env, self.cfg)
                 self.optimizer.load_state_dict(extra["optimizer"])
-                self.step, self.epoch, self.pos = extra["step"], extra["epoch"], extra["pos"]
+                self.step, self.epoch, self.pos = map_position(extra, self.steps_per_epoch, env.world_size)
                 self.best, self.bad_evals = extra["best"], extra["bad_evals"]
                 self.train_time, self.train_samples = extra["train_time"], extra["train_samples"]
-                set_rng_state(extra["rng"])
-                self.resumed_from = self.step
-                logger.info("resumed from %s (step %d, epoch %d, batch %d)", latest, self.step, self.epoch, self.pos)
+                self.resumed_from, self.resumed_checkpoint_step = self.step, int(extra["step"])
+                if extra["saved_world_size"] == env.world_size:
+                    set_rng_state(extra["rng"])
+                    logger.info("resumed from %s (step %d, epoch %d, batch %d)", latest, self.step, self.epoch, self.pos)
+                else:  # elastic: per-rank states of another world; samples per rank scale with 1 / world size
+                    self.train_samples = int(round(self.train_samples * extra["saved_world_size"] / env.world_size))
+                    reseed(self.cfg.train.seed, self.step, env.rank)
+                    self.resumed_from_world_size = int(extra["saved_world_size"])
+                    logger.info("resumed from %s written by %d rank(s) at step %d (epoch %d, batch %d of %d): continuing "
+                                "on %d rank(s) at step %d (batch %d of %d)", latest, extra["saved_world_size"], extra["step"],
+                                self.epoch, extra["pos"], extra["steps_per_epoch"], env.world_size, self.step, self.pos,
+                                self.steps_per_epoch)
+            elif existing_checkpoints(self.ck_root):
+                raise UserError(f"{self.ck_root}: no usable checkpoint to resume from (each one's problem is logged above); "
+                                "to start from scratch instead, run without --resume and with --overwrite-checkpoints")
             elif resume:
                 logger.info("--resume: no checkpoint in %s, starting from scratch", self.ck_root)
-        if self.resumed_from is None and env.rank == 0:
+        if self.resumed_from is None and env.rank == 0 and overwrite_checkpoints:
             # a fresh run must not mix with (nor have its new checkpoints pruned in favour of) an older run's
             gone = clear_checkpoints(self.ck_root)
             if gone:
-                logger.warning("starting from scratch: removed %d checkpoint(s) of an earlier run in %s (pass --resume "
-                               "to continue from them instead)", len(gone), self.ck_root)
+                logger.warning("starting from scratch (--overwrite-checkpoints): removed %d checkpoint(s) in %s",
+                               len(gone), self.ck_root)
         dist.barrier()
 
     def extra_state(self) -> Dict[str, Any]:
@@ -185,6 +219,7 @@ class Trainer:
         return {"step": self.step, "epoch": self.epoch, "pos": self.pos, "optimizer": self.optimizer.state_dict(),
                 "best": self.best, "bad_evals": self.bad_evals, "train_time": self.train_time,
                 "train_samples": self.train_samples, "rng": rng_state(), "world_size": self.env.world_size,
+                "steps_per_epoch": self.steps_per_epoch, "dense_params": dense_param_names(self.dmp),
                 "config": to_dict(self.cfg)}
 
     # ------------------------------------------------------------------ metrics
@@ -209,9 +244,11 @@ class Trainer:
         self.last_eval[split] = rec
         self.recorder.eval_record(rec)
         if self.env.rank == 0:
-            logger.info("eval %s step %d epoch %d: auc %.5f gauc %.5f logloss %.5f ne %.4f calibration %.3f "
-                        "(%d rows, %.0f eval samples/s)", split, self.step, self.epoch, m["auc"], m["gauc"], m["logloss"],
-                        m["ne"], m["calibration"], m["num_samples"], m["eval_samples_per_s"])
+            gauc = m.get("gauc")
+            logger.info("eval %s step %d epoch %d: auc %.5f gauc %s logloss %.5f ne %.4f calibration %.3f "
+                        "(%d rows, %.0f eval samples/s)", split, self.step, self.epoch, m["auc"],
+                        f"{gauc:.5f}" if gauc is not None else "n/a (no user key)", m["logloss"], m["ne"], m["calibration"],
+                        m["num_samples"], m["eval_samples_per_s"])
         return rec
 
     def orthogonality_error(self) -> Optional[float]:
@@ -226,13 +263,14 @@ class Trainer:
         return torch.zeros((), dtype=torch.float64, device=self.env.device)
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, *, resume: bool = False, metrics_out: Optional[str] = None) -> Dict[str, Any]:
+    def fit(self, *, resume: bool = False, metrics_out: Optional[str] = None, overwrite_checkpoints: bool = False) -> Dict[str, Any]:
         """Train (from the newest checkpoint with ``resume``), evaluate, write and return the summary."""
         from tqdm import tqdm
 
         cfg = self.cfg
-        self.restore(resume)
-        self.recorder = Recorder(cfg, self.env, self.resumed_from)
+        self.restore(resume, overwrite_checkpoints)
+        # metrics.jsonl keeps the records up to the checkpoint's step (in the writer's step units)
+        self.recorder = Recorder(cfg, self.env, self.resumed_checkpoint_step)
         self.recorder.write_config(cfg)
         # a bar only on a terminal: in slurm / torchx log files its carriage-return updates pile up, and
         # there (or with output.progress_bar false) train_segment logs a line every log_every steps instead
@@ -314,6 +352,11 @@ class Trainer:
             self.train_samples += int(out.labels.numel())
             self.loss_sum += out.losses["bce"].to(torch.float64)
             self.loss_n += 1
+            # first step with a non-finite loss, kept on the device (no host sync per step); checked at the
+            # segment end, before any eval or checkpoint (:meth:`check_finite`)
+            bad = ~torch.isfinite(out.loss.detach())
+            self.first_bad = torch.where(bad & (self.first_bad == NO_BAD_STEP), torch.full_like(self.first_bad, self.step),
+                                         self.first_bad)
             pbar.update(1)
             if self.step % self.cfg.train.log_every == 0 and self.env.rank == 0:
                 self.log_step(out, pbar, self.train_time + time.perf_counter() - t0)
@@ -355,6 +398,7 @@ class Trainer:
     def end_segment(self) -> Tuple[bool, bool]:
         """At a segment boundary: evals + early stop, epoch bookkeeping, checkpoint. ``(stop, epoch_done)``."""
         cfg = self.cfg
+        self.check_finite()
         eval_every, ck_every = cfg.train.eval_every, cfg.checkpoint.every_steps
         loss_avg = float(self.loss_sum) / self.loss_n if self.loss_n else None
         epoch_done = self.pos >= self.steps_per_epoch
@@ -380,6 +424,19 @@ class Trainer:
             save_checkpoint(self.ck_root, self.step, self.dmp, self.extra_state(), self.env, cfg.checkpoint.keep)
         return stop or self.step >= self.total, epoch_done
 
+    def check_finite(self) -> None:
+        """Stop the run (:class:`TrainingDiverged` on every rank) when any rank's loss was non-finite at a
+        step of the segment just trained, naming the first such step: no eval, checkpoint or summary of a
+        diverged model is written."""
+        first = self.first_bad.detach().clone().reshape(1)
+        dist.all_reduce(first, op=dist.ReduceOp.MIN)
+        step = int(first[0])
+        if step != NO_BAD_STEP:
+            o = self.cfg.optim
+            raise TrainingDiverged(
+                f"training diverged: the loss is NaN or inf at step {step} (epoch {self.epoch}); stopped, no checkpoint or "
+                f"summary written for it (lower the learning rates: optim.dense.lr={o.dense.lr}, optim.sparse.lr={o.sparse.lr})")
+
     def maybe_inject_fault(self) -> None:
         """The ``STORE_REC_FAULT_AT_STEP`` test hook (see the module docstring)."""
         env = self.env
@@ -403,9 +460,13 @@ class Trainer:
             "tflops_per_batch": self.tflops, "ne": finite_or_none(head.get("ne")),
             "calibration": finite_or_none(head.get("calibration")),
             "steps": self.step, "epochs_completed": self.epoch, "world_size": env.world_size, "model": cfg.model.name,
+            # data.batch_size is per rank: one step consumes data.batch_size x world_size samples
+            "batch_size_per_rank": cfg.data.batch_size, "global_batch_size": self.global_batch_size,
             "best_valid": self.best,
             "final": {s: {k: (finite_or_none(v) if isinstance(v, float) else v) for k, v in r.items()} for s, r in final.items()},
-            "resumed_from_step": self.resumed_from, "train_time_s": self.train_time, "train_samples": self.train_samples,
+            "resumed_from_step": self.resumed_from, "resumed_from_world_size": self.resumed_from_world_size,
+            "resumed_checkpoint_step": self.resumed_checkpoint_step,
+            "train_time_s": self.train_time, "train_samples": self.train_samples,
             "train_cpu_s": round(self.train_cpu_time, 3),
             "precision": cfg.train.precision, "compiled": self.compiled, "compile_s": round(self.compile_s, 3),
             # max |R^T R - I| over every rotation matrix after training (None without rotation)
@@ -449,14 +510,46 @@ def compile_dense_part(model: RankingModel, dmp: nn.Module, loader, env: DistEnv
     return True
 
 
-def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = None, metrics_out: Optional[str] = None) -> Dict[str, Any]:
-    """Train ``cfg`` on this rank (see the module docstring); returns the final summary (every rank)."""
+def is_restart() -> bool:
+    """True in a restarted attempt of an elastic job (it continues from the newest checkpoint)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+
+
+def check_run_paths(cfg: TrainConfig, *, plan_file: Optional[str] = None, metrics_out: Optional[str] = None,
+                    resume: bool = False, overwrite_checkpoints: bool = False, config_file: Optional[str] = None) -> None:
+    """Every output path of the run, checked at start-up (before any data is read or model built):
+    ``output.dir`` and ``checkpoint.dir`` must be directories (or not exist yet), the summary JSON a file
+    path, and none may equal, contain or sit inside an input (config, plan, dataset, SID table); a fresh
+    run refuses a checkpoint dir that holds checkpoints (:func:`~store_rec.train.checkpoint.check_fresh_start`)."""
+    from store_rec.fileio import check_output_path
+
+    inputs = [("--config", config_file), ("--plan", plan_file or cfg.sharding.plan_file), ("data.dir", cfg.data.dir),
+              ("data.sid_table", cfg.data.sid_table)]
+    out_dir = Path(cfg.output.dir)
+    check_output_path(out_dir, inputs=inputs, kind="dir", flag="output.dir")
+    ck = Path(cfg.checkpoint.dir or out_dir / "checkpoints")
+    check_output_path(ck, inputs=inputs, kind="dir", flag="checkpoint.dir")
+    summary = metrics_out or cfg.output.metrics_out or out_dir / "summary.json"
+    check_output_path(summary, inputs=inputs, flag="--metrics-out" if metrics_out else "output.metrics_out")
+    if cfg.checkpoint.enabled or resume:
+        check_fresh_start(ck, resume=resume or is_restart(), overwrite=overwrite_checkpoints)
+
+
+def run(cfg: TrainConfig, *, resume: bool = False, plan_file: Optional[str] = None, metrics_out: Optional[str] = None,
+        overwrite_checkpoints: bool = False, config_file: Optional[str] = None) -> Dict[str, Any]:
+    """Train ``cfg`` on this rank (see the module docstring); returns the final summary (every rank).
+
+    ``overwrite_checkpoints``: a fresh run (no ``resume``) deletes the checkpoints in ``checkpoint.dir``
+    (only those this code wrote) instead of refusing to start."""
     from store_rec.distributed.benign_warnings import filter_benign_warnings
 
     filter_benign_warnings()
+    check_run_paths(cfg, plan_file=plan_file, metrics_out=metrics_out, resume=resume,
+                    overwrite_checkpoints=overwrite_checkpoints, config_file=config_file)
     env = init_distributed()
     try:
-        return Trainer(cfg, env, plan_file=plan_file).fit(resume=resume, metrics_out=metrics_out)
+        return Trainer(cfg, env, plan_file=plan_file).fit(resume=resume, metrics_out=metrics_out,
+                                                          overwrite_checkpoints=overwrite_checkpoints)
     finally:
         if env.owns_group and dist.is_initialized():
             dist.destroy_process_group()
