@@ -29,7 +29,7 @@ def test_the_shipped_train_configs_are_the_expected_ones():
 @pytest.mark.parametrize(
     "override, key",
     [
-        ("optim.sparse.type=sgd", "optim.sparse.type"),
+        ("optim.sparse.type=lamb", "optim.sparse.type"),
         ("optim.dense.lr=-1", "optim.dense.lr"),
         ("train.epochs=0", "train.epochs"),
         ("train.bogus=1", "train.bogus"),

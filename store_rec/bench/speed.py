@@ -64,8 +64,11 @@ def plot(records: List[Dict[str, Any]], path: Path) -> None:
     bars = axes[1].bar(names, [r["auc_diff_vs_fp32"] for r in records], color=[f"C{i}" for i in range(len(records))])
     axes[1].bar_label(bars, labels=[f"{r['auc_diff_vs_fp32']:+.4f}" for r in records], fontsize=8)
     axes[1].axhline(0.0, color="k", lw=0.8)
-    axes[1].set_ylabel("test AUC - fp32's test AUC")
-    axes[1].set_title("AUC parity (same seed and data)", fontsize=9)
+    # a fixed +-0.01 AUC window (wider only if needed): a 0.002 difference must not fill the panel
+    lim = max(0.01, 1.3 * max(abs(r["auc_diff_vs_fp32"] or 0.0) for r in records))
+    axes[1].set_ylim(-lim, lim)
+    axes[1].set_ylabel(f"test AUC - fp32's test AUC (axis +-{lim:.2g})")
+    axes[1].set_title("AUC parity (same seed and data)", fontsize=9, pad=12)
     fig.tight_layout()
     fig.savefig(path, format="png", dpi=110)
     plt.close(fig)

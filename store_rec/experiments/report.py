@@ -13,9 +13,9 @@ Per experiment kind:
   paired per-seed test-AUC difference of the reference against it; then a claims table (the
   reference against the best non-extra rival on every dataset).
 
-Every plot is drawn from a small JSON written beside it (``results/<name>.json``: the plotted means,
-stds, seeds and GFLOPs), so ``store-rec experiments --replot results/<name>.json`` redraws a PNG
-without the run directories (:func:`replot`).
+The epochs and sweep plots are drawn from a small JSON written beside them (``results/<name>.json``:
+the plotted means, stds, seeds and GFLOPs), so ``store-rec experiments --replot results/<name>.json``
+redraws a PNG without the run directories (:func:`replot`).
 
 The statements are computed from the numbers, so they stay true when the numbers change; the
 experiment's ``notes`` (hand-written) follow them. Every experiment says how many of its planned runs
@@ -170,9 +170,8 @@ def _pct(a: float, b: float) -> str:
 def _figure(fig_dir: Path, name: str, data: Dict[str, Any]) -> Path:
     """Write ``fig_dir/<name>.json`` (the plotted numbers) and draw ``fig_dir/<name>.png`` from it."""
     # names are validated by the spec; a plot is still never written outside its folder
-    what = f"plot of experiments[{name!r}]"
-    atomic_write_json(ensure_inside(fig_dir / f"{name}.json", fig_dir, what), data)
-    return draw(data, ensure_inside(fig_dir / f"{name}.png", fig_dir, what))
+    atomic_write_json(ensure_inside(fig_dir / f"{name}.json", fig_dir, f"plot data of experiments[{name!r}]"), data)
+    return draw(data, ensure_inside(fig_dir / f"{name}.png", fig_dir, f"plot of experiments[{name!r}]"))
 
 
 def replot(json_path: Path) -> Path:
@@ -194,7 +193,8 @@ def draw(data: Dict[str, Any], png: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig = figure(data)
-    _save(fig, png)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return png
 

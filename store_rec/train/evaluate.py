@@ -26,12 +26,12 @@ def evaluate(model: nn.Module, loader, env: DistEnv, auc_method: str = "exact", 
 
     import torch.distributed as dist
 
-    schema = getattr(loader, "schema", None)
-    has_user_key = schema is None or getattr(schema, "user_key", None) is not None
     was = model.training
     model.eval()
     loader.set_epoch(0)
-    metrics = EvalMetrics(auc_method=auc_method, bins=bins)
+    schema = getattr(loader, "schema", None)
+    has_user_key = schema is None or getattr(schema, "user_key", None) is not None
+    metrics = EvalMetrics(auc_method=auc_method, bins=bins, gauc=has_user_key)
     t0 = time.perf_counter()
     for batch in loader:
         batch = batch.to(env.device)
@@ -42,9 +42,12 @@ def evaluate(model: nn.Module, loader, env: DistEnv, auc_method: str = "exact", 
     took = torch.tensor([time.perf_counter() - t0], dtype=torch.float64)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(took, op=dist.ReduceOp.MAX)
-    m = metrics.compute()
+    computed = metrics.compute()
+    m: Dict[str, Optional[float]] = dict(computed)
+    if not has_user_key or m["gauc"] is None or math.isnan(m["gauc"]):
+        m["gauc"] = None  # no user key, or a row without a user id: absent, never the AUC under another name
     m["eval_time_s"] = float(took[0])
-    m["eval_samples_per_s"] = m["num_samples"] / float(took[0]) if took[0] > 0 else float("nan")
+    m["eval_samples_per_s"] = computed["num_samples"] / float(took[0]) if took[0] > 0 else float("nan")
     return m
 
 
