@@ -165,7 +165,7 @@ def test_case2_written_paths_are_checked_against_their_root(tmp_path):
     with pytest.raises(UserError, match="resolves outside"):
         Artifacts(spec, root, tiny=True).data_dir("../victim")
     with pytest.raises(UserError, match="resolves outside"):
-        report._save(None, tmp_path / "results", "../../figpwn")
+        report._figure(tmp_path / "results", "../../figpwn", {"kind": "sweep", "series": []})
     spec.datasets = {"syn": DatasetSpec(prepare=PrepareSpec(dataset="synthetic"))}
     (root / "syn").mkdir()
     (root / "syn" / "precious.txt").write_text("mine")  # not a dataset: never deleted to rebuild
