@@ -75,6 +75,18 @@ def test_predict_refuses_to_overwrite_and_bad_checkpoints(tmp_path, trained, cap
     empty.mkdir()
     assert main(["predict", "--checkpoint", str(empty), "--out", str(tmp_path / "p.parquet")]) == 2
     assert "no step-N checkpoint" in capsys.readouterr().err
+    # --out is never an input, even with --force: not the checkpoint's config, not a file of the dataset
+    data, out, _ = trained
+    step = sorted((out / "ck").glob("step-*"))[-1]
+    for victim in (step / "config.yaml", data / "schema.json"):
+        before = victim.read_bytes()
+        rc = main(["predict", "--checkpoint", str(step), "--data", str(data), "--out", str(victim), "--force"])
+        err = capsys.readouterr().err
+        assert rc == 2 and victim.read_bytes() == before and "input" in err, (victim, err)
+    for cmd in ("predict", "export"):
+        rc = main([cmd, "--checkpoint", str(step), "--data", str(data), "--out", str(step / "config.yaml"), "--force"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "--out" in err and "input" in err, err
 
 
 def _predict_worker(args):

@@ -24,7 +24,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 import torch
@@ -65,19 +64,11 @@ def export_dense(args: argparse.Namespace) -> Dict[str, Any]:
     from store_rec.distributed.env import init_distributed
     from store_rec.errors import UserError
     from store_rec.fileio import atomic_path, atomic_write_json
-    from store_rec.inference.predict import find_config, load_sharded_model, resolve_checkpoint
+    from store_rec.inference.predict import load_sharded_model, open_checkpoint
     from store_rec.models.ranking import dense_input
-    from store_rec.train.config import load_train_config
 
     filter_benign_warnings()
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise UserError(f"--out: {out} exists; pass --force to replace it")
-    step = resolve_checkpoint(Path(args.checkpoint))
-    cfg = load_train_config(find_config(step, args.config),
-                            ["data.prepare_if_missing=null"] + ([f"data.dir={args.data}"] if args.data else []))
-    if not (Path(cfg.data.dir) / "schema.json").is_file():
-        raise UserError(f"--data: {cfg.data.dir} is not a prepared dataset (no schema.json)")
+    out, step, cfg = open_checkpoint(args)
     env = init_distributed()
     if env.world_size != 1:
         raise UserError("store-rec export runs as one process (the dense part is replicated)")

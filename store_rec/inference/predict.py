@@ -35,7 +35,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,28 @@ def find_config(step: Path, given: Optional[str]) -> Path:
                     "output.dir); pass --config")
 
 
+def open_checkpoint(args: argparse.Namespace) -> Tuple[Path, Path, Any]:
+    """What ``store-rec predict`` and ``store-rec export`` do first, before any process group or model:
+    ``--out`` checked (exists only with ``--force``; never an input: the checkpoint, its config, the
+    data), the ``step-N`` dir resolved, its training config loaded (``--data`` overrides ``data.dir``),
+    the dataset checked. Returns ``(out, step dir, TrainConfig)``."""
+    from store_rec.errors import UserError
+    from store_rec.fileio import check_output_path
+    from store_rec.train.config import load_train_config
+
+    out = Path(args.out)
+    step = resolve_checkpoint(Path(args.checkpoint))
+    cfg = load_train_config(find_config(step, args.config),
+                            ["data.prepare_if_missing=null"] + ([f"data.dir={args.data}"] if args.data else []))
+    check_output_path(out, inputs=[("--checkpoint", step), ("--config", args.config), ("--data", cfg.data.dir),
+                                   ("data.sid_table", cfg.data.sid_table)])
+    if out.exists() and not args.force:
+        raise UserError(f"--out: {out} exists; pass --force to replace it")
+    if not (Path(cfg.data.dir) / "schema.json").is_file():
+        raise UserError(f"--data: {cfg.data.dir} is not a prepared dataset (no schema.json)")
+    return out, step, cfg
+
+
 def predict(args: argparse.Namespace) -> Dict[str, Any]:
     """Score ``args.split`` on every rank; rank 0 writes ``args.out``. Returns the metrics (every rank)."""
     import pyarrow as pa
@@ -98,22 +120,12 @@ def predict(args: argparse.Namespace) -> Dict[str, Any]:
     from store_rec.data.loader import ParquetBatchLoader
     from store_rec.distributed.benign_warnings import filter_benign_warnings
     from store_rec.distributed.env import init_distributed
-    from store_rec.errors import UserError
     from store_rec.fileio import atomic_path, atomic_write_json
-    from store_rec.train.config import load_train_config
     from store_rec.train.metrics import EvalMetrics
 
     filter_benign_warnings()
-    out = Path(args.out)
-    if out.exists() and not args.force:
-        raise UserError(f"--out: {out} exists; pass --force to replace it")
-    step = resolve_checkpoint(Path(args.checkpoint))
-    cfg_path = find_config(step, args.config)
-    overrides = ["data.prepare_if_missing=null"] + ([f"data.dir={args.data}"] if args.data else [])
-    cfg = load_train_config(cfg_path, overrides)
+    out, step, cfg = open_checkpoint(args)
     data_dir = Path(cfg.data.dir)
-    if not (data_dir / "schema.json").is_file():
-        raise UserError(f"--data: {data_dir} is not a prepared dataset (no schema.json)")
     env = init_distributed()
     try:
         t0 = time.perf_counter()
