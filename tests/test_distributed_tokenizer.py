@@ -297,6 +297,56 @@ def test_offline_methods_config_and_report_from_partials(tmp_path, method):
     assert rep["encode_items_per_s"] > 0 and len(rep["encode_seconds_per_rank"]) == 2
 
 
+def test_offline_untrained_items_are_left_out_and_counted(tmp_path):
+    """As ``store-rec tokenize``: rows that pretrain marked untrained (``trained`` false) get no SID tuple
+    (the loader gives them the OOV SID) and the report counts them; the shards are then unequal, and both
+    ranks fit on the smaller one's row count."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from store_rec.tokenizer.embeddings import save_embeddings
+
+    ids, emb = _planted_embeddings(n=240, d=8)
+    trained = np.ones(len(ids), bool)
+    trained[:40] = False  # all in rank 0's shard: 80 trained rows there, 120 on rank 1
+    save_embeddings(tmp_path / "emb.parquet", ids, emb, {"item_feature": "movie"}, trained=trained)
+    cfg = tmp_path / "tok.yaml"
+    cfg.write_text("model:\n  hidden_dims: [16]\n  latent_dim: 6\ntrain:\n  batch_size: 32\n")
+    _launch(_offline_method_worker, str(tmp_path / "emb.parquet"), str(tmp_path / "s.parquet"),
+            str(tmp_path / "r.json"), "opmq", str(cfg))
+    sid_items = pq.read_table(tmp_path / "s.parquet").column("item").to_numpy()
+    np.testing.assert_array_equal(np.sort(sid_items), ids[trained])
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["untrained_items"] == rep["oov_sid_items"] == 40 and rep["num_items"] == 200
+
+
+def test_offline_diverging_fit_is_a_user_error_and_writes_nothing(tmp_path):
+    """A non-finite tokenizer loss (``FloatingPointError`` from the training loop) exits as a UserError
+    (exit 2 in ``main``) naming the file, not a traceback, and leaves no SID table or report."""
+    import torch.distributed as dist
+
+    from store_rec.distributed import tokenizer as dt
+    from store_rec.errors import UserError
+    from store_rec.tokenizer.embeddings import save_embeddings
+
+    ids, emb = _planted_embeddings(n=60, d=8)
+    save_embeddings(tmp_path / "emb.parquet", ids, emb, {"item_feature": "movie"})
+    args = dt.build_parser().parse_args(["--embeddings", str(tmp_path / "emb.parquet"), "--out", str(tmp_path / "s.parquet"),
+                                         "--report", str(tmp_path / "r.json"), "--num-sids", "2", "--codebook-size", "4"])
+
+    def diverge(model, emb, args):
+        raise FloatingPointError("non-finite loss nan at step 0")
+
+    try:
+        with pytest.raises(UserError, match=r"emb\.parquet: tokenizer training diverged: non-finite loss nan at step 0"):
+            dt.run_offline(args, fit=diverge)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert not (tmp_path / "s.parquet").exists() and not (tmp_path / "r.json").exists()
+
+
 def _has_opmq() -> bool:
     try:
         import store_rec.tokenizer.opmq  # noqa: F401

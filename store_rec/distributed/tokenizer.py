@@ -230,6 +230,7 @@ def run_offline(args: argparse.Namespace, *, build=None, fit=None) -> Dict[str, 
     distributed mechanics can be exercised with any tokenizer that has ``encode``; by default they are
     :func:`~store_rec.tokenizer.train.build_tokenizer` / ``train_tokenizer`` of the spec built here once.
     """
+    from store_rec.tokenizer.embeddings import load_trained_mask
     from store_rec.tokenizer.train import build_tokenizer, train_tokenizer
 
     env = init_distributed()
@@ -241,6 +242,23 @@ def run_offline(args: argparse.Namespace, *, build=None, fit=None) -> Dict[str, 
         fit = lambda model, emb, _args: train_tokenizer(model, emb, spec) or {}  # noqa: E731
     t0 = time.perf_counter()
     ids, emb_np, start, total = read_embedding_shard(args.embeddings, rank, world)
+    shard_rows = [start, start + len(ids)]
+    # rows never trained (pretrain's ``trained`` column) are left out, as by ``store-rec tokenize``: they get the
+    # OOV SID from the loader instead of one shared collapsed tuple
+    trained = load_trained_mask(args.embeddings)
+    n_untrained = 0
+    if trained is not None:
+        if len(trained) != total:
+            raise DataError(f"{args.embeddings}: 'trained' column has {len(trained)} rows for {total} items")
+        n_untrained = int((~trained).sum())
+        keep = trained[start:start + len(ids)]
+        ids, emb_np = ids[keep], emb_np[keep]
+        if n_untrained and rank == 0:
+            logger.warning("%s: %d of %d items have an untrained (initial) embedding; they are not tokenized and get "
+                           "the OOV SID", args.embeddings, n_untrained, total)
+        total -= n_untrained
+        if total == 0:
+            raise UserError(f"{args.embeddings}: no item has a trained embedding ('trained' column all false)")
     emb = torch.from_numpy(emb_np).to(device)
     if args.codebook_size > total:
         raise UserError(f"--codebook-size {args.codebook_size} > number of items {total}: codebooks cannot be "
@@ -248,11 +266,19 @@ def run_offline(args: argparse.Namespace, *, build=None, fit=None) -> Dict[str, 
     torch.manual_seed(spec.train.seed)
     model = build(emb.shape[1], args).to(device)
     broadcast_module(model)
-    # equal step counts on every rank: train on the first (smallest shard size) rows of each shard
-    n_train = total // world
+    # equal step counts on every rank: train on the first n rows of each shard, n = the smallest shard
+    n_local = torch.tensor([len(ids)], dtype=torch.long)
+    if dist.is_available() and dist.is_initialized() and world > 1:
+        dist.all_reduce(n_local, op=dist.ReduceOp.MIN)
+    n_train = int(n_local[0])
+    if n_train == 0:
+        raise UserError(f"{args.embeddings}: a rank has no trained item to fit on ({world} ranks); use fewer ranks")
     hooks = average_gradients_hooks(model)
     try:
         fit_info = fit(model, emb[:n_train], args)
+    except FloatingPointError as e:  # train_tokenizer: a non-finite loss stops training
+        raise UserError(f"{args.embeddings}: tokenizer training diverged: {e}; nothing written (rescale the "
+                        "embeddings, e.g. L2-normalise each row, or lower train.lr)") from None
     finally:
         for h in hooks:
             h.remove()
@@ -265,7 +291,8 @@ def run_offline(args: argparse.Namespace, *, build=None, fit=None) -> Dict[str, 
     code_dtype = np.int16 if args.codebook_size <= np.iinfo(np.int16).max else np.int32
     gathered = gather_to_rank0(ids, codes.astype(code_dtype))
     enc_all = _gather_floats(enc_s)
-    summary: Dict[str, Any] = {"rank": rank, "world_size": world, "rows": [start, start + len(ids)],
+    stats["untrained_items"] = stats["oov_sid_items"] = n_untrained
+    summary: Dict[str, Any] = {"rank": rank, "world_size": world, "rows": shard_rows,
                                "state_sha256": digests[0], "train_rows_per_rank": n_train, "tokenizer": model}
     if rank == 0:
         assert gathered is not None
