@@ -45,8 +45,7 @@ from store_rec.config import to_dict
 from store_rec.data.sampling import pair_keys, sample_negatives, users_with_every_item
 from store_rec.data.schema import SPLITS, DatasetSchema, SequenceInfo
 from store_rec.data.splits import leave_last_out_codes, time_cutoff_codes, time_quantile_cutoffs
-from store_rec.data.streaming import file_format, iter_chunks
-from store_rec.data.table import (USER_KEY_COLUMN, TableConfig, _col_as_string, _header, _multi, _parse_chunk, _Plan,
+from store_rec.data.table import (USER_KEY_COLUMN, TableConfig, _col_as_string, _multi, _parsed_chunks, _Plan,
                                   cutoff_value, hash_column, write_sequences)
 from store_rec.data.tabular import FeatureSpec, write_prepared
 from store_rec.errors import DataError, UserError
@@ -63,11 +62,7 @@ def _read_log(cfg: TableConfig, files: List[Tuple[Path, Optional[str]]], plan: _
     beh = next(iter(cfg.with_role("behavior")), None)
     positive = set(cfg.interactions.positive)
     for i, (path, split) in enumerate(files):
-        for first, t in iter_chunks(path, fmt=file_format(path, plan.fmt), columns=cfg.names(),
-                                    header=_header(plan, path),
-                                    delimiter=plan.delimiter, skip_bad_rows=plan.skip_bad_rows,
-                                    block_size=plan.block_size):
-            t, c, num, sk = _parse_chunk(plan, path, i, split, first, t)
+        for first, t, c, num, sk in _parsed_chunks(plan, path, i, split):
             skipped += sk
             if cfg.label_column:
                 lab = num[cfg.label_column]

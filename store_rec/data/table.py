@@ -42,7 +42,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+from typing import Any, Dict, Iterator, List, Literal, Optional, Tuple, Union
 
 import multiprocessing
 import numpy as np
@@ -418,6 +418,16 @@ def _line(path: Path, header: bool, row: int) -> str:
     return f"line {row + 1 + int(header)}" if path.suffix.lower() not in (".parquet", ".pq") else f"row {row + 1}"
 
 
+def _parsed_chunks(plan: _Plan, path: Path, file_index: int, split: Optional[str]
+                   ) -> Iterator[Tuple[int, pa.Table, np.ndarray, Dict[str, np.ndarray], int]]:
+    """Every chunk of ``path`` read as it streams (:func:`~store_rec.data.streaming.iter_chunks` with the
+    plan's format, header, delimiter and block size) and validated by :func:`_parse_chunk`:
+    ``(index of the chunk's first row in the file, *_parse_chunk's result)``."""
+    for first, t in iter_chunks(path, fmt=file_format(path, plan.fmt), columns=plan.cfg.names(), header=_header(plan, path),
+                                delimiter=plan.delimiter, skip_bad_rows=plan.skip_bad_rows, block_size=plan.block_size):
+        yield (first, *_parse_chunk(plan, path, file_index, split, first, t))
+
+
 def _parse_chunk(plan: _Plan, path: Path, file_index: int, split: Optional[str], first: int, t: pa.Table
                  ) -> Tuple[pa.Table, np.ndarray, Dict[str, np.ndarray], int]:
     """Validate one chunk; returns (kept rows, split codes, numeric columns (label/dense/time), skipped)."""
@@ -497,11 +507,7 @@ def _count_file(plan: _Plan, file_index: int, path: str, split: Optional[str]) -
     cols = cfg.vocab_columns()
     parts: Dict[str, List[pa.Table]] = {c: [] for c in cols}
     rows = skipped = 0
-    for first, t in iter_chunks(path_, fmt=file_format(path_, plan.fmt), columns=cfg.names(),
-                                header=_header(plan, path_),
-                                delimiter=plan.delimiter, skip_bad_rows=plan.skip_bad_rows,
-                                block_size=plan.block_size):
-        t, codes, _, sk = _parse_chunk(plan, path_, file_index, split, first, t)
+    for _, t, codes, _, sk in _parsed_chunks(plan, path_, file_index, split):
         skipped += sk
         train = t.filter(pa.array(codes == 0)) if not (codes == 0).all() else t
         rows += train.num_rows
@@ -586,11 +592,7 @@ def _write_file(plan: _Plan, file_index: int, path: str, split: Optional[str]) -
     seq: Dict[str, List[np.ndarray]] = {"user": [], "item": [], "time": []}
     ucol, icol, tcol = cfg.user_column, cfg.item_column, cfg.time_column
     try:
-        for first, t in iter_chunks(path_, fmt=file_format(path_, plan.fmt), columns=cfg.names(),
-                                header=_header(plan, path_),
-                                    delimiter=plan.delimiter, skip_bad_rows=plan.skip_bad_rows,
-                                    block_size=plan.block_size):
-            t, codes, num, sk = _parse_chunk(plan, path_, file_index, split, first, t)
+        for first, t, codes, num, sk in _parsed_chunks(plan, path_, file_index, split):
             skipped += sk
             cols: Dict[str, Any] = {label: pa.array(num[lab].astype(np.float32))}
             for d in cfg.with_role("dense"):
