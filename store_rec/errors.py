@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from store_rec.config import ConfigError
 
 
@@ -32,3 +34,17 @@ class Terminated(BaseException):
 
 
 USER_ERRORS = (UserError, ConfigError, SchemaError, FileNotFoundError, NotADirectoryError, KeyError)
+
+
+def error_message(e: BaseException) -> Optional[str]:
+    """The one-line message an entry point prints (exit code 2) for an error the user can fix, else None
+    (re-raise it): a :data:`USER_ERRORS` message (a ``KeyError``'s key without its quotes), or, for an
+    ``ImportError`` / ``OSError`` from a broken torch / fbgemm / torchrec install, which package to fix
+    (:func:`store_rec.stack.diagnose`)."""
+    if isinstance(e, USER_ERRORS):
+        return str(e.args[0]) if isinstance(e, KeyError) and len(e.args) == 1 else str(e)
+    if isinstance(e, (ImportError, OSError)):
+        from store_rec.stack import diagnose
+
+        return diagnose(e)
+    return None

@@ -68,18 +68,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         force=True,
     )
     logging.getLogger("store_rec").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    from store_rec.errors import Terminated
+    from store_rec.errors import Terminated, error_message
 
     restore = _raise_on_sigterm()
     try:
         rc = args.func(args)
         sys.stdout.flush()  # a closed pipe shows up here, inside the handlers below
-    except USER_ERRORS as e:
-        msg = str(e)
-        if isinstance(e, KeyError) and len(e.args) == 1:
-            msg = str(e.args[0])
-        print(f"store-rec {args.command}: error: {msg}", file=sys.stderr)
-        return 2
     except BrokenPipeError:
         _silence_stdout()
         return 141
@@ -89,13 +83,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Terminated as e:
         print(f"store-rec {args.command}: {e}; outputs in progress were removed", file=sys.stderr)
         return 128 + e.signum
-    except (ImportError, OSError) as e:  # a broken torch/fbgemm/torchrec install: say which package to fix
-        from store_rec.stack import diagnose
-
-        fix = diagnose(e)
-        if fix is None:
+    except (*USER_ERRORS, ImportError, OSError) as e:  # user errors; a broken torch/fbgemm/torchrec install
+        msg = error_message(e)
+        if msg is None:
             raise
-        print(f"store-rec {args.command}: error: {fix}", file=sys.stderr)
+        print(f"store-rec {args.command}: error: {msg}", file=sys.stderr)
         return 2
     finally:
         restore()

@@ -48,7 +48,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Parse ``argv`` (default ``sys.argv[1:]``), set up logging like ``store-rec``, train; 2 on a user error."""
-    from store_rec.errors import USER_ERRORS
+    from store_rec.errors import USER_ERRORS, error_message
 
     p = argparse.ArgumentParser(prog="python -m store_rec.train", description=DESCRIPTION)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -61,17 +61,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.getLogger("store_rec").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(run_from_args(args) or 0)
-    except USER_ERRORS as e:
-        msg = str(e.args[0]) if isinstance(e, KeyError) and len(e.args) == 1 else str(e)
-        print(f"store-rec train: error: {msg}", file=sys.stderr)
-        return 2
-    except (ImportError, OSError) as e:  # a broken torch/fbgemm/torchrec install: say which package to fix
-        from store_rec.stack import diagnose
-
-        fix = diagnose(e)
-        if fix is None:
+    except (*USER_ERRORS, ImportError, OSError) as e:  # user errors; a broken torch/fbgemm/torchrec install
+        msg = error_message(e)
+        if msg is None:
             raise
-        print(f"store-rec train: error: {fix}", file=sys.stderr)
+        print(f"store-rec train: error: {msg}", file=sys.stderr)
         return 2
 
 
