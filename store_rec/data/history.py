@@ -98,22 +98,32 @@ def gap_buckets(gap: np.ndarray) -> np.ndarray:
     return 1 + np.minimum(np.floor(np.log2(1.0 + g)), GAP_VOCAB - 2).astype(np.int64)
 
 
+def truncation_index(lengths: np.ndarray, n: int) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """Keep the ``n`` newest (last) entries of lists of ``lengths``: ``(new lengths int64[R], new offsets
+    int64[R+1], index into the old values or None when nothing is cut)``. Aligned lists share one index."""
+    lengths = np.asarray(lengths, np.int64)
+    if n < 0:
+        raise ValueError(f"n={n}: must be >= 0")
+    new = np.minimum(lengths, n)
+    noffs = np.zeros(len(new) + 1, np.int64)
+    np.cumsum(new, out=noffs[1:])
+    if len(lengths) == 0 or lengths.max(initial=0) <= n:
+        return lengths, noffs, None
+    ends = np.cumsum(lengths)  # old offsets[1:]
+    idx = np.repeat(ends - new - noffs[:-1], new)
+    idx += np.arange(noffs[-1], dtype=np.int64)
+    return new, noffs, idx
+
+
 def truncate_lists(lengths: np.ndarray, offsets: np.ndarray, values: np.ndarray, n: int
                    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Keep the ``n`` newest (last) entries of every list.
 
     Args: ``lengths int64[R]``, ``offsets int64[R+1]`` (``offsets[-1] == len(values)``), ``values``.
     Returns the truncated ``(lengths, offsets, values)``."""
-    lengths = np.asarray(lengths, np.int64)
-    if n < 0:
-        raise ValueError(f"n={n}: must be >= 0")
-    if len(lengths) == 0 or lengths.max(initial=0) <= n:
-        return lengths, offsets, values
-    new = np.minimum(lengths, n)
-    noffs = np.zeros(len(new) + 1, np.int64)
-    np.cumsum(new, out=noffs[1:])
-    starts = offsets[1:] - new  # the last `new` entries of each list
-    idx = np.repeat(starts - noffs[:-1], new) + np.arange(noffs[-1])
+    new, noffs, idx = truncation_index(lengths, n)
+    if idx is None:
+        return np.asarray(lengths, np.int64), offsets, values
     return new, noffs, values[idx]
 
 

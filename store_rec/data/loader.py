@@ -66,7 +66,7 @@ import torch
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from store_rec.data.history import check_history_len, truncate_lists
+from store_rec.data.history import check_history_len, truncation_index
 from store_rec.data.schema import HISTORY, SID, DatasetSchema, SchemaError, SparseFeature
 from store_rec.data.sid_table import read_sid_table, read_sid_table_metadata, sid_codebook_size  # noqa: F401  (re-exported)
 from store_rec.errors import DataError, UserError
@@ -511,8 +511,8 @@ class ParquetBatchLoader:
                 item[sl] = t.column(self._sid_item).to_numpy()
             for m in self._multi:
                 col = t.column(m).combine_chunks() if t.column(m).num_chunks != 1 else t.column(m).chunk(0)
-                lens = pc.list_value_length(col).to_numpy(zero_copy_only=False).astype(np.int64)
-                vals = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.int64)
+                lens = pc.list_value_length(col).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+                vals = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
                 multi_parts[m].append((lens, vals))
             pos += take
             i += 1
@@ -528,13 +528,17 @@ class ParquetBatchLoader:
                                     f"range: {item[badi[0]]} not in [0, {v}) (vocab_size in schema.json)")
             single[len(self._single):] = self._sid_lut[:, src]
         multi: Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        cut: Optional[Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], np.ndarray]] = None  # shared by the aligned lists
         for m, parts in multi_parts.items():
             lens = np.concatenate([p[0] for p in parts]) if len(parts) != 1 else parts[0][0]
             vals = np.concatenate([p[1] for p in parts]) if len(parts) != 1 else parts[0][1]
             offs = np.zeros(n + 1, np.int64)
             np.cumsum(lens, out=offs[1:])
             if self.history_len and m in self._history:
-                lens, offs, vals = truncate_lists(lens, offs, vals, self.history_len)
+                if cut is None or not np.array_equal(cut[3], lens):
+                    cut = (*truncation_index(lens, self.history_len), lens)
+                lens, offs = cut[0], cut[1]
+                vals = vals if cut[2] is None else vals[cut[2]]
             multi[m] = (lens, offs, vals)
         if self._history_sids:
             lut = self._sid_lut
@@ -546,12 +550,15 @@ class ParquetBatchLoader:
             perm = np.random.default_rng([self.seed, self.epoch, self.rank, w]).permutation(n)
             single = single[:, perm]
             dense, label, user = dense[perm], label[perm], user[perm]
+            last: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = None  # aligned lists share it
             for m, (lens, offs, vals) in multi.items():
-                nl = lens[perm]
-                no = np.zeros(n + 1, np.int64)
-                np.cumsum(nl, out=no[1:])
-                idx = np.repeat(offs[:-1][perm] - no[:-1], nl) + np.arange(no[-1])
-                multi[m] = (nl, no, vals[idx])
+                if last is None or not (last[0] is lens or np.array_equal(last[0], lens)):
+                    nl = lens[perm]
+                    no = np.zeros(n + 1, np.int64)
+                    np.cumsum(nl, out=no[1:])
+                    idx = np.repeat(offs[:-1][perm] - no[:-1], nl) + np.arange(no[-1])
+                    last = (lens, nl, no, idx)
+                multi[m] = (last[1], last[2], vals[last[3]])
         win.single, win.multi, win.dense, win.label, win.user = single, multi, dense, label, user
         return win
 
