@@ -265,6 +265,25 @@ def test_interaction_log_expected_lists_time_split(tmp_path):
                                                            ("hist_gap", None)]
 
 
+def test_interaction_log_without_time_uses_log_order(tmp_path, capsys):
+    (tmp_path / "log.csv").write_text("user,item\na,i1\na,i2\nb,i1\na,i3\na,i4\na,i5\n")
+    (tmp_path / "s.yaml").write_text("kind: interactions\ncolumns:\n  user: {role: user_key}\n"
+                                     "  item: {role: id, item_key: true}\n"
+                                     "interactions: {negatives: {strategy: none}, history_len: 2}\n")
+    out = tmp_path / "o"
+    s = prepare("table", str(tmp_path / "log.csv"), out, schema=str(tmp_path / "s.yaml"), sanity=False)
+    assert "log order" in s.params["history"]["time"]
+    iv = load_vocab(out, "item")
+    t = _table(out, "train")  # leave_last_out: a's i4 valid, i5 test; b train only
+    got = sorted((iv.decode([i])[0], iv.decode(h), g) for i, h, g in zip(t["item"], t["hist_item"], t["hist_gap"]))
+    # gap = rows back in the log: a's i3 is 2 rows after i2 (b's row between), 3 after i1
+    assert got == [("i1", [], []), ("i1", [], []), ("i2", ["i1"], [2]), ("i3", ["i1", "i2"], [3, 2])]
+    from store_rec.cli import main
+
+    assert main(["data", "info", str(out)]) == 0
+    assert "history (max_len 2): hist_item[4] <- item, hist_gap[64]" in capsys.readouterr().out
+
+
 def test_bad_history_config_names_the_key(shared_datasets, tmp_path):
     src = str(shared_datasets / "ml-1m")
     with pytest.raises(ConfigError, match="history_len"):
@@ -285,6 +304,10 @@ def test_bad_history_config_names_the_key(shared_datasets, tmp_path):
         (tmp_path / "s.yaml").write_text(text)
         with pytest.raises(ConfigError, match=key):
             prepare("table", str(tmp_path / "log.csv"), tmp_path / "o", schema=str(tmp_path / "s.yaml"))
+    (tmp_path / "s.yaml").write_text("columns:\n  user: {role: id}\n  y: {role: label}\n"
+                                     "interactions: {history_len: 4}\n")
+    with pytest.raises(ConfigError, match="interactions.history_len.*kind: interactions"):
+        prepare("table", str(tmp_path / "log.csv"), tmp_path / "o", schema=str(tmp_path / "s.yaml"))
     from store_rec.config import from_dict
     from store_rec.train.config import DataConfig
 

@@ -34,8 +34,9 @@ event; the index kept while writing costs 16 bytes per row plus 8 bytes per even
 (encoded event values), independent of ``N``. The lists themselves (up to ``rows x N`` entries)
 are never built for a whole split: :func:`history_row_group_size` bounds the rows of a parquet row
 group to ``~2**20 / N`` and the writer materialises ``<= 2**22`` list entries per column at a time
-(32 MiB of int64 per column). Measured on MovieLens-1M pairs with ``N = 128``: see
-``params["history"]`` of the prepared dataset and docs/ARCHITECTURE.md.
+(32 MiB of int64 per column). Measured on the MovieLens-1M pairs (5.0 M rows, 2 shared cores):
+``N = 128`` prepares in 72 s with a peak RSS of 1,548 MiB against 15 s / 1,603 MiB without history
+(the lists, ~440 M entries, are never resident; datasets/movielens.md).
 """
 
 from __future__ import annotations
