@@ -189,6 +189,34 @@ def test_movielens_history_no_leakage_and_alignment(ml_hist):
     assert set(h["mean_len"]) == set(SPLITS) and h["mean_len"]["test"] == 8.0
 
 
+def test_movielens_ratings_dat_timestamps_ties_and_explicit_negatives(shared_datasets, tmp_path):
+    root = tmp_path / "ml"
+    root.mkdir()
+    for n in ("users.dat", "movies.dat"):
+        (root / n).write_bytes((shared_datasets / "ml-1m" / "grouplens" / n).read_bytes())
+    # user 1 by time: 1(+)@10 2(-)@20 3(+)@20 4(+)@20 5(+)@100 6(+)@1000 7(+)@1100  (test 7, valid 6)
+    (root / "ratings.dat").write_text("1::7::5::1100\n1::4::4::20\n1::1::5::10\n1::2::1::20\n1::3::5::20\n"
+                                      "1::5::4::100\n1::6::5::1000\n")
+    out = tmp_path / "out"
+    s = prepare("movielens", str(root), out, neg_ratio=0, history_len=3, sanity=False)
+    assert s.params["history"]["time"].startswith("seconds")
+    mv = load_vocab(out, "movie_id")
+    got = {}
+    for sp in SPLITS:
+        t = _table(out, sp)
+        for m, h, g in zip(t["movie_id"], t["hist_movie_id"], t["hist_gap"]):
+            got[mv.decode([m])[0] or sp] = (mv.decode(h), g)
+    b = lambda gap: int(1 + np.floor(np.log2(1 + gap)))  # noqa: E731
+    assert got == {
+        "1": ([], []),
+        "2": (["1"], [b(10)]), "3": (["1"], [b(10)]), "4": (["1"], [b(10)]),  # same second: not each other
+        # the negative 2 is no history; equal times keep the file order (4 before 3)
+        "5": (["1", "4", "3"], [b(90), b(80), b(80)]),
+        "valid": (["4", "3", "5"], [b(980), b(980), b(900)]),    # movie 6 (valid): the newest 3
+        "test": (["3", "5", None], [b(1080), b(1000), b(100)]),  # movie 7: 6 (valid, OOV id) is in it
+    }
+
+
 def test_movielens_user_holdout_test_interactions_in_no_history(shared_datasets, tmp_path):
     out = tmp_path / "ml"
     prepare("movielens", str(shared_datasets / "ml-1m"), out, max_users=30, history_len=5, split="user_holdout",

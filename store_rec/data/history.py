@@ -5,7 +5,8 @@ the synthetic generator) and for the rules the loader and the models rely on.
 
 **Rule.** For a row of user ``u`` at time ``t``, the history is the user's most recent ``<= N``
 *history events* with ``time < t`` (strictly: never the row itself, never a later interaction, never
-one at the same instant), ordered **oldest -> newest** (the newest is the last element). A history
+one at the same instant), ordered **oldest -> newest** (the newest is the last element; events with
+equal times in the order of the preparer's log, e.g. file order). A history
 event is a **positive** interaction (label 1, a real log row) **not in the test split**: sampled
 negatives and explicit negatives never enter a history, and test interactions never enter any
 history, so test rows see train + valid history only. A sampled negative copies the history (and
