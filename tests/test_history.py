@@ -424,6 +424,11 @@ def test_loader_history_keys_truncation_and_sids(syn, tmp_path):
     assert not any(k.startswith("hist_") for k in none.keys) and not none.schema.history
     with pytest.raises(UserError, match="history_len"):
         ParquetBatchLoader(out, "valid", 64, history_len=-1)
+    plain = tmp_path / "plain"
+    prepare_synthetic(plain, rows=2000, items=50, users=20, num_clusters=4)
+    with pytest.raises(UserError, match="history_len=4: .* has no history features"):
+        ParquetBatchLoader(plain, "valid", 64, history_len=4)
+    assert ParquetBatchLoader(plain, "valid", 64, history_len=0).keys == ParquetBatchLoader(plain, "valid", 64).keys
     # SID table attached: {H}_sid_k for the item history only, same lookup as the target (OOV -> C)
     ids = np.arange(1, SYN["items"] + 1)
     keep = ids[ids % 5 != 0]  # every 5th item has no SIDs

@@ -16,7 +16,8 @@ History (``history`` role, :mod:`store_rec.data.history`): jagged keys like any 
 oldest first. ``history_len``: ``None`` = as prepared; ``n >= 1`` keeps the ``n`` newest (last)
 entries of every history list (all history keys stay aligned; the schema's ``max_len`` becomes
 ``min(max_len, n)``); ``0`` drops every history key (and does not read those columns), so the
-history length can be swept without preparing again.
+history length can be swept without preparing again; ``n >= 1`` on a dataset without history
+features is a ``UserError``.
 A window holds ``window_rows x mean list length`` int64 entries per history key
 (plus ``K`` SID keys per item history): the default window is cut to ``2**22 / max_len`` rows
 when the loaded lists can be ``max_len`` long (32768 rows at ``max_len`` 128).
@@ -231,6 +232,10 @@ class ParquetBatchLoader:
             base = copy.deepcopy(base)
             base.sparse = [f for f in base.sparse if f.name in keep]
         self.history_len = check_history_len(history_len, "history_len", allow_none=True)
+        if self.history_len and not any(f.role == HISTORY for f in full.sparse):
+            raise UserError(f"history_len={self.history_len}: {self.data_dir} has no history features (prepare it "
+                            "with history_len N > 0, e.g. `store-rec data prepare ... --set history_len=128`, or "
+                            "set history_len to null / 0)")
         if self.history_len is not None and any(f.role == HISTORY for f in base.sparse):
             base = copy.deepcopy(base)
             if self.history_len == 0:
