@@ -51,3 +51,7 @@ def test_baselines_and_stale_data_are_checked(tmp_path):
         check_data_params(tmp_path, {"generator": "v1"})
     with pytest.raises(UserError, match="made with seed=0, but --seed is 1"):
         check_data_params(tmp_path, {"seed": 1})
+    (tmp_path / "schema.json").write_text(json.dumps({"params": {"rows": 100}}))  # generator v1 records no generator
+    with pytest.raises(UserError, match="made with generator='v1', but --generator is 'v2'"):
+        check_data_params(tmp_path, {"generator": "v2"})
+    check_data_params(tmp_path, {"generator": "v1", "rows": 100})

@@ -125,8 +125,9 @@ def check_data_params(data: Path, want: Mapping[str, Any]) -> None:
 
     have = json.loads((data / "schema.json").read_text()).get("params", {})
     for key, flag in _DATA_KEYS.items():
-        if key in want and have.get(key, "v1" if key == "generator" else None) != want[key]:
-            raise UserError(f"{data}: made with {key}={have.get(key)!r}, but --{flag.replace('_', '-')} is {want[key]!r}; "
+        got = have.get(key, "v1" if key == "generator" else None)  # generator v1's schema does not record it
+        if key in want and got != want[key]:
+            raise UserError(f"{data}: made with {key}={got!r}, but --{flag} is {want[key]!r}; "
                             "use another --out (or delete this one) to start over")
 
 
