@@ -89,6 +89,9 @@ def test_results_generator_on_a_tiny_config(tmp_path):
     m, sd, n = paired_difference(t["STORE"], t["DCNv2"])
     assert n == 2 and "| DCNv2 | 0.002 |" in text and f"{m:+.4f} ± {sd:.4f}" in text
     assert "Claims (generated" in text and "| syn | DCNv2 | " in text
+    # ... and its One-Epoch section: every model's AUC per epoch at its selected grid point, plot beside it
+    assert "### One-Epoch: AUC per epoch" in text and "| DCNv2 | SIDs | 0.002 | " in text
+    assert (md.parent / "results" / "fa_epochs.png").stat().st_size > 0
     for name in ("ep", "sp"):
         assert (md.parent / "results" / f"{name}.png").stat().st_size > 0
         fig = json.loads((md.parent / "results" / f"{name}.json").read_text())  # the plotted numbers, for --replot

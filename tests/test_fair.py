@@ -43,3 +43,33 @@ def test_selection_uses_mean_valid_and_pairs_seeds():
     table = "\n".join(fair_table("synthetic", sel, "STORE", ["DLRM"], "lr"))
     assert "+0.0350 ± 0.0212 (ahead by >= 1 std)" in table
     assert claim_row("synthetic", sel, "STORE", ["DLRM"]).startswith("| synthetic | DLRM | 0.7450 | 0.7100 | +0.0350")
+
+
+def _curve_rows(pairs):
+    rows = []
+    for ep, (v, t) in enumerate(pairs):
+        rows += [{"epoch": ep, "split": "valid", "auc": v}, {"epoch": ep, "split": "test", "auc": t}]
+    return rows
+
+
+def test_one_epoch_curves_table_and_verdict(tmp_path):
+    from store_rec.experiments.fair import EpochCurve, epoch_scores, one_epoch_rows, one_epoch_verdict
+
+    p = _jsonl(tmp_path / "m.jsonl", _curve_rows([(0.70, 0.69), (0.74, 0.73), (0.73, 0.72)]) +
+               [{"epoch": 3, "split": "valid", "auc": 0.75}])  # an epoch without test is left out
+    assert epoch_scores(p) == {1: (0.70, 0.69), 2: (0.74, 0.73), 3: (0.73, 0.72)}
+    assert epoch_scores(tmp_path / "missing.jsonl") == {}
+    store = EpochCurve("STORE", 0.005, {0: {1: (0.70, 0.69), 2: (0.74, 0.73), 3: (0.73, 0.72)},
+                                        1: {1: (0.71, 0.70), 2: (0.72, 0.71), 3: (0.75, 0.74)}}, raw_ids=False)
+    raw = EpochCurve("DLRM (raw IDs)", 0.005, {0: {1: (0.72, 0.71), 2: (0.70, 0.70)},
+                                                1: {1: (0.73, 0.72), 2: (0.71, 0.70)}}, raw_ids=True)
+    assert store.best == {0: 2, 1: 3} and raw.best == {0: 1, 1: 1}
+    assert store.best_test() == pytest.approx((0.73 + 0.74) / 2)  # each seed's test at its own best-valid epoch
+    assert one_epoch_verdict([store, raw], "STORE") == "reproduced"
+    # a raw-ID model that improves past epoch 1 on one seed: only half of the claim
+    raw2 = EpochCurve("DLRM (raw IDs)", 0.005, {0: {1: (0.72, 0.71), 2: (0.73, 0.70)}, 1: raw.by_seed[1]}, raw_ids=True)
+    assert one_epoch_verdict([store, raw2], "STORE").startswith("half: STORE improves")
+    assert one_epoch_verdict([EpochCurve("STORE", None, store.by_seed, raw_ids=True), raw], "STORE").startswith("not testable")
+    rows = "\n".join(one_epoch_rows("synthetic", [store, raw], 3, "lr"))
+    assert "| STORE | SIDs | 0.005 | 0.7050 / 0.6950 | 0.7300 / 0.7200 | 0.7400 / 0.7300 | 2,3 | 0.6950 -> 0.7350 (+0.0400) |" in rows
+    assert "| DLRM (raw IDs) | raw IDs | 0.005 | 0.7250 / 0.7150 | 0.7050 / 0.7000 | (stopped) | 1,1 |" in rows

@@ -163,3 +163,100 @@ def claim_row(dataset: str, sel: Dict[str, Selected], reference: str, rivals: Se
     m, sd, n = paired_difference(ref.test_auc, best.test_auc)
     return (f"| {dataset} | {best.variant} | {mean_std(list(ref.test_auc.values()))[0]:.4f} | "
             f"{mean_std(list(best.test_auc.values()))[0]:.4f} | {m:+.4f} ± {sd:.4f} | {n} | {verdict(m, sd, n)} |")
+
+
+def epoch_scores(metrics_jsonl: Path) -> Dict[int, Tuple[float, float]]:
+    """``{epoch (1-based): (valid AUC, test AUC)}`` for every epoch end of a run with both finite (empty
+    when the file is missing). A run stopped early has no entries past its last epoch."""
+    out: Dict[int, Dict[str, float]] = {}
+    if not metrics_jsonl.exists():
+        return {}
+    for line in metrics_jsonl.read_text().splitlines():
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        if r.get("split") in ("valid", "test") and "epoch" in r and _finite(r.get("auc")):
+            out.setdefault(int(r["epoch"]) + 1, {})[r["split"]] = float(r["auc"])
+    return {ep: (v["valid"], v["test"]) for ep, v in sorted(out.items()) if "valid" in v and "test" in v}
+
+
+@dataclass
+class EpochCurve:
+    """One model's per-epoch AUCs on one dataset at its selected grid point.
+
+    ``by_seed[seed][e] = (valid AUC, test AUC)`` after epoch ``e`` (1-based); early stopping ends a
+    seed's curve, so later epochs can have fewer seeds. ``raw_ids``: the model read raw item IDs."""
+
+    variant: str
+    x: Any
+    by_seed: Dict[int, Dict[int, Tuple[float, float]]]
+    raw_ids: bool
+
+    def at(self, epoch: int, which: int) -> List[float]:
+        """The AUCs (``which`` 0: valid, 1: test) after ``epoch`` of the seeds that trained that far."""
+        return [c[epoch][which] for c in self.by_seed.values() if epoch in c]
+
+    @property
+    def epochs(self) -> List[int]:
+        return sorted({e for c in self.by_seed.values() for e in c})
+
+    @property
+    def best(self) -> Dict[int, int]:
+        """Each seed's best-valid epoch (the earliest on ties, as :func:`best_valid_epoch`)."""
+        return {s: max(c, key=lambda e: (c[e][0], -e)) for s, c in self.by_seed.items() if c}
+
+    def best_test(self) -> float:
+        """Mean over seeds of the test AUC at each seed's best-valid epoch (the fair table's number)."""
+        b = self.best
+        return mean_std([self.by_seed[s][e][1] for s, e in b.items()])[0]
+
+    def peaks_at_one(self) -> bool:
+        return bool(self.best) and all(e == 1 for e in self.best.values())
+
+    def keeps_rising(self) -> bool:
+        return bool(self.best) and all(e > 1 for e in self.best.values())
+
+
+def one_epoch_verdict(curves: Sequence[EpochCurve], reference: str) -> str:
+    """The paper's One-Epoch claim on one dataset: the reference (STORE on SIDs) improves past epoch 1 on
+    every seed (best-valid epoch > 1) while every raw-ID model peaks at epoch 1 on every seed."""
+    ref = next((c for c in curves if c.variant == reference), None)
+    raw = [c for c in curves if c.raw_ids and c.variant != reference]
+    if ref is None or not ref.best:
+        return "not measured"
+    if ref.raw_ids:
+        return f"not testable ({reference} has no SIDs here)"
+    if not raw:
+        return "not testable (no raw-ID model)"
+    rises, peak = ref.keeps_rising(), all(c.peaks_at_one() for c in raw)
+    if rises and peak:
+        return "reproduced"
+    if rises:
+        return f"half: {reference} improves past epoch 1, but the raw-ID model does too on some seed"
+    if peak:
+        return f"half: the raw-ID model peaks at epoch 1, but so does {reference} on some seed"
+    return "not reproduced"
+
+
+def one_epoch_rows(dataset: str, curves: Sequence[EpochCurve], n_epochs: int, grid_label: str) -> List[str]:
+    """Markdown rows for one dataset: mean valid / test AUC after each epoch (with the number of seeds
+    where early stopping left fewer), each seed's best-valid epoch, and mean test AUC epoch 1 -> best."""
+    lines = [f"**{dataset}**", "",
+             f"| model | item feature | {grid_label} | " + " | ".join(f"epoch {k}: valid / test" for k in range(1, n_epochs + 1))
+             + " | best-valid epoch per seed | mean test AUC: epoch 1 -> best-valid epoch |",
+             "|---|---|---|" + "---|" * n_epochs + "---|---|"]
+    for c in curves:
+        n_all = len(c.by_seed)
+        cells = []
+        for k in range(1, n_epochs + 1):
+            v, t = c.at(k, 0), c.at(k, 1)
+            if not v:
+                cells.append("(stopped)")
+                continue
+            cells.append(f"{mean_std(v)[0]:.4f} / {mean_std(t)[0]:.4f}" + (f" ({len(v)} of {n_all} seeds)" if len(v) < n_all else ""))
+        t1, tb = mean_std(c.at(1, 1))[0], c.best_test()
+        best = ",".join(str(c.best[s]) for s in sorted(c.best))
+        x = c.x if c.x is not None else "—"
+        lines.append(f"| {c.variant} | {'raw IDs' if c.raw_ids else 'SIDs'} | {x} | " + " | ".join(cells)
+                     + f" | {best} | {t1:.4f} -> {tb:.4f} ({tb - t1:+.4f}) |")
+    return lines

@@ -258,7 +258,7 @@ def _save(fig: Any, png: Path) -> Path:
 
 
 def _fair(name: str, e: ExperimentSpec, runs: List[Run], fig_dir: Path) -> List[str]:
-    from store_rec.experiments.fair import best_valid_epoch, claim_row, fair_table, select_all
+    from store_rec.experiments.fair import EpochCurve, best_valid_epoch, claim_row, epoch_scores, fair_table, select_all
 
     label = e.sweep.label if e.sweep is not None else "setting"
     rivals = [v for v, spec in e.variants.items() if v != e.reference and not spec.extra]
@@ -267,11 +267,11 @@ def _fair(name: str, e: ExperimentSpec, runs: List[Run], fig_dir: Path) -> List[
                         f"Last column: paired per-seed test-AUC difference {e.reference} − model, mean ± std.", ""]
     claims = ["| dataset | best rival (same features) | " + f"{e.reference} test AUC | rival test AUC | "
               f"{e.reference} − rival (paired) | seeds | outcome |", "|---|---|---|---|---|---|---|"]
+    curves: Dict[str, List[Any]] = {}
     for dn in e.datasets:
         scores: Dict[str, Dict[Any, Dict[int, Any]]] = {}
-        for r in runs:
-            if r.dataset != dn:
-                continue
+        mine = [r for r in runs if r.dataset == dn]
+        for r in mine:
             sc = best_valid_epoch(r.dir / "metrics.jsonl")
             if sc is not None:
                 scores.setdefault(r.variant, {}).setdefault(r.x, {})[r.seed] = sc
@@ -283,9 +283,49 @@ def _fair(name: str, e: ExperimentSpec, runs: List[Run], fig_dir: Path) -> List[
         row = claim_row(dn, sel, e.reference, rivals)
         if row:
             claims.append(row)
+        # the per-epoch curves of every model at its selected grid point (the One-Epoch section)
+        curves[dn] = [EpochCurve(vn, s.x, {r.seed: epoch_scores(r.dir / "metrics.jsonl")
+                                                     for r in mine if r.variant == vn and r.x == s.x},
+                                      raw_ids=all(r.sids is None for r in mine if r.variant == vn))
+                      for vn, s in sel.items()]
     notes = sorted({n for r in runs for n in r.notes})
     lines += ["Claims (generated from the numbers above):", ""] + claims + [""] + [f"- note: {n}." for n in notes]
+    if curves:
+        lines += [""] + _one_epoch(name, e, curves, label, fig_dir)
     return lines
+
+
+def _one_epoch(name: str, e: ExperimentSpec, curves: Dict[str, List[Any]], label: str, fig_dir: Path) -> List[str]:
+    """The fair runs read per epoch: the paper's One-Epoch claim (STORE keeps improving over epochs,
+    raw-ID models peak after epoch 1), a table per dataset and a plot of test AUC per epoch."""
+    from store_rec.experiments.fair import one_epoch_rows, one_epoch_verdict
+
+    assert e.reference is not None
+    n_ep = max((max(c.epochs) for cs in curves.values() for c in cs if c.epochs), default=0)
+    lines = ["### One-Epoch: AUC per epoch (the same runs)", "",
+             f"Every model at its selected {label}; mean over the seeds that trained that far (early stopping on valid "
+             "ends a seed's run one epoch after its best; fewer seeds are marked). The paper's claim: STORE keeps "
+             "improving over epochs while raw-ID models peak after epoch 1.", ""]
+    verdicts = ["| dataset | " + f"{e.reference}'s best-valid epoch per seed | raw-ID model(s): best-valid epoch per seed | "
+                "One-Epoch claim |", "|---|---|---|---|"]
+    series = []
+    for dn, cs in curves.items():
+        lines += one_epoch_rows(dn, cs, n_ep, label) + [""]
+        ref = next((c for c in cs if c.variant == e.reference), None)
+        raw = [c for c in cs if c.raw_ids and c.variant != e.reference]
+        fmt = lambda c: ",".join(str(c.best[s]) for s in sorted(c.best))  # noqa: E731
+        verdicts.append(f"| {dn} | {fmt(ref) if ref else '—'}{' (on raw IDs)' if ref is not None and ref.raw_ids else ''} | "
+                        + ("; ".join(f"{c.variant} {fmt(c)}" for c in raw) or "—") + f" | {one_epoch_verdict(cs, e.reference)} |")
+        for c in cs:
+            eps = c.epochs
+            ms = [_ms(c.at(k, 1)) for k in eps]
+            series.append({"dataset": dn, "variant": c.variant,
+                           "x": eps, "auc_mean": [m for m, _ in ms], "auc_std": [s for _, s in ms],
+                           "seeds": [len(c.at(k, 1)) for k in eps]})
+    png = _figure(fig_dir, f"{name}_epochs", {"kind": "epochs", "title": f"{e.title}: test AUC per epoch",
+                                              "x_label": "epoch", "datasets": list(curves), "series": series})
+    return lines + ["Per dataset (generated from the best-valid epochs above):", ""] + verdicts + ["",
+                                                                                               f"![{name}_epochs](results/{png.name})"]
 
 
 def write_results(spec: PaperSpec, runs: List[Run], path: Path, command: str, tiny: bool, header: Optional[str] = None,
