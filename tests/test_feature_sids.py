@@ -227,3 +227,64 @@ def test_every_model_uses_the_feature_sids_instead_of_the_raw_ids(tmp_path, trai
     out = model(next(iter(ld)))
     logits = out.logits if hasattr(out, "logits") else out[0]
     assert logits.shape[0] == 32 and torch.isfinite(logits).all()
+
+
+# ------------------------------------------------------------------------------------ experiments runner
+FIRST_STAGE = """
+base: base.yaml
+jobs: 2
+datasets:
+  syn:
+    prepare: {dataset: synthetic, set: {rows: 800, items: 60, users: 40, num_clusters: 4}}
+    pretrain: null
+    first_stage: {features: [user_id, item_id], set: [model.name=dlrm], epochs: 2}
+    sids: {num_sids: 2, codebook_size: 4, steps: 30}
+    set: [data.batch_size=128, model.attention.num_layers=1]
+experiments:
+  t:
+    title: "first-stage SIDs"
+    kind: table
+    datasets: [syn]
+    seeds: [0]
+    variants:
+      STORE: {sids: opmq}
+      DLRM (raw IDs): {set: [model.name=dlrm]}
+tiny: {set: [train.epochs=1], seeds: [0]}
+"""
+
+
+def test_runner_first_stage_sids_in_tiny_mode(tmp_path, monkeypatch):
+    """first stage (DLRM, train split) -> export each feature's table -> tokenize -> data.sid_tables; the
+    planned STORE run trains on them (a few steps, in process); the raw-ID row does not get them."""
+    import json
+    import shutil
+
+    from store_rec.experiments.runner import plan_runs
+    from store_rec.experiments.spec import load_spec
+    from store_rec.train.config import load_train_config
+    from store_rec.train.trainer import run
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copy(root / "configs" / "experiments" / "base.yaml", tmp_path / "base.yaml")
+    (tmp_path / "fs.yaml").write_text(FIRST_STAGE)
+    monkeypatch.chdir(tmp_path)
+    runs = plan_runs(load_spec("fs.yaml"), Path("out"), tiny=True, build=True, datasets=["syn"])
+    d = Path("out/data-tiny/syn")
+    rec = json.loads(Path("out/data-tiny/syn.first_stage.build.json").read_text())
+    assert set(rec["inputs"]) == {"data", "base"} and "model.name=dlrm" in rec["args"] and "train.epochs=1" in rec["args"]
+    assert "train.eval_splits=[valid]" in rec["args"]  # the first stage never looks at test
+    assert json.loads((d / "emb_user_id.parquet.build.json").read_text())["args"][:2] == ["embeddings", "export"]
+    store = next(r for r in runs if r.variant == "STORE")
+    tables = json.loads(next(o for o in store.overrides if o.startswith("data.sid_tables="))[len("data.sid_tables="):])
+    assert set(tables) == {"user_id", "item_id"} and all(Path(p).exists() for p in tables.values())
+    assert set(store.inputs) == {"data", "sid_table.user_id", "sid_table.item_id"} and store.ready
+    assert any("first-stage dlrm" in n for n in store.notes)
+    raw = next(r for r in runs if r.variant != "STORE")
+    assert not any(o.startswith("data.sid_tables") for o in raw.overrides) and "model.tokenizer=none" in raw.overrides
+    # everything is current: planning again builds nothing
+    assert all(r.ready for r in plan_runs(load_spec("fs.yaml"), Path("out"), tiny=True, build=False))
+    with pytest.raises(Exception, match="--datasets"):
+        plan_runs(load_spec("fs.yaml"), Path("out"), tiny=True, build=False, datasets=["nope"])
+    cfg = load_train_config("base.yaml", [*store.overrides, "train.max_steps=3", "train.eval_splits=[valid]"])
+    summary = run(cfg)
+    assert summary["auc"] == summary["auc"] and summary["steps"] == 3
