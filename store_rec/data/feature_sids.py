@@ -149,8 +149,8 @@ def append_feature_sids(schema: DatasetSchema, fsids: List[FeatureSids]) -> Data
 
 def tokenized_features(schema: DatasetSchema) -> Dict[str, List[str]]:
     """``{feature: its SID keys}`` of the ``data.sid_tables`` attached to ``schema`` (``{}`` when none)."""
-    rec = schema.params.get("sid_tables") or {}
-    return {f: list(v["keys"]) for f, v in rec.items()}  # type: ignore[union-attr]
+    rec: Dict[str, Any] = schema.params.get("sid_tables") or {}  # type: ignore[assignment]
+    return {f: list(v["keys"]) for f, v in rec.items()}
 
 
 def schema_with_feature_sids(schema: DatasetSchema, tables: Mapping[str, PathLike],

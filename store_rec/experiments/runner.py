@@ -166,6 +166,8 @@ class Artifacts:
             argv += ["--source", p.source]
         for k, v in sets.items():
             argv += ["--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}"]
+        if p.seed:  # only when set: the records of datasets prepared with the default seed stay as they were
+            argv += ["--seed", str(p.seed)]
 
         def remove() -> None:  # everything else under d (embeddings, SID tables) was built from it
             if d.exists() or d.is_symlink():
@@ -179,7 +181,7 @@ class Artifacts:
             from store_rec.data.prepare import prepare
 
             opts = parse_overrides(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sets.items())
-            prepare(p.dataset, p.source, d, seed=0, overwrite=False, config=None, skip_bad_rows=False, **opts)
+            prepare(p.dataset, p.source, d, seed=p.seed, overwrite=False, config=None, skip_bad_rows=False, **opts)
 
         return self._ensure(d, argv, build, {}, lambda: (d / "schema.json").exists(), remove, f"prepare {name}")
 
