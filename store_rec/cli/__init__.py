@@ -26,6 +26,7 @@ SUBCOMMANDS = {
     "data": "data",
     "pretrain": "pretrain",
     "tokenize": "tokenize",
+    "embeddings": "embeddings",
     "train": "train",
     "predict": "predict",
     "export": "export",

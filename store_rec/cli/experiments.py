@@ -47,6 +47,7 @@ def register(subparsers) -> None:  # noqa: ANN001
     p.add_argument("--results", default="docs/RESULTS.md", help="markdown to write (default docs/RESULTS.md)")
     p.add_argument("--jobs", type=int, default=None, help="parallel runs (default: the YAML's jobs)")
     p.add_argument("--only", default=None, help="comma-separated experiment names")
+    p.add_argument("--datasets", default=None, help="comma-separated dataset names: only their runs (default: all)")
     p.add_argument("--tiny", action="store_true", help="smoke-test sizes (CI); artifacts and runs go to OUT/data-tiny, OUT/runs-tiny")
     p.add_argument("--force", action="store_true", help="re-run runs that already have results")
     p.add_argument("--report-only", action="store_true",
@@ -93,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
     base_sha = base_config_sha256(spec.base, args.config)
     out = Path(args.out)
     only = [x for x in args.only.split(",") if x] if args.only else None
-    runs = plan_runs(spec, out, only, tiny=args.tiny, build=not args.report_only, adopt=args.adopt_artifacts)
+    datasets = [x for x in args.datasets.split(",") if x] if args.datasets else None
+    runs = plan_runs(spec, out, only, tiny=args.tiny, build=not args.report_only, adopt=args.adopt_artifacts,
+                     datasets=datasets)
     if not args.report_only:
         counts = execute(runs, spec.base, args.jobs or spec.jobs, force=args.force, base_sha=base_sha, adopt=args.adopt_artifacts)
         print(f"experiments: {counts['runs']} runs ({counts['ran']} trained now)")

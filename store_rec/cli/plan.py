@@ -218,6 +218,13 @@ def _schema_from(raw: Dict[str, Any], where: str):
             schema = schema_with_sids(schema, data.sid_table, data.sid_feature)
         except FileNotFoundError as e:
             raise UserError(f"{where}: data.sid_table: {e}") from None
+    if data.sid_tables:  # each feature's SIDs: {feature}_sid_0.., vocab C + 1 (store_rec.data.feature_sids)
+        from store_rec.data.feature_sids import schema_with_feature_sids
+
+        try:
+            schema = schema_with_feature_sids(schema, data.sid_tables, schema.params.get("sid_item_feature"))  # type: ignore[arg-type]
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
     return schema, d
 
 

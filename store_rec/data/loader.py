@@ -57,7 +57,7 @@ import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -67,6 +67,7 @@ import torch
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from store_rec.data.feature_sids import append_feature_sids, load_feature_sids
 from store_rec.data.history import check_history_len, truncation_index
 from store_rec.data.schema import HISTORY, SID, DatasetSchema, SchemaError, SparseFeature
 from store_rec.data.sid_table import read_sid_table, read_sid_table_metadata, sid_codebook_size  # noqa: F401  (re-exported)
@@ -187,6 +188,8 @@ class ParquetBatchLoader:
         sid_table: optional SID table parquet; attaches ``sid_0..sid_{K-1}`` of ``sid_feature``.
         sid_feature: the item feature the SIDs belong to (default: the table's ``item_feature``
             metadata, else the dataset's sequences item feature, else the only ``id`` feature).
+        sid_tables: ``{feature: SID table}`` (``data.sid_tables``): each feature's SIDs attached as
+            ``{feature}_sid_0..`` after the ``sid_*`` keys (:mod:`store_rec.data.feature_sids`).
         features: sparse features to put in the KJT (default: all, in schema order).
         window_rows: rows per read/shuffle window (default ``DEFAULT_WINDOW_ROWS``, or with history
             lists of ``max_len`` N (after ``history_len``) ``max(batch_size, min(DEFAULT_WINDOW_ROWS,
@@ -202,6 +205,7 @@ class ParquetBatchLoader:
                  shuffle: bool = False, seed: int = 0, drop_last: bool = False,
                  sid_table: Optional[PathLike] = None, sid_feature: Optional[str] = None,
                  features: Optional[Sequence[str]] = None, epoch: int = 0,
+                 sid_tables: Optional[Mapping[str, PathLike]] = None,
                  window_rows: Optional[int] = None, prefetch: int = 0, history_len: Optional[int] = None):
         self.data_dir = Path(data_dir)
         full = DatasetSchema.load(self.data_dir)
@@ -270,6 +274,10 @@ class ParquetBatchLoader:
             self._sid_lut = self._build_sid_lut(Path(sid_table), table, cols, schema.params["sid_codebook_size"],
                                                 full.feature(item).vocab_size)
             schema, self._history_sids = _append_history_sids(schema, item, cols, schema.params["sid_codebook_size"])
+        self._feature_sids = load_feature_sids(full, sid_tables, primary_feature=getattr(self, "_sid_item", None)) \
+            if sid_tables else []
+        if self._feature_sids:
+            schema = append_feature_sids(schema, self._feature_sids)
         self._schema = schema
         self._keys = schema.sparse_names
         self._single = [f.name for f in self._data_features if not f.multi_hot]
@@ -287,6 +295,7 @@ class ParquetBatchLoader:
             read.append(self._sid_item)
         if self._user_key and self._user_key not in read:
             read.append(self._user_key)
+        read += [fs.feature for fs in self._feature_sids if fs.feature not in read]
         self._read_cols = read
 
         # ---- files & row groups ------------------------------------------------------------------
@@ -426,7 +435,7 @@ class ParquetBatchLoader:
                 raise SchemaError(f"{path}: user_key column {self._user_key!r} has type {t}; expected int64")
 
     def _read_cols_names(self, schema: DatasetSchema) -> set:
-        names = {f.name for f in self._data_features}
+        names = {f.name for f in self._data_features} | {fs.feature for fs in self._feature_sids}
         if self._sid_lut is not None:
             names.add(self._sid_item)
         return names
@@ -486,6 +495,7 @@ class ParquetBatchLoader:
         user = np.zeros(n, np.int64)
         item = np.empty(n, np.int64) if self._sid_lut is not None and self._sid_item not in self._single else None
         multi_parts: Dict[str, List[Tuple[np.ndarray, np.ndarray]]] = {m: [] for m in self._multi}
+        cache_items = {fs.feature: np.empty(n, np.int64) for fs in self._feature_sids if fs.feature not in self._single}
         segs = []  # (window pos, rows, file index, row group, row in rg)
         i = int(np.searchsorted(starts, a, side="right") - 1)
         pos = 0
@@ -514,6 +524,10 @@ class ParquetBatchLoader:
                 user[sl] = t.column(self._user_key).to_numpy()
             if item is not None:
                 item[sl] = t.column(self._sid_item).to_numpy()
+            for col, arr in cache_items.items():
+                if t.column(col).null_count:
+                    raise DataError(f"{self._files[fi]}: row group {g}: null in column {col!r}")
+                arr[sl] = t.column(col).to_numpy()
             for m in self._multi:
                 col = t.column(m).combine_chunks() if t.column(m).num_chunks != 1 else t.column(m).chunk(0)
                 lens = pc.list_value_length(col).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
@@ -531,7 +545,9 @@ class ParquetBatchLoader:
                 if len(badi):
                     raise DataError(f"{self._where(segs, int(badi[0]))}: feature {self._sid_item!r}: id out of "
                                     f"range: {item[badi[0]]} not in [0, {v}) (vocab_size in schema.json)")
-            single[len(self._single):] = self._sid_lut[:, src]
+            single[len(self._single):len(self._single) + len(self._sid_lut)] = self._sid_lut[:, src]
+        if self._feature_sids:  # data.sid_tables: each feature's SIDs after the sid_* rows
+            self._fill_feature_sids(single, cache_items, segs)
         multi: Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         cut: Optional[Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], np.ndarray]] = None  # shared by the aligned lists
         for m, parts in multi_parts.items():
@@ -566,6 +582,19 @@ class ParquetBatchLoader:
                 multi[m] = (last[1], last[2], vals[last[3]])
         win.single, win.multi, win.dense, win.label, win.user = single, multi, dense, label, user
         return win
+
+    def _fill_feature_sids(self, single: np.ndarray, extra: Dict[str, np.ndarray], segs) -> None:
+        """Rows of ``single`` after the ``sid_*`` ones: each ``data.sid_tables`` feature's ``K`` SIDs."""
+        row = len(self._single) + (len(self._sid_lut) if self._sid_lut is not None else 0)
+        for fs in self._feature_sids:
+            ids = single[self._single.index(fs.feature)] if fs.feature not in extra else extra[fs.feature]
+            v = fs.lut.shape[1]
+            bad = np.flatnonzero((ids < 0) | (ids >= v))
+            if len(bad):
+                raise DataError(f"{self._where(segs, int(bad[0]))}: feature {fs.feature!r}: id out of range: "
+                                f"{ids[bad[0]]} not in [0, {v}) (vocab_size in schema.json)")
+            single[row:row + len(fs.keys)] = fs.codes(ids)
+            row += len(fs.keys)
 
     def _where(self, segs, q: int) -> str:
         for pos, take, fi, g, r0 in segs:

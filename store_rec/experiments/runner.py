@@ -166,6 +166,8 @@ class Artifacts:
             argv += ["--source", p.source]
         for k, v in sets.items():
             argv += ["--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}"]
+        if p.seed:  # only when set: the records of datasets prepared with the default seed stay as they were
+            argv += ["--seed", str(p.seed)]
 
         def remove() -> None:  # everything else under d (embeddings, SID tables) was built from it
             if d.exists() or d.is_symlink():
@@ -179,7 +181,7 @@ class Artifacts:
             from store_rec.data.prepare import prepare
 
             opts = parse_overrides(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sets.items())
-            prepare(p.dataset, p.source, d, seed=0, overwrite=False, config=None, skip_bad_rows=False, **opts)
+            prepare(p.dataset, p.source, d, seed=p.seed, overwrite=False, config=None, skip_bad_rows=False, **opts)
 
         return self._ensure(d, argv, build, {}, lambda: (d / "schema.json").exists(), remove, f"prepare {name}")
 
@@ -226,6 +228,87 @@ class Artifacts:
 
         return self._ensure(out, argv, build, {"embeddings": emb}, out.exists, remove,
                             f"tokenize {name} {method} K={shape.num_sids} C={shape.codebook_size}")
+
+    # ---- SIDs for features without sequences: first-stage model -> its tables -> tokenize ----------------
+    def first_stage(self, name: str) -> Artifact:
+        """The first-stage run of dataset ``name`` (``OUT/data/<name>.first_stage/``, its checkpoint in
+        ``ck/``): ``store-rec train`` of the experiments' base config with the dataset's ``set``, raw ids,
+        ``first_stage.set`` (default model DLRM), fixed epochs, no early stopping, valid only evaluated (for the
+        log; test never). Its record holds the base config's hash: editing the base retrains it."""
+        ds = self.spec.datasets[name]
+        fs = ds.first_stage
+        assert fs is not None, f"{name}: no first_stage section (callers check first)"
+        data = self.data_dir(name)
+        d = self.root / f"{name}.first_stage"  # beside the dataset: a run never writes into its input
+        epochs = 1 if self.tiny else fs.epochs
+        ov = [*ds.set, f"data.dir={data.path}", "data.prepare_if_missing=null", "model.name=dlrm", "model.tokenizer=none",
+              "data.sid_table=null", *fs.set, f"train.epochs={epochs}", "train.early_stop_patience=0", "train.max_steps=null",
+              "train.eval_splits=[valid]", "train.epoch_end_splits=[valid]", f"train.seed={fs.seed}",
+              "checkpoint.enabled=true", f"checkpoint.dir={d / 'ck'}", "checkpoint.keep=1", "checkpoint.every_steps=0",
+              f"output.dir={d}", "output.progress_bar=false", "output.tensorboard=false"]
+        argv = ["train", "--config", self.spec.base, *ov, "--metrics-out", str(d / "summary.json")]
+        base = Artifact(Path(self.spec.base), base_config_sha256(self.spec.base))
+
+        def remove() -> None:  # only a directory this runner made (a training output: config.yaml) or an empty one
+            if d.exists():
+                if any(d.iterdir()) and not (d / "config.yaml").exists():
+                    raise UserError(f"experiments: {d} exists and is not a first-stage run; refusing to delete it")
+                shutil.rmtree(d)
+
+        def build() -> None:  # = store-rec train (argv above), as a subprocess like every run
+            d.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, "-m", "store_rec.train", *argv[1:]]
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+            with open(d / "train.log", "w") as log:
+                rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
+            if rc != 0 or not (d / "summary.json").exists():
+                raise UserError(f"first-stage training exited with {rc}; log {d / 'train.log'}")
+
+        return self._ensure(d, argv, build, {"data": data, "base": base}, lambda: (d / "summary.json").exists(), remove,
+                            f"first stage {name}")
+
+    def feature_embeddings(self, name: str, feature: str) -> Artifact:
+        """``feature``'s table of the first-stage checkpoint as ``OUT/data/<name>/emb_<feature>.parquet``."""
+        stage = self.first_stage(name)
+        data = self.data_dir(name)
+        out = self.root / name / f"emb_{feature}.parquet"
+        argv = ["embeddings", "export", "--checkpoint", str(stage.path), "--data", str(data.path), "--feature", feature,
+                "--out", str(out)]
+
+        def remove() -> None:  # with it: every SID table tokenized from it
+            for f in [out, *out.parent.glob(f"fsids_{feature}_*")]:
+                f.unlink(missing_ok=True)
+
+        def build() -> None:  # = store-rec embeddings export (argv above)
+            from store_rec.inference.table_export import export_feature_embeddings
+
+            export_feature_embeddings(stage.path, feature, out, data=data.path)
+
+        return self._ensure(out, argv, build, {"first_stage": stage}, out.exists, remove, f"export {name} {feature}")
+
+    def feature_sid_table(self, name: str, feature: str, method: str, shape: SidShape) -> Artifact:
+        """``feature``'s first-stage embeddings tokenized: ``OUT/data/<name>/fsids_<feature>_<method>_K<K>_C<C>.parquet``."""
+        emb = self.feature_embeddings(name, feature)
+        out = self.root / name / f"fsids_{feature}_{method}_K{shape.num_sids}_C{shape.codebook_size}.parquet"
+        steps = 50 if self.tiny else shape.steps
+        steps = steps if steps and method != "opq" else None
+        argv = ["tokenize", "--embeddings", str(emb.path), "--method", method, "--num-sids", str(shape.num_sids),
+                "--codebook-size", str(shape.codebook_size), "--out", str(out), "--report", str(out.with_suffix(".json"))]
+        if steps:
+            argv += ["--steps", str(steps)]
+
+        def remove() -> None:
+            for f in (out, out.with_suffix(".json")):
+                f.unlink(missing_ok=True)
+
+        def build() -> None:  # = store-rec tokenize (argv above)
+            from store_rec.tokenizer.make_sids import make_sid_table
+
+            make_sid_table(emb.path, out, method=method, num_sids=shape.num_sids, codebook_size=shape.codebook_size,
+                           report=out.with_suffix(".json"), steps=steps)
+
+        return self._ensure(out, argv, build, {"embeddings": emb}, out.exists, remove,
+                            f"tokenize {name} {feature} {method} K={shape.num_sids} C={shape.codebook_size}")
 
     def _rel(self, tok: str) -> str:
         """A path under the artifacts root as ``{root}/...`` (records survive moving OUT)."""
@@ -299,17 +382,22 @@ class Artifacts:
 
 
 def plan_runs(spec: PaperSpec, out: Path, only: Optional[List[str]] = None, tiny: bool = False, build: bool = True,
-              adopt: bool = False) -> List[Run]:
+              adopt: bool = False, datasets: Optional[List[str]] = None) -> List[Run]:
     """Every run of the selected experiments.
 
     ``build=True``: the artifacts the runs read are built (or rebuilt) as their paths are needed.
     ``build=False``: only paths are computed; a run whose artifacts are missing or stale has
     ``ready == False`` (``--report-only`` leaves it out). ``adopt``: see :class:`Artifacts`.
+    ``datasets``: only the runs on these datasets (``--datasets``).
     """
     names = only or list(spec.experiments)
     unknown = [n for n in names if n not in spec.experiments]
     if unknown:
         raise UserError(f"--only: unknown experiment(s) {unknown}; known: {list(spec.experiments)}")
+    unknown = [n for n in datasets or [] if not any(n in spec.experiments[e].datasets for e in names)]
+    if unknown:
+        raise UserError(f"--datasets: {unknown} not a dataset of the selected experiment(s) "
+                        f"({sorted({d for e in names for d in spec.experiments[e].datasets})})")
     arts = Artifacts(spec, out / ("data-tiny" if tiny else "data"), tiny, build=build, adopt=adopt)
     runs_root = out / ("runs-tiny" if tiny else "runs")
     runs: List[Run] = []
@@ -321,6 +409,8 @@ def plan_runs(spec: PaperSpec, out: Path, only: Optional[List[str]] = None, tiny
         if e.sweep is not None:
             xs = list(e.sweep.values)[: spec.tiny.max_values] if tiny else list(e.sweep.values)
         for dn in e.datasets:
+            if datasets is not None and dn not in datasets:
+                continue
             ds = spec.datasets[dn]
             for vn, v in e.variants.items():
                 for x in xs:
@@ -352,7 +442,7 @@ def _data_overrides(arts: Artifacts, dn: str, ds: DatasetSpec, e: ExperimentSpec
     ov = [f"data.dir={data.path}", "data.prepare_if_missing=null"]
     inputs: Dict[str, Optional[str]] = {"data": data.digest}
     notes: List[str] = []
-    if method is not None and ds.pretrain is None:
+    if method is not None and not ds.has_sids:
         notes.append(f"{dn} has no user sequences to pre-train item embeddings: raw IDs instead of {method} SIDs")
         method = None
     if method is None:
@@ -361,9 +451,24 @@ def _data_overrides(arts: Artifacts, dn: str, ds: DatasetSpec, e: ExperimentSpec
     shape = ds.sids
     if e.sweep is not None and e.sweep.sids_key is not None:
         shape = replace(shape, **{e.sweep.sids_key: int(x)})
-    table = arts.sid_table(dn, method, shape)
-    inputs["sid_table"] = table.digest
-    ov += [f"data.sid_table={table.path}", f"model.tokenizer={method}", "model.sid_source=batch", f"model.item_feature={ds.item_feature}"]
+    if ds.pretrain is not None:
+        table = arts.sid_table(dn, method, shape)
+        inputs["sid_table"] = table.digest
+        ov += [f"data.sid_table={table.path}", f"model.tokenizer={method}", "model.sid_source=batch",
+               f"model.item_feature={ds.item_feature}"]
+    else:
+        ov += ["data.sid_table=null", f"model.tokenizer={method}", "model.sid_source=batch"]
+    if ds.first_stage is not None:  # each feature's own table: keys {feature}_sid_k (data.sid_tables)
+        tables = {}
+        for f in ds.first_stage.features:
+            t = arts.feature_sid_table(dn, f, method, shape)
+            inputs[f"sid_table.{f}"] = t.digest
+            tables[f] = str(t.path)
+        ov.append(f"data.sid_tables={json.dumps(tables)}")
+        model = next((s.split("=", 1)[1] for s in reversed(ds.first_stage.set) if s.startswith("model.name=")), "dlrm")
+        notes.append(f"{dn}: SIDs of {', '.join(ds.first_stage.features)} ({method}, K = {shape.num_sids}, C = "
+                     f"{shape.codebook_size}) tokenized from the tables of a first-stage {model} trained on the train "
+                     "split (ids never seen in training get the OOV SID)")
     return {"overrides": ov, "sids": method, "notes": notes, "inputs": inputs}
 
 

@@ -6,10 +6,15 @@ Layout (every key checked; errors name the key path)::
     jobs: 2                                 # runs in parallel (1 thread each)
     datasets:
       <name>:
-        prepare: {dataset: movielens|avazu|criteo|synthetic, source: PATH, set: {KEY: VALUE}}
+        prepare: {dataset: movielens|avazu|criteo|synthetic, source: PATH, set: {KEY: VALUE}, seed: 0}
         pretrain: {epochs, dim, max_len}    # SASRec item embeddings; null: no SIDs (raw IDs)
         sids: {num_sids, codebook_size, steps}   # default semantic-ID shape on this dataset
         item_feature: movie_id              # the id feature SIDs replace
+        first_stage:                        # SIDs without sequences: train a first-stage model on the
+          features: [site_id, app_id]       # train split, export these features' tables, tokenize each
+          set: [model.name=dlrm]            # (ds.sids shape) and attach them as data.sid_tables
+          epochs: 3                         # (keys {feature}_sid_k) to every run with `sids`
+          seed: 0
         set: [KEY=VALUE, ...]               # training overrides of every run on it
         tiny: {KEY: VALUE}                  # prepare overrides in --tiny mode
     experiments:
@@ -62,6 +67,7 @@ class PrepareSpec:
     dataset: Literal["movielens", "avazu", "criteo", "synthetic"]
     source: Optional[str] = None
     set: Dict[str, Any] = field(default_factory=dict)
+    seed: int = 0  # split / sampling seed (store-rec data prepare --seed): another seed, another random split
 
     def __post_init__(self) -> None:
         check(self.dataset == "synthetic" or bool(self.source), "source", f"{self.dataset} needs the raw data path")
@@ -90,6 +96,24 @@ class SidShape:
 
 
 @dataclass
+class FirstStageSpec:
+    """SIDs for features without sequences: a first-stage model (``model.name`` in ``set``, default
+    DLRM on raw ids) trained on the train split for ``epochs`` (no early stopping, valid evaluated only for
+    the log, test never), its ``features``' tables exported (``store-rec embeddings export``) and tokenized."""
+
+    features: List[str]
+    set: List[str] = field(default_factory=list)
+    epochs: int = 3
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(bool(self.features), "features", "needs at least one id feature to tokenize")
+        dup = sorted({f for f in self.features if self.features.count(f) > 1})
+        check(not dup, "features", f"lists {dup} more than once")
+        check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+
+
+@dataclass
 class DatasetSpec:
     prepare: PrepareSpec
     pretrain: Optional[PretrainSpec] = None
@@ -97,9 +121,20 @@ class DatasetSpec:
     item_feature: Optional[str] = None
     set: List[str] = field(default_factory=list)
     tiny: Dict[str, Any] = field(default_factory=dict)
+    first_stage: Optional[FirstStageSpec] = None
 
     def __post_init__(self) -> None:
         check(self.pretrain is None or bool(self.item_feature), "item_feature", "needed when SIDs are pre-trained")
+        if self.first_stage is not None:
+            for i, f in enumerate(self.first_stage.features):
+                check_name(f, f"first_stage.features[{i}]")
+                check(f != self.item_feature or self.pretrain is None, f"first_stage.features[{i}]",
+                      f"{f!r} is item_feature, tokenized from its pre-trained embeddings already")
+
+    @property
+    def has_sids(self) -> bool:
+        """SIDs can be built: from pre-trained sequence embeddings and/or a first-stage model."""
+        return self.pretrain is not None or self.first_stage is not None
 
 
 @dataclass

@@ -102,7 +102,8 @@ def open_checkpoint(args: argparse.Namespace) -> Tuple[Path, Path, Any]:
     cfg = load_train_config(find_config(step, args.config),
                             ["data.prepare_if_missing=null"] + ([f"data.dir={args.data}"] if args.data else []))
     check_output_path(out, inputs=[("--checkpoint", step), ("--config", args.config), ("--data", cfg.data.dir),
-                                   ("data.sid_table", cfg.data.sid_table)])
+                                   ("data.sid_table", cfg.data.sid_table),
+                                   *((f"data.sid_tables.{f}", p) for f, p in cfg.data.sid_tables.items())])
     if out.exists() and not args.force:
         raise UserError(f"--out: {out} exists; pass --force to replace it")
     if not (Path(cfg.data.dir) / "schema.json").is_file():
@@ -132,7 +133,7 @@ def predict(args: argparse.Namespace) -> Dict[str, Any]:
         loader = ParquetBatchLoader(data_dir, args.split, args.batch_size or cfg.data.eval_batch_size, rank=env.rank,
                                     world_size=env.world_size, shuffle=False, drop_last=False,
                                     sid_table=cfg.data.sid_table, sid_feature=cfg.data.sid_feature,
-                                    history_len=cfg.data.history_len)
+                                    sid_tables=cfg.data.sid_tables, history_len=cfg.data.history_len)
         dmp = load_sharded_model(cfg, loader.schema, step, env, args.plan)
         load_s = time.perf_counter() - t0
         first_row = env.rank * loader.num_rows // env.world_size  # the loader's part of rank r: [r N / W, (r+1) N / W)

@@ -398,7 +398,10 @@ def _item_features(schema, cfg: ModelConfig, tokens: Sequence[str]) -> List[str]
     SIDs its K SID tokens)."""
     if cfg.sid_source == "online" and cfg.tokenizer != "none":
         return [cfg.item_feature]
-    sids = [f.name for f in schema.features_with_role("sid") if f.name in tokens]
+    from store_rec.data.feature_sids import tokenized_features
+
+    other = {k for keys in tokenized_features(schema).values() for k in keys}  # data.sid_tables: not the item's
+    sids = [f.name for f in schema.features_with_role("sid") if f.name in tokens and f.name not in other]
     if sids:
         return sids
     if cfg.item_feature in tokens:

@@ -14,6 +14,10 @@ comparison sees the same inputs:
   features except ``model.item_feature`` (the item whose raw ID the SIDs replace).
 * ``tokenizer: opmq | rqvae | opq`` with ``sid_source: online`` -> every ``id`` feature; the pooled
   embedding of ``model.item_feature`` becomes K SID tokens inside the model (``online``).
+* ``data.sid_tables`` (several tokenized features, keys ``{feature}_sid_k``, recorded in the schema by
+  :func:`store_rec.data.feature_sids.append_feature_sids`) -> with any tokenizer but ``none``, their
+  SID keys are tokens (K per feature) and those features' raw ids are dropped, as ``item_feature``'s
+  are, for ``batch`` and ``online`` SIDs alike; ``tokenizer: none`` ignores them (raw ids).
 * ``static`` features -> grouped by ``schema.groups`` for the rotation (or plain tokens when
   rotation is off, and for the baselines).
 """
@@ -25,6 +29,7 @@ from typing import Dict, List
 
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
+from store_rec.data.feature_sids import tokenized_features
 from store_rec.data.schema import ID, SID, STATIC, DatasetSchema
 from store_rec.errors import UserError
 from store_rec.models.config import ModelConfig
@@ -52,6 +57,8 @@ def model_features(schema: DatasetSchema, cfg: ModelConfig) -> ModelFeatures:
     """Select the model's sparse features from ``schema`` according to ``cfg`` (see module doc)."""
     ids = [f.name for f in schema.features_with_role(ID)]
     sids = [f.name for f in schema.features_with_role(SID)]
+    per_feature = tokenized_features(schema)  # data.sid_tables: feature -> its SID keys
+    extra_keys = [k for keys in per_feature.values() for k in keys]
     if cfg.item_feature is not None and cfg.item_feature not in ids:
         raise UserError(
             f"model.item_feature: {cfg.item_feature!r} is not an 'id' feature of dataset "
@@ -60,7 +67,8 @@ def model_features(schema: DatasetSchema, cfg: ModelConfig) -> ModelFeatures:
     if cfg.tokenizer == "none":
         tokens = ids
     elif cfg.sid_source == "online":
-        tokens = ids  # model.item_feature is among them (ModelConfig checks it is set, the check above that it exists)
+        # model.item_feature is among them (ModelConfig checks it is set, the check above that it exists)
+        tokens = [n for n in ids if n not in per_feature] + extra_keys
     else:
         if not sids:
             raise UserError(
@@ -68,7 +76,7 @@ def model_features(schema: DatasetSchema, cfg: ModelConfig) -> ModelFeatures:
                 f"dataset {schema.dataset!r} has none: attach a SID table (`store-rec tokenize`) or set "
                 "model.tokenizer=none"
             )
-        keep = [n for n in ids if n != cfg.item_feature]
+        keep = [n for n in ids if n != cfg.item_feature and n not in per_feature]
         order = {f.name: i for i, f in enumerate(schema.sparse)}
         tokens = sorted(sids + keep, key=order.__getitem__)
     groups = {g: list(names) for g, names in schema.groups.items()} if schema.features_with_role(STATIC) else {}

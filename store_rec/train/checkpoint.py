@@ -51,7 +51,8 @@ logger = logging.getLogger(__name__)
 # config keys a checkpoint must share with the run that resumes it; the rest (epochs, evals, outputs,
 # sharding, eval batch size, data location) may change between attempts.
 RESUME_MUST_MATCH = ("data", "model", "optim", "loss", "train.seed")
-RESUME_MAY_DIFFER = ("data.dir", "data.prepare_if_missing", "data.eval_batch_size", "data.sid_table")
+RESUME_MAY_DIFFER = ("data.dir", "data.prepare_if_missing", "data.eval_batch_size", "data.sid_table",
+                     "data.sid_tables")
 
 #: the file in every checkpoint directory this code writes (JSON): ``{"format", "step", "world_size",
 #: "complete", "files": {relative path: size in bytes}}``. Written with ``complete: false`` when the

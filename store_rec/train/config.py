@@ -7,7 +7,8 @@ value fails before any data is read, with the dotted key path in the message
 Sections (every key optional except ``data.dir``)::
 
     data:      {dir, prepare_if_missing: {rows, items, users, seed, ...} | null, batch_size,
-                eval_batch_size, sid_table, sid_feature, shuffle, drop_last, history_len}
+                eval_batch_size, sid_table, sid_feature, sid_tables: {FEATURE: SIDS.parquet}, shuffle, drop_last,
+                history_len}
                 # batch_size / eval_batch_size are PER RANK: one step of a W-rank job consumes
                 # batch_size x W samples (the global batch, logged at start-up and in the summary)
     model:     store_rec.models.config.ModelConfig
@@ -70,6 +71,8 @@ class DataConfig:
     eval_batch_size: int = 1024  # per rank
     sid_table: Optional[str] = None
     sid_feature: Optional[str] = None
+    # {id feature: SID table}: several tokenized features, keys {feature}_sid_k (store_rec.data.feature_sids)
+    sid_tables: Dict[str, str] = field(default_factory=dict)
     shuffle: bool = True
     drop_last: bool = False
     # history lists (role history): null = as prepared, n >= 1 = the n newest, 0 = no history keys
@@ -81,6 +84,9 @@ class DataConfig:
               f"must be >= 0 (0 = no history) or null (as prepared), got {self.history_len}")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(self.eval_batch_size >= 1, "eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
+        for f, p in self.sid_tables.items():
+            check(bool(f) and bool(p), f"sid_tables.{f}", "needs an id feature name and a SID table path")
+            check(f != self.sid_feature, f"sid_tables.{f}", "is data.sid_feature, already tokenized by data.sid_table")
 
 
 def ensure_data_dir(data: DataConfig, *, generate: bool = True) -> Path:

@@ -25,21 +25,24 @@ def check_sid_table_method(cfg: TrainConfig) -> None:
     """``model.tokenizer`` (the ablation switch opmq / rqvae / opq) must name the method that wrote
     ``data.sid_table``: the SIDs in the batch decide what the model sees, the switch alone does not."""
     m = cfg.model
-    if not cfg.data.sid_table or m.name != "store" or m.tokenizer == "none" or m.sid_source != "batch":
+    if m.name != "store" or m.tokenizer == "none":
         return
+    tables = [("data.sid_table", cfg.data.sid_table)] if cfg.data.sid_table and m.sid_source == "batch" else []
+    tables += [(f"data.sid_tables.{f}", p) for f, p in cfg.data.sid_tables.items()]
     from store_rec.data.sid_table import read_sid_table_metadata
 
-    try:
-        meta = read_sid_table_metadata(cfg.data.sid_table)
-    except FileNotFoundError:
-        raise UserError(f"data.sid_table: {cfg.data.sid_table}: no such file") from None
-    except UserError as e:  # DataError: not parquet, metadata not JSON
-        raise UserError(f"data.sid_table: {e}") from None
-    if not meta:
-        raise UserError(f"data.sid_table: {cfg.data.sid_table}: not a SID table of `store-rec tokenize` (no store_rec metadata)")
-    if meta.get("method") != m.tokenizer:
-        raise UserError(f"model.tokenizer: {m.tokenizer!r}, but data.sid_table {cfg.data.sid_table} was written by "
-                        f"{meta.get('method')!r}: point data.sid_table at the {m.tokenizer} SIDs or set model.tokenizer")
+    for key, path in tables:
+        try:
+            meta = read_sid_table_metadata(path)
+        except FileNotFoundError:
+            raise UserError(f"{key}: {path}: no such file") from None
+        except UserError as e:  # DataError: not parquet, metadata not JSON
+            raise UserError(f"{key}: {e}") from None
+        if not meta:
+            raise UserError(f"{key}: {path}: not a SID table of `store-rec tokenize` (no store_rec metadata)")
+        if meta.get("method") != m.tokenizer:
+            raise UserError(f"model.tokenizer: {m.tokenizer!r}, but {key} {path} was written by "
+                            f"{meta.get('method')!r}: point {key} at the {m.tokenizer} SIDs or set model.tokenizer")
 
 
 def make_loader(cfg: TrainConfig, data_dir: Path, split: str, env: DistEnv, train: bool):  # noqa: ANN201
@@ -49,4 +52,4 @@ def make_loader(cfg: TrainConfig, data_dir: Path, split: str, env: DistEnv, trai
     return ParquetBatchLoader(
         data_dir, split, cfg.data.batch_size if train else cfg.data.eval_batch_size, rank=env.rank, world_size=env.world_size,
         shuffle=cfg.data.shuffle and train, seed=cfg.train.seed, drop_last=cfg.data.drop_last and train,
-        sid_table=cfg.data.sid_table, sid_feature=cfg.data.sid_feature, history_len=cfg.data.history_len)
+        sid_table=cfg.data.sid_table, sid_feature=cfg.data.sid_feature, sid_tables=cfg.data.sid_tables, history_len=cfg.data.history_len)

@@ -495,7 +495,7 @@ def check_run_paths(cfg: TrainConfig, *, plan_file: Optional[str] = None, metric
     from store_rec.fileio import check_output_path
 
     inputs = [("--config", config_file), ("--plan", plan_file or cfg.sharding.plan_file), ("data.dir", cfg.data.dir),
-              ("data.sid_table", cfg.data.sid_table)]
+              ("data.sid_table", cfg.data.sid_table), *((f"data.sid_tables.{f}", p) for f, p in cfg.data.sid_tables.items())]
     out_dir = Path(cfg.output.dir)
     check_output_path(out_dir, inputs=inputs, kind="dir", flag="output.dir")
     ck = Path(cfg.checkpoint.dir or out_dir / "checkpoints")
