@@ -28,7 +28,7 @@ def _schema():
     s = tiny_schema()
     for name, v in HIST.items():
         f = SparseFeature(name, "history", v, multi_hot=True, max_len=N)
-        f.history_of = {"hist_item": "item", "hist_gap": None}.get(name, name[len("hist_item_"):])  # type: ignore[attr-defined]
+        f.history_of = {"hist_item": "item", "hist_gap": None}.get(name, name[len("hist_item_"):])
         s.sparse.append(f)
     return s
 
@@ -322,3 +322,90 @@ def test_interaction_arch_requires_history_when_built_with_it():
     out = arch(dense_features=torch.randn(2, D), sparse_features=torch.randn(2, 3, D), history=torch.randn(2, 8, D),
                history_valid=torch.ones(2, 4, dtype=torch.bool))
     assert out.shape == (2, arch.output_dim)
+
+
+# ----------------------------------------------------------------------------------------- prepared data
+def test_store_with_history_on_prepared_synthetic_data(tmp_path):
+    """The data side's history lists (synthetic, history_len 8) + a SID table through the loader ->
+    the model's HistoryEncoder: history SID tokens + category / gap side keys; trains a few steps."""
+    import numpy as np
+
+    from store_rec.data.loader import ParquetBatchLoader
+    from store_rec.data.sid_table import write_sid_table
+    from store_rec.data.synthetic import prepare_synthetic
+
+    prepare_synthetic(tmp_path / "ds", rows=3000, items=200, users=60, num_clusters=8, num_user_groups=4, seed=5,
+                      history_len=8)
+    ids = np.arange(1, 201)
+    sid = write_sid_table(tmp_path / "sids.parquet", ids, np.stack([ids % 7, ids % 3, ids % 5], 1), method="opmq",
+                          codebook_size=7, item_feature="item_id")
+    ld = ParquetBatchLoader(tmp_path / "ds", "train", 128, sid_table=sid, history_len=6)
+    cfg = from_dict(ModelConfig, {"embedding_dim": D, "item_feature": "item_id", "attention": {
+        "block_size": 6, "gate": "item", "num_heads": 2, "ffn_dim": 16},
+        "history": {"enabled": True, "max_len": 6, "side": ["hist_category", "hist_gap"]}}, "model")
+    torch.manual_seed(0)
+    model = build_model(cfg, ld.schema)
+    enc = model.model.history
+    assert enc.keys == ["hist_item_id_sid_0", "hist_item_id_sid_1", "hist_item_id_sid_2", "hist_category", "hist_gap"]
+    assert model.model.inter_arch.num_history_tokens == 18  # 6 items x 3 SIDs, blocks of 2 items
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    n_valid = 0
+    for batch in ld:
+        h = enc(batch.sparse_features)
+        lens = batch.sparse_features["hist_item_id"].lengths()
+        assert h.valid.sum(1).tolist() == lens.clamp(max=6).tolist()
+        n_valid += int(h.valid.sum())
+        out = model(batch)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, batch.labels.float())
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert n_valid > 0
+
+
+# ----------------------------------------------------------------------------------------- DMP
+def _dmp_worker(steps: int):
+    """One gloo rank: StoreModel with history, built on meta, sharded by DMP (EBC + EC), trained through
+    TrainPipelineSparseDist; returns the losses and what was sharded / pipelined."""
+    import torch.distributed as dist
+    from torch.distributed.optim import _apply_optimizer_in_backward as apply_optimizer_in_backward
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+    from torchrec.optim.keyed import KeyedOptimizerWrapper
+    from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+    from store_rec.models import RankingTrain
+
+    dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    schema = _schema()
+    train = RankingTrain(build_model(_cfg(attention={"gate": "item"}), schema, device=torch.device("meta")))
+    for m in (train.model.embedding_bag_collection, train.model.embedding_collection):
+        apply_optimizer_in_backward(torch.optim.SGD, m.parameters(), {"lr": 0.5})
+    model = DistributedModelParallel(module=train, device=torch.device("cpu"))
+    opt = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(model.named_parameters())),
+                                lambda ps: torch.optim.Adam(ps, lr=1e-2))
+    pipeline = TrainPipelineSparseDist(model, opt, torch.device("cpu"))
+    it = iter([_batch(schema, 32, seed=i % 3) for i in range(steps)])
+    losses = []
+    while True:
+        try:
+            losses.append(float(pipeline.progress(it).losses["bce"]))
+        except StopIteration:
+            break
+    ec = model.module.model.model.history.embedding_collection
+    out = {"losses": losses, "ec": type(ec).__name__,
+           "pipelined": sorted(type(m).__name__ for m in pipeline._pipelined_modules)}
+    dist.destroy_process_group()
+    return out
+
+
+def test_history_encoder_under_dmp_and_train_pipeline():
+    from store_rec.distributed.local_launch import launch_local
+
+    out = launch_local(_dmp_worker, (24,), nproc=1)[0]
+    assert out["ec"] == "ShardedEmbeddingCollection"
+    assert out["pipelined"] == ["ShardedEmbeddingBagCollection", "ShardedEmbeddingCollection"]  # both input dists overlap
+    losses = out["losses"]
+    assert len(losses) == 24 and sum(losses[-3:]) < 0.9 * sum(losses[:3]), losses

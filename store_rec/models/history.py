@@ -41,7 +41,8 @@ from torchrec.modules.embedding_configs import EmbeddingConfig
 from torchrec.modules.embedding_modules import EmbeddingCollection
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
-HISTORY_ROLE = "history"  # store_rec.data.schema.HISTORY (the data side's role constant)
+from store_rec.data.history import history_features
+from store_rec.data.schema import ID
 
 
 class HistoryTokens(NamedTuple):
@@ -162,10 +163,6 @@ class HistoryEncoder(nn.Module):
 
 
 # ------------------------------------------------------------------------------ from a dataset schema
-def _history_of(f) -> Optional[str]:  # noqa: ANN001
-    return getattr(f, "history_of", None)
-
-
 def history_keys(schema, cfg) -> Dict[str, List[str]]:  # noqa: ANN001
     """``{"item": [T item keys], "side": [side keys]}`` the encoder of ``cfg`` (a ``ModelConfig`` with
     ``history.enabled``) reads from ``schema`` (the loader's schema: SID history keys appended).
@@ -173,7 +170,7 @@ def history_keys(schema, cfg) -> Dict[str, List[str]]:  # noqa: ANN001
     from store_rec.errors import UserError
 
     h = cfg.history
-    hist = [f for f in schema.sparse if f.role == HISTORY_ROLE]
+    hist = history_features(schema)
     names = {f.name for f in hist}
     if not hist:
         raise UserError(f"model.history.enabled: dataset {schema.dataset!r} has no history columns "
@@ -181,8 +178,8 @@ def history_keys(schema, cfg) -> Dict[str, List[str]]:  # noqa: ANN001
     column = h.column
     if column is None:
         item = cfg.item_feature
-        cands = [f.name for f in hist if _history_of(f) is not None and (
-            _history_of(f) == item if item is not None else schema.feature(_history_of(f)).role == "id")]
+        cands = [f.name for f in hist if f.history_of is not None and (
+            f.history_of == item if item is not None else schema.feature(f.history_of).role == ID)]
         if len(cands) != 1:
             raise UserError(f"model.history.column: cannot tell the history item column of dataset {schema.dataset!r} "
                             f"(candidates: {cands or 'none'}; history columns: {sorted(names)}): set it")
