@@ -266,6 +266,30 @@ def test_store_history_fast_equals_reference_model():
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=n)
 
 
+@pytest.mark.parametrize("attention", [{"gate": "item"}, {"type": "vanilla"}])
+def test_last_layer_computing_only_the_non_sequential_queries_is_exact(attention):
+    schema = _schema()
+    torch.manual_seed(0)
+    model = build_model(_cfg(attention=attention), schema)
+    inter = model.model.inter_arch
+    assert inter.prune_last
+    batch = _batch(schema, 6)
+    pruned = model(batch).logits
+    inter.prune_last = False
+    torch.testing.assert_close(model(batch).logits, pruned, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference", "dense"])
+def test_history_attention_with_the_fixed_queries_only(impl):
+    B, H, L, Dh, R, bs = 3, 2, 30, 8, 24, 6
+    q, k, v = _qkv(B, H, L, Dh, seed=2)
+    kv = torch.ones(B, R, dtype=torch.bool)
+    kv[0, :7] = False
+    full = moba.history_attention(q, k, v, kv, block_size=bs, sparsity=0.5, impl=impl)
+    part = moba.history_attention(q[:, :, R:], k, v, kv, block_size=bs, sparsity=0.5, impl=impl)
+    torch.testing.assert_close(part, full[:, :, R:])
+
+
 def test_block_size_must_hold_whole_items():
     schema = _schema()
     with pytest.raises(ValueError, match="attention.block_size"):
@@ -292,7 +316,9 @@ def test_history_attention_flops_hand_count():
     lk = 2 * bs + (L - R)  # 12 keys per query
     fwd = B * H * (2 * L * lk * Dh) * 2  # QK^T and PV
     assert f["attention"] == fwd + fwd * 5 // 2
-    assert f["gate"] == B * H * ((R + L) * Dh + 2 * 4 * Dh)
+    assert f["gate"] == B * H * (L * Dh + 2 * 4 * Dh)  # block means of R keys + mean of L - R fixed queries + scores
+    last = history_attention_flops(B, H, L, Dh, history=R, block_size=bs, sparsity=0.5, queries=L - R)
+    assert last["attention"] == B * H * (2 * (L - R) * lk * Dh) * 2 * 7 // 2  # only the 4 fixed queries attend
     dense = history_attention_flops(B, H, L, Dh, history=R, block_size=bs, sparsity=0.5, impl="dense")
     assert dense["total"] == B * H * (2 * L * L * Dh) * 2 * 7 // 2 and dense["gate"] == 0
     assert topk_for(0.5, R // bs) == 2
@@ -304,11 +330,14 @@ def test_model_flops_with_history_moba_vs_vanilla():
     van = build_model(_cfg(attention={"type": "vanilla"}), schema, device=torch.device("meta"))
     mi, vi = moba_m.model.inter_arch, van.model.inter_arch
     assert (mi.num_history_tokens, vi.num_history_tokens) == (12, 10)  # vanilla: no block padding
-    B, L, H, Dh = 64, 12 + 6, 2, D // 2
-    # MoBA attention core per layer: 2 layers x (projections + history_attention_flops)
-    proj = 4 * 2 * B * L * D * D * 3
-    core = history_attention_flops(B, H, L, Dh, history=12, block_size=4, sparsity=0.5)["total"]
-    assert analytic_flops(mi, B) == 2 * (proj + core)
+    B, L, L0, H, Dh = 64, 12 + 6, 6, 2, D // 2
+    # layer 1: q/k/v/out projections of L tokens + history MoBA with L queries; layer 2 (the last):
+    # k/v of L tokens, q/out of the L0 non-sequential tokens + L0 queries
+    proj1 = 4 * 2 * B * L * D * D * 3
+    proj2 = (2 * 2 * B * L * D * D + 2 * 2 * B * L0 * D * D) * 3
+    core1 = history_attention_flops(B, H, L, Dh, history=12, block_size=4, sparsity=0.5)["total"]
+    core2 = history_attention_flops(B, H, L, Dh, history=12, block_size=4, sparsity=0.5, queries=L0)["total"]
+    assert analytic_flops(mi, B) == proj1 + core1 + proj2 + core2
     fm = model_flops(moba_m, B)
     assert fm > analytic_flops(mi, B) and model_flops(moba_m, 2 * B) == 2 * fm
     assert interaction_flops(mi, B) > analytic_flops(mi, B)

@@ -92,9 +92,14 @@ class StoreLayer(nn.Module):
         self.norm2 = nn.LayerNorm(embedding_dim)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, gate: Optional[torch.Tensor] = None,
-                key_valid: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = self.norm1(x + self.drop(self.attn(x, gate, key_valid)))
+    def forward(self, x: torch.Tensor, gate: Optional[torch.Tensor] = None, key_valid: Optional[torch.Tensor] = None,
+                fixed_queries_only: bool = False) -> torch.Tensor:
+        """``Tensor[B, L, D] -> Tensor[B, L, D]``; with history (``key_valid: BoolTensor[B, R]``) and
+        ``fixed_queries_only``: ``-> Tensor[B, L - R, D]``, the non-sequential tokens only (a last layer)."""
+        a = self.attn(x, gate, key_valid, fixed_queries_only) if fixed_queries_only else self.attn(x, gate, key_valid)
+        if fixed_queries_only and key_valid is not None:
+            x = x[:, key_valid.shape[1]:]
+        x = self.norm1(x + self.drop(a))
         return self.norm2(x + self.drop(self.ffn(x)))
 
 
@@ -141,7 +146,9 @@ class StoreInteractionArch(nn.Module):
     history blocks skipped; padding items are masked as keys and their blocks are never preferred.
     ``attention.gate: item`` gates the history blocks with the target item's tokens. Vanilla attention
     attends every valid token. The output pools the non-sequential tokens only (the history is
-    context), so ``output_dim`` does not depend on the history length.
+    context), so ``output_dim`` does not depend on the history length, and the last layer computes
+    only the non-sequential tokens' queries, FFN and norms (exact: the history's last-layer outputs
+    are never read; the pyramid OneTrans uses), unless ``attention.token_ffn``.
 
     Token order: ``[dense, plain tokens (token_indices minus tokenize_indices), SID tokens of the
     tokenized features (feature-major, K each), rotated blocks]``.
@@ -262,6 +269,9 @@ class StoreInteractionArch(nn.Module):
                 per_block = attention.block_size // T
                 self.history_pad_items = -self.history_items % per_block
         self.num_history_tokens = (self.history_items + self.history_pad_items) * self.history_item_tokens
+        # the last layer's history outputs are never read (the output pools the non-sequential tokens):
+        # it computes the non-sequential queries only (exact; not with per-position FFNs)
+        self.prune_last = bool(self.history_items) and not attention.token_ffn
         total = self.num_history_tokens + self.seq_len
         self.layers = nn.ModuleList(StoreLayer(D, attention, total) for _ in range(attention.num_layers))
         self.dots: Optional[nn.Module] = None
@@ -337,10 +347,11 @@ class StoreInteractionArch(nn.Module):
                 raise ValueError("StoreInteractionArch: built with history_items, needs history and history_valid")
             h, key_valid = self.history_sequence(history, history_valid)
             x = torch.cat([h, x0], dim=1)
-        for layer in self.layers:
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
             gate = x[:, R:].index_select(1, self.gate_pos).mean(dim=1) if self.gate_pos.numel() else None
-            x = layer(x, gate, key_valid)
-        if R:
+            x = layer(x, gate, key_valid, fixed_queries_only=self.prune_last and i == last)
+        if R and not self.prune_last:
             x = x[:, R:]
         out = [x.flatten(1) if self.pooling == "flatten" else x.mean(dim=1)]
         if self.dots is not None:
@@ -381,7 +392,9 @@ class StoreInteractionArch(nn.Module):
         """Attention modules -> ``fn(batch_size, backward) -> FLOPs`` (counted analytically by
         ``store_rec.ops.flops``: ``FlopCounterMode`` sees 0 for CPU SDPA)."""
         L, R = self.num_history_tokens + self.seq_len, self.num_history_tokens
-        return {layer.attn: (lambda b, bw, a=layer.attn: int(a.flops(b, L, backward=bw, history=R))) for layer in self.layers}
+        last = len(self.layers) - 1
+        return {layer.attn: (lambda b, bw, a=layer.attn, q=(self.seq_len if self.prune_last and i == last else None):
+                             int(a.flops(b, L, backward=bw, history=R, queries=q))) for i, layer in enumerate(self.layers)}
 
 
 def _feature_indices(names: Sequence[str], groups: Optional[Union[Mapping[str, Sequence[str]], Sequence[Sequence[str]]]]):
