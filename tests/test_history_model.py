@@ -13,7 +13,7 @@ from _model_utils import tiny_batch, tiny_schema
 from store_rec.config import ConfigError, from_dict
 from store_rec.data.schema import SparseFeature
 from store_rec.errors import UserError
-from store_rec.models import ModelConfig, StoreModel, build_model
+from store_rec.models import ModelConfig, build_model
 from store_rec.models.history import HistoryEncoder, HistoryTokenArch, history_keys
 from store_rec.models.store import StoreInteractionArch
 from store_rec.ops import moba

@@ -42,6 +42,13 @@ fwd+bwd of the attention op, MoBA/dense interleaved): ``instance`` 1.66x faster 
 L=512 (1.64-1.65x over 5 re-runs) and 1.9x at L=2048; ``query_block`` 0.71x at L=512, 1.33x at
 L=2048; ``query`` ~0.5x everywhere. At the model's own sizes (L <= 32, block_size 4) no MoBA
 routing beats dense SDPA (instance 0.39x at L=16, 0.77x at L=32): the sparsity pays from L ~ 128.
+
+Behaviour sequences (:func:`history_attention`, issue 13): ``[history (R routed tokens), fixed
+tokens]``, MoBA over the history blocks only, the fixed (non-sequential) tokens always attended,
+padding masked. Measured (``scripts/bench_history.py``, CPU, 1 thread, fwd+bwd, B=256, H=2, Dh=8,
+blocks of 12, 12 fixed tokens, interleaved medians, a shared loaded machine): at L=204 MoBA 1/2 is
+1.95x faster than dense (FLOPs ratio 1.89), 3/4 2.56x (3.40); at L=396 1/2 1.64x (1.94), 3/4 2.78x
+(3.66).
 """
 
 from __future__ import annotations
