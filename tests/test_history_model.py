@@ -193,7 +193,12 @@ def test_store_with_history_tokens_trains_end_to_end():
     assert (inter.history_items, inter.history_item_tokens, inter.history_pad_items, inter.num_history_tokens) == (5, 2, 1, 12)
     assert inter.seq_len == 6 and inter.output_dim == 6 * D  # the output pools the non-sequential tokens only
     assert model.embedding_collection is model.model.history.embedding_collection
+    # the inner DLRM_STORE's own forward (the drop-in path, e.g. under DLRMTrain) runs the history too
+    b0 = _batch(schema, 4)
+    torch.testing.assert_close(model.model(b0.dense_features, b0.sparse_features).squeeze(-1), model(b0).logits)
     assert build_model(_cfg({"enabled": False}), schema).embedding_collection is None
+    parts = model.dense_children()  # train.compile's modules: the token arch, not the EC
+    assert parts["history.token_arch"] is model.model.history.token_arch and "history" not in parts
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for t in range(30):

@@ -194,8 +194,10 @@ def history_keys(schema, cfg) -> Dict[str, List[str]]:  # noqa: ANN001
         ks = sorted((n for n in names if n.startswith(prefix) and n[len(prefix):].isdigit()),
                     key=lambda n: int(n[len(prefix):]))
         if not ks:
-            raise UserError(f"model.history.item_tokens: 'sid' needs the SID keys {prefix}0.. in the batch (attach a SID "
-                            f"table for the item feature), or set item_tokens: id")
+            online = " (model.sid_source 'online' tokenizes the target inside the model, not the history)" \
+                if cfg.sid_source == "online" else ""
+            raise UserError(f"model.history.item_tokens: 'sid' needs the SID keys {prefix}0.. in the batch (the loader "
+                            f"adds them when a SID table for the item feature is attached){online}; or set item_tokens: id")
         item_keys = ks
     bad = [s for s in h.side if s not in names or s == column or s in item_keys]
     if bad:

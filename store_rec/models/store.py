@@ -581,6 +581,14 @@ class StoreModel(RankingModel):
         logits = m.over_arch(inter)
         return logits, {**m.inter_arch.aux_losses(), **sid_aux}
 
+    def dense_children(self) -> Dict[str, nn.Module]:
+        """:meth:`RankingModel.dense_children`; the history encoder's token arch, never its (sharded) EC."""
+        parts = super().dense_children()
+        h = parts.pop("history", None)
+        if h is not None:
+            parts["history.token_arch"] = h.token_arch
+        return parts
+
     @property
     def embedding_collection(self):  # noqa: ANN201
         """The history encoder's ``EmbeddingCollection`` (``model.history.enabled``), else None."""
