@@ -197,6 +197,11 @@ def test_store_with_history_tokens_trains_end_to_end():
     b0 = _batch(schema, 4)
     torch.testing.assert_close(model.model(b0.dense_features, b0.sparse_features).squeeze(-1), model(b0).logits)
     assert build_model(_cfg({"enabled": False}), schema).embedding_collection is None
+    from store_rec.models.history import history_tables
+
+    assert [(t.name, t.num_embeddings, t.feature_names) for t in history_tables(schema, _cfg())] == [
+        (c.name, c.num_embeddings, c.feature_names) for c in model.embedding_collection.embedding_configs()]
+    assert history_tables(schema, _cfg({"enabled": False})) == []
     parts = model.dense_children()  # train.compile's modules: the token arch, not the EC
     assert parts["history.token_arch"] is model.model.history.token_arch and "history" not in parts
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)

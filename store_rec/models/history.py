@@ -206,6 +206,17 @@ def history_keys(schema, cfg) -> Dict[str, List[str]]:  # noqa: ANN001
     return {"item": item_keys, "side": list(h.side)}
 
 
+def history_tables(schema, cfg) -> List[EmbeddingConfig]:  # noqa: ANN001
+    """The history encoder's ``EmbeddingConfig`` list (``t_<key>``, one per key it reads, item keys
+    first), ``[]`` when ``model.history`` is disabled: what the model's ``EmbeddingCollection`` is
+    built from, for sharding / planning without building the model (as ``embedding_tables`` is for the EBC)."""
+    if not cfg.history.enabled:
+        return []
+    keys = history_keys(schema, cfg)
+    return [EmbeddingConfig(name=f"t_{k}", embedding_dim=int(cfg.embedding_dim), num_embeddings=schema.feature(k).vocab_size,
+                            feature_names=[k]) for k in keys["item"] + keys["side"]]
+
+
 def history_encoder(schema, cfg, device: Optional[torch.device] = None) -> Optional[HistoryEncoder]:  # noqa: ANN001
     """The :class:`HistoryEncoder` of ``cfg.history`` over ``schema``'s history keys, or None when disabled."""
     if not cfg.history.enabled:
