@@ -302,8 +302,10 @@ def test_history_attention_with_the_fixed_queries_only(impl):
 
 def test_block_size_must_hold_whole_items():
     schema = _schema()
-    with pytest.raises(ValueError, match="attention.block_size"):
+    with pytest.raises(UserError, match="model.attention.block_size"):
         build_model(_cfg(attention={"block_size": 3}), schema)  # 2 tokens per item
+    with pytest.raises(ValueError, match="attention.block_size"):
+        StoreInteractionArch(3, D, attention={"num_heads": 2, "block_size": 3}, history_items=4, history_item_tokens=2)
     build_model(_cfg({"item_tokens": "id"}, attention={"block_size": 3}), schema)  # 1 token per item: any size
 
 

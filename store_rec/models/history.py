@@ -33,6 +33,7 @@ step over those 201 tokens (1.1-1.4 s, ``scripts/bench_history.py``).
 
 from __future__ import annotations
 
+import logging
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence
 
 import torch
@@ -43,6 +44,8 @@ from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
 from store_rec.data.history import history_features
 from store_rec.data.schema import ID
+
+logger = logging.getLogger(__name__)
 
 
 class HistoryTokens(NamedTuple):
@@ -223,5 +226,10 @@ def history_encoder(schema, cfg, device: Optional[torch.device] = None) -> Optio
         return None
     keys = history_keys(schema, cfg)
     sizes = {k: schema.feature(k).vocab_size for k in keys["item"] + keys["side"]}
+    data_len = schema.feature(keys["item"][0]).max_len
+    if cfg.history.max_len > data_len:
+        logger.warning("model.history.max_len=%d > the batches' longest history (%d, %s): every row has >= %d padding "
+                       "slots (tokens that cost compute and are masked)", cfg.history.max_len, data_len, keys["item"][0],
+                       cfg.history.max_len - data_len)
     return HistoryEncoder(keys["item"], keys["side"], sizes, cfg.embedding_dim, cfg.history.max_len,
                           position=cfg.history.position, device=device)

@@ -543,6 +543,12 @@ class StoreModel(RankingModel):
 
         tables = embedding_tables(schema, cfg)
         history = history_encoder(schema, cfg, device=device)
+        if history is not None and cfg.attention.type == "moba" and cfg.attention.block_size % history.tokens_per_item:
+            from store_rec.errors import UserError
+
+            raise UserError(f"model.attention.block_size: must be a multiple of the {history.tokens_per_item} tokens per "
+                            f"history item (model.history.item_tokens={cfg.history.item_tokens!r}: a MoBA block = whole "
+                            f"items), got {cfg.attention.block_size}")
         const_dense = len(schema.dense) == 0
         dense_in = 1 if const_dense else len(schema.dense)
         ebc = EmbeddingBagCollection(tables=tables, device=device)
