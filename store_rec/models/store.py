@@ -590,9 +590,8 @@ class StoreModel(RankingModel):
     def dense_children(self) -> Dict[str, nn.Module]:
         """:meth:`RankingModel.dense_children`; the history encoder's token arch, never its (sharded) EC."""
         parts = super().dense_children()
-        h = parts.pop("history", None)
-        if h is not None:
-            parts["history.token_arch"] = h.token_arch
+        if parts.pop("history", None) is not None:
+            parts["history.token_arch"] = self.model.history.token_arch
         return parts
 
     @property
