@@ -37,7 +37,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 import torch
 from torch import nn
@@ -590,8 +590,9 @@ class StoreModel(RankingModel):
     def dense_children(self) -> Dict[str, nn.Module]:
         """:meth:`RankingModel.dense_children`; the history encoder's token arch, never its (sharded) EC."""
         parts = super().dense_children()
-        if parts.pop("history", None) is not None:
-            parts["history.token_arch"] = self.model.history.token_arch
+        history = parts.pop("history", None)
+        if history is not None:
+            parts["history.token_arch"] = cast(nn.Module, history.token_arch)
         return parts
 
     @property
