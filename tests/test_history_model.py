@@ -183,6 +183,28 @@ def test_padding_blocks_are_never_preferred_over_real_ones():
     assert (sel == 4).all()
 
 
+def test_recent_blocks_are_always_selected():
+    B, H, Dh, bs, nb = 2, 2, 4, 2, 6
+    k = torch.randn(B, H, nb * bs, Dh)
+    k[:, :, -bs:] = -100.0  # the newest block loses the gate by far
+    gate = torch.ones(B, H, Dh)
+    kv = torch.ones(B, nb * bs, dtype=torch.bool)
+    assert not (moba.route_history(k, kv, gate, block_size=bs, topk=2) == nb - 1).any()
+    sel = moba.route_history(k, kv, gate, block_size=bs, topk=2, recent=1)
+    assert (sel[..., -1] == nb - 1).all()
+    kv[1] = False  # a cold user: nothing is forced, every block stays -inf (masked)
+    sel = moba.route_history(k, kv, gate, block_size=bs, topk=3, recent=3)
+    assert sel[0].tolist() == [[3, 4, 5]] * H  # recent >= topk: a pure recency window
+    # through the model config
+    schema = _schema()
+    model = build_model(_cfg({"recent_blocks": 1}), schema)
+    assert all(layer.attn.recent_blocks == 1 for layer in model.model.inter_arch.layers)
+    q, kk, v = _qkv(B, H, 4 * 6 + 3, Dh)
+    kv = torch.ones(B, 24, dtype=torch.bool)
+    for impl in ("fast", "reference"):
+        moba.history_attention(q, kk, v, kv, block_size=6, sparsity=0.5, impl=impl, recent_blocks=1).sum().backward()
+
+
 # ----------------------------------------------------------------------------------------- STORE
 def test_store_with_history_tokens_trains_end_to_end():
     schema = _schema()
