@@ -472,3 +472,26 @@ def test_history_encoder_under_dmp_and_train_pipeline():
     assert out["pipelined"] == ["ShardedEmbeddingBagCollection", "ShardedEmbeddingCollection"]  # both input dists overlap
     losses = out["losses"]
     assert len(losses) == 24 and sum(losses[-3:]) < 0.9 * sum(losses[:3]), losses
+
+
+# ----------------------------------------------------------------------------------------- the bench script
+def test_bench_history_script_tiny(tmp_path):
+    """scripts/bench_history.py in its CI size: JSON with the op and model comparisons (no timing asserted)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_history", Path(__file__).resolve().parents[1] / "scripts" /
+                                                  "bench_history.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    threads = torch.get_num_threads()
+    try:
+        res = mod.main(["--tiny", "--out", str(tmp_path / "b.json")])
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads((tmp_path / "b.json").read_text()) == res
+    (op,), (m,) = res["op"], res["model"]
+    assert op["tokens"] == 36 and op["flops_ratio_1/2"] > 1 and set(op["ms"]) == {"vanilla", "moba_1/2", "moba_3/4"}
+    assert m["tokens"] == m["history_tokens"] + m["non_sequential_tokens"] and m["history_tokens"] == 24
+    assert m["tflops_ratio"] > 1 and m["speedup"] > 0
