@@ -46,9 +46,9 @@ routing beats dense SDPA (instance 0.39x at L=16, 0.77x at L=32): the sparsity p
 Behaviour sequences (:func:`history_attention`, issue 13): ``[history (R routed tokens), fixed
 tokens]``, MoBA over the history blocks only, the fixed (non-sequential) tokens always attended,
 padding masked. Measured (``scripts/bench_history.py``, CPU, 1 thread, fwd+bwd, B=256, H=2, Dh=8,
-blocks of 12, 12 fixed tokens, interleaved medians, a shared loaded machine): at L=204 MoBA 1/2 is
-1.95x faster than dense (FLOPs ratio 1.89), 3/4 2.56x (3.40); at L=396 1/2 1.64x (1.94), 3/4 2.78x
-(3.66).
+blocks of 12, 12 fixed tokens, interleaved medians, a shared loaded machine, two runs): at L=204
+MoBA 1/2 is 1.95x / 1.42x faster than dense (FLOPs ratio 1.89), 3/4 2.56x / 2.34x (3.40); at L=396
+1/2 1.64x / 1.76x (1.94), 3/4 2.78x / 3.06x (3.66).
 """
 
 from __future__ import annotations
