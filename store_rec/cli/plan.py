@@ -18,6 +18,13 @@ A plan whose per-rank HBM (or DDR, or estimated time) is more than ``--imbalance
 times the mean over ranks is reported with a ``WARNING`` line and in the table's ``warnings`` column:
 one rank holding many times its share is the rank that runs out of memory or sets the step time.
 
+A model with history tokens (``model.history``) has an ``EmbeddingCollection`` next to its EBC: its
+tables are planned with the others (EmbeddingCollection sharding types only: table_wise, column_wise,
+row_wise, and data_parallel on cuda; a forced strategy they lack leaves them to the planner), appear in
+every plan file with ``"kind": "sequence"`` and their memory, and are listed per run ("history
+(EmbeddingCollection) tables: ..."); the comparison records ``sequence_tables`` / ``sequence_hbm_gb`` /
+``sequence_ddr_gb``. Their pooling factor is the mean history length (capped at ``data.history_len``).
+
 Config keys read (everything else in the file is ignored, so a train config works as is):
 ``model`` (ModelConfig), ``plan`` (store_rec.distributed.planning.PlanConfig; planning-only configs),
 ``sharding`` (the train config's planner constraints: ``tables.<t>`` overrides, and global
@@ -113,19 +120,22 @@ def load_tables(args) -> Tuple[List[Any], Dict[str, float], Any, str]:
     desc = []
     if args.config and ("model" in raw or "data" in raw):  # a train config may leave model at its defaults
         schema, data_dir = _schema_from(raw, where)
+        from store_rec.distributed.sequence import is_sequence_table
         from store_rec.models.config import ModelConfig
-        from store_rec.models.tables import embedding_tables
 
         try:
             mcfg = from_dict(ModelConfig, raw.get("model") or {}, "model")
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
-        tables = embedding_tables(schema, mcfg)
+        tables = _model_tables(mcfg, schema)
         feats = [f for t in tables for f in t.feature_names]
         missing = [f for f in feats if f not in cfg.pooling_factors]
         if missing and data_dir is not None:
             pfs.update(measure_pooling_factors(data_dir, missing, cfg.pooling_sample_rows))
-        desc.append(f"{len(tables)} tables of model {mcfg.name} on dataset {schema.dataset}")
+            pfs.update(_history_pooling_factors(tables, pfs, (raw.get("data") or {}).get("history_len")))
+        n_seq = sum(is_sequence_table(t) for t in tables)
+        desc.append(f"{len(tables)} tables of model {mcfg.name} on dataset {schema.dataset}"
+                    + (f" ({n_seq} of them history-token EmbeddingCollection tables)" if n_seq else ""))
     elif args.config and cfg.synthetic.num_tables == 0:
         raise UserError(f"{where}: no 'model' or 'data' section (and no --synthetic-tables): nothing to plan")
     if cfg.synthetic.num_tables > 0:
@@ -142,6 +152,41 @@ def load_tables(args) -> Tuple[List[Any], Dict[str, float], Any, str]:
     if args.timeout:
         cfg.timeout_s = args.timeout
     return tables, pfs, cfg, " + ".join(desc)
+
+
+def _model_tables(mcfg: Any, schema: Any) -> List[Any]:
+    """The tables the train app shards for this model: its EBC's and, with history tokens, its
+    EmbeddingCollection's (the model is built on the meta device: no table memory)."""
+    import torch
+
+    from store_rec.models.factory import build_model
+    from store_rec.train.sharding import model_tables
+
+    return model_tables(build_model(mcfg, schema, device=torch.device("meta")))
+
+
+def _history_pooling_factors(tables: List[Any], measured: Dict[str, float], history_len: Any) -> Dict[str, float]:
+    """Pooling factors (ids per sample) of the EmbeddingCollection (history) features: a loader-made key
+    ``<H>_sid_<k>`` (one SID per history item of column ``H``, not in the parquet) has ``H``'s; every history
+    feature is capped at ``data.history_len`` (the loader keeps the newest that many per row)."""
+    import re
+
+    from store_rec.distributed.sequence import is_sequence_table
+
+    out: Dict[str, float] = {}
+    for t in tables:
+        if not is_sequence_table(t):
+            continue
+        for f in t.feature_names:
+            pf = measured.get(f)
+            m = re.fullmatch(r"(.+)_sid_\d+", f)
+            if pf is None and m and m.group(1) in measured:
+                pf = measured[m.group(1)]
+            if pf is not None and isinstance(history_len, int) and not isinstance(history_len, bool):
+                pf = min(pf, float(history_len))
+            if pf is not None:
+                out[f] = max(pf, 1e-3)  # an empty history still plans (TorchRec's cost model divides by it)
+    return out
 
 
 def _rows_text(rows: int) -> str:
@@ -296,6 +341,11 @@ def run(args) -> int:
             f"peak HBM {rec['peak_hbm_gb']:.2f} GB, DDR {rec['peak_ddr_gb']:.2f} GB per rank | imbalance perf {rec['perf_imbalance']:.2f}, "
             f"HBM {rec['hbm_imbalance']:.2f} | {rec['sharding_types']}"
         )
+        seq = {n: u for n, u in res.table_usage().items() if u["kind"] == "sequence"}
+        if seq:
+            shown = [f"{n} {u['sharding_type']} on {len(u['ranks'])} rank(s), {u['hbm_gb']:.3g} GB HBM + {u['ddr_gb']:.3g} GB DDR"
+                     for n, u in list(seq.items())[:8]]
+            print(f"[{tag}] history (EmbeddingCollection) tables: " + "; ".join(shown) + (f"; ... ({len(seq)} in all)" if len(seq) > 8 else ""))
         if rec["warnings"]:
             print(f"[{tag}] WARNING: {rec['warnings']} -- {_imbalance_hint(rec)}")
         if w <= 16 and len(runs) == 1:
@@ -564,6 +614,15 @@ def _verify(args, tables, strategies, out: Path) -> None:
     if skipped:
         print(f"--verify: skipping {', '.join(skipped)} (not runnable on cpu/gloo in TorchRec; see docs/ROW_WISE_CPU.md)")
     if not todo:
+        return
+    from store_rec.distributed.sequence import is_sequence_table
+
+    seq = [t.name for t in tables if is_sequence_table(t)]
+    tables = [t for t in tables if not is_sequence_table(t)]
+    if seq:
+        print(f"--verify: checks the EmbeddingBagCollection tables; the {len(seq)} history (EmbeddingCollection) table(s) "
+              f"{', '.join(seq[:4])}{' ...' if len(seq) > 4 else ''} are not part of it")
+    if not tables:
         return
     results = verify_strategies(tables, todo, out / "verify", max_rows=args.verify_max_rows)
     probe = next((r["gloo_reduce_scatter"] for r in results if "gloo_reduce_scatter" in r), None)

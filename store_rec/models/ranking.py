@@ -21,7 +21,7 @@ from typing import Dict, Mapping, NamedTuple, Optional, Tuple
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
 from store_rec.ops.flops import FlopsFn
 
@@ -113,6 +113,12 @@ class RankingModel(nn.Module):
     @property
     def embedding_bag_collection(self) -> EmbeddingBagCollection:
         return self.model.sparse_arch.embedding_bag_collection
+
+    @property
+    def embedding_collection(self) -> Optional[EmbeddingCollection]:
+        """The ``EmbeddingCollection`` of the history tokens (unpooled lookups), sharded by DMP next to the
+        EBC; None for a model without one (the default)."""
+        return None
 
     # ---------------------------------------------------------------- FLOPs (store_rec.ops.flops.model_flops)
     def analytic_flops_modules(self) -> Dict[nn.Module, FlopsFn]:
