@@ -25,6 +25,12 @@ valid, the rest -> train; users with < 3 positives are train only. ``time``: ``v
 ``sequences.parquet``: per user the item vocab ids of the **train** positives in time order, so
 ``store-rec pretrain --data DIR`` trains on the dataset's own id space.
 
+History (``interactions.history_len`` N > 0): role ``history`` lists ``hist_<item>``, one
+``hist_<side>`` per ``interactions.history_sides`` column (default: every single-valued
+``item_side: true`` column; the value on the event's own row) and ``hist_gap``: per row the user's
+last <= N positives strictly before it in time (the timestamp column, else log order), never a
+test-split positive; sampled negatives share their positive's history (:mod:`store_rec.data.history`).
+
 Memory: the log's columns are held in memory (dictionary-encoded strings, ~10-40 bytes per row);
 the table kind streams.
 """
@@ -42,6 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from store_rec.config import to_dict
+from store_rec.data.history import HISTORY_ROW_COLUMN, HistorySource, build_history_index
 from store_rec.data.sampling import pair_keys, sample_negatives, users_with_every_item
 from store_rec.data.schema import SPLITS, DatasetSchema, SequenceInfo
 from store_rec.data.splits import leave_last_out_codes, time_cutoff_codes, time_quantile_cutoffs
@@ -99,6 +106,27 @@ def _codes_of(col: pa.ChunkedArray) -> Tuple[np.ndarray, pa.Array]:
     arr = pc.dictionary_encode(pc.cast(arr, pa.string()))  # re-encode: a unified dictionary may repeat values
     idx = np.asarray(pc.fill_null(arr.indices, -1).to_numpy(zero_copy_only=False), np.int64)
     return idx, arr.dictionary
+
+
+def _history(cfg: TableConfig, table: pa.Table, u: np.ndarray, tm: np.ndarray, label: np.ndarray,
+             codes: np.ndarray, source: str) -> Optional[HistorySource]:
+    """History of the log rows (sorted by user, time), or None when ``interactions.history_len`` is 0."""
+    h = cfg.interactions
+    if not h.history_len:
+        return None
+    icol = cfg.item_column
+    assert icol is not None
+    sides = h.history_sides if h.history_sides is not None else [
+        c for c in cfg.sparse_columns if cfg.columns[c].item_side and not cfg.columns[c].multi_hot and c != icol]
+    values: Dict[str, object] = {icol: table.column(icol)}
+    for c in sides:
+        spec = cfg.columns[c]
+        values[c] = hash_column(table.column(c), spec, c) if spec.hash_buckets is not None else table.column(c)
+    index = build_history_index(u, tm, (label > 0.5) & (codes != 2), h.history_len)
+    tcol = cfg.time_column
+    unit = (f"column {tcol!r} ({'seconds' if cfg.columns[tcol].time_format else 'its own unit or seconds for dates'})"
+            if tcol else "log order (no timestamp column: gap = rows back in the log)")
+    return HistorySource(index, icol, values, tm, unit)  # type: ignore[arg-type]
 
 
 def prepare_interactions(cfg: TableConfig, files: List[Tuple[Path, Optional[str]]], how: str, out: os.PathLike, *,
@@ -226,6 +254,9 @@ def prepare_interactions(cfg: TableConfig, files: List[Tuple[Path, Optional[str]
         else:
             data[c] = col
     data[USER_KEY_COLUMN] = pa.array(all_u + 1, pa.int64())
+    history = _history(cfg, table, u, tm, label, codes, source)
+    if history is not None:
+        data[HISTORY_ROW_COLUMN] = pa.array(src_rows, pa.int64())
     full_table = pa.table(data)
     # each labelled row followed by its negatives
     sort_key = np.concatenate([np.arange(n) * (k + 1),
@@ -252,7 +283,7 @@ def prepare_interactions(cfg: TableConfig, files: List[Tuple[Path, Optional[str]
     schema = write_prepared(out, overwrite=overwrite, dataset=cfg.name or "interactions", splits=splits,
                             label=lab_name, dense=cfg.with_role("dense"), features=features,
                             user_key=USER_KEY_COLUMN, split_method=split_method, source=source, params=params,
-                            extra=extra)
+                            extra=extra, history=history)
     logger.info("interactions: %d rows (%d positives, %d sampled negatives) prepared in %.2fs",
                 len(all_label), len(pos_idx), len(parent), time.perf_counter() - t0)
     return schema

@@ -5,9 +5,21 @@
 ``KeyedJaggedTensor``, ``labels Tensor[B] float32``) plus ``user_ids Tensor[B] int64`` for GAUC.
 
 KJT layout: keys are the sparse feature names in schema order (restricted to ``features=`` if given),
-then ``sid_0 .. sid_{K-1}`` when a SID table is attached. ``values`` is feature-major (all values of
+then ``sid_0 .. sid_{K-1}`` when a SID table is attached, then, for every ``history`` feature ``H``
+whose ``history_of`` is the SID table's item feature, ``{H}_sid_0 .. {H}_sid_{K-1}`` (role ``history``,
+``history_of = sid_k``, ``vocab_size = C + 1``): ``H``'s item ids through the same SID lookup as the
+target item (an OOV / untabled item -> the OOV SID ``C``), with ``H``'s lengths. ``values`` is feature-major (all values of
 key 0 for rows 0..B-1, then key 1, ...), ``lengths`` is ``Tensor[len(keys) * B] int32`` (1 for
 single-valued features, the list length for multi-hot ones), ``stride = B``.
+
+History (``history`` role, :mod:`store_rec.data.history`): jagged keys like any multi-hot feature,
+oldest first. ``history_len``: ``None`` = as prepared; ``n >= 1`` keeps the ``n`` newest (last)
+entries of every history list (all history keys stay aligned; the schema's ``max_len`` becomes
+``min(max_len, n)``); ``0`` drops every history key (and does not read those columns), so the
+history length can be swept without preparing again.
+A window holds ``window_rows x mean list length`` int64 entries per history key
+(plus ``K`` SID keys per item history): the default window is cut to ``2**22 / max_len`` rows
+when the loaded lists can be ``max_len`` long (32768 rows at ``max_len`` 128).
 
 Sharding (what every rank computes identically, so collectives never hang):
 
@@ -54,7 +66,8 @@ import torch
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from store_rec.data.schema import SID, DatasetSchema, SchemaError, SparseFeature
+from store_rec.data.history import check_history_len, truncate_lists
+from store_rec.data.schema import HISTORY, SID, DatasetSchema, SchemaError, SparseFeature
 from store_rec.data.sid_table import read_sid_table, read_sid_table_metadata, sid_codebook_size  # noqa: F401  (re-exported)
 from store_rec.errors import DataError, UserError
 from store_rec.fileio import PathLike
@@ -62,6 +75,8 @@ from store_rec.fileio import PathLike
 logger = logging.getLogger(__name__)
 
 DEFAULT_WINDOW_ROWS = 131_072
+#: list entries per history key in one default window (int64: 32 MiB)
+HISTORY_WINDOW_ENTRIES = 1 << 22
 
 
 @dataclass
@@ -124,6 +139,28 @@ def _append_sids(schema: DatasetSchema, path: Path, table: pa.Table, meta: Dict[
     return out
 
 
+def history_sid_name(history: str, sid: str) -> str:
+    """KJT key of the SIDs of history list ``history``'s items: ``{history}_{sid}`` (e.g. ``hist_item_id_sid_0``)."""
+    return f"{history}_{sid}"
+
+
+def _append_history_sids(schema: DatasetSchema, item_feature: str, sid_names: List[str], c: int
+                         ) -> Tuple[DatasetSchema, List[Tuple[str, int, str]]]:
+    """``schema`` with ``{H}_sid_k`` appended for every history feature ``H`` of ``item_feature``'s ids;
+    returns it and ``[(key, k, H)]``."""
+    hist = [f for f in schema.sparse if f.role == HISTORY and f.history_of == item_feature]
+    added: List[Tuple[str, int, str]] = []
+    for f in hist:
+        for k, sid in enumerate(sid_names):
+            name = history_sid_name(f.name, sid)
+            if name in schema.sparse_names:
+                raise SchemaError(f"history SID feature {name!r} already exists in the dataset schema")
+            schema.sparse.append(SparseFeature(name=name, role=HISTORY, vocab_size=c + 1, multi_hot=True,
+                                               max_len=f.max_len, history_of=sid))
+            added.append((name, k, f.name))
+    return schema, added
+
+
 # ---------------------------------------------------------------------------------------- windows
 class _Window:
     """Columns of ``n`` consecutive rows of a rank's stream (already permuted when shuffling).
@@ -150,16 +187,21 @@ class ParquetBatchLoader:
         sid_feature: the item feature the SIDs belong to (default: the table's ``item_feature``
             metadata, else the dataset's sequences item feature, else the only ``id`` feature).
         features: sparse features to put in the KJT (default: all, in schema order).
-        window_rows: rows per read/shuffle window (memory bound: about ``window_rows * 8 bytes *
+        window_rows: rows per read/shuffle window (default ``DEFAULT_WINDOW_ROWS``, or with history
+            lists of ``max_len`` N (after ``history_len``) ``max(batch_size, min(DEFAULT_WINDOW_ROWS,
+            HISTORY_WINDOW_ENTRIES // N))`` so a window holds <= 2**22 entries per history key;
+            memory bound: about ``window_rows * 8 bytes *
             columns``).
         prefetch: batches prepared ahead by a background thread (0 = none).
+        history_len: ``None`` (history lists as prepared), ``n >= 1`` (keep the ``n`` newest entries of
+            every history list) or ``0`` (no history keys); see the module docstring.
     """
 
     def __init__(self, data_dir: PathLike, split: str, batch_size: int, *, rank: int = 0, world_size: int = 1,
                  shuffle: bool = False, seed: int = 0, drop_last: bool = False,
                  sid_table: Optional[PathLike] = None, sid_feature: Optional[str] = None,
                  features: Optional[Sequence[str]] = None, epoch: int = 0,
-                 window_rows: int = DEFAULT_WINDOW_ROWS, prefetch: int = 0):
+                 window_rows: Optional[int] = None, prefetch: int = 0, history_len: Optional[int] = None):
         self.data_dir = Path(data_dir)
         full = DatasetSchema.load(self.data_dir)
         base = full
@@ -175,7 +217,6 @@ class ParquetBatchLoader:
         self.split, self.batch_size = split, batch_size
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
-        self.window_rows = max(int(window_rows), 1)
         self.prefetch = int(prefetch)
         self.epoch = int(epoch)
         self._pos = 0  # batches yielded in the current epoch
@@ -189,7 +230,23 @@ class ParquetBatchLoader:
             keep = set(features)
             base = copy.deepcopy(base)
             base.sparse = [f for f in base.sparse if f.name in keep]
+        self.history_len = check_history_len(history_len, "history_len", allow_none=True)
+        if self.history_len is not None and any(f.role == HISTORY for f in base.sparse):
+            base = copy.deepcopy(base)
+            if self.history_len == 0:
+                base.sparse = [f for f in base.sparse if f.role != HISTORY]
+            else:
+                for f in base.sparse:
+                    if f.role == HISTORY:
+                        f.max_len = min(f.max_len, self.history_len)
         self._data_features: List[SparseFeature] = list(base.sparse)
+        self._history = [f.name for f in base.sparse if f.role == HISTORY]
+        if window_rows is None:
+            hmax = max((f.max_len for f in base.sparse if f.role == HISTORY), default=0)
+            window_rows = DEFAULT_WINDOW_ROWS if not hmax else max(
+                batch_size, min(DEFAULT_WINDOW_ROWS, HISTORY_WINDOW_ENTRIES // hmax))
+        self.window_rows = max(int(window_rows), 1)
+        self._history_sids: List[Tuple[str, int, str]] = []  # (key, k, history column)
         self._sid_lut: Optional[np.ndarray] = None
         schema = base
         if sid_table is not None:
@@ -207,11 +264,14 @@ class ParquetBatchLoader:
             self._sid_item = item
             self._sid_lut = self._build_sid_lut(Path(sid_table), table, cols, schema.params["sid_codebook_size"],
                                                 full.feature(item).vocab_size)
+            schema, self._history_sids = _append_history_sids(schema, item, cols, schema.params["sid_codebook_size"])
         self._schema = schema
         self._keys = schema.sparse_names
         self._single = [f.name for f in self._data_features if not f.multi_hot]
         self._multi = [f.name for f in self._data_features if f.multi_hot]
-        self._sid_names = [f.name for f in schema.sparse[len(self._data_features):]]  # appended SIDs
+        hist_sid_keys = {key for key, _, _ in self._history_sids}
+        self._sid_names = [f.name for f in schema.sparse[len(self._data_features):]
+                           if f.name not in hist_sid_keys]  # appended SIDs
         self._single_all = self._single + self._sid_names  # rows of _Window.single
         self._fast = not self._multi
         self._vocab = np.array([f.vocab_size for f in self._data_features if not f.multi_hot], np.int64)
@@ -473,7 +533,15 @@ class ParquetBatchLoader:
             vals = np.concatenate([p[1] for p in parts]) if len(parts) != 1 else parts[0][1]
             offs = np.zeros(n + 1, np.int64)
             np.cumsum(lens, out=offs[1:])
+            if self.history_len and m in self._history:
+                lens, offs, vals = truncate_lists(lens, offs, vals, self.history_len)
             multi[m] = (lens, offs, vals)
+        if self._history_sids:
+            lut = self._sid_lut
+            assert lut is not None
+            for hkey, k, h in self._history_sids:
+                lens, offs, vals = multi[h]
+                multi[hkey] = (lens, offs, lut[k, vals])
         if self.shuffle and n > 1:
             perm = np.random.default_rng([self.seed, self.epoch, self.rank, w]).permutation(n)
             single = single[:, perm]

@@ -30,6 +30,14 @@ test, the second-to-last valid, the rest train; users with fewer than 3 positive
 With ratings.dat, explicit negatives go with the positive they follow in time. ``user_holdout``:
 a seeded ``valid_frac`` / ``test_frac`` of users with all their rows.
 
+History (``history_len`` N > 0; default 0 = none): role ``history`` columns ``hist_movie_id`` (the
+user's last <= N positives strictly before the row, oldest first, never a test positive; see
+:mod:`store_rec.data.history`), one side list per ``history_sides`` entry -- ``hist_genres`` (the
+*first* genre listed in movies.dat, which lists genres alphabetically: one value per item keeps the
+lists aligned) and ``hist_year_bucket`` -- and ``hist_gap``. "Before" is timestamp order with
+ratings.dat (gap in seconds, equal timestamps never see each other) and file order otherwise (the
+pairs files have no time: gap = positions back in the user's log).
+
 ``sequences.parquet``: per user, the movie_id vocab ids of the user's **train** positives in order
 (file order, or timestamp order when present) — valid/test items are left out to avoid leakage
 into pre-trained item embeddings.
@@ -42,7 +50,7 @@ import logging
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Literal, Optional, Tuple
 
@@ -55,6 +63,7 @@ from store_rec.config import check, to_dict
 from store_rec.data.sampling import pair_keys, sample_negatives, users_with_every_item
 from store_rec.data.csvio import RawTable, drop_or_raise, line_of_row, numeric_bad_mask, read_delimited
 from store_rec.data.dsconfig import load_dataset_config
+from store_rec.data.history import HISTORY_ROW_COLUMN, HistorySource, build_history_index
 from store_rec.data.schema import ID, SPLITS, STATIC, DatasetSchema, SequenceInfo
 from store_rec.data.tabular import FeatureSpec, write_prepared
 from store_rec.errors import DataError, UserError
@@ -63,6 +72,8 @@ logger = logging.getLogger(__name__)
 
 INTERACTION_FILES = ("ratings.dat", "ratings.parquet", "ratings_user_movie_pairs.tsv.gz")
 USER_KEY_COLUMN = "user_key"
+#: static movie features a history side list can mirror (genres: the first genre listed)
+HISTORY_SIDES = ("genres", "year_bucket")
 
 
 @dataclass
@@ -79,6 +90,8 @@ class MovieLensConfig:
     year_bucket_size: int = 5
     min_count: int = 1
     max_sampling_rounds: int = 100
+    history_len: int = 0
+    history_sides: List[str] = field(default_factory=lambda: list(HISTORY_SIDES))
 
     def __post_init__(self) -> None:
         check(self.neg_ratio >= 0, "neg_ratio", "must be >= 0")
@@ -89,6 +102,10 @@ class MovieLensConfig:
         check(self.year_bucket_size >= 1, "year_bucket_size", "must be >= 1")
         check(self.min_count >= 1, "min_count", "must be >= 1")
         check(self.max_sampling_rounds >= 1, "max_sampling_rounds", "must be >= 1")
+        check(self.history_len >= 0, "history_len", f"must be >= 0 (0 = no history), got {self.history_len}")
+        for i, side in enumerate(self.history_sides):
+            check(side in HISTORY_SIDES, f"history_sides[{i}]", f"{side!r} is not one of {list(HISTORY_SIDES)}")
+        check(len(set(self.history_sides)) == len(self.history_sides), "history_sides", "lists a feature twice")
 
 
 # ---------------------------------------------------------------------------------------- files
@@ -357,6 +374,8 @@ def prepare_movielens(source: str, out: os.PathLike, *, config=None, seed: int =
     rank = user_rank[np.searchsorted(uniq, user)]
     order = np.lexsort((inter.ts, rank)) if has_ratings else np.argsort(rank, kind="stable")
     user, movie, label = user[order], movie[order], label[order]
+    # history time: the timestamp, else the position in this (user, file) order
+    hist_time = inter.ts[order] if inter.ts is not None else np.arange(len(user), dtype=np.int64)
 
     def lookup(ids: np.ndarray, table_ids: np.ndarray) -> np.ndarray:
         """Row of each id in the users / movies table (-1 when absent)."""
@@ -375,6 +394,7 @@ def prepare_movielens(source: str, out: os.PathLike, *, config=None, seed: int =
     m_year = _encode_attr([str(int(y.group(1)) // cfg.year_bucket_size * cfg.year_bucket_size) if y else None
                            for y in years])
     m_genres = pa.array([[g for g in r[2].split("|") if g] for r in mrows], pa.list_(pa.string()))
+    m_first_genre = _encode_attr([next((g for g in r[2].split("|") if g), None) for r in mrows])
 
     # split codes of the labelled rows
     if cfg.split == "leave_last_out":
@@ -434,10 +454,13 @@ def prepare_movielens(source: str, out: os.PathLike, *, config=None, seed: int =
         idx, dictionary = attr
         return dict_col(np.where(pos >= 0, idx[np.maximum(pos, 0)], -1), dictionary)
 
+    src_row = np.concatenate([np.arange(n_lab), parent])  # the labelled row whose history a row has
+
     def rows(sel: np.ndarray) -> pa.Table:
         ui, mi = upos[sel], mpos[sel]
         mi_arr = pa.array(mi, mask=mi < 0)
-        return pa.table({
+        hist = {HISTORY_ROW_COLUMN: pa.array(src_row[sel], pa.int64())} if cfg.history_len else {}
+        return pa.table({**hist,
             "label": pa.array(all_label[sel], pa.float32()),
             "user_id": dict_col(uidx[sel], users_s),
             "movie_id": dict_col(midx[sel], movies_s),
@@ -474,8 +497,20 @@ def prepare_movielens(source: str, out: os.PathLike, *, config=None, seed: int =
               "sampled_negatives": int(len(parent)), "users": int(len(np.unique(user))),
               "item_feature": "movie_id", "skipped_rows": int(sum(skipped.values())),
               "skipped_rows_by_file": skipped, "config": to_dict(cfg)}
+    history = None
+    if cfg.history_len:
+        lab = np.arange(n_lab)
+        index = build_history_index(user, hist_time, (label > 0.5) & (codes != 2), cfg.history_len)
+        side_attr = {"genres": m_first_genre, "year_bucket": m_year}
+        values = {"movie_id": dict_col(midx[lab], movies_s),
+                  **{f: attr_col(mpos[lab], side_attr[f]) for f in cfg.history_sides}}
+        history = HistorySource(index, "movie_id", values, hist_time,
+                                "seconds (ratings.dat timestamps)" if has_ratings else
+                                "file order (no timestamps: gap = positions back in the user's log)",
+                                notes={"sides": {"genres": "the first genre listed in movies.dat"}
+                                       if "genres" in cfg.history_sides else {}})
     schema = write_prepared(out, overwrite=overwrite, dataset="movielens", splits=splits, label="label", dense=[],
                             features=features, user_key=USER_KEY_COLUMN, split_method=split_method,
-                            source=str(source), params=params, extra=write_sequences)
+                            source=str(source), params=params, extra=write_sequences, history=history)
     logger.info("movielens: %d rows prepared in %.2fs", n_rows, time.perf_counter() - t0)
     return schema

@@ -19,6 +19,13 @@ Column roles (``FeatureRole``):
 * ``static``  – low-cardinality sparse feature; ``group`` names its semantic group, which the
   orthogonal-rotation layers fuse with one MLP per group. int64 or list<int64>.
 * ``sid``     – a semantic-ID feature attached from a SID table (``sid_0`` .. ``sid_{K-1}``).
+* ``history``– the user's most recent positive interactions strictly before the row's time, as a
+  ``list<int64>`` (multi-hot) column of at most ``max_len`` ids, oldest first. ``history_of`` names
+  the sparse feature whose vocabulary (and embedding semantics) the ids use: the item list
+  ``hist_<item>`` has ``history_of=<item feature>``, a side list ``hist_<feature>`` mirrors a static
+  feature, and the recency list ``hist_gap`` (own vocabulary) has ``history_of=None``. All history
+  columns of a dataset are aligned (equal list length per row); :mod:`store_rec.data.history` builds
+  them and ``params["history"]`` describes them.
 * ``user_key``– int64 column identifying the user for GAUC. It may also be a sparse feature.
 
 Id conventions for every sparse feature with a vocabulary: id ``0`` is the OOV / unknown id (values
@@ -49,7 +56,8 @@ DENSE = "dense"
 ID = "id"
 STATIC = "static"
 SID = "sid"
-SPARSE_ROLES = (ID, STATIC, SID)
+HISTORY = "history"
+SPARSE_ROLES = (ID, STATIC, SID, HISTORY)
 
 
 @dataclass
@@ -58,13 +66,18 @@ class SparseFeature:
 
     Attributes:
         name: column name in the parquet files and key in the KeyedJaggedTensor.
-        role: ``"id"`` (high-cardinality, tokenized), ``"static"`` (low-cardinality, rotated) or
-            ``"sid"`` (semantic ID attached from a SID table).
+        role: ``"id"`` (high-cardinality, tokenized), ``"static"`` (low-cardinality, rotated),
+            ``"sid"`` (semantic ID attached from a SID table) or ``"history"`` (the user's recent
+            positives, a ``list<int64>`` oldest first; see :mod:`store_rec.data.history`).
         vocab_size: number of embedding rows needed: every id in the column is in ``[0, vocab_size)``.
         group: semantic group for ``static`` features (rotation layers); ``None`` otherwise.
         multi_hot: ``True`` when the column is ``list<int64>`` (jagged), ``False`` for ``int64``.
         max_len: longest list seen for multi-hot features (1 for single-valued).
         vocab_file: path of the vocab parquet relative to the dataset dir, or ``None`` (hashed).
+        history_of: ``history`` features only: the sparse feature whose ids (vocabulary) the list
+            holds (e.g. ``movie_id`` for ``hist_movie_id``), or ``None`` for a list with its own
+            vocabulary (the recency list ``hist_gap``). Absent from schema.json files written before
+            the history role (loads as ``None``).
     """
 
     name: str
@@ -74,6 +87,7 @@ class SparseFeature:
     multi_hot: bool = False
     max_len: int = 1
     vocab_file: Optional[str] = None
+    history_of: Optional[str] = None
 
 
 @dataclass
@@ -133,6 +147,11 @@ class DatasetSchema:
         return [f for f in self.sparse if f.role == role]
 
     @property
+    def history(self) -> List[SparseFeature]:
+        """The ``history`` features (aligned lists, oldest first), in schema order."""
+        return self.features_with_role(HISTORY)
+
+    @property
     def groups(self) -> Dict[str, List[str]]:
         """Static semantic groups in first-appearance order: group -> feature names."""
         out: Dict[str, List[str]] = {}
@@ -186,6 +205,16 @@ class DatasetSchema:
                 raise SchemaError(f"{key}: vocab_size must be a positive integer, got {f.vocab_size!r}")
             if f.role == STATIC and not f.group:
                 raise SchemaError(f"{key}: static features need a group")
+            if f.role == HISTORY and not f.multi_hot:
+                raise SchemaError(f"{key}: history features are list<int64> columns (multi_hot: true)")
+            if f.history_of is not None:
+                if f.role != HISTORY:
+                    raise SchemaError(f"{key}: history_of is only for role {HISTORY!r} features, not {f.role!r}")
+                if f.history_of not in self.sparse_names:
+                    raise SchemaError(f"{key}: history_of {f.history_of!r} is not a sparse feature of this schema")
+                if self.feature(f.history_of).vocab_size != f.vocab_size:
+                    raise SchemaError(f"{key}: vocab_size {f.vocab_size} differs from that of {f.history_of!r} "
+                                      f"({self.feature(f.history_of).vocab_size}), whose ids it holds")
         for s in self.splits:
             if s not in SPLITS:
                 raise SchemaError(f"{where}: unknown split {s!r}; expected {SPLITS}")

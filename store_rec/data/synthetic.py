@@ -43,6 +43,23 @@ Generators (``generator``, default ``v1``; ``store-rec data prepare synthetic --
   v2's extra draws come from their own random streams, so v2 and v1 share users, item clusters,
   popularity and sequences for the same seed.
 
+**History** (``history_len`` N > 0, either generator; default 0 = off, output unchanged): every row
+gets the role ``history`` lists ``hist_item_id``, ``hist_category`` and ``hist_gap`` (the user's last
+<= N clicks in rows strictly before it, oldest first, never a test-split click; the row number is
+the time, so ``hist_gap`` is the log2-bucketed number of rows back; :mod:`store_rec.data.history`)
+and a **sequence signal only the history carries**: the click logit gains
+
+    history_scale * sum_{j in the row's last m history items} T[cluster_j, cluster_target] / sqrt(m)
+
+(``m = min(len, history_window)``, 0 for an empty history; ``T[a, b] ~ N(0, 1)`` i.i.d. from its own
+stream: "after clicks on a, b is (un)attractive", which no static user feature encodes). The term
+uses exactly the history the row is given, so the truth is recoverable from the data; rows are
+labelled in time order (per block, in waves of distinct users) because a click feeds the later
+histories. ``T`` is written to ``truth/history.parquet``. Defaults: ``history_scale`` 0.7,
+``history_window`` ``min(32, N)`` (so N = 16 sees part of the signal and N >= 32 all of it). The
+other draws are unchanged, so with history on only the labels differ from the same seed without.
+Memory: the per-user state is ``users x N x 16`` bytes; chunks are cut to ``<= 2**22`` list entries.
+
 Features (``schema.json``):
 
 ==================  ======  =========  =======================================================
@@ -89,13 +106,15 @@ import logging
 import math
 import os
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from store_rec.data.schema import ID, STATIC, DatasetSchema, SequenceInfo, SparseFeature
+from store_rec.data.history import (ENTRIES_PER_CHUNK, GAP_COLUMN, GAP_VOCAB, RecentPositives, gap_buckets,
+                                    history_column, history_params, history_row_group_size)
+from store_rec.data.schema import HISTORY, ID, STATIC, DatasetSchema, SequenceInfo, SparseFeature
 from store_rec.data.writer import DatasetWriter
 from store_rec.errors import UserError
 
@@ -104,6 +123,8 @@ logger = logging.getLogger(__name__)
 BLOCK_ROWS = 4096  # unit of randomness: output is identical for every chunk_rows
 _STREAM_ITEMS, _STREAM_USERS, _STREAM_ROWS, _STREAM_SEQ, _STREAM_TRUTH, _STREAM_GLOBAL = 1, 2, 3, 4, 5, 6
 _STREAM_V2_WORLD, _STREAM_V2_ROWS = 7, 8  # generator v2's extra draws (v1 output stays byte-identical)
+_STREAM_HISTORY = 9  # the history truth T (history_len > 0 only)
+HISTORY_KEYS = ("history_len", "history_scale", "history_window")
 GENERATORS = ("v1", "v2")
 # generator-dependent defaults (None in DEFAULTS = take the generator's value from here)
 GENERATOR_DEFAULTS: Dict[str, Dict[str, float]] = {
@@ -118,6 +139,7 @@ DEFAULTS: Dict[str, object] = dict(
     valid_frac=0.1, seq_min_len=5, seq_max_len=50, seq_stay=0.8, max_sequence_users=1_000_000,
     bias=-2.2, noise=0.3, item_bias_std=0.4, user_bias_std=0.3, latent_noise=0.35, truth_latents=True,
     generator="v1", cold_item_frac=None, three_way_scale=None,
+    history_len=0, history_scale=0.7, history_window=None,
 )
 
 SPARSE_SPEC = [  # (name, role, group)
@@ -227,6 +249,10 @@ class _World:
         self.user_tags = (tags + 1).astype(np.int32)  # tag id = cluster + 1 (0 = OOV)
         if p["generator"] == "v2":
             self._init_v2(seed, p)
+        self.history_len = int(p["history_len"])
+        if self.history_len:
+            self.hist_truth = _rng(seed, _STREAM_HISTORY).standard_normal((C, C))  # T[from cluster, to cluster]
+            self.recent = RecentPositives(n_users + 1, self.history_len)
 
     def _init_v2(self, seed: int, p: Dict[str, object]) -> None:
         """Generator v2 (see the module docstring): side information independent of the cluster, a
@@ -309,7 +335,7 @@ def _block_rows(world: _World, seed: int, block: int, start: int, n: int, total:
     if v2:  # 3-way terms: no pairwise (FM / dot-product) model represents them exactly
         daypart = (hour - 1) // 6
         logit = logit + world.w3_static[age, cat, device] + world.w3_latent[grp, cl, daypart]
-    label = (r.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
+    label_u = r.random(n)
     item_quality = world.item_bias[items] + r.normal(0, 0.5, n).astype(np.float32)
     user_prop = world.user_bias[users] + r.normal(0, 0.3, n).astype(np.float32)
     split_u = r.random(n)
@@ -318,7 +344,12 @@ def _block_rows(world: _World, seed: int, block: int, start: int, n: int, total:
     else:
         pos = split_u if p["split"] == "random" else row / max(total, 1)
         split = np.where(pos < tf, 0, np.where(pos < tf + vf, 1, 2))
-    return {
+    hist: Dict[str, np.ndarray] = {}
+    if world.history_len:
+        label, hist = _label_with_history(world, users, items, cl, row, split, logit, label_u)
+    else:
+        label = (label_u < 1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
+    return {**hist,
         "label": label, "item_quality": item_quality.astype(np.float32), "user_propensity": user_prop.astype(np.float32),
         "item_id": items, "user_id": users, "seller_id": world.item_seller[items],
         "gender": world.user_gender[users], "age_bucket": age, "city_tier": city,
@@ -328,21 +359,81 @@ def _block_rows(world: _World, seed: int, block: int, start: int, n: int, total:
     }
 
 
-def _arrow_schema() -> pa.Schema:
+def _label_with_history(world: _World, users: np.ndarray, items: np.ndarray, cl: np.ndarray, row: np.ndarray,
+                        split: np.ndarray, logit: np.ndarray, label_u: np.ndarray
+                        ) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
+    """Labels of one block in time order with the history term, and the rows' history lists.
+
+    Rows are processed in waves: wave ``k`` holds every user's ``k``-th row of the block (distinct
+    users, so one vectorised step), and its clicks (non-test) enter the state before wave ``k + 1``.
+    Returns ``(label float32[n], {"_hist_lengths", "_hist_items", "_hist_gap", "_hist_category"})``
+    with the lists in row order."""
+    p, recent, T = world.p, world.recent, world.hist_truth
+    scale, window = float(p["history_scale"]), int(p["history_window"])
+    n = len(users)
+    order = np.argsort(users, kind="stable")
+    su = users[order]
+    starts = np.flatnonzero(np.r_[True, su[1:] != su[:-1]])
+    occ = np.empty(n, np.int64)
+    occ[order] = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
+    wave_order = np.lexsort((np.arange(n), occ))
+    bounds = np.searchsorted(occ[wave_order], np.arange(int(occ.max(initial=-1)) + 2))
+    label = np.zeros(n, np.float32)
+    parts = []
+    for k in range(len(bounds) - 1):
+        rows = wave_order[bounds[k]:bounds[k + 1]]
+        offs, h_items, h_time = recent.lists(users[rows])
+        lens = np.diff(offs)
+        m = np.minimum(lens, window)
+        owner = np.repeat(np.arange(len(rows)), m)
+        last = np.repeat(offs[1:] - m, m) + (np.arange(int(m.sum())) - np.repeat(np.cumsum(m) - m, m))
+        contrib = T[world.item_cluster[h_items[last]], cl[rows][owner]]
+        term = np.bincount(owner, weights=contrib, minlength=len(rows)) / np.sqrt(np.maximum(m, 1))
+        z = logit[rows] + scale * term
+        label[rows] = (label_u[rows] < 1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+        push = (label[rows] > 0.5) & (split[rows] != 2)
+        recent.push(users[rows][push], items[rows][push], row[rows][push].astype(np.float64))
+        parts.append((rows, lens, h_items, np.repeat(row[rows], lens) - h_time))
+    rows_all = np.concatenate([q[0] for q in parts])
+    lens_all = np.concatenate([q[1] for q in parts])
+    offs_all = np.zeros(n + 1, np.int64)
+    np.cumsum(lens_all, out=offs_all[1:])
+    perm = np.argsort(rows_all)  # back to row order
+    new_lens = lens_all[perm]
+    noffs = np.zeros(n + 1, np.int64)
+    np.cumsum(new_lens, out=noffs[1:])
+    idx = np.repeat(offs_all[:-1][perm] - noffs[:-1], new_lens) + np.arange(noffs[-1])
+    h_items = np.concatenate([q[2] for q in parts])[idx]
+    gaps = np.concatenate([q[3] for q in parts])[idx]
+    return label, {"_hist_lengths": new_lens, "_hist_items": h_items, "_hist_gap": gap_buckets(gaps),
+                   "_hist_category": world.item_category[h_items].astype(np.int64)}
+
+
+#: history output column -> (lengths key, values key) of the block columns
+HISTORY_COLUMNS = {history_column("item_id"): ("_hist_lengths", "_hist_items"),
+                   history_column("category"): ("_hist_lengths", "_hist_category"),
+                   GAP_COLUMN: ("_hist_lengths", "_hist_gap")}
+_LIST_COLUMNS = {"interest_tags": ("_tags_lengths", "_tags_values"), **HISTORY_COLUMNS}
+
+
+def _arrow_schema(history: bool = False) -> pa.Schema:
     fields = [pa.field("label", pa.float32())] + [pa.field(d, pa.float32()) for d in DENSE_NAMES]
     for name, _, _ in SPARSE_SPEC:
         fields.append(pa.field(name, pa.list_(pa.int64()) if name == "interest_tags" else pa.int64()))
+    if history:
+        fields += [pa.field(name, pa.list_(pa.int64())) for name in HISTORY_COLUMNS]
     return pa.schema(fields)
 
 
 def _to_table(cols: Dict[str, np.ndarray], sel: Optional[np.ndarray], schema: pa.Schema) -> pa.Table:
     arrays = []
     for f in schema:
-        if f.name == "interest_tags":
-            lens = cols["_tags_lengths"]
+        if f.name in _LIST_COLUMNS:
+            lkey, vkey = _LIST_COLUMNS[f.name]
+            lens = cols[lkey]
             offs = np.zeros(len(lens) + 1, np.int64)
             np.cumsum(lens, out=offs[1:])
-            vals = cols["_tags_values"]
+            vals = cols[vkey]
             if sel is not None:
                 lens = lens[sel]
                 starts = offs[:-1][sel]
@@ -443,6 +534,18 @@ def _check_params(p: Dict[str, object]) -> None:
             need(float(p[k]) == v, k, "is a generator v2 parameter (set generator: v2)")
     need(0 <= float(p["cold_item_frac"]) < 1, "cold_item_frac", "must be in [0, 1)")
     need(float(p["three_way_scale"]) >= 0, "three_way_scale", "must be >= 0")
+    hl = p["history_len"]
+    need(isinstance(hl, (int, np.integer)) and not isinstance(hl, bool) and int(hl) >= 0, "history_len",
+         "must be an integer >= 0 (0 = no history)")
+    need(isinstance(p["history_scale"], (int, float)) and float(p["history_scale"]) >= 0, "history_scale",
+         "must be a number >= 0")
+    if int(hl):
+        w = p["history_window"]
+        need(isinstance(w, (int, np.integer)) and not isinstance(w, bool) and 1 <= int(w) <= int(hl),
+             "history_window", f"must be an integer in 1..history_len ({hl})")
+    else:
+        for k in ("history_scale", "history_window"):
+            need(p[k] == DEFAULTS[k], k, "needs history_len > 0")
 
 
 def resolve_static_groups(static_groups: Union[None, int, Mapping[str, Sequence[str]]]) -> Dict[str, List[str]]:
@@ -526,6 +629,8 @@ def prepare_synthetic(out: os.PathLike, *, rows: int = 200_000, items: int = 20_
     for k, v in gen.items():
         if p[k] is None:
             p[k] = v
+    if p["history_window"] is None and isinstance(p["history_len"], (int, np.integer)) and p["history_len"]:
+        p["history_window"] = min(32, int(p["history_len"]))
     _check_params(p)
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise UserError(f"synthetic: seed={seed!r}: must be a non-negative integer")
@@ -533,9 +638,14 @@ def prepare_synthetic(out: os.PathLike, *, rows: int = 200_000, items: int = 20_
         raise UserError(f"synthetic: chunk_rows={chunk_rows!r}: must be >= 1")
     groups = resolve_static_groups(static_groups)
     blocks_per_chunk = max(1, math.ceil(chunk_rows / BLOCK_ROWS))
+    H = int(p["history_len"])
+    if H:  # bounded list entries per chunk and per row group
+        blocks_per_chunk = max(1, min(blocks_per_chunk, ENTRIES_PER_CHUNK // (BLOCK_ROWS * H)))
+        row_group_size = history_row_group_size(H, row_group_size)
     world = _World(int(seed), p)
-    arrow_schema = _arrow_schema()
+    arrow_schema = _arrow_schema(history=bool(H))
     n = int(p["rows"])
+    hist_entries = np.zeros(3, np.int64)
     with DatasetWriter(out, overwrite=overwrite, row_group_size=row_group_size) as w:
         writers = [w.split(s, arrow_schema, label="label") for s in ("train", "valid", "test")]
         nblocks = math.ceil(n / BLOCK_ROWS)
@@ -545,6 +655,8 @@ def prepare_synthetic(out: os.PathLike, *, rows: int = 200_000, items: int = 20_
             cols = _concat(blocks)
             for code, sw in enumerate(writers):
                 sel = np.flatnonzero(cols["_split"] == code)
+                if H:
+                    hist_entries[code] += int(cols["_hist_lengths"][sel].sum())
                 if len(sel):
                     sw.write(_to_table(cols, None if len(sel) == len(cols["_split"]) else sel, arrow_schema))
             logger.debug("synthetic: %d / %d rows", min((c0 + blocks_per_chunk) * BLOCK_ROWS, n), n)
@@ -554,6 +666,12 @@ def prepare_synthetic(out: os.PathLike, *, rows: int = 200_000, items: int = 20_
         w.write_table("truth/users.parquet", pa.table({
             "user": pa.array(np.arange(1, int(p["users"]) + 1, dtype=np.int64)),
             "group": pa.array(world.user_group[1:].astype(np.int64))}))
+        if H:
+            C = int(p["num_clusters"])
+            w.write_table("truth/history.parquet", pa.table({
+                "from_cluster": pa.array(np.repeat(np.arange(C), C).astype(np.int64)),
+                "to_cluster": pa.array(np.tile(np.arange(C), C).astype(np.int64)),
+                "weight": pa.array(world.hist_truth.ravel())}))
         vocab = {
             "item_id": int(p["items"]) + 1, "user_id": int(p["users"]) + 1, "seller_id": world.num_sellers + 1,
             "gender": 3, "age_bucket": 8, "city_tier": 5, "interest_tags": int(p["num_clusters"]) + 1,
@@ -567,6 +685,20 @@ def prepare_synthetic(out: os.PathLike, *, rows: int = 200_000, items: int = 20_
                                 multi_hot=name == "interest_tags",
                                 max_len=int(p["max_tags"]) if name == "interest_tags" else 1)
                   for name, role, group in layout]
+        history_params_: Dict[str, object] = {}
+        if H:
+            sizes = {history_column("item_id"): ("item_id", vocab["item_id"]),
+                     history_column("category"): ("category", vocab["category"]), GAP_COLUMN: (None, GAP_VOCAB)}
+            sparse += [SparseFeature(name=name, role=HISTORY, vocab_size=v, multi_hot=True, max_len=H, history_of=of)
+                       for name, (of, v) in sizes.items()]
+            rows_per = [writers[i].rows for i in range(3)]
+            history_params_ = {"history": history_params(
+                H, "item_id", list(HISTORY_COLUMNS), "row number in the chronological stream", events=int(
+                    (world.recent.count).sum()),
+                truth=("logit += history_scale * sum_{j in the last min(len, history_window) history items} "
+                       "T[cluster_j, cluster_target] / sqrt(m); T in truth/history.parquet"),
+                mean_len={s_: round(float(hist_entries[i]) / rows_per[i], 3)
+                          for i, s_ in enumerate(("train", "valid", "test")) if rows_per[i]})}
         schema = DatasetSchema(
             dataset="synthetic", label="label", dense=list(DENSE_NAMES), sparse=sparse, user_key="user_id",
             sequences=SequenceInfo(file="sequences.parquet", item_feature="item_id", num_items=int(p["items"]),
@@ -576,9 +708,12 @@ def prepare_synthetic(out: os.PathLike, *, rows: int = 200_000, items: int = 20_
                           f"random: per row, seeded, train {p['train_frac']} / valid {p['valid_frac']} / rest"),
             source="store_rec.data.synthetic",
             params={**{k: (v if not isinstance(v, np.generic) else v.item()) for k, v in p.items()
-                       if p["generator"] == "v2" or (k not in GENERATOR_DEFAULTS["v1"] and k != "generator")},
+                       if (p["generator"] == "v2" or (k not in GENERATOR_DEFAULTS["v1"] and k != "generator"))
+                       and (H or k not in HISTORY_KEYS)},
+                    **history_params_,
                     "seed": int(seed), "num_sellers": world.num_sellers,
-                    "truth_files": ["truth/items.parquet", "truth/users.parquet"],
+                    "truth_files": ["truth/items.parquet", "truth/users.parquet"]
+                    + (["truth/history.parquet"] if H else []),
                     **({} if static_groups is None else {"static_groups": groups})},
         )
         w.commit(schema)

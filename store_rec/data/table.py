@@ -150,9 +150,14 @@ class InteractionsConfig:
     positive: List[str] = field(default_factory=list)
     negatives: NegativesConfig = field(default_factory=NegativesConfig)
     min_user_interactions: int = 1
+    # history lists (role history, store_rec.data.history): the last history_len positives before each
+    # row; 0 = none. history_sides: item_side columns mirrored as hist_<column> (null: every single-valued one)
+    history_len: int = 0
+    history_sides: Optional[List[str]] = None
 
     def __post_init__(self) -> None:
         check(self.min_user_interactions >= 1, "min_user_interactions", "must be >= 1")
+        check(self.history_len >= 0, "history_len", f"must be >= 0 (0 = no history), got {self.history_len}")
 
 
 @dataclass
@@ -203,6 +208,17 @@ class TableConfig:
                   "positive behavior values need a column with role: behavior")
             check(not roles.get("behavior") or bool(self.interactions.positive), "interactions.positive",
                   "list the behavior values that are positives (e.g. [buy, cart])")
+        hist = self.interactions
+        check(self.kind == "interactions" or (hist.history_len == 0 and hist.history_sides is None),
+              "interactions.history_len", "history lists are built for kind: interactions (a user-item log)")
+        for i, side in enumerate(hist.history_sides or []):
+            spec = self.columns.get(side)
+            check(spec is not None and spec.is_sparse and spec.item_side and not spec.multi_hot,
+                  f"interactions.history_sides[{i}]",
+                  f"{side!r} is not a single-valued id / static column with item_side: true")
+            check(hist.history_len > 0, "interactions.history_sides", "needs interactions.history_len > 0")
+        check(len(set(hist.history_sides or [])) == len(hist.history_sides or []), "interactions.history_sides",
+              "lists a column twice")
         if self.split.method == "time" or self.split.valid_from is not None:
             check(bool(roles.get("timestamp")), "split.method", "a time split needs a column with role: timestamp")
         check(self.kind == "interactions" or self.split.method != "leave_last_out", "split.method",

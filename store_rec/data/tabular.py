@@ -9,6 +9,11 @@ features with :class:`FeatureSpec`; :func:`write_prepared` then
 2. encodes every split to int64 ids (``list<int64>`` for multi-hot features),
 3. writes everything through :class:`~store_rec.data.writer.DatasetWriter` (atomic) and returns the
    :class:`~store_rec.data.schema.DatasetSchema`.
+
+With ``history`` (a :class:`~store_rec.data.history.HistorySource`), every split table carries the
+column :data:`~store_rec.data.history.HISTORY_ROW_COLUMN` (the log row whose history each output row
+has); the history lists are materialised chunk by chunk while writing (bounded memory, see
+:mod:`store_rec.data.history`) and appended after the other sparse columns.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from store_rec.data.history import ENTRIES_PER_CHUNK, HISTORY_ROW_COLUMN, HistorySource, history_row_group_size
 from store_rec.data.schema import SPLITS, DatasetSchema, SequenceInfo, SparseFeature
 from store_rec.data.vocab import Vocab, vocab_path
 from store_rec.data.writer import DatasetWriter
@@ -90,7 +96,7 @@ def write_prepared(out: os.PathLike, *, overwrite: bool, dataset: str, splits: D
                    label: str, dense: Sequence[str], features: Sequence[FeatureSpec],
                    user_key: Optional[str], split_method: str, source: str, params: Dict[str, object],
                    extra: Optional[Callable[[DatasetWriter, Dict[str, Vocab]], Optional[SequenceInfo]]] = None,
-                   ) -> DatasetSchema:
+                   history: Optional[HistorySource] = None) -> DatasetSchema:
     """Fit vocabularies on ``splits["train"]``, encode all splits, write the dataset atomically.
 
     Args:
@@ -98,6 +104,8 @@ def write_prepared(out: os.PathLike, *, overwrite: bool, dataset: str, splits: D
             ``user_key`` (int64) when set.
         extra: called with the writer and the fitted vocabs before commit (e.g. to write
             ``sequences.parquet``); returns the SequenceInfo to put in the schema, or None.
+        history: history lists to add (the split tables then carry ``HISTORY_ROW_COLUMN``); their
+            description goes to ``params["history"]`` with the mean list length per split.
     """
     train = splits.get("train")
     if train is None or train.num_rows == 0:
@@ -109,34 +117,37 @@ def write_prepared(out: os.PathLike, *, overwrite: bool, dataset: str, splits: D
     fields = [pa.field(label, pa.float32())] + [pa.field(d, pa.float32()) for d in dense]
     for f in features:
         fields.append(pa.field(f.name, pa.list_(pa.int64()) if f.multi_hot else pa.int64()))
+    if history is not None:
+        history.encode(vocabs)
+        fields += [pa.field(c, pa.list_(pa.int64())) for c in history.columns]
     if user_key and user_key not in {f.name for f in features}:
         fields.append(pa.field(user_key, pa.int64()))
     arrow_schema = pa.schema(fields)
     max_len = {f.name: 1 for f in features}
+    rg = ROW_GROUP_SIZE if history is None else history_row_group_size(history.max_len, ROW_GROUP_SIZE)
+    # rows encoded at a time: whole splits without history; with it a multiple of the row group size
+    # holding <= ENTRIES_PER_CHUNK list entries per history column
+    chunk = None if history is None else rg * max(1, ENTRIES_PER_CHUNK // (rg * history.max_len))
+    hist_entries: Dict[str, int] = {}
 
-    with DatasetWriter(out, overwrite=overwrite, row_group_size=ROW_GROUP_SIZE) as w:
+    with DatasetWriter(out, overwrite=overwrite, row_group_size=rg) as w:
         for split in SPLITS:
-            t = splits.get(split)
+            whole = splits.get(split)
             sw = w.split(split, arrow_schema, label=label)
-            if t is None or t.num_rows == 0:
+            if whole is None or whole.num_rows == 0:
                 continue
-            cols = {label: pc.cast(t.column(label), pa.float32())}
-            for d in dense:
-                cols[d] = pc.cast(t.column(d), pa.float32())
-            for f in features:
-                col = t.column(f.name)
-                if f.hash_buckets is not None:
-                    cols[f.name] = pc.cast(col, pa.int64())
-                elif f.multi_hot:
-                    enc = vocabs[f.name].encode_lists(col)
-                    cols[f.name] = enc
-                    if len(enc):
-                        max_len[f.name] = max(max_len[f.name], int(pc.max(pc.list_value_length(enc)).as_py() or 1))
-                else:
-                    cols[f.name] = pa.array(vocabs[f.name].encode(col), pa.int64())
-            if user_key and user_key not in cols:
-                cols[user_key] = pc.cast(t.column(user_key), pa.int64())
-            sw.write(pa.table(cols))
+            step = chunk or whole.num_rows
+            for start in range(0, whole.num_rows, step):
+                t = whole.slice(start, step)
+                cols = _encode_chunk(t, label, dense, features, vocabs, max_len)
+                if history is not None:
+                    rows = np.asarray(t.column(HISTORY_ROW_COLUMN).to_numpy(zero_copy_only=False), np.int64)
+                    lists = history.lists(rows)
+                    cols.update(lists)
+                    hist_entries[split] = hist_entries.get(split, 0) + len(lists[history.columns[0]].values)
+                if user_key and user_key not in cols:
+                    cols[user_key] = pc.cast(t.column(user_key), pa.int64())
+                sw.write(pa.table(cols))
         for name, v in vocabs.items():
             w.write_table(vocab_path(name), v.to_table())
         seq = extra(w, vocabs) if extra is not None else None
@@ -145,7 +156,33 @@ def write_prepared(out: os.PathLike, *, overwrite: bool, dataset: str, splits: D
                                 group=f.group, multi_hot=f.multi_hot, max_len=max_len[f.name],
                                 vocab_file=vocab_path(f.name) if f.hash_buckets is None else None)
                   for f in features]
+        if history is not None:
+            sizes = {f.name: f.vocab_size for f in sparse}
+            sparse += history.features(sizes)
+            rows_of = {s: splits[s].num_rows for s in SPLITS if s in splits and splits[s].num_rows}
+            params = {**params, "history": {**history.params(), "mean_len": {
+                s: round(hist_entries.get(s, 0) / n, 3) for s, n in rows_of.items()}}}
         schema = DatasetSchema(dataset=dataset, label=label, dense=list(dense), sparse=sparse, user_key=user_key,
                                sequences=seq, split_method=split_method, source=source, params=params)
         w.commit(schema)
     return schema
+
+
+def _encode_chunk(t: pa.Table, label: str, dense: Sequence[str], features: Sequence[FeatureSpec],
+                  vocabs: Dict[str, Vocab], max_len: Dict[str, int]) -> Dict[str, object]:
+    """Label, dense and sparse columns of raw rows ``t`` encoded to their output types (updates ``max_len``)."""
+    cols: Dict[str, object] = {label: pc.cast(t.column(label), pa.float32())}
+    for d in dense:
+        cols[d] = pc.cast(t.column(d), pa.float32())
+    for f in features:
+        col = t.column(f.name)
+        if f.hash_buckets is not None:
+            cols[f.name] = pc.cast(col, pa.int64())
+        elif f.multi_hot:
+            enc = vocabs[f.name].encode_lists(col)
+            cols[f.name] = enc
+            if len(enc):
+                max_len[f.name] = max(max_len[f.name], int(pc.max(pc.list_value_length(enc)).as_py() or 1))
+        else:
+            cols[f.name] = pa.array(vocabs[f.name].encode(col), pa.int64())
+    return cols

@@ -116,8 +116,8 @@ class RankingModel(nn.Module):
 
     @property
     def embedding_collection(self) -> Optional[EmbeddingCollection]:
-        """The ``EmbeddingCollection`` of the history tokens (unpooled lookups), sharded by DMP next to the
-        EBC; None for a model without one (the default)."""
+        """The model's unpooled ``EmbeddingCollection`` (history tokens, issue 13) for sharding and
+        planning, or None (the default: the model has only the EBC)."""
         return None
 
     # ---------------------------------------------------------------- FLOPs (store_rec.ops.flops.model_flops)

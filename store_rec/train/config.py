@@ -7,7 +7,7 @@ value fails before any data is read, with the dotted key path in the message
 Sections (every key optional except ``data.dir``)::
 
     data:      {dir, prepare_if_missing: {rows, items, users, seed, ...} | null, batch_size,
-                eval_batch_size, sid_table, sid_feature, shuffle, drop_last}
+                eval_batch_size, sid_table, sid_feature, shuffle, drop_last, history_len}
                 # batch_size / eval_batch_size are PER RANK: one step of a W-rank job consumes
                 # batch_size x W samples (the global batch, logged at start-up and in the summary)
     model:     store_rec.models.config.ModelConfig
@@ -72,9 +72,13 @@ class DataConfig:
     sid_feature: Optional[str] = None
     shuffle: bool = True
     drop_last: bool = False
+    # history lists (role history): null = as prepared, n >= 1 = the n newest, 0 = no history keys
+    history_len: Optional[int] = None
 
     def __post_init__(self) -> None:
         check(bool(self.dir), "dir", "must be a dataset directory")
+        check(self.history_len is None or self.history_len >= 0, "history_len",
+              f"must be >= 0 (0 = no history) or null (as prepared), got {self.history_len}")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(self.eval_batch_size >= 1, "eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
 
