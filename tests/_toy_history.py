@@ -7,7 +7,7 @@ with ``h`` / ``g`` two aligned history lists (same lengths per row) looked up un
 
 from __future__ import annotations
 
-from typing import Any, List, NamedTuple
+from typing import Any, List, NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -50,8 +50,8 @@ class _Arch(nn.Module):
 
 
 class ToyHistoryModel(RankingModel):
-    def __init__(self, device: torch.device = torch.device("cpu")) -> None:
-        super().__init__(_Arch(device), dense_in_features=1, const_dense=True, name="toy_history")
+    def __init__(self, device: Optional[torch.device] = None) -> None:
+        super().__init__(_Arch(device or torch.device("cpu")), dense_in_features=1, const_dense=True, name="toy_history")
 
     @property
     def embedding_collection(self) -> EmbeddingCollection:

@@ -22,8 +22,9 @@ File format (``format: store_rec.plan/1``)::
 ``data_parallel`` tables have ``shards: []`` and every rank in ``ranks`` (TorchRec puts no sharding spec
 on them). Tables of ``"kind": "sequence"`` belong to the model's ``EmbeddingCollection`` (history tokens,
 :mod:`store_rec.distributed.sequence`); their entries go into the EC's module plan. ``kind`` / ``hbm_gb`` /
-``ddr_gb`` in a plan entry are informative (the planner's estimate of that table's memory on all ranks). :func:`load_plan` checks the file against the tables the caller builds and the world it runs
-in, and rejects any difference with a message naming it.
+``ddr_gb`` in a plan entry are informative (the planner's estimate of that table's memory on all ranks).
+:func:`load_plan` checks the file against the tables the caller builds and the world it runs in, and
+rejects any difference with a message naming it.
 """
 
 from __future__ import annotations

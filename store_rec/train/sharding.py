@@ -35,7 +35,7 @@ def model_tables(model: nn.Module) -> List[Any]:
     """The tables DMP shards: the ``EmbeddingBagConfig`` s of the model's EBC, then the ``EmbeddingConfig`` s of
     its ``EmbeddingCollection`` (history tokens) when it has one. ``model``: a ``RankingModel`` or its
     train wrapper, before sharding (the tables may be on the meta device)."""
-    m = _ranking_model(model)
+    m: Any = _ranking_model(model)
     tables: List[Any] = list(m.embedding_bag_collection.embedding_bag_configs())
     ec = getattr(m, "embedding_collection", None)
     if ec is not None:
@@ -46,7 +46,7 @@ def model_tables(model: nn.Module) -> List[Any]:
 def sparse_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
     """The embedding tables' weights (EBC, and EC when the model has one): what the fused sparse optimizer
     is applied to in backward (``apply_optimizer_in_backward``)."""
-    m = _ranking_model(model)
+    m: Any = _ranking_model(model)
     yield from m.embedding_bag_collection.parameters()
     ec = getattr(m, "embedding_collection", None)
     if ec is not None:

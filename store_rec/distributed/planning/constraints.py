@@ -56,23 +56,30 @@ def build_constraints(
     if unknown:
         raise UserError(f"{overrides_key}.{unknown[0]}: no such table (tables: {', '.join(sorted(names)[:20])}{' ...' if len(names) > 20 else ''})")
     out = {}
+    fallbacks: List[str] = []  # EmbeddingCollection tables whose requested types they lack
     for t in tables:
         o = overrides.get(t.name) or (auto_defaults if strategy == "auto" and auto_defaults else TableOverride())
         st = o.sharding_types or ([strategy] if strategy != "auto" else auto_types)
         ck = o.compute_kernels or ([kernel] if kernel else None)
         if is_sequence_table(t):
             # auto: every type the EC sharder runs here (row_wise included: TorchRec's own on cpu for an EC)
-            st = _sequence_types(t.name, o.sharding_types or ([strategy] if strategy != "auto" else None), sequence_sharding_types(cpu), explicit=t.name in overrides and bool(overrides[t.name].sharding_types),
-                                 kernel_sparse=any(k != "dense" for k in ck or []), where=f"{overrides_key}.{t.name}.sharding_types", cpu=cpu)
+            wanted = o.sharding_types or ([strategy] if strategy != "auto" else None)
+            explicit = t.name in overrides and bool(overrides[t.name].sharding_types)
+            st = _sequence_types(t.name, wanted, sequence_sharding_types(cpu), explicit=explicit,
+                                 kernel_sparse=any(k != "dense" for k in ck or []),
+                                 where=f"{overrides_key}.{t.name}.sharding_types", cpu=cpu, fallbacks=fallbacks)
         if st == ["data_parallel"] and ck is None:
             ck = ["dense"]
         pfs = [o.pooling_factor or pooling_factors.get(f, 1.0) for f in t.feature_names]
         out[t.name] = ParameterConstraints(sharding_types=st, compute_kernels=ck, pooling_factors=pfs, min_partition=o.min_partition)
+    if fallbacks:
+        logger.info("EmbeddingCollection (history) tables cannot have the requested sharding type; planned with: %s",
+                    "; ".join(fallbacks))
     return out
 
 
 def _sequence_types(name: str, wanted: Optional[List[str]], offered: List[str], *, explicit: bool, kernel_sparse: bool,
-                    where: str, cpu: bool) -> List[str]:
+                    where: str, cpu: bool, fallbacks: List[str]) -> List[str]:
     """The sharding types an ``EmbeddingCollection`` table ``name`` is planned with (see :func:`build_constraints`)."""
     if kernel_sparse:  # data_parallel has the dense kernel only
         offered = [st for st in offered if st != "data_parallel"]
@@ -84,8 +91,7 @@ def _sequence_types(name: str, wanted: Optional[List[str]], offered: List[str], 
                         f"tokens): it can be {offered} on {'cpu' if cpu else 'cuda'}")
     keep = [st for st in wanted if st in offered]
     if bad:
-        logger.info("%s is an EmbeddingCollection table (history tokens): %s not available for it, planned with %s",
-                    name, ", ".join(bad), ", ".join(keep or offered))
+        fallbacks.append(f"{name}: {', '.join(keep or offered)}")
     return keep or offered
 
 
