@@ -1,6 +1,7 @@
 """STORE with history tokens end to end on 2 gloo ranks (issue 13): the train app shards the model's
 EmbeddingCollection next to its EBC, trains, checkpoints, and a run resumed from a mid-run checkpoint
-ends with the uninterrupted run's metrics exactly; ``store-rec plan`` lists the history tables of the
+ends with the uninterrupted run's metrics exactly; ``store-rec predict`` reshards the 2-rank checkpoint
+onto one rank and reproduces the run's test metrics; ``store-rec plan`` lists the history tables of the
 same config.
 
 Tiny synthetic data with history lists (``history_len=8``), raw-ID history tokens (``item_tokens: id``,
@@ -86,6 +87,19 @@ def test_store_with_history_trains_on_2_ranks_and_resumes_to_identical_metrics(d
     # the EC's item table was row-wise over both ranks (its weight saved as 2 shards)
     item = next(k for k in keys if k.startswith("model.") and ".embeddings.t_hist_item_id.weight" in k)
     assert len(meta.state_dict_metadata[item].chunks) == 2
+
+    # store-rec predict in this process (a world of one: the 2-rank history checkpoint resharded) scores the
+    # test split with the training run's own metrics
+    from store_rec.cli import main
+
+    preds = tmp_path / "preds.parquet"
+    assert main(["predict", "--checkpoint", str(full / "ck"), "--data", str(data_dir), "--split", "test",
+                 "--out", str(preds)]) == 0
+    m = json.loads(preds.with_name(preds.name + ".metrics.json").read_text())
+    assert m["rows"] == a["final"]["test"]["num_samples"]
+    for key in ("auc", "gauc"):  # rank-order metrics of the same model on the same rows
+        assert m[key] == pytest.approx(a[key], abs=1e-9), key
+    assert m["logloss"] == pytest.approx(a["logloss"], rel=1e-6)
 
 
 def test_store_rec_plan_lists_history_tables(data_dir, tmp_path, capsys):
