@@ -13,7 +13,7 @@ from _model_utils import tiny_batch, tiny_schema
 from store_rec.config import ConfigError, from_dict
 from store_rec.data.schema import SparseFeature
 from store_rec.errors import UserError
-from store_rec.models import ModelConfig, StoreModel, build_model
+from store_rec.models import ModelConfig, build_model
 from store_rec.models.history import HistoryEncoder, HistoryTokenArch, history_keys
 from store_rec.models.store import StoreInteractionArch
 from store_rec.ops import moba
@@ -193,7 +193,17 @@ def test_store_with_history_tokens_trains_end_to_end():
     assert (inter.history_items, inter.history_item_tokens, inter.history_pad_items, inter.num_history_tokens) == (5, 2, 1, 12)
     assert inter.seq_len == 6 and inter.output_dim == 6 * D  # the output pools the non-sequential tokens only
     assert model.embedding_collection is model.model.history.embedding_collection
+    # the inner DLRM_STORE's own forward (the drop-in path, e.g. under DLRMTrain) runs the history too
+    b0 = _batch(schema, 4)
+    torch.testing.assert_close(model.model(b0.dense_features, b0.sparse_features).squeeze(-1), model(b0).logits)
     assert build_model(_cfg({"enabled": False}), schema).embedding_collection is None
+    from store_rec.models.history import history_tables
+
+    assert [(t.name, t.num_embeddings, t.feature_names) for t in history_tables(schema, _cfg())] == [
+        (c.name, c.num_embeddings, c.feature_names) for c in model.embedding_collection.embedding_configs()]
+    assert history_tables(schema, _cfg({"enabled": False})) == []
+    parts = model.dense_children()  # train.compile's modules: the token arch, not the EC
+    assert parts["history.token_arch"] is model.model.history.token_arch and "history" not in parts
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for t in range(30):
@@ -266,10 +276,36 @@ def test_store_history_fast_equals_reference_model():
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=n)
 
 
+@pytest.mark.parametrize("attention", [{"gate": "item"}, {"type": "vanilla"}])
+def test_last_layer_computing_only_the_non_sequential_queries_is_exact(attention):
+    schema = _schema()
+    torch.manual_seed(0)
+    model = build_model(_cfg(attention=attention), schema)
+    inter = model.model.inter_arch
+    assert inter.prune_last
+    batch = _batch(schema, 6)
+    pruned = model(batch).logits
+    inter.prune_last = False
+    torch.testing.assert_close(model(batch).logits, pruned, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference", "dense"])
+def test_history_attention_with_the_fixed_queries_only(impl):
+    B, H, L, Dh, R, bs = 3, 2, 30, 8, 24, 6
+    q, k, v = _qkv(B, H, L, Dh, seed=2)
+    kv = torch.ones(B, R, dtype=torch.bool)
+    kv[0, :7] = False
+    full = moba.history_attention(q, k, v, kv, block_size=bs, sparsity=0.5, impl=impl)
+    part = moba.history_attention(q[:, :, R:], k, v, kv, block_size=bs, sparsity=0.5, impl=impl)
+    torch.testing.assert_close(part, full[:, :, R:])
+
+
 def test_block_size_must_hold_whole_items():
     schema = _schema()
-    with pytest.raises(ValueError, match="attention.block_size"):
+    with pytest.raises(UserError, match="model.attention.block_size"):
         build_model(_cfg(attention={"block_size": 3}), schema)  # 2 tokens per item
+    with pytest.raises(ValueError, match="attention.block_size"):
+        StoreInteractionArch(3, D, attention={"num_heads": 2, "block_size": 3}, history_items=4, history_item_tokens=2)
     build_model(_cfg({"item_tokens": "id"}, attention={"block_size": 3}), schema)  # 1 token per item: any size
 
 
@@ -292,7 +328,9 @@ def test_history_attention_flops_hand_count():
     lk = 2 * bs + (L - R)  # 12 keys per query
     fwd = B * H * (2 * L * lk * Dh) * 2  # QK^T and PV
     assert f["attention"] == fwd + fwd * 5 // 2
-    assert f["gate"] == B * H * ((R + L) * Dh + 2 * 4 * Dh)
+    assert f["gate"] == B * H * (L * Dh + 2 * 4 * Dh)  # block means of R keys + mean of L - R fixed queries + scores
+    last = history_attention_flops(B, H, L, Dh, history=R, block_size=bs, sparsity=0.5, queries=L - R)
+    assert last["attention"] == B * H * (2 * (L - R) * lk * Dh) * 2 * 7 // 2  # only the 4 fixed queries attend
     dense = history_attention_flops(B, H, L, Dh, history=R, block_size=bs, sparsity=0.5, impl="dense")
     assert dense["total"] == B * H * (2 * L * L * Dh) * 2 * 7 // 2 and dense["gate"] == 0
     assert topk_for(0.5, R // bs) == 2
@@ -304,11 +342,14 @@ def test_model_flops_with_history_moba_vs_vanilla():
     van = build_model(_cfg(attention={"type": "vanilla"}), schema, device=torch.device("meta"))
     mi, vi = moba_m.model.inter_arch, van.model.inter_arch
     assert (mi.num_history_tokens, vi.num_history_tokens) == (12, 10)  # vanilla: no block padding
-    B, L, H, Dh = 64, 12 + 6, 2, D // 2
-    # MoBA attention core per layer: 2 layers x (projections + history_attention_flops)
-    proj = 4 * 2 * B * L * D * D * 3
-    core = history_attention_flops(B, H, L, Dh, history=12, block_size=4, sparsity=0.5)["total"]
-    assert analytic_flops(mi, B) == 2 * (proj + core)
+    B, L, L0, H, Dh = 64, 12 + 6, 6, 2, D // 2
+    # layer 1: q/k/v/out projections of L tokens + history MoBA with L queries; layer 2 (the last):
+    # k/v of L tokens, q/out of the L0 non-sequential tokens + L0 queries
+    proj1 = 4 * 2 * B * L * D * D * 3
+    proj2 = (2 * 2 * B * L * D * D + 2 * 2 * B * L0 * D * D) * 3
+    core1 = history_attention_flops(B, H, L, Dh, history=12, block_size=4, sparsity=0.5)["total"]
+    core2 = history_attention_flops(B, H, L, Dh, history=12, block_size=4, sparsity=0.5, queries=L0)["total"]
+    assert analytic_flops(mi, B) == proj1 + core1 + proj2 + core2
     fm = model_flops(moba_m, B)
     assert fm > analytic_flops(mi, B) and model_flops(moba_m, 2 * B) == 2 * fm
     assert interaction_flops(mi, B) > analytic_flops(mi, B)

@@ -37,7 +37,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 import torch
 from torch import nn
@@ -92,9 +92,14 @@ class StoreLayer(nn.Module):
         self.norm2 = nn.LayerNorm(embedding_dim)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, gate: Optional[torch.Tensor] = None,
-                key_valid: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = self.norm1(x + self.drop(self.attn(x, gate, key_valid)))
+    def forward(self, x: torch.Tensor, gate: Optional[torch.Tensor] = None, key_valid: Optional[torch.Tensor] = None,
+                fixed_queries_only: bool = False) -> torch.Tensor:
+        """``Tensor[B, L, D] -> Tensor[B, L, D]``; with history (``key_valid: BoolTensor[B, R]``) and
+        ``fixed_queries_only``: ``-> Tensor[B, L - R, D]``, the non-sequential tokens only (a last layer)."""
+        a = self.attn(x, gate, key_valid, fixed_queries_only) if fixed_queries_only else self.attn(x, gate, key_valid)
+        if fixed_queries_only and key_valid is not None:
+            x = x[:, key_valid.shape[1]:]
+        x = self.norm1(x + self.drop(a))
         return self.norm2(x + self.drop(self.ffn(x)))
 
 
@@ -141,7 +146,9 @@ class StoreInteractionArch(nn.Module):
     history blocks skipped; padding items are masked as keys and their blocks are never preferred.
     ``attention.gate: item`` gates the history blocks with the target item's tokens. Vanilla attention
     attends every valid token. The output pools the non-sequential tokens only (the history is
-    context), so ``output_dim`` does not depend on the history length.
+    context), so ``output_dim`` does not depend on the history length, and the last layer computes
+    only the non-sequential tokens' queries, FFN and norms (exact: the history's last-layer outputs
+    are never read; the pyramid OneTrans uses), unless ``attention.token_ffn``.
 
     Token order: ``[dense, plain tokens (token_indices minus tokenize_indices), SID tokens of the
     tokenized features (feature-major, K each), rotated blocks]``.
@@ -262,6 +269,9 @@ class StoreInteractionArch(nn.Module):
                 per_block = attention.block_size // T
                 self.history_pad_items = -self.history_items % per_block
         self.num_history_tokens = (self.history_items + self.history_pad_items) * self.history_item_tokens
+        # the last layer's history outputs are never read (the output pools the non-sequential tokens):
+        # it computes the non-sequential queries only (exact; not with per-position FFNs)
+        self.prune_last = bool(self.history_items) and not attention.token_ffn
         total = self.num_history_tokens + self.seq_len
         self.layers = nn.ModuleList(StoreLayer(D, attention, total) for _ in range(attention.num_layers))
         self.dots: Optional[nn.Module] = None
@@ -337,10 +347,11 @@ class StoreInteractionArch(nn.Module):
                 raise ValueError("StoreInteractionArch: built with history_items, needs history and history_valid")
             h, key_valid = self.history_sequence(history, history_valid)
             x = torch.cat([h, x0], dim=1)
-        for layer in self.layers:
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
             gate = x[:, R:].index_select(1, self.gate_pos).mean(dim=1) if self.gate_pos.numel() else None
-            x = layer(x, gate, key_valid)
-        if R:
+            x = layer(x, gate, key_valid, fixed_queries_only=self.prune_last and i == last)
+        if R and not self.prune_last:
             x = x[:, R:]
         out = [x.flatten(1) if self.pooling == "flatten" else x.mean(dim=1)]
         if self.dots is not None:
@@ -381,7 +392,9 @@ class StoreInteractionArch(nn.Module):
         """Attention modules -> ``fn(batch_size, backward) -> FLOPs`` (counted analytically by
         ``store_rec.ops.flops``: ``FlopCounterMode`` sees 0 for CPU SDPA)."""
         L, R = self.num_history_tokens + self.seq_len, self.num_history_tokens
-        return {layer.attn: (lambda b, bw, a=layer.attn: int(a.flops(b, L, backward=bw, history=R))) for layer in self.layers}
+        last = len(self.layers) - 1
+        return {layer.attn: (lambda b, bw, a=layer.attn, q=(self.seq_len if self.prune_last and i == last else None):
+                             int(a.flops(b, L, backward=bw, history=R, queries=q))) for i, layer in enumerate(self.layers)}
 
 
 def _feature_indices(names: Sequence[str], groups: Optional[Union[Mapping[str, Sequence[str]], Sequence[Sequence[str]]]]):
@@ -530,6 +543,12 @@ class StoreModel(RankingModel):
 
         tables = embedding_tables(schema, cfg)
         history = history_encoder(schema, cfg, device=device)
+        if history is not None and cfg.attention.type == "moba" and cfg.attention.block_size % history.tokens_per_item:
+            from store_rec.errors import UserError
+
+            raise UserError(f"model.attention.block_size: must be a multiple of the {history.tokens_per_item} tokens per "
+                            f"history item (model.history.item_tokens={cfg.history.item_tokens!r}: a MoBA block = whole "
+                            f"items), got {cfg.attention.block_size}")
         const_dense = len(schema.dense) == 0
         dense_in = 1 if const_dense else len(schema.dense)
         ebc = EmbeddingBagCollection(tables=tables, device=device)
@@ -567,6 +586,14 @@ class StoreModel(RankingModel):
             inter, sid_aux = m.inter_arch.interact(dense_features=embedded_dense, sparse_features=embedded_sparse)
         logits = m.over_arch(inter)
         return logits, {**m.inter_arch.aux_losses(), **sid_aux}
+
+    def dense_children(self) -> Dict[str, nn.Module]:
+        """:meth:`RankingModel.dense_children`; the history encoder's token arch, never its (sharded) EC."""
+        parts = super().dense_children()
+        history = parts.pop("history", None)
+        if history is not None:
+            parts["history.token_arch"] = cast(nn.Module, history.token_arch)
+        return parts
 
     @property
     def embedding_collection(self):  # noqa: ANN201
