@@ -129,3 +129,33 @@ def test_store_rec_plan_lists_history_tables(data_dir, tmp_path, capsys):
         assert rec["sequence_tables"] == 2
         # pooling factor of the history features: their mean length in the prepared train split, <= 8
         assert 0 < d["pooling_factors"]["hist_item_id"] <= 8 and d["pooling_factors"]["hist_item_id"] != 1.0
+
+
+def test_store_rec_plan_with_sid_history_tokens_sees_the_loader_keys(data_dir, tmp_path, capsys):
+    """item_tokens: sid -- the EC tables are the loader-made <H>_sid_k keys (not in the parquet): the plan's
+    schema is the loader's (SID table attached, history_len applied) and their pooling factor is H's mean
+    length, capped at data.history_len."""
+    import numpy as np
+    import yaml
+
+    from store_rec.cli import main
+    from store_rec.data.sid_table import write_sid_table
+    from store_rec.distributed.planning import measure_pooling_factors
+
+    ids = np.arange(1, 81)
+    sids = write_sid_table(tmp_path / "sids.parquet", ids, np.stack([ids % 7, ids % 3], 1), method="opmq",
+                           codebook_size=7, item_feature="item_id")
+    cfg = tmp_path / "hist_sid.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "data": {"dir": str(data_dir), "sid_table": str(sids), "history_len": 2},
+        "model": {"name": "store", "embedding_dim": 16, "tokenizer": "opmq", "item_feature": "item_id",
+                  "attention": {"block_size": 4, "num_layers": 1, "num_heads": 2, "ffn_dim": 32},
+                  "history": {"enabled": True, "max_len": 2, "item_tokens": "sid", "side": ["hist_gap"]}}}))
+    out = tmp_path / "plan"
+    assert main(["plan", "--config", str(cfg), "--topology", "cpu_gloo", "--world-sizes", "2", "--out", str(out)]) == 0
+    assert "t_hist_item_id_sid_0 " in capsys.readouterr().out
+    d = json.loads((out / "plan_ws2_auto.json").read_text())
+    seq = sorted(t["name"] for t in d["tables"] if t.get("kind") == "sequence")
+    assert seq == ["t_hist_gap", "t_hist_item_id_sid_0", "t_hist_item_id_sid_1"]
+    raw = measure_pooling_factors(data_dir, ["hist_item_id"])["hist_item_id"]
+    assert d["pooling_factors"]["hist_item_id_sid_0"] == d["pooling_factors"]["hist_item_id_sid_1"] == min(raw, 2.0)

@@ -31,13 +31,14 @@ Config keys read (everything else in the file is ignored, so a train config work
 ``sharding_types`` / ``compute_kernels`` for ``--strategy auto`` runs) and ``data``, validated as the train
 config's ``data:`` section (:class:`store_rec.train.config.DataConfig`): the prepared dataset directory
 ``data.dir`` (when it has no schema.json and ``data.prepare_if_missing`` is set, the synthetic dataset is
-generated there first, exactly as ``store-rec train`` does) and an optional SID table (``data.sid_table``,
-``data.sid_feature``).
+generated there first, exactly as ``store-rec train`` does), an optional SID table (``data.sid_table``,
+``data.sid_feature``) and ``data.history_len``: the schema planned is the one the train app's loader yields.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -131,8 +132,11 @@ def load_tables(args) -> Tuple[List[Any], Dict[str, float], Any, str]:
         feats = [f for t in tables for f in t.feature_names]
         missing = [f for f in feats if f not in cfg.pooling_factors]
         if missing and data_dir is not None:
-            pfs.update(measure_pooling_factors(data_dir, missing, cfg.pooling_sample_rows))
-            pfs.update(_history_pooling_factors(tables, pfs, (raw.get("data") or {}).get("history_len")))
+            # + the history columns H whose items' SIDs the loader makes into <H>_sid_k keys (not in the parquet)
+            bases = sorted({m.group(1) for f in missing if (m := re.fullmatch(HISTORY_SID_KEY, f))} - set(missing))
+            measured = measure_pooling_factors(data_dir, [*missing, *bases], cfg.pooling_sample_rows)
+            pfs.update({f: v for f, v in measured.items() if f in missing})
+            pfs.update(_history_pooling_factors(tables, measured, (raw.get("data") or {}).get("history_len")))
         n_seq = sum(is_sequence_table(t) for t in tables)
         desc.append(f"{len(tables)} tables of model {mcfg.name} on dataset {schema.dataset}"
                     + (f" ({n_seq} of them history-token EmbeddingCollection tables)" if n_seq else ""))
@@ -154,6 +158,11 @@ def load_tables(args) -> Tuple[List[Any], Dict[str, float], Any, str]:
     return tables, pfs, cfg, " + ".join(desc)
 
 
+HISTORY_SID_KEY = r"(.+)_sid_\d+"
+"""A loader-made key ``<H>_sid_<k>``: the k-th SID of each item of history column ``H``
+(``store_rec.data.loader.history_sid_name``)."""
+
+
 def _model_tables(mcfg: Any, schema: Any) -> List[Any]:
     """The tables the train app shards for this model: its EBC's and, with history tokens, its
     EmbeddingCollection's (the model is built on the meta device: no table memory)."""
@@ -169,8 +178,6 @@ def _history_pooling_factors(tables: List[Any], measured: Dict[str, float], hist
     """Pooling factors (ids per sample) of the EmbeddingCollection (history) features: a loader-made key
     ``<H>_sid_<k>`` (one SID per history item of column ``H``, not in the parquet) has ``H``'s; every history
     feature is capped at ``data.history_len`` (the loader keeps the newest that many per row)."""
-    import re
-
     from store_rec.distributed.sequence import is_sequence_table
 
     out: Dict[str, float] = {}
@@ -179,7 +186,7 @@ def _history_pooling_factors(tables: List[Any], measured: Dict[str, float], hist
             continue
         for f in t.feature_names:
             pf = measured.get(f)
-            m = re.fullmatch(r"(.+)_sid_\d+", f)
+            m = re.fullmatch(HISTORY_SID_KEY, f)
             if pf is None and m and m.group(1) in measured:
                 pf = measured[m.group(1)]
             if pf is not None and isinstance(history_len, int) and not isinstance(history_len, bool):
@@ -256,11 +263,15 @@ def _schema_from(raw: Dict[str, Any], where: str):
     if generate:
         print(f"prepared {d} in {time.perf_counter() - t0:.1f} s")
     schema = DatasetSchema.load(d)
-    if data.sid_table and not schema.features_with_role(SID):
-        from store_rec.data.loader import schema_with_sids
+    if (data.sid_table and not schema.features_with_role(SID)) or data.history_len is not None:
+        from store_rec.data.loader import ParquetBatchLoader
 
-        try:  # the features the loader attaches: sid_0..sid_{K-1}, vocab C + 1
-            schema = schema_with_sids(schema, data.sid_table, data.sid_feature)
+        # the schema of what the train app's loader yields: sid_0..sid_{K-1} (vocab C + 1), the history
+        # items' SID keys <H>_sid_k, history lists cut to data.history_len (0: none)
+        split = "train" if "train" in schema.splits else next(iter(schema.splits), "train")
+        try:
+            schema = ParquetBatchLoader(d, split, data.batch_size, sid_table=data.sid_table if not schema.features_with_role(SID) else None,
+                                        sid_feature=data.sid_feature, history_len=data.history_len).schema
         except FileNotFoundError as e:
             raise UserError(f"{where}: data.sid_table: {e}") from None
     return schema, d
