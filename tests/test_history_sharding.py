@@ -9,7 +9,8 @@ sharded by DMP next to its EBC, planned by ``store-rec plan``, and saved / resto
 * checkpoints: saved by 2 ranks with the EC row-wise, restored on 2 ranks with another EC sharding and on
   1 rank (elastic), weights identical;
 * planning: EC tables are planned next to the EBC ones (any topology, offline), with their sharding
-  and memory in the plan file, and a plan file round-trips into the two module plans.
+  and memory in the plan file, and a plan file round-trips into the two module plans; ``store-rec plan
+  --verify``'s check covers EC tables.
 """
 
 from __future__ import annotations
@@ -380,3 +381,17 @@ def test_planner_constraints_of_train_app_for_history_tables():
     with pytest.raises(UserError, match=r"sharding.tables.t_h.sharding_types: \['table_column_wise'\] cannot shard t_h"):
         planner_constraints(cfg, BAG + SEQ, torch.device("cpu"))
 
+
+
+def test_plan_verify_checks_history_tables_sharded_equals_unsharded(tmp_path):
+    """``store-rec plan --verify``'s check with EC tables: each plan applied on 2 gloo ranks, every EBC feature's
+    pooled rows and every EC feature's rows (one per id) and every table shard's gradient == unsharded."""
+    from store_rec.distributed.verify import verify_strategies
+
+    res = verify_strategies(BAG + SEQ, ["row_wise", "column_wise"], tmp_path)
+    assert [r["strategy"] for r in res] == ["row_wise", "column_wise"]
+    for r in res:
+        assert r["ok"] and r["max_fwd_diff"] <= 1e-5 and r["max_grad_diff"] <= 1e-5, r
+        assert all(x["shards_checked"] == 4 for x in r["ranks"]), r["ranks"]  # 4 tables, each split over both ranks
+        plan = json.loads(Path(r["plan"]).read_text())["plan"]
+        assert {plan[t.name]["kind"] for t in SEQ} == {"sequence"} and all(len(plan[t.name]["shards"]) == 2 for t in SEQ)

@@ -626,15 +626,6 @@ def _verify(args, tables, strategies, out: Path) -> None:
         print(f"--verify: skipping {', '.join(skipped)} (not runnable on cpu/gloo in TorchRec; see docs/ROW_WISE_CPU.md)")
     if not todo:
         return
-    from store_rec.distributed.sequence import is_sequence_table
-
-    seq = [t.name for t in tables if is_sequence_table(t)]
-    tables = [t for t in tables if not is_sequence_table(t)]
-    if seq:
-        print(f"--verify: checks the EmbeddingBagCollection tables; the {len(seq)} history (EmbeddingCollection) table(s) "
-              f"{', '.join(seq[:4])}{' ...' if len(seq) > 4 else ''} are not part of it")
-    if not tables:
-        return
     results = verify_strategies(tables, todo, out / "verify", max_rows=args.verify_max_rows)
     probe = next((r["gloo_reduce_scatter"] for r in results if "gloo_reduce_scatter" in r), None)
     if probe:

@@ -47,11 +47,12 @@ def plan_to_dict(result: Any, module_path: Optional[str] = None, ec_module_path:
     default: where :func:`store_rec.distributed.planning.planner.planning_module` put the EBC (``""``: the
     bare EBC; ``"ebc"`` next to an EmbeddingCollection ``"ec"``)."""
     from store_rec.distributed.planning import table_fingerprint
+    from store_rec.distributed.sequence import PLAN_EBC_PATH
 
     fingerprint = table_fingerprint(result.tables)
     has_seq = any(t.get("kind") == "sequence" for t in fingerprint)
     if module_path is None:
-        module_path = "ebc" if has_seq else ""
+        module_path = PLAN_EBC_PATH if has_seq else ""
     usage = result.table_usage() if hasattr(result, "table_usage") else {}
     plan: Dict[str, Any] = {}
     module_plans = result.sharding_plan.plan

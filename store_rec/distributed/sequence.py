@@ -24,10 +24,14 @@ Use :func:`with_store_rec_sharders` where sharders are made (train, predict, ``s
 
 from __future__ import annotations
 
-from typing import Any, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
+import torch
+from torch import nn
 from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from store_rec.distributed.sharding_types import SEQUENCE_CPU_SHARDING_TYPES
 
@@ -69,3 +73,28 @@ def sequence_sharding_types(cpu: bool) -> List[str]:
     from store_rec.distributed.sharding_types import SEQUENCE_SHARDING_TYPES
 
     return list(SEQUENCE_CPU_SHARDING_TYPES if cpu else SEQUENCE_SHARDING_TYPES)
+
+
+PLAN_EBC_PATH, PLAN_EC_PATH = "ebc", "ec"
+"""Module paths of the EBC and the EC in :class:`BagsAndSequences` (what ``store-rec plan`` plans)."""
+
+
+class BagsAndSequences(nn.Module):
+    """An EBC (``ebc``, optional) and an EC (``ec``) side by side: the module ``store-rec plan`` plans when
+    there are EmbeddingCollection tables (:func:`store_rec.distributed.planning.planner.planning_module`).
+
+    ``forward(features: KJT) -> {feature: Tensor}``: ``Tensor[B, D]`` (pooled) for each bag feature,
+    ``Tensor[sum(lengths), D]`` (one row per id) for each sequence feature."""
+
+    def __init__(self, ebc: Optional[EmbeddingBagCollection], ec: EmbeddingCollection) -> None:
+        super().__init__()
+        if ebc is not None:
+            self.add_module(PLAN_EBC_PATH, ebc)
+        self.add_module(PLAN_EC_PATH, ec)
+
+    def forward(self, features: KeyedJaggedTensor) -> Dict[str, torch.Tensor]:
+        out: Dict[str, torch.Tensor] = {}
+        if hasattr(self, PLAN_EBC_PATH):
+            out.update(getattr(self, PLAN_EBC_PATH)(features).to_dict())
+        out.update({k: jt.values() for k, jt in getattr(self, PLAN_EC_PATH)(features).items()})
+        return out

@@ -132,34 +132,29 @@ def make_partitioner(cfg: PlanConfig) -> Any:
     return GreedyPerfPartitioner(sort_by=SortBy.PERF if cfg.partitioner == "greedy_perf" else SortBy.STORAGE)
 
 
-PLAN_EBC_PATH, PLAN_EC_PATH = "ebc", "ec"
-"""Module paths of the EBC and the EC in the module :func:`planning_module` builds when it holds an EC."""
-
-
-def planning_module(tables: Sequence[Any]) -> Any:
-    """The meta-device module the planner plans: the bare ``EmbeddingBagCollection`` of ``tables``, or, when
-    some are ``EmbeddingConfig`` s, a module with ``ebc`` (the bag tables, if any) and ``ec`` (an
-    ``EmbeddingCollection`` of the others; TorchRec wants one embedding dim for all of them)."""
+def planning_module(tables: Sequence[Any], device: Any = None) -> Any:
+    """The module the planner plans (on the meta device unless ``device`` is given): the bare
+    ``EmbeddingBagCollection`` of ``tables``, or, when some are ``EmbeddingConfig`` s, a module with ``ebc``
+    (the bag tables, if any) and ``ec`` (an ``EmbeddingCollection`` of the others; TorchRec wants one
+    embedding dim for all of them) whose ``forward(kjt) -> {feature: Tensor}`` gives the pooled
+    ``Tensor[B, D]`` of each bag feature and the unpooled ``Tensor[sum(lengths), D]`` of each sequence
+    feature (what ``store-rec plan --verify`` compares)."""
     import torch
-    from torch import nn
     from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
-    from store_rec.distributed.sequence import is_sequence_table
+    from store_rec.distributed.sequence import BagsAndSequences, is_sequence_table
 
-    meta = torch.device("meta")
+    dev = torch.device("meta") if device is None else torch.device(device)
     bags = [t for t in tables if not is_sequence_table(t)]
     seqs = [t for t in tables if is_sequence_table(t)]
     if not seqs:
-        return EmbeddingBagCollection(tables=bags, device=meta)
+        return EmbeddingBagCollection(tables=bags, device=dev)
     dims = sorted({int(t.embedding_dim) for t in seqs})
     if len(dims) > 1:
         raise UserError(f"EmbeddingCollection tables {[t.name for t in seqs][:8]} have dims {dims}: an EmbeddingCollection "
                         "needs one embedding dim for all of its tables")
-    mod = nn.Module()
-    if bags:
-        mod.add_module(PLAN_EBC_PATH, EmbeddingBagCollection(tables=bags, device=meta))
-    mod.add_module(PLAN_EC_PATH, EmbeddingCollection(tables=seqs, device=meta))
-    return mod
+    return BagsAndSequences(EmbeddingBagCollection(tables=bags, device=dev) if bags else None,
+                            EmbeddingCollection(tables=seqs, device=dev))
 
 
 def plan_tables(
