@@ -28,6 +28,7 @@ LR = 0.5
 EPS = 1e-8
 EC_TYPES = ("table_wise", "row_wise", "column_wise")
 H_KEY = "model.model.history.embeddings.t_h.weight"
+VERIFY = ("row_wise", "column_wise")  # store-rec plan --verify strategies checked in the 2-rank run
 
 
 def _cfg(ec_type: str):  # noqa: ANN202
@@ -164,6 +165,13 @@ def _ec_types_worker(ckpt_root: str) -> Dict[str, Any]:
         out["restore_table_wise"] = _restore(ckpt_root, "table_wise", env)
         # data_parallel EC tables on cpu: what TorchRec 1.8 does with a plan that asks for it
         out["data_parallel"] = _data_parallel_error(env)
+        # store-rec plan --verify's check of the EBC + EC tables (plans made by rank 0, then shared)
+        from store_rec.distributed.verify import check_plans, verify_jobs
+
+        box = [verify_jobs(BAG + SEQ, VERIFY, Path(ckpt_root) / "verify") if env.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0)
+        jobs, tables_js = box[0]
+        out["verify_jobs"], out["verify"] = jobs, check_plans(jobs, tables_js)
     finally:
         dist.destroy_process_group()
     return out
@@ -383,14 +391,17 @@ def test_planner_constraints_of_train_app_for_history_tables():
 
 
 
-def test_plan_verify_checks_history_tables_sharded_equals_unsharded(tmp_path):
-    """``store-rec plan --verify``'s check with EC tables: each plan applied on 2 gloo ranks, every EBC feature's
-    pooled rows and every EC feature's rows (one per id) and every table shard's gradient == unsharded."""
-    from store_rec.distributed.verify import verify_strategies
+def test_plan_verify_checks_history_tables_sharded_equals_unsharded(two_rank_run):
+    """``store-rec plan --verify``'s check with EC tables (run inside the 2-rank launch): each plan applied on
+    2 gloo ranks, every EBC feature's pooled rows, every EC feature's rows (one per id) and every table
+    shard's gradient == unsharded."""
+    from store_rec.distributed.verify import verify_results
 
-    res = verify_strategies(BAG + SEQ, ["row_wise", "column_wise"], tmp_path)
-    assert [r["strategy"] for r in res] == ["row_wise", "column_wise"]
-    for r in res:
+    root, res = two_rank_run
+    jobs = res[0]["verify_jobs"]
+    out = verify_results(jobs, [r for k in (0, 1) for r in res[k]["verify"]], root / "verify")
+    assert [r["strategy"] for r in out] == list(VERIFY)
+    for r in out:
         assert r["ok"] and r["max_fwd_diff"] <= 1e-5 and r["max_grad_diff"] <= 1e-5, r
         assert all(x["shards_checked"] == 4 for x in r["ranks"]), r["ranks"]  # 4 tables, each split over both ranks
         plan = json.loads(Path(r["plan"]).read_text())["plan"]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 TOL = 1e-5
 WORLD = 2
@@ -107,7 +107,11 @@ def _sharder(kind: str, fused_params: Dict[str, Any]) -> Any:
     return (CpuRowWiseEBCSharder if kind == "store_rec" else EmbeddingBagCollectionSharder)(fused_params=fused_params)
 
 
-def _worker(jobs: List[Dict[str, Any]], tables_js: List[Dict[str, Any]], batch_size: int, seed: int) -> List[Dict[str, Any]]:
+def check_plans(jobs: List[Dict[str, Any]], tables_js: List[Dict[str, Any]], batch_size: int = 8, seed: int = 0) -> List[Dict[str, Any]]:
+    """On every rank of the current (gloo) process group: apply each job's plan (``{"strategy", "sharder",
+    "plan": path}``) to the tables ``tables_js`` (:func:`_tables_json`) and compare with the unsharded
+    module (see the module docstring); this rank's records (and the reduce-scatter probe's, with row-wise
+    jobs)."""
     import torch
     import torch.distributed as dist
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
@@ -118,77 +122,83 @@ def _worker(jobs: List[Dict[str, Any]], tables_js: List[Dict[str, Any]], batch_s
     from store_rec.distributed.planning.planner import planning_module
     from store_rec.distributed.sequence import CpuSequenceECSharder
 
-    dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     tables = _tables_from_json(tables_js)
     out: List[Dict[str, Any]] = []
-    try:
-        if any(j["strategy"] in ROW_WISE for j in jobs):
-            try:
-                out.append({"strategy": PROBE, "rank": rank, **gloo_reduce_scatter_probe()})
-            except RuntimeError as e:  # an older torch: gloo without reduce-scatter
-                out.append({"strategy": PROBE, "rank": rank, "error": " ".join(str(e).split())[:300]})
-        for job in jobs:
-            torch.manual_seed(seed)
-            ref = planning_module(tables, device="cpu")  # the EBC (and EC: history tables), unsharded
-            full = {k: v.detach().clone() for k, v in ref.state_dict().items()}
-            # unsharded reference: gradient of sum over ranks of loss_r on the global batch
-            outs = []  # per rank: (embeddings per feature -- pooled / one row per id --, fixed loss weights per feature)
-            for r in range(world):
-                kt = _as_dict(ref(_local_batch(tables, r, batch_size, seed)))
-                g = torch.Generator().manual_seed(seed + 7 + r)
-                c = {k: torch.randn(v.shape, generator=g) for k, v in sorted(kt.items())}
-                outs.append((kt, c))
-            sum((kt[k] * c[k]).sum() for kt, c in outs for k in kt).backward()
-            ref_grad = {n: p.grad for n, p in ref.named_parameters()}
-            ref_out, c_local = outs[rank]
+    if any(j["strategy"] in ROW_WISE for j in jobs):
+        try:
+            out.append({"strategy": PROBE, "rank": rank, **gloo_reduce_scatter_probe()})
+        except RuntimeError as e:  # an older torch: gloo without reduce-scatter
+            out.append({"strategy": PROBE, "rank": rank, "error": " ".join(str(e).split())[:300]})
+    for job in jobs:
+        torch.manual_seed(seed)
+        ref = planning_module(tables, device="cpu")  # the EBC (and EC: history tables), unsharded
+        full = {k: v.detach().clone() for k, v in ref.state_dict().items()}
+        # unsharded reference: gradient of sum over ranks of loss_r on the global batch
+        outs = []  # per rank: (embeddings per feature -- pooled / one row per id --, fixed loss weights per feature)
+        for r in range(world):
+            kt = _as_dict(ref(_local_batch(tables, r, batch_size, seed)))
+            g = torch.Generator().manual_seed(seed + 7 + r)
+            c = {k: torch.randn(v.shape, generator=g) for k, v in sorted(kt.items())}
+            outs.append((kt, c))
+        sum((kt[k] * c[k]).sum() for kt, c in outs for k in kt).backward()
+        ref_grad = {n: p.grad for n, p in ref.named_parameters()}
+        ref_out, c_local = outs[rank]
 
-            plan = load_plan(job["plan"], tables, world, "cpu")
-            fused = {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 1.0}
-            dmp = DistributedModelParallel(
-                module=planning_module(tables),
-                env=ShardingEnv.from_process_group(dist.group.WORLD),
-                device=torch.device("cpu"),
-                plan=plan,
-                sharders=[_sharder(job.get("sharder", "store_rec"), fused), CpuSequenceECSharder(fused_params=fused)],
-            )
-            before: Dict[str, Any] = {}
-            for key, val in dmp.state_dict().items():
-                name = _plain_key(key)
-                if hasattr(val, "local_shards"):
-                    for sh in val.local_shards():
-                        (o0, o1), (s0, s1) = sh.metadata.shard_offsets, sh.metadata.shard_sizes
-                        sh.tensor.detach().copy_(full[name][o0 : o0 + s0, o1 : o1 + s1])
-                else:
-                    val.detach().copy_(full[name])
-                before[name] = full[name]
-            got = _as_dict(dmp(_local_batch(tables, rank, batch_size, seed)))
-            if sorted(got) != sorted(ref_out):
-                raise RuntimeError(f"{job['strategy']}: sharded output features {sorted(got)} != unsharded {sorted(ref_out)}")
-            fwd = max(float((got[k].detach() - ref_out[k].detach()).abs().max()) for k in got)
-            sum((got[k] * c_local[k]).sum() for k in got).backward()
-            dense_grads = {_plain_key(n): p.grad for n, p in dmp.named_parameters() if p.grad is not None}
-            gdiff = 0.0
-            checked = 0
-            for key, val in dmp.state_dict().items():
-                name = _plain_key(key)
-                if hasattr(val, "local_shards"):
-                    for sh in val.local_shards():
-                        (o0, o1), (s0, s1) = sh.metadata.shard_offsets, sh.metadata.shard_sizes
-                        eff = (before[name][o0 : o0 + s0, o1 : o1 + s1] - sh.tensor.detach()) * world
-                        gdiff = max(gdiff, float((eff - ref_grad[name][o0 : o0 + s0, o1 : o1 + s1]).abs().max()))
-                        checked += 1
-                elif name in dense_grads:  # data parallel: DDP averaged the rank gradients
-                    gdiff = max(gdiff, float((dense_grads[name] * world - ref_grad[name]).abs().max()))
+        plan = load_plan(job["plan"], tables, world, "cpu")
+        fused = {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": 1.0}
+        dmp = DistributedModelParallel(
+            module=planning_module(tables),
+            env=ShardingEnv.from_process_group(dist.group.WORLD),
+            device=torch.device("cpu"),
+            plan=plan,
+            sharders=[_sharder(job.get("sharder", "store_rec"), fused), CpuSequenceECSharder(fused_params=fused)],
+        )
+        before: Dict[str, Any] = {}
+        for key, val in dmp.state_dict().items():
+            name = _plain_key(key)
+            if hasattr(val, "local_shards"):
+                for sh in val.local_shards():
+                    (o0, o1), (s0, s1) = sh.metadata.shard_offsets, sh.metadata.shard_sizes
+                    sh.tensor.detach().copy_(full[name][o0 : o0 + s0, o1 : o1 + s1])
+            else:
+                val.detach().copy_(full[name])
+            before[name] = full[name]
+        got = _as_dict(dmp(_local_batch(tables, rank, batch_size, seed)))
+        if sorted(got) != sorted(ref_out):
+            raise RuntimeError(f"{job['strategy']}: sharded output features {sorted(got)} != unsharded {sorted(ref_out)}")
+        fwd = max(float((got[k].detach() - ref_out[k].detach()).abs().max()) for k in got)
+        sum((got[k] * c_local[k]).sum() for k in got).backward()
+        dense_grads = {_plain_key(n): p.grad for n, p in dmp.named_parameters() if p.grad is not None}
+        gdiff = 0.0
+        checked = 0
+        for key, val in dmp.state_dict().items():
+            name = _plain_key(key)
+            if hasattr(val, "local_shards"):
+                for sh in val.local_shards():
+                    (o0, o1), (s0, s1) = sh.metadata.shard_offsets, sh.metadata.shard_sizes
+                    eff = (before[name][o0 : o0 + s0, o1 : o1 + s1] - sh.tensor.detach()) * world
+                    gdiff = max(gdiff, float((eff - ref_grad[name][o0 : o0 + s0, o1 : o1 + s1]).abs().max()))
                     checked += 1
-                else:
-                    raise RuntimeError(f"{job['strategy']}: replicated table {name} got no gradient")
-            out.append({"strategy": job["strategy"], "sharder": job.get("sharder", "store_rec"), "rank": rank,
-                        "max_fwd_diff": fwd, "max_grad_diff": gdiff, "shards_checked": checked})
-            dist.barrier()
+            elif name in dense_grads:  # data parallel: DDP averaged the rank gradients
+                gdiff = max(gdiff, float((dense_grads[name] * world - ref_grad[name]).abs().max()))
+                checked += 1
+            else:
+                raise RuntimeError(f"{job['strategy']}: replicated table {name} got no gradient")
+        out.append({"strategy": job["strategy"], "sharder": job.get("sharder", "store_rec"), "rank": rank,
+                    "max_fwd_diff": fwd, "max_grad_diff": gdiff, "shards_checked": checked})
+        dist.barrier()
+    return out
+
+
+def _worker(jobs: List[Dict[str, Any]], tables_js: List[Dict[str, Any]], batch_size: int, seed: int) -> List[Dict[str, Any]]:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    try:
+        return check_plans(jobs, tables_js, batch_size, seed)
     finally:
         dist.destroy_process_group()
-    return out
 
 
 def verify_strategies(
@@ -213,13 +223,22 @@ def verify_strategies(
     strategies also carry ``gloo_reduce_scatter``: what :func:`gloo_reduce_scatter_probe` received per
     rank, and ``DIR/gloo_reduce_scatter.json`` is written.
     """
-    from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
-
     from store_rec.distributed.local_launch import launch_local
-    from store_rec.distributed.sequence import is_sequence_table
+
+    jobs, tables_js = verify_jobs(tables, strategies, out_dir, max_rows, sharders)
+    per_rank = launch_local(_worker, (jobs, tables_js, batch_size, seed), nproc=WORLD)
+    return verify_results(jobs, [r for rank_recs in per_rank.values() for r in rank_recs], out_dir)
+
+
+def verify_jobs(tables: Sequence[Any], strategies: Sequence[str], out_dir: os.PathLike, max_rows: int = 5000,
+                sharders: Sequence[str] = ("store_rec",)) -> Tuple[List[Dict[str, Any]], List[Dict[str, Any]]]:
+    """The plans :func:`verify_strategies` checks (saved in ``out_dir``) as ``(jobs, tables_js)`` for
+    :func:`check_plans`: tables capped at ``max_rows`` rows, one world-size-2 cpu plan per strategy."""
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
 
     from store_rec.distributed.plan_io import save_plan
     from store_rec.distributed.planning import PlanConfig, TableOverride, plan_tables
+    from store_rec.distributed.sequence import is_sequence_table
     from store_rec.distributed.topology import load_topology
 
     bad = [s for s in sharders if s not in SHARDERS]
@@ -239,8 +258,13 @@ def verify_strategies(
         res = plan_tables(small, spec, s, None, cfg)
         path = save_plan(res, out / f"plan_verify_{s}.json")
         jobs += [{"strategy": s, "sharder": sh, "plan": str(path)} for sh in sharders]
-    per_rank = launch_local(_worker, (jobs, _tables_json(small), batch_size, seed), nproc=WORLD)
-    all_recs = [r for rank_recs in per_rank.values() for r in rank_recs]
+    return jobs, _tables_json(small)
+
+
+def verify_results(jobs: List[Dict[str, Any]], all_recs: List[Dict[str, Any]], out_dir: os.PathLike) -> List[Dict[str, Any]]:
+    """Every rank's :func:`check_plans` records -> one result per job (see :func:`verify_strategies`);
+    writes ``verify.json`` (and ``gloo_reduce_scatter.json``) into ``out_dir``."""
+    out = Path(out_dir)
     probe = sorted((r for r in all_recs if r["strategy"] == PROBE), key=lambda r: r["rank"])
     if probe:
         (out / "gloo_reduce_scatter.json").write_text(json.dumps(probe, indent=1) + "\n")
