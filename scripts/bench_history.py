@@ -9,8 +9,8 @@ Same process, CPU, 1 thread, variants interleaved rep by rep, medians reported:
   their history padding; dense (vanilla) vs MoBA fast at sparsity 1/2 and 3/4.
 * model: ``StoreModel`` with ``model.history`` (N items x 3 SID tokens + category / gap side keys)
   on prepared synthetic data (history_len N) + a SID table: one train step (forward, backward, Adam
-  step) on a batch of 256, vanilla vs MoBA 1/2 (block = 4 items), plus the analytic TFLOPs per
-  batch of 1024 (``store_rec.ops.flops.model_flops``) and their ratio.
+  step) on a batch of 256, vanilla vs MoBA 1/2 and 3/4 (block = 4 items, item gate), plus the
+  analytic TFLOPs per batch of 1024 (``store_rec.ops.flops.model_flops``) and their ratios.
 
 Prints one JSON object (and writes it to ``--out``).
 """
@@ -84,7 +84,8 @@ def bench_model(N: int, reps: int, tmp: Path, B: int = 256, rows: int = 20_000) 
     batch = list(ld)[-2]  # a late batch: users have long histories
     lens = batch.sparse_features["hist_item_id"].lengths()
     models, steps = {}, {}
-    for name, att in (("vanilla", {"type": "vanilla"}), ("moba_1/2", {"type": "moba", "sparsity": 0.5, "gate": "item"})):
+    for name, att in (("vanilla", {"type": "vanilla"}), ("moba_1/2", {"type": "moba", "sparsity": 0.5, "gate": "item"}),
+                      ("moba_3/4", {"type": "moba", "sparsity": 0.75, "gate": "item"})):
         cfg = from_dict(ModelConfig, {"embedding_dim": 16, "item_feature": "item_id", "attention": {
             "block_size": 12, "num_heads": 2, "ffn_dim": 64, "num_layers": 2, **att},
             "history": {"enabled": True, "max_len": N, "side": ["hist_category", "hist_gap"]}}, "model")
@@ -106,9 +107,10 @@ def bench_model(N: int, reps: int, tmp: Path, B: int = 256, rows: int = 20_000) 
             "history_tokens": inter.num_history_tokens, "non_sequential_tokens": inter.seq_len, "batch": B,
             "mean_history_len": round(float(lens.float().mean()), 1),
             "train_step_ms": {k: round(x, 1) for k, x in ms.items()},
-            "speedup": round(ms["vanilla"] / ms["moba_1/2"], 3),
+            "speedup": round(ms["vanilla"] / ms["moba_1/2"], 3), "speedup_3/4": round(ms["vanilla"] / ms["moba_3/4"], 3),
             "tflops_per_1024": {k: round(x, 5) for k, x in tf.items()},
-            "tflops_ratio": round(tf["vanilla"] / tf["moba_1/2"], 3)}
+            "tflops_ratio": round(tf["vanilla"] / tf["moba_1/2"], 3),
+            "tflops_ratio_3/4": round(tf["vanilla"] / tf["moba_3/4"], 3)}
 
 
 def main(argv: List[str] | None = None) -> dict:

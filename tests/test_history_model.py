@@ -183,6 +183,28 @@ def test_padding_blocks_are_never_preferred_over_real_ones():
     assert (sel == 4).all()
 
 
+def test_recent_blocks_are_always_selected():
+    B, H, Dh, bs, nb = 2, 2, 4, 2, 6
+    k = torch.randn(B, H, nb * bs, Dh)
+    k[:, :, -bs:] = -100.0  # the newest block loses the gate by far
+    gate = torch.ones(B, H, Dh)
+    kv = torch.ones(B, nb * bs, dtype=torch.bool)
+    assert not (moba.route_history(k, kv, gate, block_size=bs, topk=2) == nb - 1).any()
+    sel = moba.route_history(k, kv, gate, block_size=bs, topk=2, recent=1)
+    assert (sel[..., -1] == nb - 1).all()
+    kv[1] = False  # a cold user: nothing is forced, every block stays -inf (masked)
+    sel = moba.route_history(k, kv, gate, block_size=bs, topk=3, recent=3)
+    assert sel[0].tolist() == [[3, 4, 5]] * H  # recent >= topk: a pure recency window
+    # through the model config
+    schema = _schema()
+    model = build_model(_cfg({"recent_blocks": 1}), schema)
+    assert all(layer.attn.recent_blocks == 1 for layer in model.model.inter_arch.layers)
+    q, kk, v = _qkv(B, H, 4 * 6 + 3, Dh)
+    kv = torch.ones(B, 24, dtype=torch.bool)
+    for impl in ("fast", "reference"):
+        moba.history_attention(q, kk, v, kv, block_size=6, sparsity=0.5, impl=impl, recent_blocks=1).sum().backward()
+
+
 # ----------------------------------------------------------------------------------------- STORE
 def test_store_with_history_tokens_trains_end_to_end():
     schema = _schema()
@@ -450,3 +472,26 @@ def test_history_encoder_under_dmp_and_train_pipeline():
     assert out["pipelined"] == ["ShardedEmbeddingBagCollection", "ShardedEmbeddingCollection"]  # both input dists overlap
     losses = out["losses"]
     assert len(losses) == 24 and sum(losses[-3:]) < 0.9 * sum(losses[:3]), losses
+
+
+# ----------------------------------------------------------------------------------------- the bench script
+def test_bench_history_script_tiny(tmp_path):
+    """scripts/bench_history.py in its CI size: JSON with the op and model comparisons (no timing asserted)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_history", Path(__file__).resolve().parents[1] / "scripts" /
+                                                  "bench_history.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    threads = torch.get_num_threads()
+    try:
+        res = mod.main(["--tiny", "--out", str(tmp_path / "b.json")])
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads((tmp_path / "b.json").read_text()) == res
+    (op,), (m,) = res["op"], res["model"]
+    assert op["tokens"] == 36 and op["flops_ratio_1/2"] > 1 and set(op["ms"]) == {"vanilla", "moba_1/2", "moba_3/4"}
+    assert m["tokens"] == m["history_tokens"] + m["non_sequential_tokens"] and m["history_tokens"] == 24
+    assert m["tflops_ratio"] > 1 and m["speedup"] > 0

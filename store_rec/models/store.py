@@ -51,8 +51,9 @@ from store_rec.modules.rotation import OrthogonalRotation
 logger = logging.getLogger(__name__)
 
 
-def make_attention(embedding_dim: int, cfg: AttentionConfig) -> nn.Module:
-    """``BlockSparseAttention`` for ``cfg.type == "moba"``, its dense (SDPA) mode for ``"vanilla"``."""
+def make_attention(embedding_dim: int, cfg: AttentionConfig, recent_blocks: int = 0) -> nn.Module:
+    """``BlockSparseAttention`` for ``cfg.type == "moba"``, its dense (SDPA) mode for ``"vanilla"``
+    (``recent_blocks``: history routing, ``model.history.recent_blocks``)."""
     from store_rec.ops.moba import BlockSparseAttention
 
     return BlockSparseAttention(
@@ -65,6 +66,7 @@ def make_attention(embedding_dim: int, cfg: AttentionConfig) -> nn.Module:
         impl=cfg.impl,
         dropout=cfg.dropout,
         own_block=cfg.own_block,
+        **({"recent_blocks": recent_blocks} if recent_blocks else {}),
     )
 
 
@@ -75,9 +77,10 @@ class StoreLayer(nn.Module):
     all positions, or one per position with ``cfg.token_ffn`` (:class:`~store_rec.modules.token_ffn.TokenFFN`).
     """
 
-    def __init__(self, embedding_dim: int, cfg: AttentionConfig, seq_len: Optional[int] = None) -> None:
+    def __init__(self, embedding_dim: int, cfg: AttentionConfig, seq_len: Optional[int] = None,
+                 recent_blocks: int = 0) -> None:
         super().__init__()
-        self.attn = make_attention(embedding_dim, cfg)
+        self.attn = make_attention(embedding_dim, cfg, recent_blocks)
         self.norm1 = nn.LayerNorm(embedding_dim)
         if cfg.token_ffn:
             if seq_len is None:
@@ -136,6 +139,7 @@ class StoreInteractionArch(nn.Module):
             ``history: Tensor[B, history_items * history_item_tokens, D]`` (a
             :class:`~store_rec.models.history.HistoryEncoder`'s tokens, T = ``history_item_tokens``
             per item, left-padded) and ``history_valid: BoolTensor[B, history_items]``.
+        history_recent_blocks: MoBA always selects the newest this many history blocks (``model.history.recent_blocks``).
 
     Behaviour sequences: the history tokens are **prepended** to the non-sequential tokens
     (``[history (R), dense, tokens..., rotated...]``). MoBA routes over history blocks only:
@@ -173,6 +177,7 @@ class StoreInteractionArch(nn.Module):
         tokenize_indices: Optional[Sequence[int]] = None,
         history_items: int = 0,
         history_item_tokens: int = 1,
+        history_recent_blocks: int = 0,
     ) -> None:
         super().__init__()
         F, D = int(num_sparse_features), int(embedding_dim)
@@ -273,7 +278,8 @@ class StoreInteractionArch(nn.Module):
         # it computes the non-sequential queries only (exact; not with per-position FFNs)
         self.prune_last = bool(self.history_items) and not attention.token_ffn
         total = self.num_history_tokens + self.seq_len
-        self.layers = nn.ModuleList(StoreLayer(D, attention, total) for _ in range(attention.num_layers))
+        recent = int(history_recent_blocks) if self.history_items else 0
+        self.layers = nn.ModuleList(StoreLayer(D, attention, total, recent) for _ in range(attention.num_layers))
         self.dots: Optional[nn.Module] = None
         if attention.dot_features:
             from store_rec.modules.pairwise import PairwiseDot
@@ -422,7 +428,8 @@ class DLRM_STORE(DLRM):
         sid_tokenizer: an ``OnlineSIDTokenizer`` over some token features (its ``features``, by
             name): their pooled embeddings become K SID tokens each (online SIDs).
         history_encoder: a :class:`~store_rec.models.history.HistoryEncoder` (behaviour sequences):
-            its tokens of the same KJT are prepended to the interaction's tokens (``self.history``).
+            its tokens of the same KJT are prepended to the interaction's tokens (``self.history``);
+            ``history_recent_blocks``: the newest blocks MoBA always selects.
 
     ``forward(dense_features: Tensor[B, dense_in_features], sparse_features: KJT) -> Tensor[B, 1]``
     (DLRM's forward, plus the history encoder when there is one), so
@@ -443,6 +450,7 @@ class DLRM_STORE(DLRM):
         sid_tokenizer: Optional[nn.Module] = None,
         dense_device: Optional[torch.device] = None,
         history_encoder: Optional[nn.Module] = None,
+        history_recent_blocks: int = 0,
     ) -> None:
         super().__init__(
             embedding_bag_collection,
@@ -464,6 +472,7 @@ class DLRM_STORE(DLRM):
             tokenize_indices=_feature_indices(names, [list(sid_tokenizer.features)])[0] if sid_tokenizer is not None else None,
             history_items=history_encoder.max_len if history_encoder is not None else 0,
             history_item_tokens=history_encoder.tokens_per_item if history_encoder is not None else 1,
+            history_recent_blocks=history_recent_blocks,
         )
         self.history = history_encoder
         if dense_device is not None:
@@ -564,6 +573,7 @@ class StoreModel(RankingModel):
             sid_tokenizer=online,
             dense_device=dense_device,
             history_encoder=history,
+            history_recent_blocks=cfg.history.recent_blocks,
         )
         super().__init__(model, len(schema.dense), const_dense, "store")
         self.cfg = cfg

@@ -46,9 +46,9 @@ routing beats dense SDPA (instance 0.39x at L=16, 0.77x at L=32): the sparsity p
 Behaviour sequences (:func:`history_attention`, issue 13): ``[history (R routed tokens), fixed
 tokens]``, MoBA over the history blocks only, the fixed (non-sequential) tokens always attended,
 padding masked. Measured (``scripts/bench_history.py``, CPU, 1 thread, fwd+bwd, B=256, H=2, Dh=8,
-blocks of 12, 12 fixed tokens, interleaved medians, a shared loaded machine): at L=204 MoBA 1/2 is
-1.95x faster than dense (FLOPs ratio 1.89), 3/4 2.56x (3.40); at L=396 1/2 1.64x (1.94), 3/4 2.78x
-(3.66).
+blocks of 12, 12 fixed tokens, interleaved medians, a shared loaded machine, two runs): at L=204
+MoBA 1/2 is 1.95x / 1.42x faster than dense (FLOPs ratio 1.89), 3/4 2.56x / 2.34x (3.40); at L=396
+1/2 1.64x / 1.76x (1.94), 3/4 2.78x / 3.06x (3.66).
 """
 
 from __future__ import annotations
@@ -327,6 +327,7 @@ def route_history(
     *,
     block_size: int,
     topk: int,
+    recent: int = 0,
 ) -> torch.Tensor:
     """Instance routing over the history blocks: ``LongTensor[B, H, topk]`` (sorted ascending).
 
@@ -334,7 +335,9 @@ def route_history(
     BoolTensor[B, R]``, ``gq: Tensor[B, H, Dh]`` the gating query. Score of block j =
     ``gq . mean(valid keys of j)`` (fp32); a block without a valid key scores ``-inf``, so padding is
     never preferred over a real block (it is chosen only when a row has fewer than ``topk`` real
-    blocks, and then its keys stay masked)."""
+    blocks, and then its keys stay masked). ``recent``: the newest ``recent`` blocks (the last ones:
+    the history is left-padded) are always selected when they hold a valid key; they count toward
+    ``topk`` (``recent >= topk`` = a pure recency window)."""
     B, H, R, Dh = k.shape
     nb = R // block_size
     m = key_valid.view(B, 1, nb, block_size, 1).float()
@@ -342,7 +345,11 @@ def route_history(
     counts = m.sum(dim=3)  # [B, 1, nb, 1]
     kbar = sums / counts.clamp(min=1.0)
     scores = (kbar @ gq.detach().float().unsqueeze(-1)).squeeze(-1)  # [B, H, nb]
-    scores = scores.masked_fill(counts.squeeze(-1) == 0, float("-inf"))
+    has_key = counts.squeeze(-1) > 0  # [B, 1, nb]
+    if recent:
+        newest = torch.arange(nb, device=k.device) >= nb - recent
+        scores = scores.masked_fill(newest & has_key, float("inf"))
+    scores = scores.masked_fill(~has_key, float("-inf"))
     sel = scores.topk(topk, dim=-1, sorted=False).indices
     return sel.sort(dim=-1).values
 
@@ -418,6 +425,7 @@ def history_attention(
     dropout_p: float = 0.0,
     scale: Optional[float] = None,
     training: bool = True,
+    recent_blocks: int = 0,
 ) -> torch.Tensor:
     """MoBA over a sequence ``[history tokens (R), fixed tokens (L - R)]``: ``k, v: Tensor[B, H, L, Dh]``,
     ``q: Tensor[B, H, Lq, Dh]`` with ``Lq = L`` (every token's query) or ``L - R`` (the fixed tokens'
@@ -431,7 +439,8 @@ def history_attention(
     ``topk = topk_for(sparsity, R / block_size)``. Routing is per instance and head
     (:func:`route_history`): gated by ``gate: Tensor[B, H, Dh]`` (e.g. the target item's tokens
     through the query projection) or by default the mean query of the fixed tokens (the target and
-    context choose the history, whether or not the history's own queries are computed). Padding keys
+    context choose the history, whether or not the history's own queries are computed); the
+    ``recent_blocks`` newest blocks are always among the ``topk``. Padding keys
     are masked out of every softmax and padding blocks are never preferred over real ones. Every
     query row keeps at least the fixed keys, so no softmax is empty.
 
@@ -449,11 +458,14 @@ def history_attention(
         raise ValueError(f"history_attention: block_size {block_size} must divide the {R} history tokens")
     if impl not in ("reference", "fast", "dense"):
         raise ValueError(f"impl must be 'reference', 'fast' or 'dense', got {impl!r}")
+    if recent_blocks < 0:
+        raise ValueError(f"recent_blocks must be >= 0, got {recent_blocks}")
     return _history_attention(q, k, v, key_valid, block_size=block_size, sparsity=sparsity, impl=impl, gate=gate,
-                              dropout_p=dropout_p, scale=scale, training=training)
+                              dropout_p=dropout_p, scale=scale, training=training, recent_blocks=recent_blocks)
 
 
-def _history_attention(q, k, v, key_valid, *, block_size, sparsity, impl, gate, dropout_p, scale, training):
+def _history_attention(q, k, v, key_valid, *, block_size, sparsity, impl, gate, dropout_p, scale, training,
+                       recent_blocks=0):
     """:func:`history_attention` without checks (what :class:`BlockSparseAttention` calls)."""
     B, H, L, Dh = k.shape
     R = key_valid.shape[1]
@@ -464,7 +476,8 @@ def _history_attention(q, k, v, key_valid, *, block_size, sparsity, impl, gate, 
                                               scale=scale)
     if gate is None:  # the mean query of the fixed (non-sequential) tokens
         gate = q[:, :, q.shape[2] - (L - R):].detach().float().mean(dim=2)
-    sel = route_history(k[:, :, :R], key_valid, gate, block_size=block_size, topk=topk_for(sparsity, nb))
+    sel = route_history(k[:, :, :R], key_valid, gate, block_size=block_size, topk=topk_for(sparsity, nb),
+                        recent=recent_blocks)
     run = _history_reference if impl == "reference" else _history_fast
     return run(q, k, v, sel, key_valid, block_size=block_size, dropout_p=dropout_p, scale=scale, training=training)
 
@@ -498,6 +511,7 @@ class BlockSparseAttention(nn.Module):
         dropout: float = 0.0,
         bias: bool = True,
         own_block: bool = False,
+        recent_blocks: int = 0,
     ) -> None:
         super().__init__()
         if embed_dim % num_heads:
@@ -508,6 +522,7 @@ class BlockSparseAttention(nn.Module):
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
         self.block_size, self.sparsity, self.dense = int(block_size), float(sparsity), bool(dense)
         self.impl, self.dropout, self.own_block = impl, float(dropout), bool(own_block)
+        self.recent_blocks = int(recent_blocks)  # history routing: newest blocks always selected
         self.in_proj = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.reset_parameters()
@@ -566,7 +581,7 @@ class BlockSparseAttention(nn.Module):
                 raise ValueError(f"history tokens need routing='instance', got routing={self.routing!r}")
             out = _history_attention(q, k, v, key_valid, block_size=self.block_size, sparsity=self.sparsity,
                                      impl="dense" if self.dense else self.impl, gate=g, dropout_p=self.dropout,
-                                     scale=None, training=self.training)
+                                     scale=None, training=self.training, recent_blocks=self.recent_blocks)
             return self.out_proj(out.transpose(1, 2).reshape(B, q.shape[2], D))
         out = _moba_attention(
             q,
