@@ -18,19 +18,27 @@ A plan whose per-rank HBM (or DDR, or estimated time) is more than ``--imbalance
 times the mean over ranks is reported with a ``WARNING`` line and in the table's ``warnings`` column:
 one rank holding many times its share is the rank that runs out of memory or sets the step time.
 
+A model with history tokens (``model.history``) has an ``EmbeddingCollection`` next to its EBC: its
+tables are planned with the others (EmbeddingCollection sharding types only: table_wise, column_wise,
+row_wise, and data_parallel on cuda; a forced strategy they lack leaves them to the planner), appear in
+every plan file with ``"kind": "sequence"`` and their memory, and are listed per run ("history
+(EmbeddingCollection) tables: ..."); the comparison records ``sequence_tables`` / ``sequence_hbm_gb`` /
+``sequence_ddr_gb``. Their pooling factor is the mean history length (capped at ``data.history_len``).
+
 Config keys read (everything else in the file is ignored, so a train config works as is):
 ``model`` (ModelConfig), ``plan`` (store_rec.distributed.planning.PlanConfig; planning-only configs),
 ``sharding`` (the train config's planner constraints: ``tables.<t>`` overrides, and global
 ``sharding_types`` / ``compute_kernels`` for ``--strategy auto`` runs) and ``data``, validated as the train
 config's ``data:`` section (:class:`store_rec.train.config.DataConfig`): the prepared dataset directory
 ``data.dir`` (when it has no schema.json and ``data.prepare_if_missing`` is set, the synthetic dataset is
-generated there first, exactly as ``store-rec train`` does) and an optional SID table (``data.sid_table``,
-``data.sid_feature``).
+generated there first, exactly as ``store-rec train`` does), an optional SID table (``data.sid_table``,
+``data.sid_feature``) and ``data.history_len``: the schema planned is the one the train app's loader yields.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 from pathlib import Path
@@ -113,19 +121,25 @@ def load_tables(args) -> Tuple[List[Any], Dict[str, float], Any, str]:
     desc = []
     if args.config and ("model" in raw or "data" in raw):  # a train config may leave model at its defaults
         schema, data_dir = _schema_from(raw, where)
+        from store_rec.distributed.sequence import is_sequence_table
         from store_rec.models.config import ModelConfig
-        from store_rec.models.tables import embedding_tables
 
         try:
             mcfg = from_dict(ModelConfig, raw.get("model") or {}, "model")
         except ConfigError as e:
             raise ConfigError(f"{where}: {e}") from None
-        tables = embedding_tables(schema, mcfg)
+        tables = _model_tables(mcfg, schema)
         feats = [f for t in tables for f in t.feature_names]
         missing = [f for f in feats if f not in cfg.pooling_factors]
         if missing and data_dir is not None:
-            pfs.update(measure_pooling_factors(data_dir, missing, cfg.pooling_sample_rows))
-        desc.append(f"{len(tables)} tables of model {mcfg.name} on dataset {schema.dataset}")
+            # + the history columns H whose items' SIDs the loader makes into <H>_sid_k keys (not in the parquet)
+            bases = sorted({m.group(1) for f in missing if (m := re.fullmatch(HISTORY_SID_KEY, f))} - set(missing))
+            measured = measure_pooling_factors(data_dir, [*missing, *bases], cfg.pooling_sample_rows)
+            pfs.update({f: v for f, v in measured.items() if f in missing})
+            pfs.update(_history_pooling_factors(tables, measured, (raw.get("data") or {}).get("history_len")))
+        n_seq = sum(is_sequence_table(t) for t in tables)
+        desc.append(f"{len(tables)} tables of model {mcfg.name} on dataset {schema.dataset}"
+                    + (f" ({n_seq} of them history-token EmbeddingCollection tables)" if n_seq else ""))
     elif args.config and cfg.synthetic.num_tables == 0:
         raise UserError(f"{where}: no 'model' or 'data' section (and no --synthetic-tables): nothing to plan")
     if cfg.synthetic.num_tables > 0:
@@ -142,6 +156,44 @@ def load_tables(args) -> Tuple[List[Any], Dict[str, float], Any, str]:
     if args.timeout:
         cfg.timeout_s = args.timeout
     return tables, pfs, cfg, " + ".join(desc)
+
+
+HISTORY_SID_KEY = r"(.+)_sid_\d+"
+"""A loader-made key ``<H>_sid_<k>``: the k-th SID of each item of history column ``H``
+(``store_rec.data.loader.history_sid_name``)."""
+
+
+def _model_tables(mcfg: Any, schema: Any) -> List[Any]:
+    """The tables the train app shards for this model: its EBC's and, with history tokens, its
+    EmbeddingCollection's (the model is built on the meta device: no table memory)."""
+    import torch
+
+    from store_rec.models.factory import build_model
+    from store_rec.train.sharding import model_tables
+
+    return model_tables(build_model(mcfg, schema, device=torch.device("meta")))
+
+
+def _history_pooling_factors(tables: List[Any], measured: Dict[str, float], history_len: Any) -> Dict[str, float]:
+    """Pooling factors (ids per sample) of the EmbeddingCollection (history) features: a loader-made key
+    ``<H>_sid_<k>`` (one SID per history item of column ``H``, not in the parquet) has ``H``'s; every history
+    feature is capped at ``data.history_len`` (the loader keeps the newest that many per row)."""
+    from store_rec.distributed.sequence import is_sequence_table
+
+    out: Dict[str, float] = {}
+    for t in tables:
+        if not is_sequence_table(t):
+            continue
+        for f in t.feature_names:
+            pf = measured.get(f)
+            m = re.fullmatch(HISTORY_SID_KEY, f)
+            if pf is None and m and m.group(1) in measured:
+                pf = measured[m.group(1)]
+            if pf is not None and isinstance(history_len, int) and not isinstance(history_len, bool):
+                pf = min(pf, float(history_len))
+            if pf is not None:
+                out[f] = max(pf, 1e-3)  # an empty history still plans (TorchRec's cost model divides by it)
+    return out
 
 
 def _rows_text(rows: int) -> str:
@@ -211,11 +263,15 @@ def _schema_from(raw: Dict[str, Any], where: str):
     if generate:
         print(f"prepared {d} in {time.perf_counter() - t0:.1f} s")
     schema = DatasetSchema.load(d)
-    if data.sid_table and not schema.features_with_role(SID):
-        from store_rec.data.loader import schema_with_sids
+    if (data.sid_table and not schema.features_with_role(SID)) or data.history_len is not None:
+        from store_rec.data.loader import ParquetBatchLoader
 
-        try:  # the features the loader attaches: sid_0..sid_{K-1}, vocab C + 1
-            schema = schema_with_sids(schema, data.sid_table, data.sid_feature)
+        # the schema of what the train app's loader yields: sid_0..sid_{K-1} (vocab C + 1), the history
+        # items' SID keys <H>_sid_k, history lists cut to data.history_len (0: none)
+        split = "train" if "train" in schema.splits else next(iter(schema.splits), "train")
+        try:
+            schema = ParquetBatchLoader(d, split, data.batch_size, sid_table=data.sid_table if not schema.features_with_role(SID) else None,
+                                        sid_feature=data.sid_feature, history_len=data.history_len).schema
         except FileNotFoundError as e:
             raise UserError(f"{where}: data.sid_table: {e}") from None
     if data.sid_tables:  # each feature's SIDs: {feature}_sid_0.., vocab C + 1 (store_rec.data.feature_sids)
@@ -303,6 +359,11 @@ def run(args) -> int:
             f"peak HBM {rec['peak_hbm_gb']:.2f} GB, DDR {rec['peak_ddr_gb']:.2f} GB per rank | imbalance perf {rec['perf_imbalance']:.2f}, "
             f"HBM {rec['hbm_imbalance']:.2f} | {rec['sharding_types']}"
         )
+        seq = {n: u for n, u in res.table_usage().items() if u["kind"] == "sequence"}
+        if seq:
+            shown = [f"{n} {u['sharding_type']} on {len(u['ranks'])} rank(s), {u['hbm_gb']:.3g} GB HBM + {u['ddr_gb']:.3g} GB DDR"
+                     for n, u in list(seq.items())[:8]]
+            print(f"[{tag}] history (EmbeddingCollection) tables: " + "; ".join(shown) + (f"; ... ({len(seq)} in all)" if len(seq) > 8 else ""))
         if rec["warnings"]:
             print(f"[{tag}] WARNING: {rec['warnings']} -- {_imbalance_hint(rec)}")
         if w <= 16 and len(runs) == 1:

@@ -195,13 +195,12 @@ def load_sharded_model(cfg, schema, step: Path, env, plan_file: Optional[str]): 
 
     from store_rec.models.factory import build_model
     from store_rec.models.ranking import RankingTrain
-    from store_rec.models.tables import embedding_tables
-    from store_rec.train.sharding import shard_model
+    from store_rec.train.sharding import model_tables, shard_model
 
     model = build_model(cfg.model, schema, device=torch.device("meta"))
     model.set_precision(cfg.train.precision, env.device.type)  # score as training evaluated
     wrapper = RankingTrain(model, cfg.loss.aux_weights)
-    dmp = shard_model(wrapper, cfg, env, embedding_tables(schema, cfg.model), plan_file)
+    dmp = shard_model(wrapper, cfg, env, model_tables(model), plan_file)
     state = {"model": dmp.state_dict()}
     dcp.load(state, checkpoint_id=str(step))
     dmp.load_state_dict(state["model"])

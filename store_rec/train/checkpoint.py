@@ -1,7 +1,8 @@
 """Checkpoints of a training run: save / load / verify / latest / clear, the resume config check, RNG states.
 
 Layout (``torch.distributed.checkpoint``): ``<checkpoint.dir>/step-N`` holds the DMP state dict
-(sharded tables + dense parameters) and the fused optimizer state (DCP, sharded), plus one
+(sharded tables -- the EBC's and, with history tokens, the EmbeddingCollection's -- + dense parameters)
+and the fused optimizer state (DCP, sharded; none for fused SGD: :func:`dcp_state`), plus one
 ``extra-rank<r>.pt`` per rank (dense/rotation optimizer states, loader position, RNG states, step,
 epoch, steps per epoch, early-stop state: :meth:`store_rec.train.trainer.Trainer.extra_state`) , ``config.yaml``
 (the run's resolved config as plain YAML, so a reader such as ``store-rec predict`` unpickles nothing)
@@ -245,6 +246,27 @@ def reseed(seed: int, step: int, rank: int) -> None:
     random.seed(s)
 
 
+def _has_leaves(state: Any) -> bool:
+    """Whether a (nested) state dict holds any value besides empty dicts / lists."""
+    if isinstance(state, Mapping):
+        return any(_has_leaves(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return any(_has_leaves(v) for v in state)
+    return True
+
+
+def dcp_state(model: nn.Module) -> Dict[str, Any]:
+    """What DCP saves / loads of a DMP: ``{"model": its state dict (sharded tables -- EBC and history EC --
+    and dense parameters), "fused_optim": the fused table optimizer's state}``. The latter is left out when
+    it holds no value at all (fused SGD keeps none: DCP would save nothing under the key and then refuse to
+    load it as missing); the same rule holds on every rank, so the ranks agree."""
+    state = {"model": model.state_dict()}
+    fused = model.fused_optimizer.state_dict()
+    if _has_leaves(fused):
+        state["fused_optim"] = fused
+    return state
+
+
 def save_checkpoint(root: Path, step: int, model: nn.Module, extra: Dict[str, Any], env: DistEnv, keep: int) -> Path:
     """Write ``root/step-<step>`` atomically (``.tmp`` then rename by rank 0 after a barrier); keep the
     newest ``keep`` (only directories with :data:`MARKER` are ever removed).
@@ -253,7 +275,7 @@ def save_checkpoint(root: Path, step: int, model: nn.Module, extra: Dict[str, An
     weight or optimizer value (a diverged run must not leave a checkpoint to resume from)."""
     import torch.distributed.checkpoint as dcp
 
-    state = {"model": model.state_dict(), "fused_optim": model.fused_optimizer.state_dict()}
+    state = dcp_state(model)
     bad = torch.tensor([non_finite_tensors(state) + non_finite_tensors(extra.get("optimizer"))], dtype=torch.long)
     dist.all_reduce(bad)
     if int(bad):
@@ -397,10 +419,11 @@ def load_checkpoint(path: Path, model: nn.Module, env: DistEnv, cfg: TrainConfig
                             f"steps_per_epoch recorded); resume it with {saved} ranks")
         logger.info("elastic resume: %s was written by %d rank(s), this job has %d: resharding tables, dense parameters "
                     "and optimizer state", path, saved, env.world_size)
-    state = {"model": model.state_dict(), "fused_optim": model.fused_optimizer.state_dict()}
+    state = dcp_state(model)
     dcp.load(state, checkpoint_id=str(path))
     model.load_state_dict(state["model"])
-    model.fused_optimizer.load_state_dict(state["fused_optim"])
+    if "fused_optim" in state:
+        model.fused_optimizer.load_state_dict(state["fused_optim"])
     extra["saved_world_size"] = saved
     return extra
 

@@ -1,12 +1,17 @@
 """Sharding the train wrapper: planner constraints from the ``sharding:`` config section, a plan
 (planned by ``EmbeddingShardingPlanner`` or loaded from a ``store-rec plan`` file), the
 ``DistributedModelParallel`` built with it, and the pre-trained item vectors loaded into its shards.
+
+A model with history tokens has an ``EmbeddingCollection`` (``RankingModel.embedding_collection``) next
+to its ``EmbeddingBagCollection``: both are sharded in one plan (:func:`model_tables` lists the tables of
+both, :func:`sparse_parameters` their weights for the fused in-backward optimizer; sharders and
+per-device sharding types of the EC: :mod:`store_rec.distributed.sequence`).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -17,6 +22,35 @@ from store_rec.errors import UserError
 from store_rec.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
+
+
+def _ranking_model(model: nn.Module) -> nn.Module:
+    """The :class:`~store_rec.models.ranking.RankingModel` of ``model`` (itself, or a train wrapper's ``.model``)."""
+    while not hasattr(model, "embedding_bag_collection") and isinstance(getattr(model, "model", None), nn.Module):
+        model = model.model
+    return model
+
+
+def model_tables(model: nn.Module) -> List[Any]:
+    """The tables DMP shards: the ``EmbeddingBagConfig`` s of the model's EBC, then the ``EmbeddingConfig`` s of
+    its ``EmbeddingCollection`` (history tokens) when it has one. ``model``: a ``RankingModel`` or its
+    train wrapper, before sharding (the tables may be on the meta device)."""
+    m: Any = _ranking_model(model)
+    tables: List[Any] = list(m.embedding_bag_collection.embedding_bag_configs())
+    ec = getattr(m, "embedding_collection", None)
+    if ec is not None:
+        tables += list(ec.embedding_configs())
+    return tables
+
+
+def sparse_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
+    """The embedding tables' weights (EBC, and EC when the model has one): what the fused sparse optimizer
+    is applied to in backward (``apply_optimizer_in_backward``)."""
+    m: Any = _ranking_model(model)
+    yield from m.embedding_bag_collection.parameters()
+    ec = getattr(m, "embedding_collection", None)
+    if ec is not None:
+        yield from ec.parameters()
 
 
 def planner_constraints(cfg: TrainConfig, tables: List[Any], device: torch.device) -> Dict[str, Any]:
@@ -36,7 +70,7 @@ def planner_constraints(cfg: TrainConfig, tables: List[Any], device: torch.devic
                             auto_defaults=every if (sh.sharding_types or sh.compute_kernels) else None,
                             overrides_key="sharding.tables")
     if device.type == "cpu":
-        for t in tables:
+        for t in tables:  # EmbeddingCollection tables: build_constraints kept them to their cpu types
             bad = [s for s in (out[t.name].sharding_types or []) if s not in CPU_SHARDING_TYPES]
             if bad:
                 where = f"sharding.tables.{t.name}" if t.name in sh.tables and sh.tables[t.name].sharding_types else "sharding"
@@ -54,32 +88,37 @@ def qcomms_sharders(cfg: TrainConfig, env: DistEnv) -> Optional[List[Any]]:
     if env.device.type != "cuda":
         raise UserError(f"sharding.qcomms: quantized comms (forward {q.forward}, backward {q.backward}) need CUDA + NCCL; "
                         f"this job runs on {env.device.type} / {env.backend}: remove sharding.qcomms")
+    from torchrec.distributed.embedding import EmbeddingCollectionSharder
     from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
     from torchrec.distributed.fbgemm_qcomm_codec import CommType, QCommsConfig, get_qcomm_codecs_registry
     from torchrec.distributed.sharding_plan import get_default_sharders
 
     kind = {"fp32": CommType.FP32, "fp16": CommType.FP16, "bf16": CommType.BF16, "fp8": CommType.FP8}
     registry = get_qcomm_codecs_registry(QCommsConfig(forward_precision=kind[q.forward], backward_precision=kind[q.backward]))
-    return [EmbeddingBagCollectionSharder(qcomm_codecs_registry=registry) if type(s) is EmbeddingBagCollectionSharder else s
-            for s in get_default_sharders()]
+    with_codecs = (EmbeddingBagCollectionSharder, EmbeddingCollectionSharder)  # the EBC and the history EC
+    return [type(s)(qcomm_codecs_registry=registry) if type(s) in with_codecs else s for s in get_default_sharders()]
 
 
 def shard_model(wrapper: nn.Module, cfg: TrainConfig, env: DistEnv, tables: List[Any], plan_file: Optional[str]) -> nn.Module:
     """``DistributedModelParallel`` of ``wrapper`` (a :class:`~store_rec.models.ranking.RankingTrain`
-    whose EBC is on the meta device) with a planned or loaded plan."""
+    whose EBC -- and EC, with history tokens -- is on the meta device) with a planned or loaded plan.
+    ``tables``: :func:`model_tables` of the wrapper (what the planner constraints and a plan file are
+    checked against)."""
     from torchrec.distributed.model_parallel import DistributedModelParallel
     from torchrec.distributed.planner import EmbeddingShardingPlanner
     from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
     from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
     from torchrec.distributed.sharding_plan import get_default_sharders
 
-    from store_rec.distributed.cpu_row_wise import with_cpu_row_wise
+    from store_rec.distributed.sequence import with_store_rec_sharders
 
-    sharders = with_cpu_row_wise(qcomms_sharders(cfg, env) or get_default_sharders())  # row_wise on cpu too
+    # EBC: row_wise on cpu too; EC: no data_parallel on cpu
+    sharders = with_store_rec_sharders(qcomms_sharders(cfg, env) or get_default_sharders())
     if plan_file:
-        from store_rec.distributed.plan_io import ebc_module_path, load_plan
+        from store_rec.distributed.plan_io import ebc_module_path, ec_module_path, load_plan
 
-        plan = load_plan(plan_file, tables, env.world_size, env.device, module_path=ebc_module_path(wrapper), local_world_size=env.local_world_size)
+        plan = load_plan(plan_file, tables, env.world_size, env.device, module_path=ebc_module_path(wrapper),
+                         local_world_size=env.local_world_size, ec_module_path=ec_module_path(wrapper))
     else:
         # TopologyFactory with TorchRec's default capacities and bandwidths (what the bare Topology(...)
         # constructor gives, without its "use TopologyFactory ... the job will fail" warning), and a fixed

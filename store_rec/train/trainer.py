@@ -76,7 +76,7 @@ from store_rec.train.evaluate import evaluate, improves_on_best
 from store_rec.train.metrics import finite_or_none
 from store_rec.train.optim import LRSchedule, SparseLR, dense_optimizer, sparse_optimizer
 from store_rec.train.recorder import Recorder
-from store_rec.train.sharding import load_online_item_embeddings, shard_model
+from store_rec.train.sharding import load_online_item_embeddings, model_tables, shard_model, sparse_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,6 @@ class Trainer:
         from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
         from store_rec.models.factory import build_model
-        from store_rec.models.tables import embedding_tables
         from store_rec.ops.flops import tflops_per_batch
 
         self.cfg, self.env = cfg, env
@@ -128,10 +127,10 @@ class Trainer:
         # model, sharded
         model = build_model(cfg.model, schema, device=torch.device("meta"))
         self.tflops = float(tflops_per_batch(model, 1024))
-        tables = embedding_tables(schema, cfg.model)
+        tables = model_tables(model)  # the EBC's, and the EmbeddingCollection's (history tokens) if any
         wrapper = RankingTrain(model, cfg.loss.aux_weights)
         opt_cls, opt_kw = sparse_optimizer(cfg, env.device.type)
-        apply_optimizer_in_backward(opt_cls, model.embedding_bag_collection.parameters(), opt_kw)
+        apply_optimizer_in_backward(opt_cls, sparse_parameters(model), opt_kw)
         model.set_precision(cfg.train.precision, env.device.type)
         self.dmp = shard_model(wrapper, cfg, env, tables, plan_file or cfg.sharding.plan_file)
         load_online_item_embeddings(self.dmp, cfg, schema)

@@ -3,6 +3,7 @@ config overrides) and the refusal of cuda-only sharding types on a cpu topology.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from store_rec.distributed.planning.config import (
@@ -14,6 +15,8 @@ from store_rec.distributed.planning.config import (
 )
 from store_rec.distributed.topology import TopologySpec
 from store_rec.errors import UserError
+
+logger = logging.getLogger("store_rec.distributed.planning")
 
 
 def build_constraints(
@@ -30,8 +33,16 @@ def build_constraints(
 
     ``overrides[t]`` replaces ``auto_defaults`` for table ``t``; a ``data_parallel``-only table without
     kernels gets the dense kernel (the only one TorchRec offers for it). ``overrides_key`` names the
-    config section of ``overrides`` in errors (``plan.tables``; the train app's ``sharding.tables``)."""
+    config section of ``overrides`` in errors (``plan.tables``; the train app's ``sharding.tables``).
+
+    ``EmbeddingCollection`` tables (``EmbeddingConfig``, the history tokens' tables; see
+    :mod:`store_rec.distributed.sequence`) are constrained to the types their sharder runs on this device
+    (:func:`~store_rec.distributed.sequence.sequence_sharding_types`): a forced ``strategy`` or global
+    default they do not offer (table_row_wise, table_column_wise, grid_shard; data_parallel on cpu) leaves
+    them to the planner's choice among those, logged; a per-table override naming one is an error."""
     from torchrec.distributed.planner.types import ParameterConstraints
+
+    from store_rec.distributed.sequence import is_sequence_table, sequence_sharding_types
 
     names = {t.name for t in tables}
     auto_types: Optional[List[str]] = None
@@ -45,15 +56,43 @@ def build_constraints(
     if unknown:
         raise UserError(f"{overrides_key}.{unknown[0]}: no such table (tables: {', '.join(sorted(names)[:20])}{' ...' if len(names) > 20 else ''})")
     out = {}
+    fallbacks: List[str] = []  # EmbeddingCollection tables whose requested types they lack
     for t in tables:
         o = overrides.get(t.name) or (auto_defaults if strategy == "auto" and auto_defaults else TableOverride())
         st = o.sharding_types or ([strategy] if strategy != "auto" else auto_types)
         ck = o.compute_kernels or ([kernel] if kernel else None)
+        if is_sequence_table(t):
+            # auto: every type the EC sharder runs here (row_wise included: TorchRec's own on cpu for an EC)
+            wanted = o.sharding_types or ([strategy] if strategy != "auto" else None)
+            explicit = t.name in overrides and bool(overrides[t.name].sharding_types)
+            st = _sequence_types(t.name, wanted, sequence_sharding_types(cpu), explicit=explicit,
+                                 kernel_sparse=any(k != "dense" for k in ck or []),
+                                 where=f"{overrides_key}.{t.name}.sharding_types", cpu=cpu, fallbacks=fallbacks)
         if st == ["data_parallel"] and ck is None:
             ck = ["dense"]
         pfs = [o.pooling_factor or pooling_factors.get(f, 1.0) for f in t.feature_names]
         out[t.name] = ParameterConstraints(sharding_types=st, compute_kernels=ck, pooling_factors=pfs, min_partition=o.min_partition)
+    if fallbacks:
+        logger.info("EmbeddingCollection (history) tables cannot have the requested sharding type; planned with: %s",
+                    "; ".join(fallbacks))
     return out
+
+
+def _sequence_types(name: str, wanted: Optional[List[str]], offered: List[str], *, explicit: bool, kernel_sparse: bool,
+                    where: str, cpu: bool, fallbacks: List[str]) -> List[str]:
+    """The sharding types an ``EmbeddingCollection`` table ``name`` is planned with (see :func:`build_constraints`)."""
+    if kernel_sparse:  # data_parallel has the dense kernel only
+        offered = [st for st in offered if st != "data_parallel"]
+    if wanted is None:
+        return offered
+    bad = [st for st in wanted if st not in offered]
+    if explicit and bad:
+        raise UserError(f"{where}: {bad} cannot shard {name}, a table of an EmbeddingCollection (unpooled history "
+                        f"tokens): it can be {offered} on {'cpu' if cpu else 'cuda'}")
+    keep = [st for st in wanted if st in offered]
+    if bad:
+        fallbacks.append(f"{name}: {', '.join(keep or offered)}")
+    return keep or offered
 
 
 def _check_supported(spec: TopologySpec, strategy: str, overrides: Dict[str, TableOverride]) -> None:

@@ -22,6 +22,11 @@ every table (``data_parallel``, ``table_wise``, ``row_wise``, ``column_wise``, `
 ``plan.tables.<table>`` win over both.
 
 Synthetic industrial table sets (:func:`synthetic_tables`) are for planning only.
+
+History tokens: ``EmbeddingConfig`` tables (a model's ``EmbeddingCollection``, unpooled lookups) are planned
+with the ``EmbeddingBagConfig`` ones in one search: the planner gets a module holding a meta EBC (``ebc``)
+and a meta EC (``ec``) and both sharders (:mod:`store_rec.distributed.sequence`); their pooling factor is
+the mean sequence length (ids per sample). Without EC tables the module is the bare EBC, as before.
 """
 
 from __future__ import annotations
@@ -127,6 +132,31 @@ def make_partitioner(cfg: PlanConfig) -> Any:
     return GreedyPerfPartitioner(sort_by=SortBy.PERF if cfg.partitioner == "greedy_perf" else SortBy.STORAGE)
 
 
+def planning_module(tables: Sequence[Any], device: Any = None) -> Any:
+    """The module the planner plans (on the meta device unless ``device`` is given): the bare
+    ``EmbeddingBagCollection`` of ``tables``, or, when some are ``EmbeddingConfig`` s, a module with ``ebc``
+    (the bag tables, if any) and ``ec`` (an ``EmbeddingCollection`` of the others; TorchRec wants one
+    embedding dim for all of them) whose ``forward(kjt) -> {feature: Tensor}`` gives the pooled
+    ``Tensor[B, D]`` of each bag feature and the unpooled ``Tensor[sum(lengths), D]`` of each sequence
+    feature (what ``store-rec plan --verify`` compares)."""
+    import torch
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+
+    from store_rec.distributed.sequence import BagsAndSequences, is_sequence_table
+
+    dev = torch.device("meta") if device is None else torch.device(device)
+    bags = [t for t in tables if not is_sequence_table(t)]
+    seqs = [t for t in tables if is_sequence_table(t)]
+    if not seqs:
+        return EmbeddingBagCollection(tables=bags, device=dev)
+    dims = sorted({int(t.embedding_dim) for t in seqs})
+    if len(dims) > 1:
+        raise UserError(f"EmbeddingCollection tables {[t.name for t in seqs][:8]} have dims {dims}: an EmbeddingCollection "
+                        "needs one embedding dim for all of its tables")
+    return BagsAndSequences(EmbeddingBagCollection(tables=bags, device=dev) if bags else None,
+                            EmbeddingCollection(tables=seqs, device=dev))
+
+
 def plan_tables(
     tables: Sequence[Any],
     spec: TopologySpec,
@@ -138,7 +168,8 @@ def plan_tables(
     """Plan ``tables`` (EmbeddingBagConfigs) for the cluster ``spec`` offline.
 
     Args:
-        tables: one ``EmbeddingBagConfig`` per table (rows = num_embeddings, dim = embedding_dim).
+        tables: one ``EmbeddingBagConfig`` per EBC table (rows = num_embeddings, dim = embedding_dim) and
+            one ``EmbeddingConfig`` per EmbeddingCollection table (history tokens), if any.
         spec: the cluster (world size, devices, capacities, bandwidths, per-rank batch size).
         strategy: ``auto`` or a sharding type forced on every table (see :data:`STRATEGIES`).
         kernel: compute kernel forced on every table (``fused``, ``fused_uvm_caching`` ...) or None.
@@ -148,13 +179,12 @@ def plan_tables(
     Raises:
         UserError: TorchRec found no plan (its reason + a suggestion), or the request is impossible.
     """
-    import torch
     from torchrec.distributed.planner import EmbeddingShardingPlanner
     from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
     from torchrec.distributed.planner.types import PlannerError
-    from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
     from store_rec.distributed.cpu_row_wise import CpuRowWiseEBCSharder  # == TorchRec's sharder on cuda
+    from store_rec.distributed.sequence import CpuSequenceECSharder
 
     cfg = cfg or PlanConfig()
     if strategy not in STRATEGIES:
@@ -167,7 +197,7 @@ def plan_tables(
     pfs = dict(pooling_factors or {})
     pfs.update(cfg.pooling_factors)
 
-    ebc = EmbeddingBagCollection(tables=list(tables), device=torch.device("meta"))
+    module = planning_module(tables)
     constraints = build_constraints(tables, strategy, kernel, pfs, cfg.tables, cpu=spec.compute_device == "cpu", auto_defaults=cfg.auto_defaults)
     topology = make_topology(spec)
     proposer = choose_proposer(cfg.proposer, len(tables), spec.world_size)
@@ -192,7 +222,7 @@ def plan_tables(
     head = f"no sharding plan for {len(tables)} tables on {spec.world_size} x {spec.compute_device} (strategy {strategy}, kernel {kernel or 'auto'})"
     with capture_planner_stats() as buf, fast_planner(cfg.fast_planner):
         try:
-            plan = planner.plan(ebc, [sharder])
+            plan = planner.plan(module, [sharder, CpuSequenceECSharder()])
         except PlannerError as e:
             reason = " ".join(str(e).replace("\t", " ").split())
             kind = getattr(getattr(e, "error_type", None), "value", None) or "other"

@@ -37,7 +37,7 @@ class PlanResult:
     strategy: str
     kernel: Optional[str]
     topology: TopologySpec
-    tables: List[Any]  # EmbeddingBagConfig
+    tables: List[Any]  # EmbeddingBagConfig (EBC tables) / EmbeddingConfig (EmbeddingCollection tables: history tokens)
     sharding_plan: Any  # torchrec ShardingPlan
     sharding_options: List[Any]  # torchrec ShardingOption (best plan, with shards and perf)
     ranks: List[RankUsage]
@@ -52,6 +52,21 @@ class PlanResult:
     def world_size(self) -> int:
         return self.topology.world_size
 
+    def table_usage(self) -> Dict[str, Dict[str, Any]]:
+        """Per table: ``{kind, sharding_type, compute_kernel, ranks, hbm_gb, ddr_gb}`` summed over its shards
+        (``kind``: ``bag`` for an EBC table, ``sequence`` for an EmbeddingCollection table: history tokens)."""
+        from store_rec.distributed.sequence import is_sequence_table
+
+        kinds = {t.name: "sequence" if is_sequence_table(t) else "bag" for t in self.tables}
+        out: Dict[str, Dict[str, Any]] = {}
+        for so in self.sharding_options:
+            hbm = sum(s.storage.hbm for s in so.shards if s.storage is not None) / GB
+            ddr = sum(s.storage.ddr for s in so.shards if s.storage is not None) / GB
+            ranks = sorted({int(s.rank) for s in so.shards if s.rank is not None and s.rank >= 0})
+            out[so.name] = {"kind": kinds.get(so.name, "bag"), "sharding_type": so.sharding_type,
+                            "compute_kernel": so.compute_kernel, "ranks": ranks, "hbm_gb": round(hbm, 6), "ddr_gb": round(ddr, 6)}
+        return out
+
     def summary(self) -> Dict[str, Any]:
         """Flat record for the comparison table (times ms, memory GB)."""
         tot = [r.total_ms for r in self.ranks]
@@ -63,6 +78,7 @@ class PlanResult:
         types: Dict[str, int] = {}
         for so in self.sharding_options:
             types[so.sharding_type] = types.get(so.sharding_type, 0) + 1
+        seq = [u for u in self.table_usage().values() if u["kind"] == "sequence"]
         return {
             "world_size": self.world_size,
             "strategy": self.strategy,
@@ -82,6 +98,10 @@ class PlanResult:
             "hbm_imbalance": round(ratio(hbm), 4),
             "ddr_imbalance": round(ratio(ddr), 4),
             "planning_time_s": round(self.planning_time_s, 3),
+            # EmbeddingCollection (history) tables: how many, their memory over all ranks
+            "sequence_tables": len(seq),
+            "sequence_hbm_gb": round(sum(u["hbm_gb"] for u in seq), 6),
+            "sequence_ddr_gb": round(sum(u["ddr_gb"] for u in seq), 6),
         }
 
 

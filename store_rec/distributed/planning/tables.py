@@ -12,9 +12,13 @@ from store_rec.errors import UserError
 
 
 def table_fingerprint(tables: Sequence[Any]) -> List[Dict[str, Any]]:
-    """``[{name, rows, dim, features}]`` of EmbeddingBagConfigs (what a saved plan is checked against)."""
+    """``[{name, rows, dim, features}]`` of EmbeddingBagConfigs (what a saved plan is checked against);
+    an EmbeddingCollection table (``EmbeddingConfig``: history tokens) also has ``"kind": "sequence"``."""
+    from store_rec.distributed.sequence import is_sequence_table
+
     return [
-        {"name": t.name, "rows": int(t.num_embeddings), "dim": int(t.embedding_dim), "features": list(t.feature_names)}
+        {"name": t.name, "rows": int(t.num_embeddings), "dim": int(t.embedding_dim), "features": list(t.feature_names),
+         **({"kind": "sequence"} if is_sequence_table(t) else {})}
         for t in tables
     ]
 
