@@ -59,7 +59,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from store_rec.errors import USER_ERRORS
 
     parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    args, extra = parser.parse_known_args(list(argv) if argv is not None else None)
+    # `key=value` overrides may come after an option (`train --metrics-out F a=1 b=2`): argparse leaves the ones
+    # after the option unparsed; they are overrides too, in order. Anything else is an unknown argument.
+    if extra and isinstance(getattr(args, "overrides", None), list) and not any(a.startswith("-") for a in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     # store_rec logs at INFO (DEBUG with -v); other libraries only from WARNING (fbgemm_gpu logs a dozen
     # "Successfully loaded ..." INFO lines on the root logger at import). force: that import can run
     # before this line and set the root logger up at WARNING, which would swallow our INFO records.

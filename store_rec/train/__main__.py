@@ -53,7 +53,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m store_rec.train", description=DESCRIPTION)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     add_arguments(p)
-    args = p.parse_args(argv if argv is not None else sys.argv[1:])
+    args = p.parse_intermixed_args(argv if argv is not None else sys.argv[1:])
     # as store_rec.cli.main: store_rec at INFO (DEBUG with -v), other libraries from WARNING; force, because an
     # earlier import (fbgemm_gpu) can have set the root logger up at WARNING
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
