@@ -15,7 +15,7 @@ Sections (every key optional except ``data.dir``)::
                 weight_decay, warmup_steps, decay: none|linear|cosine, min_lr_ratio, schedule_sparse_lr,
                 rotation: {lr, type: adam|sgd}}   # rotation steps follow model.rotation.schedule
     train:     {epochs, max_steps, eval_every, eval_at_epoch_end, early_stop_patience, seed,
-                log_every, eval_splits, epoch_end_splits, eval_auc, eval_auc_bins, precision, compile,
+                log_every, eval_splits, epoch_end_splits, eval_auc, eval_auc_bins, eval_item_slices, precision, compile,
                 profile_steps, profile_skip}
     sharding:  {plan_file, sharding_types, compute_kernels, tables: {t_<feature>: {sharding_types,
                 compute_kernels}}, storage_reservation, qcomms: {forward, backward}}
@@ -170,6 +170,9 @@ class LoopConfig:
     # memory, reported with its error bound auc_error_bound); see store_rec.train.metrics.EvalMetrics
     eval_auc: Literal["exact", "histogram"] = "exact"
     eval_auc_bins: int = 65536
+    # every eval also reports the AUC of cold / warm target items (an item is warm when it has a train
+    # positive; store_rec.data.slices), for datasets with an item feature
+    eval_item_slices: bool = True
     # speed options (docs/OPERATIONS.md): bf16 autocasts the dense part (interaction, MLPs; the embedding
     # lookups and the loss stay fp32) in training and evaluation; compile torch.compiles the dense part
     # (falls back to eager, with a warning, where it fails); profile_steps > 0 writes a torch.profiler
