@@ -214,8 +214,8 @@ def _schema_from(raw: Dict[str, Any], where: str):
     if data.sid_table and not schema.features_with_role(SID):
         from store_rec.data.loader import schema_with_sids
 
-        try:  # the features the loader attaches: sid_0..sid_{K-1}, vocab C + 1
-            schema = schema_with_sids(schema, data.sid_table, data.sid_feature)
+        try:  # the features the loader attaches: sid_0..sid_{K-1} (vocab C + 1 with data.sid_embedding: position)
+            schema = schema_with_sids(schema, data.sid_table, data.sid_feature, data.sid_embedding, data.sid_hash_buckets)
         except FileNotFoundError as e:
             raise UserError(f"{where}: data.sid_table: {e}") from None
     return schema, d

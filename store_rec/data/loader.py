@@ -5,7 +5,8 @@
 ``KeyedJaggedTensor``, ``labels Tensor[B] float32``) plus ``user_ids Tensor[B] int64`` for GAUC.
 
 KJT layout: keys are the sparse feature names in schema order (restricted to ``features=`` if given),
-then ``sid_0 .. sid_{K-1}`` when a SID table is attached. ``values`` is feature-major (all values of
+then ``sid_0 .. sid_{K-1}`` when a SID table is attached (their ids, and ``sid_tuple`` with
+``sid_embedding="tuple_hash"``: :mod:`store_rec.data.sid_keys`). ``values`` is feature-major (all values of
 key 0 for rows 0..B-1, then key 1, ...), ``lengths`` is ``Tensor[len(keys) * B] int32`` (1 for
 single-valued features, the list length for multi-hot ones), ``stride = B``.
 
@@ -55,6 +56,7 @@ from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from store_rec.data.schema import SID, DatasetSchema, SchemaError, SparseFeature
+from store_rec.data.sid_keys import DEFAULT_HASH_BUCKETS, sid_key_ids, sid_key_shapes
 from store_rec.data.sid_table import read_sid_table, read_sid_table_metadata, sid_codebook_size  # noqa: F401  (re-exported)
 from store_rec.errors import DataError, UserError
 from store_rec.fileio import PathLike
@@ -96,8 +98,8 @@ class StoreBatch(Batch):
 
 
 # ---------------------------------------------------------------------------------------- SID tables
-def schema_with_sids(schema: DatasetSchema, sid_table_path: PathLike, item_feature: Optional[str] = None
-                     ) -> DatasetSchema:
+def schema_with_sids(schema: DatasetSchema, sid_table_path: PathLike, item_feature: Optional[str] = None,
+                     sid_embedding: str = "position", sid_hash_buckets: int = DEFAULT_HASH_BUCKETS) -> DatasetSchema:
     """``schema`` with ``sid_0..sid_{K-1}`` (role ``sid``, ``vocab_size = C + 1``) appended.
 
     ``item_feature`` (default: the table's ``item_feature`` metadata) must be a sparse feature of
@@ -107,20 +109,22 @@ def schema_with_sids(schema: DatasetSchema, sid_table_path: PathLike, item_featu
     item_feature = item_feature or meta.get("item_feature")
     if item_feature is not None:
         schema.feature(item_feature)  # KeyError naming the known features
-    return _append_sids(schema, Path(sid_table_path), table, meta, cols, item_feature)
+    return _append_sids(schema, Path(sid_table_path), table, meta, cols, item_feature, sid_embedding, sid_hash_buckets)
 
 
 def _append_sids(schema: DatasetSchema, path: Path, table: pa.Table, meta: Dict[str, Any], cols: List[str],
-                 item_feature: Optional[str]) -> DatasetSchema:
+                 item_feature: Optional[str], sid_embedding: str = "position",
+                 sid_hash_buckets: int = DEFAULT_HASH_BUCKETS) -> DatasetSchema:
     c = sid_codebook_size(path, meta, table, cols)
     out = copy.deepcopy(schema)
-    clash = [n for n in cols if n in out.sparse_names]
+    names, sizes = sid_key_shapes(cols, c, sid_embedding, sid_hash_buckets)
+    clash = [n for n in names if n in out.sparse_names]
     if clash:
         raise SchemaError(f"{path}: SID feature(s) {clash} already exist in the dataset schema")
-    for name in cols:
-        out.sparse.append(SparseFeature(name=name, role=SID, vocab_size=c + 1))
+    for name, size in zip(names, sizes):
+        out.sparse.append(SparseFeature(name=name, role=SID, vocab_size=size))
     out.params = {**out.params, "sid_table": str(path), "sid_item_feature": item_feature,
-                  "sid_codebook_size": c}
+                  "sid_codebook_size": c, "sid_embedding": sid_embedding}
     return out
 
 
@@ -149,6 +153,8 @@ class ParquetBatchLoader:
         sid_table: optional SID table parquet; attaches ``sid_0..sid_{K-1}`` of ``sid_feature``.
         sid_feature: the item feature the SIDs belong to (default: the table's ``item_feature``
             metadata, else the dataset's sequences item feature, else the only ``id`` feature).
+        sid_embedding, sid_hash_buckets: the SID keys (``position`` | ``prefix_ngram`` |
+            ``tuple_hash``; :mod:`store_rec.data.sid_keys`).
         features: sparse features to put in the KJT (default: all, in schema order).
         window_rows: rows per read/shuffle window (memory bound: about ``window_rows * 8 bytes *
             columns``).
@@ -159,7 +165,8 @@ class ParquetBatchLoader:
                  shuffle: bool = False, seed: int = 0, drop_last: bool = False,
                  sid_table: Optional[PathLike] = None, sid_feature: Optional[str] = None,
                  features: Optional[Sequence[str]] = None, epoch: int = 0,
-                 window_rows: int = DEFAULT_WINDOW_ROWS, prefetch: int = 0):
+                 window_rows: int = DEFAULT_WINDOW_ROWS, prefetch: int = 0, sid_embedding: str = "position",
+                 sid_hash_buckets: int = DEFAULT_HASH_BUCKETS):
         self.data_dir = Path(data_dir)
         full = DatasetSchema.load(self.data_dir)
         base = full
@@ -203,10 +210,11 @@ class ParquetBatchLoader:
             if item not in full.sparse_names:
                 raise UserError(f"sid_feature {item!r} is not a sparse feature of {self.data_dir}/schema.json "
                                 f"(has: {', '.join(full.sparse_names)})")
-            schema = _append_sids(base, Path(sid_table), table, meta, cols, item)
+            schema = _append_sids(base, Path(sid_table), table, meta, cols, item, sid_embedding, sid_hash_buckets)
             self._sid_item = item
-            self._sid_lut = self._build_sid_lut(Path(sid_table), table, cols, schema.params["sid_codebook_size"],
-                                                full.feature(item).vocab_size)
+            self._sid_lut = sid_key_ids(self._build_sid_lut(Path(sid_table), table, cols, schema.params["sid_codebook_size"],
+                                                            full.feature(item).vocab_size),
+                                        schema.params["sid_codebook_size"], sid_embedding, sid_hash_buckets)
         self._schema = schema
         self._keys = schema.sparse_names
         self._single = [f.name for f in self._data_features if not f.multi_hot]

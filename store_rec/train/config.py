@@ -7,7 +7,7 @@ value fails before any data is read, with the dotted key path in the message
 Sections (every key optional except ``data.dir``)::
 
     data:      {dir, prepare_if_missing: {rows, items, users, seed, ...} | null, batch_size,
-                eval_batch_size, sid_table, sid_feature, shuffle, drop_last}
+                eval_batch_size, sid_table, sid_feature, sid_embedding, sid_hash_buckets, shuffle, drop_last}
                 # batch_size / eval_batch_size are PER RANK: one step of a W-rank job consumes
                 # batch_size x W samples (the global batch, logged at start-up and in the summary)
     model:     store_rec.models.config.ModelConfig
@@ -70,6 +70,11 @@ class DataConfig:
     eval_batch_size: int = 1024  # per rank
     sid_table: Optional[str] = None
     sid_feature: Optional[str] = None
+    # which embedding ids the SIDs become (store_rec.data.sid_keys): position (one table per SID
+    # position), prefix_ngram (one per prefix (s_0..s_k), Singh et al. 2023), tuple_hash (positions +
+    # the full tuple); prefixes beyond sid_hash_buckets ids are hashed into that many
+    sid_embedding: Literal["position", "prefix_ngram", "tuple_hash"] = "position"
+    sid_hash_buckets: int = 1 << 18
     shuffle: bool = True
     drop_last: bool = False
 
@@ -77,6 +82,7 @@ class DataConfig:
         check(bool(self.dir), "dir", "must be a dataset directory")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(self.eval_batch_size >= 1, "eval_batch_size", f"must be >= 1, got {self.eval_batch_size}")
+        check(self.sid_hash_buckets >= 2, "sid_hash_buckets", f"must be >= 2, got {self.sid_hash_buckets}")
 
 
 def ensure_data_dir(data: DataConfig, *, generate: bool = True) -> Path:
