@@ -73,3 +73,37 @@ def test_one_epoch_curves_table_and_verdict(tmp_path):
     rows = "\n".join(one_epoch_rows("synthetic", [store, raw], 3, "lr"))
     assert "| STORE | SIDs | 0.005 | 0.7050 / 0.6950 | 0.7300 / 0.7200 | 0.7400 / 0.7300 | 2,3 | 0.6950 -> 0.7350 (+0.0400) |" in rows
     assert "| DLRM (raw IDs) | raw IDs | 0.005 | 0.7250 / 0.7150 | 0.7050 / 0.7000 | (stopped) | 1,1 |" in rows
+
+
+def test_cold_and_warm_test_auc_are_read_and_shown(tmp_path):
+    rows = [{"epoch": 0, "split": "valid", "auc": 0.7},
+            {"epoch": 0, "split": "test", "auc": 0.71, "logloss": 0.5, "auc_cold": 0.6, "auc_warm": 0.74}]
+    s = best_valid_epoch(_jsonl(tmp_path / "m.jsonl", rows))
+    assert (s.test_auc_cold, s.test_auc_warm) == (0.6, 0.74)
+    sel = select_all({"STORE": {None: {0: s, 1: RunScore(0, 0.7, 0.73, 0.5, None, 0.62, 0.76)}}})
+    table = fair_table("ml", sel, "STORE", [], "lr")
+    assert "test AUC cold items | test AUC warm items" in table[2]
+    assert "| 0.6100 ± 0.0141 | 0.7500 ± 0.0141 |" in table[4]
+    plain = fair_table("ml", select_all({"STORE": {None: {0: RunScore(0, 0.7, 0.71, 0.5)}}}), "STORE", [], "lr")
+    assert "cold" not in plain[2]  # a dataset without an item feature has no slice columns
+
+
+def test_restrict_to_datasets_and_variants_and_the_shipped_sid_ablation():
+    from pathlib import Path
+
+    from store_rec.errors import UserError
+    from store_rec.experiments.spec import load_spec, restrict
+
+    spec = load_spec(str(Path(__file__).resolve().parents[1] / "configs" / "experiments" / "fair.yaml"))
+    assert spec.datasets["movielens"].prepare.set["negatives_from"] == "train_positives"
+    ab = spec.experiments["sid_embedding_store"]
+    assert {v.set[-1] for n, v in ab.variants.items() if n != "STORE"} == {
+        "data.sid_embedding=prefix_ngram", "data.sid_embedding=tuple_hash"}
+    r = restrict(spec, ["movielens"], ["STORE", "DLRM"])
+    assert list(r.experiments) == ["fair"]  # the ablations run on synthetic_v2 only
+    assert r.experiments["fair"].datasets == ["movielens"] and list(r.experiments["fair"].variants) == ["STORE", "DLRM"]
+    assert spec.experiments["fair"].datasets != ["movielens"]  # the input spec is left as it was
+    with pytest.raises(UserError, match="--datasets: unknown"):
+        restrict(spec, ["nope"])
+    with pytest.raises(UserError, match="keep it in --variants"):
+        restrict(spec, None, ["DLRM"])

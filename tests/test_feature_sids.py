@@ -260,7 +260,7 @@ def test_runner_first_stage_sids_in_tiny_mode(tmp_path, monkeypatch):
     import shutil
 
     from store_rec.experiments.runner import plan_runs
-    from store_rec.experiments.spec import load_spec
+    from store_rec.experiments.spec import load_spec, restrict
     from store_rec.train.config import load_train_config
     from store_rec.train.trainer import run
 
@@ -268,7 +268,7 @@ def test_runner_first_stage_sids_in_tiny_mode(tmp_path, monkeypatch):
     shutil.copy(root / "configs" / "experiments" / "base.yaml", tmp_path / "base.yaml")
     (tmp_path / "fs.yaml").write_text(FIRST_STAGE)
     monkeypatch.chdir(tmp_path)
-    runs = plan_runs(load_spec("fs.yaml"), Path("out"), tiny=True, build=True, datasets=["syn"])
+    runs = plan_runs(restrict(load_spec("fs.yaml"), ["syn"]), Path("out"), tiny=True, build=True)
     d = Path("out/data-tiny/syn")
     rec = json.loads(Path("out/data-tiny/syn.first_stage.build.json").read_text())
     assert set(rec["inputs"]) == {"data", "base"} and "model.name=dlrm" in rec["args"] and "train.epochs=1" in rec["args"]
@@ -284,7 +284,7 @@ def test_runner_first_stage_sids_in_tiny_mode(tmp_path, monkeypatch):
     # everything is current: planning again builds nothing
     assert all(r.ready for r in plan_runs(load_spec("fs.yaml"), Path("out"), tiny=True, build=False))
     with pytest.raises(Exception, match="--datasets"):
-        plan_runs(load_spec("fs.yaml"), Path("out"), tiny=True, build=False, datasets=["nope"])
+        restrict(load_spec("fs.yaml"), ["nope"])
     cfg = load_train_config("base.yaml", [*store.overrides, "train.max_steps=3", "train.eval_splits=[valid]"])
     summary = run(cfg)
     assert summary["auc"] == summary["auc"] and summary["steps"] == 3

@@ -95,7 +95,8 @@ def _seq_len(overrides: List[str]) -> int:
     from store_rec.train.config import load_train_config
 
     cfg = load_train_config(CONFIG, overrides)
-    schema = ParquetBatchLoader(cfg.data.dir, "train", 8, sid_table=cfg.data.sid_table).schema
+    schema = ParquetBatchLoader(cfg.data.dir, "train", 8, sid_table=cfg.data.sid_table, sid_feature=cfg.data.sid_feature,
+                                sid_embedding=cfg.data.sid_embedding, sid_hash_buckets=cfg.data.sid_hash_buckets).schema
     model = build_model(cfg.model, schema, device=torch.device("meta"))
     inter = model.model.inter_arch
     if hasattr(inter, "seq_len"):

@@ -1,7 +1,8 @@
 """``store-rec experiments``: the paper's tables and figures, regenerated in one command.
 
     store-rec experiments --config configs/experiments/paper.yaml \\
-        [--out runs/experiments] [--results docs/RESULTS.md] [--jobs N] [--only table1,epochs] [--tiny]
+        [--out runs/experiments] [--results docs/RESULTS.md] [--jobs N] [--only table1,epochs]
+        [--datasets movielens] [--variants STORE,DLRM] [--tiny]
 
 Builds the datasets / item embeddings / SID tables the experiments need (under OUT/data/, or
 OUT/data-tiny/ with --tiny), runs every training run that has no current result yet (under OUT/runs/,
@@ -47,7 +48,8 @@ def register(subparsers) -> None:  # noqa: ANN001
     p.add_argument("--results", default="docs/RESULTS.md", help="markdown to write (default docs/RESULTS.md)")
     p.add_argument("--jobs", type=int, default=None, help="parallel runs (default: the YAML's jobs)")
     p.add_argument("--only", default=None, help="comma-separated experiment names")
-    p.add_argument("--datasets", default=None, help="comma-separated dataset names: only their runs (default: all)")
+    p.add_argument("--datasets", default=None, help="comma-separated dataset names: run / report only these")
+    p.add_argument("--variants", default=None, help="comma-separated variant (model) names: run / report only these")
     p.add_argument("--tiny", action="store_true", help="smoke-test sizes (CI); artifacts and runs go to OUT/data-tiny, OUT/runs-tiny")
     p.add_argument("--force", action="store_true", help="re-run runs that already have results")
     p.add_argument("--report-only", action="store_true",
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     from store_rec.experiments.report import write_results
     from store_rec.experiments.runner import base_config_sha256, execute, finished_runs, plan_runs
-    from store_rec.experiments.spec import load_spec
+    from store_rec.experiments.spec import load_spec, restrict
 
     log = logging.getLogger("store_rec.experiments")
     if args.replot:
@@ -85,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
     from store_rec.fileio import check_output_path
 
     spec = load_spec(args.config)
+    if args.datasets or args.variants:
+        spec = restrict(spec, [x for x in args.datasets.split(",") if x] if args.datasets else None,
+                        [x for x in args.variants.split(",") if x] if args.variants else None)
     # every output checked before anything is built: none equals, contains or sits inside an input
     inputs = [("--config", args.config), ("base", spec.base)] + [
         (f"datasets.{n}.prepare.source", d.prepare.source) for n, d in spec.datasets.items()]
@@ -94,9 +99,7 @@ def run(args: argparse.Namespace) -> int:
     base_sha = base_config_sha256(spec.base, args.config)
     out = Path(args.out)
     only = [x for x in args.only.split(",") if x] if args.only else None
-    datasets = [x for x in args.datasets.split(",") if x] if args.datasets else None
-    runs = plan_runs(spec, out, only, tiny=args.tiny, build=not args.report_only, adopt=args.adopt_artifacts,
-                     datasets=datasets)
+    runs = plan_runs(spec, out, only, tiny=args.tiny, build=not args.report_only, adopt=args.adopt_artifacts)
     if not args.report_only:
         counts = execute(runs, spec.base, args.jobs or spec.jobs, force=args.force, base_sha=base_sha, adopt=args.adopt_artifacts)
         print(f"experiments: {counts['runs']} runs ({counts['ran']} trained now)")

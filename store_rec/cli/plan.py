@@ -266,12 +266,13 @@ def _schema_from(raw: Dict[str, Any], where: str):
     if (data.sid_table and not schema.features_with_role(SID)) or data.history_len is not None:
         from store_rec.data.loader import ParquetBatchLoader
 
-        # the schema of what the train app's loader yields: sid_0..sid_{K-1} (vocab C + 1), the history
+        # the schema of what the train app's loader yields: sid_0..sid_{K-1} (data.sid_embedding's vocabs), the history
         # items' SID keys <H>_sid_k, history lists cut to data.history_len (0: none)
         split = "train" if "train" in schema.splits else next(iter(schema.splits), "train")
         try:
             schema = ParquetBatchLoader(d, split, data.batch_size, sid_table=data.sid_table if not schema.features_with_role(SID) else None,
-                                        sid_feature=data.sid_feature, history_len=data.history_len).schema
+                                        sid_feature=data.sid_feature, history_len=data.history_len,
+                                        sid_embedding=data.sid_embedding, sid_hash_buckets=data.sid_hash_buckets).schema
         except FileNotFoundError as e:
             raise UserError(f"{where}: data.sid_table: {e}") from None
     if data.sid_tables:  # each feature's SIDs: {feature}_sid_0.., vocab C + 1 (store_rec.data.feature_sids)

@@ -15,6 +15,12 @@ positives from negatives), never an item the user interacted with (rejection sam
 :mod:`store_rec.data.sampling`), ``ratio`` per positive, seeded; a negative goes to its positive's
 split and copies its row (user, context, time), with the item and the item's side features
 (``item_side: true`` columns, e.g. category: the value of the item's last row) replaced.
+``interactions.negatives.sample_from: train_positives`` (default): a **train** row's negatives are
+drawn only from items with a train positive (for ``popularity``: weighted by their train positives),
+so an item whose positives are all in valid / test never enters training as a negative only (it
+would share the OOV SID with every such item and teach "OOV = negative"); valid / test negatives
+are drawn from the whole catalog as before. ``catalog``: every split's from the whole catalog.
+``params`` records ``negatives_sample_from`` and ``train_negatives_resampled``.
 
 Split (``split.method``): ``leave_last_out`` (default): per user in time order, the last positive
 (with the explicit negatives just before it and its sampled negatives) -> test, the second-to-last ->
@@ -49,7 +55,7 @@ import pyarrow.compute as pc
 
 from store_rec.config import to_dict
 from store_rec.data.history import HISTORY_ROW_COLUMN, HistorySource, build_history_index
-from store_rec.data.sampling import pair_keys, sample_negatives, users_with_every_item
+from store_rec.data.sampling import pair_keys, resample_train_negatives, sample_negatives, users_with_every_item
 from store_rec.data.schema import SPLITS, DatasetSchema, SequenceInfo
 from store_rec.data.splits import leave_last_out_codes, time_cutoff_codes, time_quantile_cutoffs
 from store_rec.data.table import (USER_KEY_COLUMN, TableConfig, _col_as_string, _multi, _parsed_chunks, _Plan,
@@ -201,6 +207,7 @@ def prepare_interactions(cfg: TableConfig, files: List[Tuple[Path, Optional[str]
     if not len(pos_idx):
         raise UserError(f"{source}: no positive row (check interactions.positive / the label column)")
     n_items = len(item_dict)
+    resampled = 0
     if k > 0:
         stride = n_items + 1
         keys = pair_keys(u, it, stride)
@@ -217,6 +224,15 @@ def prepare_interactions(cfg: TableConfig, files: List[Tuple[Path, Optional[str]
         neg_items = sample_negatives(rng, catalog, np.repeat(u[pos_idx], k), keys, stride, neg.max_rounds,
                                      hint="; lower interactions.negatives.ratio")
         parent = np.repeat(pos_idx, k)
+        if neg.sample_from == "train_positives":
+            tp = it[(codes == 0) & (label > 0.5)]
+            train_catalog = np.unique(tp) if strategy == "uniform" else np.sort(tp)  # popularity: by train positives
+            before = neg_items
+            neg_items = resample_train_negatives(
+                np.random.default_rng([seed, 3]), neg_items, u[parent], codes[parent] == 0, train_catalog, keys,
+                stride, neg.max_rounds, hint="; lower interactions.negatives.ratio or set "
+                                              "interactions.negatives.sample_from: catalog")
+            resampled = int((neg_items != before).sum())
     else:
         neg_items, parent = np.zeros(0, np.int64), np.zeros(0, np.int64)
 
@@ -279,6 +295,7 @@ def prepare_interactions(cfg: TableConfig, files: List[Tuple[Path, Optional[str]
     params = {"seed": seed, "kind": "interactions", "files": [f"{f}" + (f" ({s})" if s else "") for f, s in files],
               "skipped_rows": skipped, "item_feature": icol, "positives": int(len(pos_idx)),
               "sampled_negatives": int(len(parent)), "negatives": strategy, "users": int(len(np.unique(u))),
+              "negatives_sample_from": neg.sample_from if k > 0 else None, "train_negatives_resampled": resampled,
               "items": int(n_items), "config": to_dict(cfg)}
     schema = write_prepared(out, overwrite=overwrite, dataset=cfg.name or "interactions", splits=splits,
                             label=lab_name, dense=cfg.with_role("dense"), features=features,

@@ -5,10 +5,12 @@
 ``KeyedJaggedTensor``, ``labels Tensor[B] float32``) plus ``user_ids Tensor[B] int64`` for GAUC.
 
 KJT layout: keys are the sparse feature names in schema order (restricted to ``features=`` if given),
-then ``sid_0 .. sid_{K-1}`` when a SID table is attached, then, for every ``history`` feature ``H``
+then ``sid_0 .. sid_{K-1}`` when a SID table is attached (their ids, and ``sid_tuple`` with
+``sid_embedding="tuple_hash"``: :mod:`store_rec.data.sid_keys`), then, for every ``history`` feature ``H``
 whose ``history_of`` is the SID table's item feature, ``{H}_sid_0 .. {H}_sid_{K-1}`` (role ``history``,
 ``history_of = sid_k``, ``vocab_size = C + 1``): ``H``'s item ids through the same SID lookup as the
-target item (an OOV / untabled item -> the OOV SID ``C``), with ``H``'s lengths. ``values`` is feature-major (all values of
+target item (an OOV / untabled item -> the OOV SID ``C``; always per-position codes, whatever
+``sid_embedding``), with ``H``'s lengths. ``values`` is feature-major (all values of
 key 0 for rows 0..B-1, then key 1, ...), ``lengths`` is ``Tensor[len(keys) * B] int32`` (1 for
 single-valued features, the list length for multi-hot ones), ``stride = B``.
 
@@ -70,6 +72,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from store_rec.data.feature_sids import append_feature_sids, load_feature_sids
 from store_rec.data.history import check_history_len, truncation_index
 from store_rec.data.schema import HISTORY, SID, DatasetSchema, SchemaError, SparseFeature
+from store_rec.data.sid_keys import DEFAULT_HASH_BUCKETS, sid_key_ids, sid_key_shapes
 from store_rec.data.sid_table import read_sid_table, read_sid_table_metadata, sid_codebook_size  # noqa: F401  (re-exported)
 from store_rec.errors import DataError, UserError
 from store_rec.fileio import PathLike
@@ -113,8 +116,8 @@ class StoreBatch(Batch):
 
 
 # ---------------------------------------------------------------------------------------- SID tables
-def schema_with_sids(schema: DatasetSchema, sid_table_path: PathLike, item_feature: Optional[str] = None
-                     ) -> DatasetSchema:
+def schema_with_sids(schema: DatasetSchema, sid_table_path: PathLike, item_feature: Optional[str] = None,
+                     sid_embedding: str = "position", sid_hash_buckets: int = DEFAULT_HASH_BUCKETS) -> DatasetSchema:
     """``schema`` with ``sid_0..sid_{K-1}`` (role ``sid``, ``vocab_size = C + 1``) appended.
 
     ``item_feature`` (default: the table's ``item_feature`` metadata) must be a sparse feature of
@@ -124,20 +127,22 @@ def schema_with_sids(schema: DatasetSchema, sid_table_path: PathLike, item_featu
     item_feature = item_feature or meta.get("item_feature")
     if item_feature is not None:
         schema.feature(item_feature)  # KeyError naming the known features
-    return _append_sids(schema, Path(sid_table_path), table, meta, cols, item_feature)
+    return _append_sids(schema, Path(sid_table_path), table, meta, cols, item_feature, sid_embedding, sid_hash_buckets)
 
 
 def _append_sids(schema: DatasetSchema, path: Path, table: pa.Table, meta: Dict[str, Any], cols: List[str],
-                 item_feature: Optional[str]) -> DatasetSchema:
+                 item_feature: Optional[str], sid_embedding: str = "position",
+                 sid_hash_buckets: int = DEFAULT_HASH_BUCKETS) -> DatasetSchema:
     c = sid_codebook_size(path, meta, table, cols)
     out = copy.deepcopy(schema)
-    clash = [n for n in cols if n in out.sparse_names]
+    names, sizes = sid_key_shapes(cols, c, sid_embedding, sid_hash_buckets)
+    clash = [n for n in names if n in out.sparse_names]
     if clash:
         raise SchemaError(f"{path}: SID feature(s) {clash} already exist in the dataset schema")
-    for name in cols:
-        out.sparse.append(SparseFeature(name=name, role=SID, vocab_size=c + 1))
+    for name, size in zip(names, sizes):
+        out.sparse.append(SparseFeature(name=name, role=SID, vocab_size=size))
     out.params = {**out.params, "sid_table": str(path), "sid_item_feature": item_feature,
-                  "sid_codebook_size": c}
+                  "sid_codebook_size": c, "sid_embedding": sid_embedding}
     return out
 
 
@@ -190,6 +195,8 @@ class ParquetBatchLoader:
             metadata, else the dataset's sequences item feature, else the only ``id`` feature).
         sid_tables: ``{feature: SID table}`` (``data.sid_tables``): each feature's SIDs attached as
             ``{feature}_sid_0..`` after the ``sid_*`` keys (:mod:`store_rec.data.feature_sids`).
+        sid_embedding, sid_hash_buckets: the SID keys (``position`` | ``prefix_ngram`` |
+            ``tuple_hash``; :mod:`store_rec.data.sid_keys`).
         features: sparse features to put in the KJT (default: all, in schema order).
         window_rows: rows per read/shuffle window (default ``DEFAULT_WINDOW_ROWS``, or with history
             lists of ``max_len`` N (after ``history_len``) ``max(batch_size, min(DEFAULT_WINDOW_ROWS,
@@ -206,7 +213,8 @@ class ParquetBatchLoader:
                  sid_table: Optional[PathLike] = None, sid_feature: Optional[str] = None,
                  features: Optional[Sequence[str]] = None, epoch: int = 0,
                  sid_tables: Optional[Mapping[str, PathLike]] = None,
-                 window_rows: Optional[int] = None, prefetch: int = 0, history_len: Optional[int] = None):
+                 window_rows: Optional[int] = None, prefetch: int = 0, history_len: Optional[int] = None,
+                 sid_embedding: str = "position", sid_hash_buckets: int = DEFAULT_HASH_BUCKETS):
         self.data_dir = Path(data_dir)
         full = DatasetSchema.load(self.data_dir)
         base = full
@@ -257,6 +265,7 @@ class ParquetBatchLoader:
         self.window_rows = max(int(window_rows), 1)
         self._history_sids: List[Tuple[str, int, str]] = []  # (key, k, history column)
         self._sid_lut: Optional[np.ndarray] = None
+        self._hist_sid_lut: Optional[np.ndarray] = None
         schema = base
         if sid_table is not None:
             table, meta, cols = read_sid_table(sid_table)
@@ -269,10 +278,12 @@ class ParquetBatchLoader:
             if item not in full.sparse_names:
                 raise UserError(f"sid_feature {item!r} is not a sparse feature of {self.data_dir}/schema.json "
                                 f"(has: {', '.join(full.sparse_names)})")
-            schema = _append_sids(base, Path(sid_table), table, meta, cols, item)
+            schema = _append_sids(base, Path(sid_table), table, meta, cols, item, sid_embedding, sid_hash_buckets)
             self._sid_item = item
-            self._sid_lut = self._build_sid_lut(Path(sid_table), table, cols, schema.params["sid_codebook_size"],
-                                                full.feature(item).vocab_size)
+            codes = self._build_sid_lut(Path(sid_table), table, cols, schema.params["sid_codebook_size"],
+                                        full.feature(item).vocab_size)  # [K, vocab]: per-position codes
+            self._sid_lut = sid_key_ids(codes, schema.params["sid_codebook_size"], sid_embedding, sid_hash_buckets)
+            self._hist_sid_lut = codes  # history items' {H}_sid_k keys: always per-position codes
             schema, self._history_sids = _append_history_sids(schema, item, cols, schema.params["sid_codebook_size"])
         self._feature_sids = load_feature_sids(full, sid_tables, primary_feature=getattr(self, "_sid_item", None)) \
             if sid_tables else []
@@ -562,7 +573,7 @@ class ParquetBatchLoader:
                 vals = vals if cut[2] is None else vals[cut[2]]
             multi[m] = (lens, offs, vals)
         if self._history_sids:
-            lut = self._sid_lut
+            lut = self._hist_sid_lut
             assert lut is not None
             for hkey, k, h in self._history_sids:
                 lens, offs, vals = multi[h]

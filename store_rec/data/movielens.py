@@ -16,7 +16,13 @@ and counted in ``params["skipped_rows"]`` (per file in ``params["skipped_rows_by
 Rows: every positive, plus ``neg_ratio`` (default 4) sampled negatives per positive: movies of the
 catalogue (movies with at least one interaction) that the user never interacted with, uniform,
 seeded, with replacement across a user's positives (vectorised rejection sampling). Sampled
-negatives go to the split of their positive.
+negatives go to the split of their positive. ``negatives_from`` (default ``train_positives``): the
+negatives of **train** rows are drawn only from movies with a train positive (a movie whose positives
+are all in valid / test would otherwise enter training only as a negative and, sharing the OOV SID
+with every such movie, teach "OOV = negative": :func:`store_rec.data.sampling.resample_train_negatives`);
+valid / test negatives are drawn from the whole catalogue as before, row for row. ``catalog``: every
+split's negatives from the whole catalogue (the behaviour before this option). ``params`` records the
+option and how many train negatives were drawn again (``train_negatives_resampled``).
 
 Features: ``user_id`` and ``movie_id`` (role ``id``; ``movie_id`` is the item feature), static group
 ``user``: gender, age, occupation, zip_prefix (first ``zip_prefix_digits`` characters); group
@@ -60,7 +66,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from store_rec.config import check, to_dict
-from store_rec.data.sampling import pair_keys, sample_negatives, users_with_every_item
+from store_rec.data.sampling import pair_keys, resample_train_negatives, sample_negatives, users_with_every_item
 from store_rec.data.csvio import RawTable, drop_or_raise, line_of_row, numeric_bad_mask, read_delimited
 from store_rec.data.dsconfig import load_dataset_config
 from store_rec.data.history import HISTORY_ROW_COLUMN, HistorySource, build_history_index
@@ -92,6 +98,7 @@ class MovieLensConfig:
     max_sampling_rounds: int = 100
     history_len: int = 0
     history_sides: List[str] = field(default_factory=lambda: list(HISTORY_SIDES))
+    negatives_from: Literal["train_positives", "catalog"] = "train_positives"
 
     def __post_init__(self) -> None:
         check(self.neg_ratio >= 0, "neg_ratio", "must be >= 0")
@@ -411,6 +418,7 @@ def prepare_movielens(source: str, out: os.PathLike, *, config=None, seed: int =
                         f"{cfg.test_frac:g} -> test, with all their rows")
 
     # negatives
+    resampled = 0
     rng = np.random.default_rng([seed, 2])
     pos_idx = np.flatnonzero(label > 0.5)
     k = cfg.neg_ratio
@@ -426,6 +434,13 @@ def prepare_movielens(source: str, out: os.PathLike, *, config=None, seed: int =
         neg_movie = sample_negatives(rng, catalog, np.repeat(user[pos_idx], k), keys, kk, cfg.max_sampling_rounds,
                                      hint="; lower neg_ratio")
         parent = np.repeat(pos_idx, k)
+        if cfg.negatives_from == "train_positives":
+            before = neg_movie
+            neg_movie = resample_train_negatives(
+                np.random.default_rng([seed, 3]), neg_movie, user[parent], codes[parent] == 0,
+                np.unique(movie[(codes == 0) & (label > 0.5)]), keys, kk, cfg.max_sampling_rounds,
+                hint="; lower neg_ratio or set negatives_from: catalog")
+            resampled = int((neg_movie != before).sum())
     else:
         neg_movie, parent = np.zeros(0, np.int64), np.zeros(0, np.int64)
     n_lab = len(user)
@@ -495,6 +510,7 @@ def prepare_movielens(source: str, out: os.PathLike, *, config=None, seed: int =
     params = {"seed": seed, "interactions_file": str(inter_path), "users_file": str(users_path),
               "movies_file": str(movies_path), "has_ratings": has_ratings, "positives": int(len(pos_idx)),
               "sampled_negatives": int(len(parent)), "users": int(len(np.unique(user))),
+              "negatives_from": cfg.negatives_from, "train_negatives_resampled": resampled,
               "item_feature": "movie_id", "skipped_rows": int(sum(skipped.values())),
               "skipped_rows_by_file": skipped, "config": to_dict(cfg)}
     history = None

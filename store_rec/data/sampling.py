@@ -23,6 +23,35 @@ def users_with_every_item(keys: np.ndarray, stride: int, catalog_size: int) -> n
     return users[counts >= catalog_size]
 
 
+#: ``negatives_from`` of the preparers: which items a **train** row's sampled negatives are drawn from
+NEGATIVES_FROM = ("train_positives", "catalog")
+
+
+def resample_train_negatives(rng: np.random.Generator, neg_items: np.ndarray, neg_users: np.ndarray,
+                             neg_is_train: np.ndarray, train_catalog: np.ndarray, keys: np.ndarray, stride: int,
+                             max_rounds: int = 1000, hint: str = "") -> np.ndarray:
+    """``negatives_from: train_positives``: the sampled negatives of train rows (``neg_is_train``)
+    whose item has no train positive are drawn again, uniformly over ``train_catalog`` (the items
+    with a train positive; repeated entries weight an item, e.g. by its train positives for
+    popularity-matched negatives), excluding the user's own items; every other negative is kept.
+
+    Why: an item without a train positive (one whose only positives are in valid / test) would enter
+    training only as a negative; it shares the OOV SID with every other such item (no pre-trained
+    embedding exists for it), so the model learns "OOV SID = negative" and scores exactly the test
+    positives of those items low (MovieLens, docs/RESULTS_FAIR.md). Such items are unknown at train time
+    in production too. Valid / test negatives stay drawn from the whole catalogue (kept row for row:
+    the evaluation sets do not change), so the cold items stay in the evaluation, on both classes."""
+    out = np.array(neg_items, np.int64, copy=True)
+    train_catalog = np.asarray(train_catalog, np.int64)
+    known = np.zeros(int(max(out.max(initial=0), train_catalog.max(initial=0))) + 1, bool)
+    known[train_catalog] = True
+    redo = np.flatnonzero(np.asarray(neg_is_train, bool) & ~known[out])
+    if len(redo) and len(train_catalog):
+        out[redo] = sample_negatives(rng, train_catalog, np.asarray(neg_users, np.int64)[redo], keys, stride,
+                                     max_rounds, hint)
+    return out
+
+
 def sample_negatives(rng: np.random.Generator, catalog: np.ndarray, users: np.ndarray, keys: np.ndarray,
                      stride: int, max_rounds: int = 1000, hint: str = "") -> np.ndarray:
     """One negative per entry of ``users``: uniform over ``catalog`` (the items that exist), with

@@ -131,11 +131,16 @@ class SplitConfig:
 class NegativesConfig:
     """Sampled negatives of an interaction log: ``strategy`` uniform over the catalog, ``popularity``
     (an item is drawn as often as it is a positive: popularity alone cannot tell them apart) or
-    ``none`` (the log has labels); ``ratio`` negatives per positive."""
+    ``none`` (the log has labels); ``ratio`` negatives per positive. ``sample_from``:
+    ``train_positives`` (default) draws the negatives of train rows only from items with a train
+    positive (valid / test negatives from the whole catalog; see
+    :func:`store_rec.data.sampling.resample_train_negatives`), ``catalog`` every split's from the
+    whole catalog."""
 
     strategy: Literal["auto", "uniform", "popularity", "none"] = "auto"
     ratio: int = 4
     max_rounds: int = 100
+    sample_from: Literal["train_positives", "catalog"] = "train_positives"
 
     def __post_init__(self) -> None:
         check(self.ratio >= 0, "ratio", "must be >= 0")

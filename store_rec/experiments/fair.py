@@ -32,6 +32,10 @@ class RunScore:
     test_auc: float
     test_logloss: float
     test_gauc: Optional[float] = None
+    # test AUC of the cold / warm target items' positives against every negative (store_rec.data.slices;
+    # None for a dataset without an item feature, or a run made before slices were reported)
+    test_auc_cold: Optional[float] = None
+    test_auc_warm: Optional[float] = None
 
 
 def _finite(v: Any) -> bool:
@@ -60,7 +64,9 @@ def best_valid_epoch(metrics_jsonl: Path) -> Optional[RunScore]:
             continue
         if best is None or v["auc"] > best.valid_auc:
             best = RunScore(ep, float(v["auc"]), float(t["auc"]), float(t.get("logloss", float("nan"))),
-                            float(t["gauc"]) if _finite(t.get("gauc")) else None)
+                            float(t["gauc"]) if _finite(t.get("gauc")) else None,
+                            float(t["auc_cold"]) if _finite(t.get("auc_cold")) else None,
+                            float(t["auc_warm"]) if _finite(t.get("auc_warm")) else None)
     return best
 
 
@@ -131,11 +137,15 @@ def verdict(diff_mean: float, diff_std: float, n: int) -> str:
 def fair_table(dataset: str, sel: Dict[str, Selected], reference: str, rivals: Sequence[str],
                grid_label: str) -> List[str]:
     """Markdown rows for one dataset: every selected model with its grid point, valid / test AUC,
-    LogLoss, epochs, and the paired test-AUC difference of the reference against it."""
+    LogLoss, epochs, and the paired test-AUC difference of the reference against it; with the test
+    AUC of cold / warm target items when the runs report them (datasets with an item feature)."""
+    slices = any(r.test_auc_cold is not None or r.test_auc_warm is not None
+                 for s in sel.values() for r in s.by_seed.values())
     lines = [f"**{dataset}**", "",
-             f"| model | selected {grid_label} | valid AUC | test AUC | test LogLoss | best epoch | "
-             f"{reference} − model (paired test AUC) | seeds |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"| model | selected {grid_label} | valid AUC | test AUC | "
+             + ("test AUC cold items | test AUC warm items | " if slices else "")
+             + f"test LogLoss | best epoch | {reference} − model (paired test AUC) | seeds |",
+             "|---|---|---|---|" + ("---|---|" if slices else "") + "---|---|---|---|"]
     ref = sel.get(reference)
     for vn, s in sel.items():
         va = mean_std([r.valid_auc for r in s.by_seed.values()])
@@ -147,8 +157,13 @@ def fair_table(dataset: str, sel: Dict[str, Selected], reference: str, rivals: S
         else:
             m, sd, n = paired_difference(ref.test_auc, s.test_auc)
             d = f"{m:+.4f} ± {sd:.4f} ({verdict(m, sd, n)})"
+        sl = ""
+        if slices:
+            for vals in ([r.test_auc_cold for r in s.by_seed.values()], [r.test_auc_warm for r in s.by_seed.values()]):
+                m_, sd_ = mean_std([v for v in vals if v is not None])
+                sl += (f"{m_:.4f} ± {sd_:.4f} | " if _finite(m_) else "n/a | ")
         lines.append(f"| {vn} | {s.x if s.x is not None else '—'} | {va[0]:.4f} ± {va[1]:.4f} | "
-                     f"{ta[0]:.4f} ± {ta[1]:.4f} | {ll[0]:.4f} ± {ll[1]:.4f} | {','.join(map(str, ep))} | {d} | "
+                     f"{ta[0]:.4f} ± {ta[1]:.4f} | {sl}{ll[0]:.4f} ± {ll[1]:.4f} | {','.join(map(str, ep))} | {d} | "
                      f"{len(s.by_seed)} |")
     return lines
 

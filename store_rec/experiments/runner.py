@@ -382,22 +382,18 @@ class Artifacts:
 
 
 def plan_runs(spec: PaperSpec, out: Path, only: Optional[List[str]] = None, tiny: bool = False, build: bool = True,
-              adopt: bool = False, datasets: Optional[List[str]] = None) -> List[Run]:
+              adopt: bool = False) -> List[Run]:
     """Every run of the selected experiments.
 
     ``build=True``: the artifacts the runs read are built (or rebuilt) as their paths are needed.
     ``build=False``: only paths are computed; a run whose artifacts are missing or stale has
     ``ready == False`` (``--report-only`` leaves it out). ``adopt``: see :class:`Artifacts`.
-    ``datasets``: only the runs on these datasets (``--datasets``).
+    Restrict ``spec`` to some datasets / variants first with :func:`store_rec.experiments.spec.restrict`.
     """
     names = only or list(spec.experiments)
     unknown = [n for n in names if n not in spec.experiments]
     if unknown:
         raise UserError(f"--only: unknown experiment(s) {unknown}; known: {list(spec.experiments)}")
-    unknown = [n for n in datasets or [] if not any(n in spec.experiments[e].datasets for e in names)]
-    if unknown:
-        raise UserError(f"--datasets: {unknown} not a dataset of the selected experiment(s) "
-                        f"({sorted({d for e in names for d in spec.experiments[e].datasets})})")
     arts = Artifacts(spec, out / ("data-tiny" if tiny else "data"), tiny, build=build, adopt=adopt)
     runs_root = out / ("runs-tiny" if tiny else "runs")
     runs: List[Run] = []
@@ -409,8 +405,6 @@ def plan_runs(spec: PaperSpec, out: Path, only: Optional[List[str]] = None, tiny
         if e.sweep is not None:
             xs = list(e.sweep.values)[: spec.tiny.max_values] if tiny else list(e.sweep.values)
         for dn in e.datasets:
-            if datasets is not None and dn not in datasets:
-                continue
             ds = spec.datasets[dn]
             for vn, v in e.variants.items():
                 for x in xs:

@@ -212,6 +212,36 @@ class PaperSpec:
                 check(d in self.datasets, f"experiments.{name}.datasets[{i}]", f"{d!r} is not one of {sorted(self.datasets)}")
 
 
+def restrict(spec: PaperSpec, datasets: Optional[List[str]] = None, variants: Optional[List[str]] = None) -> PaperSpec:
+    """``spec`` with every experiment cut down to the given ``datasets`` / ``variants`` (names; None:
+    all), experiments left with none dropped (``store-rec experiments --datasets / --variants``). A
+    name that no experiment has is a ``UserError``; a kept ``fair`` experiment must keep its reference."""
+    import copy
+
+    from store_rec.errors import UserError
+
+    known_d = {d for e in spec.experiments.values() for d in e.datasets}
+    known_v = {v for e in spec.experiments.values() for v in e.variants}
+    for flag, names, known in (("--datasets", datasets, known_d), ("--variants", variants, known_v)):
+        bad = [n for n in names or [] if n not in known]
+        if bad:
+            raise UserError(f"{flag}: unknown name(s) {bad}; the experiments have: {sorted(known)}")
+    out = copy.deepcopy(spec)
+    for name in list(out.experiments):
+        e = out.experiments[name]
+        if datasets is not None:
+            e.datasets = [d for d in e.datasets if d in datasets]
+        if variants is not None:
+            e.variants = {k: v for k, v in e.variants.items() if k in variants}
+            if e.kind == "fair" and e.variants and e.reference not in e.variants:
+                raise UserError(f"--variants: experiment {name!r} compares with {e.reference!r}; keep it in --variants")
+        if not e.datasets or not e.variants:
+            del out.experiments[name]
+    if not out.experiments:
+        raise UserError("--datasets / --variants: no experiment is left")
+    return out
+
+
 def load_spec(path: str) -> PaperSpec:
     from store_rec.config import load_config
 

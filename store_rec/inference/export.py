@@ -74,7 +74,8 @@ def export_dense(args: argparse.Namespace) -> Dict[str, Any]:
         raise UserError("store-rec export runs as one process (the dense part is replicated)")
     try:
         loader = ParquetBatchLoader(cfg.data.dir, args.split, 256, shuffle=False, sid_table=cfg.data.sid_table,
-                                    sid_feature=cfg.data.sid_feature, sid_tables=cfg.data.sid_tables, history_len=cfg.data.history_len)
+                                    sid_feature=cfg.data.sid_feature, sid_tables=cfg.data.sid_tables, history_len=cfg.data.history_len,
+                                    sid_embedding=cfg.data.sid_embedding, sid_hash_buckets=cfg.data.sid_hash_buckets)
         dmp = load_sharded_model(cfg, loader.schema, step, env, None)
         dmp.eval()
         model = dmp.module.model  # the RankingModel inside DMP / RankingTrain

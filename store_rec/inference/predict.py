@@ -133,7 +133,8 @@ def predict(args: argparse.Namespace) -> Dict[str, Any]:
         loader = ParquetBatchLoader(data_dir, args.split, args.batch_size or cfg.data.eval_batch_size, rank=env.rank,
                                     world_size=env.world_size, shuffle=False, drop_last=False,
                                     sid_table=cfg.data.sid_table, sid_feature=cfg.data.sid_feature,
-                                    sid_tables=cfg.data.sid_tables, history_len=cfg.data.history_len)
+                                    sid_tables=cfg.data.sid_tables, history_len=cfg.data.history_len,
+                                    sid_embedding=cfg.data.sid_embedding, sid_hash_buckets=cfg.data.sid_hash_buckets)
         dmp = load_sharded_model(cfg, loader.schema, step, env, args.plan)
         load_s = time.perf_counter() - t0
         first_row = env.rank * loader.num_rows // env.world_size  # the loader's part of rank r: [r N / W, (r+1) N / W)

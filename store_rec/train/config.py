@@ -7,8 +7,8 @@ value fails before any data is read, with the dotted key path in the message
 Sections (every key optional except ``data.dir``)::
 
     data:      {dir, prepare_if_missing: {rows, items, users, seed, ...} | null, batch_size,
-                eval_batch_size, sid_table, sid_feature, sid_tables: {FEATURE: SIDS.parquet}, shuffle, drop_last,
-                history_len}
+                eval_batch_size, sid_table, sid_feature, sid_tables: {FEATURE: SIDS.parquet}, sid_embedding,
+                sid_hash_buckets, shuffle, drop_last, history_len}
                 # batch_size / eval_batch_size are PER RANK: one step of a W-rank job consumes
                 # batch_size x W samples (the global batch, logged at start-up and in the summary)
     model:     store_rec.models.config.ModelConfig
@@ -16,7 +16,7 @@ Sections (every key optional except ``data.dir``)::
                 weight_decay, warmup_steps, decay: none|linear|cosine, min_lr_ratio, schedule_sparse_lr,
                 rotation: {lr, type: adam|sgd}}   # rotation steps follow model.rotation.schedule
     train:     {epochs, max_steps, eval_every, eval_at_epoch_end, early_stop_patience, seed,
-                log_every, eval_splits, epoch_end_splits, eval_auc, eval_auc_bins, precision, compile,
+                log_every, eval_splits, epoch_end_splits, eval_auc, eval_auc_bins, eval_item_slices, precision, compile,
                 profile_steps, profile_skip}
     sharding:  {plan_file, sharding_types, compute_kernels, tables: {t_<feature>: {sharding_types,
                 compute_kernels}}, storage_reservation, qcomms: {forward, backward}}
@@ -73,6 +73,11 @@ class DataConfig:
     sid_feature: Optional[str] = None
     # {id feature: SID table}: several tokenized features, keys {feature}_sid_k (store_rec.data.feature_sids)
     sid_tables: Dict[str, str] = field(default_factory=dict)
+    # which embedding ids the SIDs become (store_rec.data.sid_keys): position (one table per SID
+    # position), prefix_ngram (one per prefix (s_0..s_k), Singh et al. 2023), tuple_hash (positions +
+    # the full tuple); prefixes beyond sid_hash_buckets ids are hashed into that many
+    sid_embedding: Literal["position", "prefix_ngram", "tuple_hash"] = "position"
+    sid_hash_buckets: int = 1 << 18
     shuffle: bool = True
     drop_last: bool = False
     # history lists (role history): null = as prepared, n >= 1 = the n newest, 0 = no history keys
@@ -87,6 +92,7 @@ class DataConfig:
         for f, p in self.sid_tables.items():
             check(bool(f) and bool(p), f"sid_tables.{f}", "needs an id feature name and a SID table path")
             check(f != self.sid_feature, f"sid_tables.{f}", "is data.sid_feature, already tokenized by data.sid_table")
+        check(self.sid_hash_buckets >= 2, "sid_hash_buckets", f"must be >= 2, got {self.sid_hash_buckets}")
 
 
 def ensure_data_dir(data: DataConfig, *, generate: bool = True) -> Path:
@@ -180,6 +186,9 @@ class LoopConfig:
     # memory, reported with its error bound auc_error_bound); see store_rec.train.metrics.EvalMetrics
     eval_auc: Literal["exact", "histogram"] = "exact"
     eval_auc_bins: int = 65536
+    # every eval also reports the AUC of cold / warm target items (an item is warm when it has a train
+    # positive; store_rec.data.slices), for datasets with an item feature
+    eval_item_slices: bool = True
     # speed options (docs/OPERATIONS.md): bf16 autocasts the dense part (interaction, MLPs; the embedding
     # lookups and the loss stay fp32) in training and evaluation; compile torch.compiles the dense part
     # (falls back to eager, with a warning, where it fails); profile_steps > 0 writes a torch.profiler

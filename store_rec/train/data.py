@@ -52,4 +52,5 @@ def make_loader(cfg: TrainConfig, data_dir: Path, split: str, env: DistEnv, trai
     return ParquetBatchLoader(
         data_dir, split, cfg.data.batch_size if train else cfg.data.eval_batch_size, rank=env.rank, world_size=env.world_size,
         shuffle=cfg.data.shuffle and train, seed=cfg.train.seed, drop_last=cfg.data.drop_last and train,
-        sid_table=cfg.data.sid_table, sid_feature=cfg.data.sid_feature, sid_tables=cfg.data.sid_tables, history_len=cfg.data.history_len)
+        sid_table=cfg.data.sid_table, sid_feature=cfg.data.sid_feature, sid_tables=cfg.data.sid_tables, history_len=cfg.data.history_len,
+        sid_embedding=cfg.data.sid_embedding, sid_hash_buckets=cfg.data.sid_hash_buckets)

@@ -14,6 +14,11 @@ every prediction) is kept for tests and small tools.
 * :func:`gauc` -- per-user AUC weighted by the user's impressions, over users with both a positive
   and a negative (others skipped): ``sum_u n_u AUC_u / sum_u n_u``.
 * :func:`logloss` -- mean binary cross-entropy of ``sigmoid(logits)`` (computed from logits).
+* :func:`slice_aucs` -- per-slice AUC (e.g. cold / warm target items, :mod:`store_rec.data.slices`):
+  ``auc_<slice>`` = P(a positive of the slice scores above a negative of the split, any slice), so
+  ``AUC = sum_s (P_s / P) auc_<slice>`` (it decomposes the AUC and stays defined when the slice has
+  few negatives, as with sampled negatives); ``auc_within_<slice>`` = the AUC of the slice's rows
+  alone; plus ``positives_<slice>`` / ``negatives_<slice>`` (row counts).
 
 Everything runs in float64 on CPU numpy (evaluation sets are at most a few million rows).
 """
@@ -21,7 +26,7 @@ Everything runs in float64 on CPU numpy (evaluation sets are at most a few milli
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -106,6 +111,65 @@ def logloss(logits: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray
         return float("nan")
     # BCE with logits: max(x, 0) - x*y + log(1 + exp(-|x|))
     return float(np.mean(np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))))
+
+
+def slice_aucs(scores: torch.Tensor | np.ndarray, labels: torch.Tensor | np.ndarray,
+               slices: torch.Tensor | np.ndarray, names: Sequence[str]) -> Dict[str, Any]:
+    """Per-slice AUCs of ``scores: [N]`` / ``labels: [N]`` with ``slices: [N]`` (int, ``0 <= slices <
+    len(names)``: row i belongs to slice ``names[slices[i]]``; -1: no slice).
+
+    Returns, per slice name ``s``: ``auc_<s>`` (the slice's positives against every negative of the
+    split; NaN without a positive in the slice or a negative anywhere), ``auc_within_<s>`` (the
+    Mann-Whitney AUC of the slice's rows alone; NaN with one class) and ``positives_<s>`` /
+    ``negatives_<s>`` (ints). Since the positives of all slices partition the positives,
+    ``auc == sum_s positives_s * auc_s / sum_s positives_s`` when every row has a slice."""
+    s, y = _np(scores).astype(np.float64).ravel(), _np(labels).astype(np.float64).ravel() > 0.5
+    g = _np(slices).astype(np.int64).ravel()
+    if not (len(s) == len(y) == len(g)):
+        raise ValueError(f"scores [{len(s)}], labels [{len(y)}] and slices [{len(g)}] differ in length")
+    S = len(names)
+    if len(g) and (g.min() < -1 or g.max() >= S):
+        raise ValueError(f"slices: ids must be in [-1, {S}), got {int(g.min())}..{int(g.max())}")
+    out: Dict[str, Any] = {}
+    neg = ~y
+    n_neg_all = int(neg.sum())
+    # rows of "slice k's positives + every negative" as group k, all slices in one sorted pass
+    parts_s, parts_y, parts_g = [], [], []
+    for k in range(S):
+        sel = (g == k) & y
+        parts_s += [s[sel], s[neg]]
+        parts_y += [np.ones(int(sel.sum())), np.zeros(n_neg_all)]
+        parts_g += [np.full(int(sel.sum()) + n_neg_all, k, np.int64)]
+    vs_all = np.full(S, np.nan)
+    if S and len(s):
+        a, n_pos, _ = _grouped_auc(np.concatenate(parts_s), np.concatenate(parts_y), np.concatenate(parts_g))
+        present = np.unique(np.concatenate(parts_g))
+        vs_all[present] = a
+    within = np.full(S, np.nan)
+    ok = g >= 0
+    if ok.any():
+        a, _, _ = _grouped_auc(s[ok], y[ok].astype(np.float64), g[ok])
+        within[np.unique(g[ok])] = a
+    for k, name in enumerate(names):
+        out[f"auc_{name}"] = float(vs_all[k])
+        out[f"auc_within_{name}"] = float(within[k])
+        out[f"positives_{name}"] = int(((g == k) & y).sum())
+        out[f"negatives_{name}"] = int(((g == k) & neg).sum())
+    return out
+
+
+def slice_aucs_from_histograms(hist: np.ndarray, names: Sequence[str]) -> Dict[str, Any]:
+    """:func:`slice_aucs` from per-slice class histograms ``hist: [S, 2, bins]`` (``[:, 0]``
+    negatives, ``[:, 1]`` positives, the same ascending score bins): same keys, each AUC within the
+    bound of :func:`histogram_auc` (same-bin pairs counted 1/2)."""
+    neg_all = hist[:, 0].sum(axis=0)
+    out: Dict[str, Any] = {}
+    for k, name in enumerate(names):
+        out[f"auc_{name}"] = histogram_auc(hist[k, 1], neg_all)[0]
+        out[f"auc_within_{name}"] = histogram_auc(hist[k, 1], hist[k, 0])[0]
+        out[f"positives_{name}"] = int(hist[k, 1].sum())
+        out[f"negatives_{name}"] = int(hist[k, 0].sum())
+    return out
 
 
 def ranking_metrics(logits, labels, user_ids: Optional[torch.Tensor] = None) -> Dict[str, Optional[float]]:  # noqa: ANN001
@@ -198,16 +262,23 @@ class EvalMetrics:
       rows meet on one rank holding ~1/world of the set; each rank sums ``n_u AUC_u`` and ``n_u``
       over its users and the sums are all-reduced.
 
+    * per-slice AUCs (``slice_names``, e.g. ``("warm", "cold")``; :func:`slice_aucs`' keys): the
+      exact path gathers the slice id with (logit, label) to rank 0 (4 more bytes a row); the
+      histogram path all-reduces one pair of class histograms per slice. Rows of a batch updated
+      without ``slices`` (and rows with slice -1) are in no slice.
+
     Per rank, the exact path keeps its own rows only (logit, label and user id: 16 bytes a row);
     the previous all-gather kept every rank's rows on every rank (24 bytes a row x world).
     """
 
-    def __init__(self, auc_method: str = "exact", bins: int = 1 << 16, gauc: bool = True) -> None:
+    def __init__(self, auc_method: str = "exact", bins: int = 1 << 16, gauc: bool = True,
+                 slice_names: Sequence[str] = ()) -> None:
         if auc_method not in AUC_METHODS:
             raise ValueError(f"auc_method: {auc_method!r} is not one of {AUC_METHODS}")
         if bins < 2:
             raise ValueError(f"bins: need >= 2, got {bins}")
         self.auc_method, self.bins, self.with_gauc = auc_method, int(bins), gauc
+        self.slice_names = tuple(slice_names)
         self.reset()
 
     def reset(self) -> None:
@@ -217,10 +288,15 @@ class EvalMetrics:
         self._labels: List[torch.Tensor] = []
         self._users: List[torch.Tensor] = []
         self._users_missing = False
+        self._slices: List[torch.Tensor] = []
+        S = len(self.slice_names)
+        self._slice_hist = np.zeros((S, 2, self.bins), np.float64) if S and self.auc_method == "histogram" else None
 
-    def update(self, logits: torch.Tensor, labels: torch.Tensor, user_ids: Optional[torch.Tensor] = None) -> None:
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, user_ids: Optional[torch.Tensor] = None,
+               slices: Optional[torch.Tensor] = None) -> None:
         """``logits: [B]``, ``labels: [B]`` (0/1), ``user_ids: [B]`` (int; GAUC needs them for every row:
-        one batch without them makes GAUC NaN)."""
+        one batch without them makes GAUC NaN), ``slices: [B]`` (int slice id per row, an index into
+        ``slice_names``, -1 = none; ignored without ``slice_names``)."""
         x = logits.detach().reshape(-1).to("cpu", torch.float64)
         y = labels.detach().reshape(-1).to("cpu", torch.float64)
         if x.numel() != y.numel():
@@ -233,6 +309,22 @@ class EvalMetrics:
             pos = y.numpy() > 0.5
             self._hist[1] += np.bincount(b[pos], minlength=self.bins)
             self._hist[0] += np.bincount(b[~pos], minlength=self.bins)
+        if self.slice_names:
+            S = len(self.slice_names)
+            g = (torch.full((x.numel(),), -1, dtype=torch.int64) if slices is None
+                 else slices.detach().reshape(-1).to("cpu", torch.int64))
+            if g.numel() != x.numel():
+                raise ValueError(f"slices [{g.numel()}] and logits [{x.numel()}] differ in length")
+            if g.numel() and (int(g.min()) < -1 or int(g.max()) >= S):
+                raise ValueError(f"slices: ids must be in [-1, {S}), got {int(g.min())}..{int(g.max())}")
+            if self._slice_hist is not None:
+                b = torch.clamp((p * self.bins).long(), 0, self.bins - 1).numpy()
+                gn, pos = g.numpy(), y.numpy() > 0.5
+                for k in range(S):
+                    for c, m in ((1, pos), (0, ~pos)):
+                        self._slice_hist[k, c] += np.bincount(b[(gn == k) & m], minlength=self.bins)
+            else:
+                self._slices.append(g.to(torch.int32))
         keep_rows = self.auc_method == "exact" or (self.with_gauc and user_ids is not None)
         if keep_rows:
             self._logits.append(logits.detach().reshape(-1).to("cpu", torch.float32))
@@ -268,8 +360,16 @@ class EvalMetrics:
             if world > 1:
                 dist.all_reduce(h)
             out["auc"], out["auc_error_bound"] = histogram_auc(h[1].numpy(), h[0].numpy())
+            if self._slice_hist is not None:
+                sh = torch.from_numpy(self._slice_hist.copy())
+                if world > 1:
+                    dist.all_reduce(sh)
+                out.update(slice_aucs_from_histograms(sh.numpy(), self.slice_names))
         else:
-            out["auc"], out["auc_error_bound"] = _rank0_auc(logits, labels, rank, world), 0.0
+            sl = (torch.cat(self._slices) if self._slices else torch.zeros(0, dtype=torch.int32)) if self.slice_names else None
+            out["auc"], extra = _rank0_auc(logits, labels, rank, world, sl, self.slice_names)
+            out["auc_error_bound"] = 0.0
+            out.update(extra)
         # [some batch had user ids, some batch had none] over every rank (a rank that saw no batch joins too)
         flags = torch.tensor([1 if self._users else 0, 1 if self._users_missing else 0])
         if world > 1:
@@ -282,29 +382,41 @@ class EvalMetrics:
         return out
 
 
-def _rank0_auc(logits: torch.Tensor, labels: torch.Tensor, rank: int, world: int) -> float:
-    """Exact AUC: every rank's (logit, label) rows gathered on rank 0 only; the value broadcast."""
+def _rank0_auc(logits: torch.Tensor, labels: torch.Tensor, rank: int, world: int,
+               slices: Optional[torch.Tensor] = None, slice_names: Sequence[str] = ()) -> Tuple[float, Dict[str, Any]]:
+    """Exact AUC (and :func:`slice_aucs` when ``slices`` is given): every rank's (logit, label[, slice])
+    rows gathered on rank 0 only; the values broadcast."""
     import torch.distributed as dist
 
+    keys = list(slice_aucs(np.zeros(0), np.zeros(0), np.zeros(0, np.int64), slice_names)) if slices is not None else []
     if world == 1:
-        return auc(logits, labels)
+        extra = slice_aucs(logits, labels, slices, slice_names) if slices is not None else {}
+        return auc(logits, labels), extra
     n = torch.tensor([logits.numel()], dtype=torch.int64)
     sizes = [torch.zeros_like(n) for _ in range(world)]
     dist.all_gather(sizes, n)  # world integers
     m = max(int(s) for s in sizes)
-    packed = torch.zeros(2, m, dtype=torch.float32)
+    packed = torch.zeros(2 if slices is None else 3, m, dtype=torch.float32)
     packed[0, : logits.numel()] = logits
     packed[1, : labels.numel()] = labels
+    if slices is not None:
+        packed[2, : slices.numel()] = slices.to(torch.float32)  # small ints: exact in float32
     parts = [torch.empty_like(packed) for _ in range(world)] if rank == 0 else None
     dist.gather(packed, parts, dst=0)
-    val = torch.zeros(1, dtype=torch.float64)
+    val = torch.zeros(1 + len(keys), dtype=torch.float64)
     if rank == 0:
+        assert parts is not None
         x = torch.cat([p[0, : int(k)] for p, k in zip(parts, sizes)])
         y = torch.cat([p[1, : int(k)] for p, k in zip(parts, sizes)])
-        del parts
         val[0] = auc(x, y)
+        if slices is not None:
+            g = torch.cat([p[2, : int(k)] for p, k in zip(parts, sizes)]).to(torch.int64)
+            got = slice_aucs(x, y, g, slice_names)
+            val[1:] = torch.tensor([float(got[k]) for k in keys], dtype=torch.float64)
+        del parts
     dist.broadcast(val, src=0)
-    return float(val[0])
+    extra = {k: (int(v) if k.startswith(("positives_", "negatives_")) else float(v)) for k, v in zip(keys, val[1:].tolist())}
+    return float(val[0]), extra
 
 
 def _user_sharded_gauc(logits: torch.Tensor, labels: torch.Tensor, users: torch.Tensor, rank: int, world: int) -> float:

@@ -124,6 +124,15 @@ class Trainer:
         schema = self.train_loader.schema
         self.eval_loaders = {s: make_loader(cfg, data_dir, s, env, train=False)
                              for s in sorted({"valid", *cfg.train.eval_splits, *cfg.train.epoch_end_splits}) if s in schema.splits}
+        self.item_slices = None  # cold / warm target-item AUCs in every eval (store_rec.data.slices)
+        if cfg.train.eval_item_slices:
+            from store_rec.data.slices import item_slices
+
+            sl = item_slices(data_dir)
+            if sl is not None and sl.feature in self.train_loader.keys:
+                self.item_slices = sl
+                logger.info("eval slices: %d warm items of %r (with a train positive), %d cold", sl.num_warm,
+                            sl.feature, len(sl.warm) - sl.num_warm)
         # model, sharded
         model = build_model(cfg.model, schema, device=torch.device("meta"))
         self.tflops = float(tflops_per_batch(model, 1024))
@@ -235,7 +244,8 @@ class Trainer:
         if split in self.last_eval and self.last_eval[split]["step"] == self.step:  # this model was already evaluated
             return self.last_eval[split]
         self.pipeline.detach()
-        m = evaluate(self.dmp, self.eval_loaders[split], self.env, self.cfg.train.eval_auc, self.cfg.train.eval_auc_bins)
+        m = evaluate(self.dmp, self.eval_loaders[split], self.env, self.cfg.train.eval_auc, self.cfg.train.eval_auc_bins,
+                     self.item_slices)
         # train_samples_per_s: the training throughput so far (eval excluded); eval_samples_per_s: this eval's
         rec = {"step": self.step, "epoch": self.epoch, "split": split, **m, "train_samples_per_s": self.global_samples_per_s(),
                "gflops_per_batch": self.tflops * 1e3, "tflops_per_batch": self.tflops, "train_logloss": loss_avg,
@@ -458,6 +468,8 @@ class Trainer:
             "samples_per_s": finite_or_none(self.global_samples_per_s()), "gflops_per_batch": self.tflops * 1e3,
             "tflops_per_batch": self.tflops, "ne": finite_or_none(head.get("ne")),
             "calibration": finite_or_none(head.get("calibration")),
+            # AUC of the cold / warm target items' positives against every negative (store_rec.data.slices)
+            "auc_cold": finite_or_none(head.get("auc_cold")), "auc_warm": finite_or_none(head.get("auc_warm")),
             "steps": self.step, "epochs_completed": self.epoch, "world_size": env.world_size, "model": cfg.model.name,
             # data.batch_size is per rank: one step consumes data.batch_size x world_size samples
             "batch_size_per_rank": cfg.data.batch_size, "global_batch_size": self.global_batch_size,
