@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from store_rec.config import ConfigError
 from store_rec.data.history import (GAP_VOCAB, RecentPositives, build_history_index, gap_buckets, history_features,
@@ -465,3 +466,24 @@ def test_loader_reads_prepared_interaction_history(tmp_path):
     t = _table(out, "train")
     assert got == [h[-1:] for h in t["hist_item"]]
     assert pa.types.is_list(pq.read_schema(out / "train" / "part-00000.parquet").field("hist_item").type)
+
+
+@pytest.mark.parametrize("scheme", ["prefix_ngram", "tuple_hash"])
+def test_history_sids_stay_per_position_codes_under_other_sid_embeddings(syn, tmp_path, scheme):
+    """data.sid_embedding changes the target's SID keys only; the history items' {H}_sid_k keys stay the per-position
+    codes (vocab C + 1), so every value is inside its schema vocab and equals the position scheme's."""
+    out, _ = syn
+    ids = np.arange(1, SYN["items"] + 1)
+    sid = write_sid_table(tmp_path / "sids.parquet", ids, np.stack([ids % 7, ids % 3], 1), method="opmq",
+                          codebook_size=7, item_feature="item_id")
+    pos = ParquetBatchLoader(out, "valid", 64, sid_table=sid, history_len=5)
+    other = ParquetBatchLoader(out, "valid", 64, sid_table=sid, history_len=5, sid_embedding=scheme)
+    assert [k for k in other.keys if k.startswith("hist_item_id_sid")] == ["hist_item_id_sid_0", "hist_item_id_sid_1"]
+    for a, b in zip(pos, other):
+        for k in ("hist_item_id_sid_0", "hist_item_id_sid_1"):
+            v = b.sparse_features[k].values()
+            assert torch.equal(v, a.sparse_features[k].values())
+            assert int(v.max()) < other.schema.feature(k).vocab_size == 8
+        for f in other.schema.sparse:  # every key inside its vocab (the target's n-gram / tuple ids included)
+            if f.name in b.sparse_features.keys() and b.sparse_features[f.name].values().numel():
+                assert int(b.sparse_features[f.name].values().max()) < f.vocab_size, f.name
