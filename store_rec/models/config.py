@@ -42,7 +42,7 @@ from typing import Any, List, Literal, Mapping, Optional, Type, TypeVar, Union
 from store_rec.config import ConfigError, check, from_dict
 from store_rec.ops.moba_rules import moba_problem
 
-MODEL_NAMES = ("store", "dlrm", "dlrm_dcn", "transformer", "deepfm", "rankmixer")
+MODEL_NAMES = ("store", "dlrm", "dlrm_dcn", "transformer", "deepfm", "rankmixer", "din")
 
 
 @dataclass
@@ -147,10 +147,39 @@ class RankMixerConfig:
 
 
 @dataclass
+class HistoryConfig:
+    """``model.history``: the user's behaviour sequence (issue 13 contract; owner of the encoder:
+    ``store_rec.models.history``). ``enabled``: STORE / DIN encode ``max_len`` history items as
+    tokens (``item_tokens`` sid: the K ``{H}_sid_k`` keys, id: the raw ``H`` key; ``side`` keys added
+    to each item token; ``position``: a learned position-from-newest embedding); the DLRM family
+    (``dlrm``, ``dlrm_dcn``, ...) instead mean-pools the same keys in its EBC, one bag per key."""
+
+    enabled: bool = False
+    max_len: int = 64
+    item_tokens: Literal["sid", "id"] = "sid"
+    side: List[str] = field(default_factory=list)
+    position: bool = True
+
+    def __post_init__(self) -> None:
+        check(self.max_len >= 1, "max_len", f"must be >= 1, got {self.max_len}")
+
+
+@dataclass
+class DINConfig:
+    """``model.din``: DIN's activation unit, ``MLP([h, q, h - q, h * q]) -> score`` (hidden sizes)."""
+
+    attention_hidden: List[int] = field(default_factory=lambda: [64])
+
+    def __post_init__(self) -> None:
+        check(all(s >= 1 for s in self.attention_hidden), "attention_hidden",
+              f"layer sizes must be >= 1, got {self.attention_hidden}")
+
+
+@dataclass
 class ModelConfig:
     """The ``model:`` section (see module docstring)."""
 
-    name: Literal["store", "dlrm", "dlrm_dcn", "transformer", "deepfm", "rankmixer"] = "store"
+    name: Literal["store", "dlrm", "dlrm_dcn", "transformer", "deepfm", "rankmixer", "din"] = "store"
     embedding_dim: int = 16
     tokenizer: Literal["opmq", "rqvae", "opq", "none"] = "opmq"
     sid_source: Literal["batch", "online"] = "batch"
@@ -163,6 +192,8 @@ class ModelConfig:
     dcn: DCNConfig = field(default_factory=DCNConfig)
     deepfm: DeepFMConfig = field(default_factory=DeepFMConfig)
     rankmixer: RankMixerConfig = field(default_factory=RankMixerConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
+    din: DINConfig = field(default_factory=DINConfig)
 
     def __post_init__(self) -> None:
         check(
@@ -181,6 +212,8 @@ class ModelConfig:
             "over_arch",
             f"needs >= 1 hidden size >= 1 (TorchRec's OverArch needs 2+ layers incl. the logit), got {self.over_arch}",
         )
+        if self.name == "din":
+            check(self.history.enabled, "history.enabled", "model.name 'din' attends over the history: set it true")
         if self.sid_source == "online":
             check(self.tokenizer != "none", "sid_source", "online SIDs need a tokenizer (opmq/rqvae/opq), not 'none'")
             check(self.item_feature is not None, "item_feature", "sid_source 'online' tokenizes this id feature: set it")

@@ -40,4 +40,11 @@ def build_model(
         return StoreModel(schema, cfg, device=device, dense_device=dense_device)
     ebc = EmbeddingBagCollection(tables=embedding_tables(schema, cfg), device=device)
     const_dense = len(schema.dense) == 0
-    return build_baseline(cfg, ebc, 1 if const_dense else len(schema.dense), const_dense, dense_device)
+    dense_in = 1 if const_dense else len(schema.dense)
+    if cfg.name == "din":
+        from store_rec.models.history import HistoryEncoder
+        from store_rec.models.sequence_baselines import build_din
+
+        encoder = HistoryEncoder(schema, cfg, device=device, dense_device=dense_device)
+        return build_din(cfg, schema, ebc, dense_in, const_dense, encoder, dense_device)
+    return build_baseline(cfg, ebc, dense_in, const_dense, dense_device)
