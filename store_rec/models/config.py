@@ -148,20 +148,30 @@ class RankMixerConfig:
 
 @dataclass
 class HistoryConfig:
-    """``model.history``: the user's behaviour sequence (issue 13 contract; owner of the encoder:
-    ``store_rec.models.history``). ``enabled``: STORE / DIN encode ``max_len`` history items as
-    tokens (``item_tokens`` sid: the K ``{H}_sid_k`` keys, id: the raw ``H`` key; ``side`` keys added
-    to each item token; ``position``: a learned position-from-newest embedding); the DLRM family
-    (``dlrm``, ``dlrm_dcn``, ...) instead mean-pools the same keys in its EBC, one bag per key."""
+    """``model.history``: the user's behaviour sequence as tokens (``store_rec.models.history``).
+
+    ``enabled``: off by default (no history key is read). ``max_len`` (N): history items kept per
+    row, the most recent ones; rows are LEFT-padded to N so the newest item is last. ``item_tokens``:
+    ``sid`` -> the K ``{column}_sid_k`` keys, K tokens per item; ``id`` -> the raw ``column`` key, one
+    token per item. ``side``: aligned history side keys (e.g. ``hist_genre``, ``hist_gap``) whose
+    embeddings are added to every token of their item. ``position``: add a learned
+    position-from-newest embedding (0 = newest). ``column``: the history item list key (default: the
+    dataset's history column whose ``history_of`` is the item feature).
+    The DLRM family (``dlrm``, ``dlrm_dcn``, ...) mean-pools the same keys in its EBC instead
+    (``store_rec.models.tables``).
+    """
 
     enabled: bool = False
     max_len: int = 64
     item_tokens: Literal["sid", "id"] = "sid"
     side: List[str] = field(default_factory=list)
     position: bool = True
+    column: Optional[str] = None
 
     def __post_init__(self) -> None:
         check(self.max_len >= 1, "max_len", f"must be >= 1, got {self.max_len}")
+        check(len(set(self.side)) == len(self.side), "side", f"names a key twice: {self.side}")
+        check(self.column is None or self.column not in self.side, "side", f"must not contain the item column {self.column!r}")
 
 
 @dataclass

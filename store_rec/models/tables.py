@@ -62,20 +62,26 @@ def history_keys(schema: DatasetSchema, cfg: ModelConfig) -> Tuple[List[str], Li
     """``(item_keys, side_keys)``: the KJT keys of the history that ``model.history`` selects.
 
     ``item_keys``: with ``item_tokens: sid`` the K keys ``{H}_sid_0 .. {H}_sid_{K-1}`` the loader
-    appends when a SID table is attached, with ``id`` the raw item list ``H``; ``H`` is the history
-    feature whose ``history_of`` is the dataset's item feature (``schema.params["history"]
-    ["item_feature"]``). ``side_keys``: ``model.history.side`` as given (each must be a history key).
+    appends when a SID table is attached, with ``id`` the raw item list ``H``; ``H`` is
+    ``model.history.column``, by default the history feature whose ``history_of`` is the dataset's
+    item feature (``schema.params["history"]["item_feature"]``). ``side_keys``: ``model.history.side`` as given (each must be a history key).
     ``UserError`` naming the key when the data lacks any of them.
     """
     hist = {f.name: f for f in schema.features_with_role(HISTORY)}
     if not hist:
         raise UserError(f"model.history.enabled: dataset {schema.dataset!r} has no history features (prepare it "
                         "with a history length, or set data.history_len to a value > 0)")
-    item = (schema.params.get("history") or {}).get("item_feature") or cfg.item_feature
-    lists = [n for n, f in hist.items() if f.history_of == item and f.history_of is not None]
-    if not lists:
-        raise UserError(f"model.history: dataset {schema.dataset!r} has no history list of item feature {item!r}")
-    h = lists[0]
+    if cfg.history.column is not None:
+        if cfg.history.column not in hist:
+            raise UserError(f"model.history.column: {cfg.history.column!r} is not a history feature of dataset "
+                            f"{schema.dataset!r} (history features: {', '.join(hist)})")
+        h = cfg.history.column
+    else:
+        item = (schema.params.get("history") or {}).get("item_feature") or cfg.item_feature
+        lists = [n for n, f in hist.items() if f.history_of == item and f.history_of is not None]
+        if not lists:
+            raise UserError(f"model.history: dataset {schema.dataset!r} has no history list of item feature {item!r}")
+        h = lists[0]
     if cfg.history.item_tokens == "sid":
         items = [n for n, f in hist.items() if n.startswith(f"{h}_sid_")]
         if not items:
