@@ -176,3 +176,34 @@ def test_dlrm_mean_pools_the_history_in_its_ebc(hist_data):
 
     with pytest.raises(UserError, match="item_tokens"):
         embedding_tables(schema, bad)  # sid tokens without a SID table
+
+
+def test_shipped_sequence_config_plans_paired_runs_that_validate(tmp_path):
+    """configs/experiments/sequence.yaml: N in {0, 16, 64, 128}, the four models, >= 3 paired seeds on
+    both datasets, and every run's overrides form a valid training config."""
+    from pathlib import Path
+
+    from store_rec.experiments.runner import plan_runs
+    from store_rec.experiments.spec import load_spec
+    from store_rec.train.config import load_train_config
+
+    root = Path(__file__).resolve().parents[1]
+    spec = load_spec(str(root / "configs" / "experiments" / "sequence.yaml"))
+    runs = plan_runs(spec, tmp_path / "out", build=False)
+    assert {r.dataset for r in runs} == {"synthetic_hist", "movielens_hist"}
+    seeds = {}
+    for r in runs:
+        seeds.setdefault((r.dataset, r.variant), set()).add(r.seed)
+    assert all(s == {0, 1, 2} for s in seeds.values())
+    names = {v for _, v in seeds}
+    for n in (16, 64, 128):
+        assert {f"STORE N={n}", f"STORE vanilla N={n}", f"DIN N={n}", f"DLRM mean-pooled N={n}"} <= names
+    assert {"STORE N=0", "STORE vanilla N=0", "DLRM N=0"} <= names
+    for r in runs[:: max(1, len(runs) // 12)]:
+        ov = [o for o in r.overrides if not o.startswith(("data.sid_table=", "data.dir="))]
+        cfg = load_train_config(str(root / "configs" / "experiments" / "base.yaml"), ov)
+        n = next((int(o.split("=")[1]) for o in ov if o.startswith("data.history_len=")), None)
+        assert cfg.data.history_len == n
+        assert cfg.model.history.enabled == bool(n)
+        if n:
+            assert cfg.model.history.max_len == n
