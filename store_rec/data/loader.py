@@ -17,6 +17,9 @@ oldest first. ``history_len``: ``None`` = as prepared; ``n >= 1`` keeps the ``n`
 entries of every history list (all history keys stay aligned; the schema's ``max_len`` becomes
 ``min(max_len, n)``); ``0`` drops every history key (and does not read those columns), so the
 history length can be swept without preparing again.
+A window holds ``window_rows x mean list length`` int64 entries per history key
+(plus ``K`` SID keys per item history): the default window is cut to ``2**22 / max_len`` rows
+when the loaded lists can be ``max_len`` long (32768 rows at ``max_len`` 128).
 
 Sharding (what every rank computes identically, so collectives never hang):
 
@@ -72,6 +75,8 @@ from store_rec.fileio import PathLike
 logger = logging.getLogger(__name__)
 
 DEFAULT_WINDOW_ROWS = 131_072
+#: list entries per history key in one default window (int64: 32 MiB)
+HISTORY_WINDOW_ENTRIES = 1 << 22
 
 
 @dataclass
@@ -182,7 +187,10 @@ class ParquetBatchLoader:
         sid_feature: the item feature the SIDs belong to (default: the table's ``item_feature``
             metadata, else the dataset's sequences item feature, else the only ``id`` feature).
         features: sparse features to put in the KJT (default: all, in schema order).
-        window_rows: rows per read/shuffle window (memory bound: about ``window_rows * 8 bytes *
+        window_rows: rows per read/shuffle window (default ``DEFAULT_WINDOW_ROWS``, or with history
+            lists of ``max_len`` N (after ``history_len``) ``max(batch_size, min(DEFAULT_WINDOW_ROWS,
+            HISTORY_WINDOW_ENTRIES // N))`` so a window holds <= 2**22 entries per history key;
+            memory bound: about ``window_rows * 8 bytes *
             columns``).
         prefetch: batches prepared ahead by a background thread (0 = none).
         history_len: ``None`` (history lists as prepared), ``n >= 1`` (keep the ``n`` newest entries of
@@ -193,7 +201,7 @@ class ParquetBatchLoader:
                  shuffle: bool = False, seed: int = 0, drop_last: bool = False,
                  sid_table: Optional[PathLike] = None, sid_feature: Optional[str] = None,
                  features: Optional[Sequence[str]] = None, epoch: int = 0,
-                 window_rows: int = DEFAULT_WINDOW_ROWS, prefetch: int = 0, history_len: Optional[int] = None):
+                 window_rows: Optional[int] = None, prefetch: int = 0, history_len: Optional[int] = None):
         self.data_dir = Path(data_dir)
         full = DatasetSchema.load(self.data_dir)
         base = full
@@ -209,7 +217,6 @@ class ParquetBatchLoader:
         self.split, self.batch_size = split, batch_size
         self.rank, self.world_size = rank, world_size
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
-        self.window_rows = max(int(window_rows), 1)
         self.prefetch = int(prefetch)
         self.epoch = int(epoch)
         self._pos = 0  # batches yielded in the current epoch
@@ -234,6 +241,11 @@ class ParquetBatchLoader:
                         f.max_len = min(f.max_len, self.history_len)
         self._data_features: List[SparseFeature] = list(base.sparse)
         self._history = [f.name for f in base.sparse if f.role == HISTORY]
+        if window_rows is None:
+            hmax = max((f.max_len for f in base.sparse if f.role == HISTORY), default=0)
+            window_rows = DEFAULT_WINDOW_ROWS if not hmax else max(
+                batch_size, min(DEFAULT_WINDOW_ROWS, HISTORY_WINDOW_ENTRIES // hmax))
+        self.window_rows = max(int(window_rows), 1)
         self._history_sids: List[Tuple[str, int, str]] = []  # (key, k, history column)
         self._sid_lut: Optional[np.ndarray] = None
         schema = base

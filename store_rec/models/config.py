@@ -17,6 +17,7 @@ YAML example (every key optional; defaults shown)::
       attention: {type: moba, sparsity: 0.5, block_size: 4, routing: instance, num_layers: 2,
                   num_heads: 2, ffn_dim: 64, dropout: 0.0, pooling: flatten, gate: query, own_block: false,
                   token_ffn: false, dot_features: false, dense_skip: false}
+      history: {enabled: false, max_len: 64, item_tokens: sid, side: [], position: true, column: null}
 
 The paper's ablation variants are switches: ``tokenizer`` {opmq, rqvae, opq, none},
 ``rotation.enabled`` {true, false}, ``attention.type`` {moba, vanilla}.
@@ -32,6 +33,12 @@ Static tokens (``rotation.static_tokens`` x ``rotation.enabled``; docs/MODEL.md 
 Head / FFN switches (``attention``): ``token_ffn`` (a token-specific FFN per position, RankMixer /
 OneTrans style), ``dot_features`` (DLRM-style pairwise dots of the layer-0 tokens into the
 over-arch), ``dense_skip`` (the dense token of layer 0 into the over-arch).
+
+Behaviour sequences (``history``, issue 13): the user's last ``max_len`` items become tokens
+(``store_rec.models.history.HistoryEncoder``), T per item (``item_tokens: sid`` -> K SID tokens,
+``id`` -> 1 raw-ID token). In STORE they are prepended to the non-sequential tokens and MoBA routes
+over *history* blocks only: ``attention.block_size`` must be a multiple of T (a block = whole items)
+and the non-sequential tokens are always attended (see ``store_rec.ops.moba.history_attention``).
 """
 
 from __future__ import annotations
@@ -105,6 +112,32 @@ class AttentionConfig:
         check(self.num_heads >= 1, "num_heads", f"must be >= 1, got {self.num_heads}")
         check(self.ffn_dim >= 1, "ffn_dim", f"must be >= 1, got {self.ffn_dim}")
         check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class HistoryConfig:
+    """``model.history``: the user's behaviour sequence as tokens (``store_rec.models.history``).
+
+    ``enabled``: off by default (no history key is read). ``max_len`` (N): history items kept per
+    row, the most recent ones; rows are LEFT-padded to N so the newest item is last. ``item_tokens``:
+    ``sid`` -> the K ``{column}_sid_k`` keys, K tokens per item; ``id`` -> the raw ``column`` key, one
+    token per item. ``side``: aligned history side keys (e.g. ``hist_genre``, ``hist_gap``) whose
+    embeddings are added to every token of their item. ``position``: add a learned
+    position-from-newest embedding (0 = newest). ``column``: the history item list key (default: the
+    dataset's history column whose ``history_of`` is the item feature).
+    """
+
+    enabled: bool = False
+    max_len: int = 64
+    item_tokens: Literal["sid", "id"] = "sid"
+    side: List[str] = field(default_factory=list)
+    position: bool = True
+    column: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        check(self.max_len >= 1, "max_len", f"must be >= 1, got {self.max_len}")
+        check(len(set(self.side)) == len(self.side), "side", f"names a key twice: {self.side}")
+        check(self.column is None or self.column not in self.side, "side", f"must not contain the item column {self.column!r}")
 
 
 @dataclass
@@ -199,6 +232,7 @@ class ModelConfig:
     rotation: RotationConfig = field(default_factory=RotationConfig)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     online: OnlineSIDConfig = field(default_factory=OnlineSIDConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
     dcn: DCNConfig = field(default_factory=DCNConfig)
     deepfm: DeepFMConfig = field(default_factory=DeepFMConfig)
     rankmixer: RankMixerConfig = field(default_factory=RankMixerConfig)
@@ -227,6 +261,14 @@ class ModelConfig:
         if self.sid_source == "online":
             check(self.tokenizer != "none", "sid_source", "online SIDs need a tokenizer (opmq/rqvae/opq), not 'none'")
             check(self.item_feature is not None, "item_feature", "sid_source 'online' tokenizes this id feature: set it")
+        h, a = self.history, self.attention
+        if h.enabled and self.name == "store" and a.type == "moba":
+            # the history routing: every query of a sample shares the selected history blocks
+            check(a.routing == "instance", "attention.routing",
+                  f"with model.history.enabled, MoBA routes history blocks per instance: set 'instance', got {a.routing!r}")
+        if h.enabled and h.item_tokens == "sid":
+            check(self.tokenizer != "none", "history.item_tokens",
+                  "'sid' needs SID features (model.tokenizer is 'none'): use item_tokens: id")
 
 
 C = TypeVar("C")

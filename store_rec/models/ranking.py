@@ -21,7 +21,7 @@ from typing import Dict, Mapping, NamedTuple, Optional, Tuple
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
 from store_rec.ops.flops import FlopsFn
 
@@ -113,6 +113,12 @@ class RankingModel(nn.Module):
     @property
     def embedding_bag_collection(self) -> EmbeddingBagCollection:
         return self.model.sparse_arch.embedding_bag_collection
+
+    @property
+    def embedding_collection(self) -> Optional[EmbeddingCollection]:
+        """The model's unpooled ``EmbeddingCollection`` (history tokens, issue 13) for sharding and
+        planning, or None (the default: the model has only the EBC)."""
+        return None
 
     # ---------------------------------------------------------------- FLOPs (store_rec.ops.flops.model_flops)
     def analytic_flops_modules(self) -> Dict[nn.Module, FlopsFn]:

@@ -92,8 +92,9 @@ class StoreLayer(nn.Module):
         self.norm2 = nn.LayerNorm(embedding_dim)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, gate: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = self.norm1(x + self.drop(self.attn(x, gate)))
+    def forward(self, x: torch.Tensor, gate: Optional[torch.Tensor] = None,
+                key_valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = self.norm1(x + self.drop(self.attn(x, gate, key_valid)))
         return self.norm2(x + self.drop(self.ffn(x)))
 
 
@@ -126,6 +127,21 @@ class StoreInteractionArch(nn.Module):
             auxiliary losses (fine-tuning) are returned by :meth:`interact` / ``forward(...,
             return_losses=True)``. ``gate_indices`` may then name
             them: the gate is the mean of their SID tokens.
+        history_items, history_item_tokens: behaviour sequences (issue 13): ``forward`` then takes
+            ``history: Tensor[B, history_items * history_item_tokens, D]`` (a
+            :class:`~store_rec.models.history.HistoryEncoder`'s tokens, T = ``history_item_tokens``
+            per item, left-padded) and ``history_valid: BoolTensor[B, history_items]``.
+
+    Behaviour sequences: the history tokens are **prepended** to the non-sequential tokens
+    (``[history (R), dense, tokens..., rotated...]``). MoBA routes over history blocks only:
+    ``attention.block_size`` must be a multiple of T, so a block is ``block_size / T`` whole items
+    (the history is left-padded with empty items to a whole number of blocks, R tokens); the
+    non-sequential tokens are always attended by every query, outside the routed part
+    (:func:`store_rec.ops.moba.history_attention`), so ``attention.sparsity`` is the fraction of
+    history blocks skipped; padding items are masked as keys and their blocks are never preferred.
+    ``attention.gate: item`` gates the history blocks with the target item's tokens. Vanilla attention
+    attends every valid token. The output pools the non-sequential tokens only (the history is
+    context), so ``output_dim`` does not depend on the history length.
 
     Token order: ``[dense, plain tokens (token_indices minus tokenize_indices), SID tokens of the
     tokenized features (feature-major, K each), rotated blocks]``.
@@ -148,6 +164,8 @@ class StoreInteractionArch(nn.Module):
         gate_indices: Optional[Sequence[int]] = None,
         sid_tokenizer: Optional[nn.Module] = None,
         tokenize_indices: Optional[Sequence[int]] = None,
+        history_items: int = 0,
+        history_item_tokens: int = 1,
     ) -> None:
         super().__init__()
         F, D = int(num_sparse_features), int(embedding_dim)
@@ -230,7 +248,22 @@ class StoreInteractionArch(nn.Module):
                 p = seq_of[int(i)]
                 gate_pos.extend(p if isinstance(p, range) else [p])
         self.register_buffer("gate_pos", torch.tensor(gate_pos, dtype=torch.long), persistent=False)
-        self.layers = nn.ModuleList(StoreLayer(D, attention, self.seq_len) for _ in range(attention.num_layers))
+        # behaviour sequences: R history tokens before the seq_len non-sequential ones
+        self.history_items, self.history_item_tokens = int(history_items), int(history_item_tokens)
+        self.history_pad_items = 0
+        if self.history_items:
+            T = self.history_item_tokens
+            if attention.type == "moba":
+                if attention.routing != "instance":
+                    raise ValueError(f"attention.routing: history tokens need 'instance' routing, got {attention.routing!r}")
+                if T < 1 or attention.block_size % T:
+                    raise ValueError(f"attention.block_size: must be a multiple of the {T} tokens per history item "
+                                     f"(a MoBA block = whole items), got {attention.block_size}")
+                per_block = attention.block_size // T
+                self.history_pad_items = -self.history_items % per_block
+        self.num_history_tokens = (self.history_items + self.history_pad_items) * self.history_item_tokens
+        total = self.num_history_tokens + self.seq_len
+        self.layers = nn.ModuleList(StoreLayer(D, attention, total) for _ in range(attention.num_layers))
         self.dots: Optional[nn.Module] = None
         if attention.dot_features:
             from store_rec.modules.pairwise import PairwiseDot
@@ -269,19 +302,46 @@ class StoreInteractionArch(nn.Module):
             parts.append(self.group_tokens(sparse_features.index_select(1, self.static_index)))
         return torch.cat(parts, dim=1), sid_losses
 
+    def history_sequence(self, history: torch.Tensor, history_valid: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(Tensor[B, N*T, D], BoolTensor[B, N]) -> (Tensor[B, R, D], BoolTensor[B, R])``: the history
+        tokens left-padded with empty items to R = :attr:`num_history_tokens` and the per-token key validity."""
+        B, NT, D = history.shape
+        T, P = self.history_item_tokens, self.history_pad_items
+        if NT != self.history_items * T or history_valid.shape != (B, self.history_items):
+            raise ValueError(f"history tokens {tuple(history.shape)} / valid {tuple(history_valid.shape)}: expected "
+                             f"[B, {self.history_items * T}, D] / [B, {self.history_items}]")
+        valid = history_valid.repeat_interleave(T, dim=1)
+        if P:
+            history = torch.cat([history.new_zeros(B, P * T, D), history], dim=1)
+            valid = torch.cat([valid.new_zeros(B, P * T), valid], dim=1)
+        return history, valid
+
     def forward(
-        self, dense_features: torch.Tensor, sparse_features: torch.Tensor, return_losses: bool = False
+        self, dense_features: torch.Tensor, sparse_features: torch.Tensor, return_losses: bool = False,
+        history: Optional[torch.Tensor] = None, history_valid: Optional[torch.Tensor] = None,
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, Tuple[torch.Tensor, ...]]]:
         """``dense_features: Tensor[B, D], sparse_features: Tensor[B, F, D] -> Tensor[B, output_dim]``
         (TorchRec's interaction-arch contract). Output = ``[pooled X_L, dots(X_0) (dot_features),
         X_0[:, 0] (dense_skip)]``. With ``return_losses=True``: ``(Tensor[B, output_dim], losses)``, the
         online tokenizer's losses of this batch (``Tensor[]`` each, weighted by the tokenizer's own
-        weights) in :meth:`sid_loss_names` order (see :meth:`interact`)."""
+        weights) in :meth:`sid_loss_names` order (see :meth:`interact`).
+
+        With behaviour sequences (``history_items > 0``): ``history: Tensor[B, N*T, D]``,
+        ``history_valid: BoolTensor[B, N]`` (required); ``X_L`` pools the non-sequential tokens only."""
         x0, sid_losses = self._tokens(dense_features, sparse_features)
         x = x0
+        R = self.num_history_tokens
+        key_valid: Optional[torch.Tensor] = None
+        if self.history_items:
+            if history is None or history_valid is None:
+                raise ValueError("StoreInteractionArch: built with history_items, needs history and history_valid")
+            h, key_valid = self.history_sequence(history, history_valid)
+            x = torch.cat([h, x0], dim=1)
         for layer in self.layers:
-            gate = x.index_select(1, self.gate_pos).mean(dim=1) if self.gate_pos.numel() else None
-            x = layer(x, gate)
+            gate = x[:, R:].index_select(1, self.gate_pos).mean(dim=1) if self.gate_pos.numel() else None
+            x = layer(x, gate, key_valid)
+        if R:
+            x = x[:, R:]
         out = [x.flatten(1) if self.pooling == "flatten" else x.mean(dim=1)]
         if self.dots is not None:
             out.append(self.dots(x0))
@@ -290,14 +350,16 @@ class StoreInteractionArch(nn.Module):
         y = torch.cat(out, dim=1) if len(out) > 1 else out[0]
         return (y, sid_losses) if return_losses else y
 
-    def interact(self, dense_features: torch.Tensor, sparse_features: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    def interact(self, dense_features: torch.Tensor, sparse_features: torch.Tensor, history: Optional[torch.Tensor] = None,
+                 history_valid: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """``(Tensor[B, output_dim], {"sid_<name>": Tensor[]})``: :meth:`forward` with the online
         tokenizer's losses by name (``{}`` without an online tokenizer or while it is frozen / in
         eval mode). They are returned, not stored on the module.
 
         The arch is called as a module (not its ``forward`` method) and its outputs are indexed, not
         iterated: ``TrainPipelineSparseDist`` fx-traces the train wrapper with this arch as a leaf."""
-        out = self(dense_features=dense_features, sparse_features=sparse_features, return_losses=True)
+        out = self(dense_features=dense_features, sparse_features=sparse_features, return_losses=True, history=history,
+                   history_valid=history_valid)
         losses = out[1]
         return out[0], {n: losses[i] for i, n in enumerate(self.sid_loss_names())}
 
@@ -318,7 +380,8 @@ class StoreInteractionArch(nn.Module):
     def analytic_flops_modules(self) -> Dict[nn.Module, Callable[[int, bool], int]]:
         """Attention modules -> ``fn(batch_size, backward) -> FLOPs`` (counted analytically by
         ``store_rec.ops.flops``: ``FlopCounterMode`` sees 0 for CPU SDPA)."""
-        return {layer.attn: (lambda b, bw, a=layer.attn: int(a.flops(b, self.seq_len, backward=bw))) for layer in self.layers}
+        L, R = self.num_history_tokens + self.seq_len, self.num_history_tokens
+        return {layer.attn: (lambda b, bw, a=layer.attn: int(a.flops(b, L, backward=bw, history=R))) for layer in self.layers}
 
 
 def _feature_indices(names: Sequence[str], groups: Optional[Union[Mapping[str, Sequence[str]], Sequence[Sequence[str]]]]):
@@ -345,9 +408,12 @@ class DLRM_STORE(DLRM):
             ``attention.gate == "item"``.
         sid_tokenizer: an ``OnlineSIDTokenizer`` over some token features (its ``features``, by
             name): their pooled embeddings become K SID tokens each (online SIDs).
+        history_encoder: a :class:`~store_rec.models.history.HistoryEncoder` (behaviour sequences):
+            its tokens of the same KJT are prepended to the interaction's tokens (``self.history``).
 
     ``forward(dense_features: Tensor[B, dense_in_features], sparse_features: KJT) -> Tensor[B, 1]``
-    (DLRM's forward), so ``torchrec.models.dlrm.DLRMTrain(DLRM_STORE(...))`` trains it.
+    (DLRM's forward, plus the history encoder when there is one), so
+    ``torchrec.models.dlrm.DLRMTrain(DLRM_STORE(...))`` trains it.
     """
 
     def __init__(
@@ -363,6 +429,7 @@ class DLRM_STORE(DLRM):
         gate_features: Optional[Sequence[str]] = None,
         sid_tokenizer: Optional[nn.Module] = None,
         dense_device: Optional[torch.device] = None,
+        history_encoder: Optional[nn.Module] = None,
     ) -> None:
         super().__init__(
             embedding_bag_collection,
@@ -382,14 +449,30 @@ class DLRM_STORE(DLRM):
             gate_indices=_feature_indices(names, [list(gate_features or [])])[0],
             sid_tokenizer=sid_tokenizer,
             tokenize_indices=_feature_indices(names, [list(sid_tokenizer.features)])[0] if sid_tokenizer is not None else None,
+            history_items=history_encoder.max_len if history_encoder is not None else 0,
+            history_item_tokens=history_encoder.tokens_per_item if history_encoder is not None else 1,
         )
+        self.history = history_encoder
         if dense_device is not None:
             self.inter_arch.to(dense_device)
+            if history_encoder is not None:
+                history_encoder.token_arch.to(dense_device)
         self.over_arch = OverArch(
             in_features=self.inter_arch.output_dim,
             layer_sizes=over_arch_layer_sizes,
             device=dense_device,
         )
+
+    def forward(self, dense_features: torch.Tensor, sparse_features) -> torch.Tensor:  # noqa: ANN001
+        """DLRM's forward; with a history encoder its tokens join the interaction. ``-> Tensor[B, 1]``."""
+        if self.history is None:
+            return super().forward(dense_features, sparse_features)
+        embedded_dense = self.dense_arch(dense_features)
+        embedded_sparse = self.sparse_arch(sparse_features)
+        h = self.history(sparse_features)
+        concatenated = self.inter_arch(dense_features=embedded_dense, sparse_features=embedded_sparse,
+                                       history=h.tokens, history_valid=h.valid)
+        return self.over_arch(concatenated)
 
 
 # ---------------------------------------------------------------------------- the full model
@@ -443,7 +526,10 @@ class StoreModel(RankingModel):
 
         feats = model_features(schema, cfg)
         online = _online_tokenizer(cfg, feats.online, sid_tokenizer) if feats.online else None
+        from store_rec.models.history import history_encoder
+
         tables = embedding_tables(schema, cfg)
+        history = history_encoder(schema, cfg, device=device)
         const_dense = len(schema.dense) == 0
         dense_in = 1 if const_dense else len(schema.dense)
         ebc = EmbeddingBagCollection(tables=tables, device=device)
@@ -458,6 +544,7 @@ class StoreModel(RankingModel):
             gate_features=_item_features(schema, cfg, feats.tokens) if cfg.attention.gate == "item" else None,
             sid_tokenizer=online,
             dense_device=dense_device,
+            history_encoder=history,
         )
         super().__init__(model, len(schema.dense), const_dense, "store")
         self.cfg = cfg
@@ -472,9 +559,31 @@ class StoreModel(RankingModel):
         m = self.model
         embedded_dense = m.dense_arch(dense)
         embedded_sparse = m.sparse_arch(sparse_features)
-        inter, sid_aux = m.inter_arch.interact(dense_features=embedded_dense, sparse_features=embedded_sparse)
+        if m.history is not None:
+            h = m.history(sparse_features)
+            inter, sid_aux = m.inter_arch.interact(dense_features=embedded_dense, sparse_features=embedded_sparse,
+                                                   history=h.tokens, history_valid=h.valid)
+        else:
+            inter, sid_aux = m.inter_arch.interact(dense_features=embedded_dense, sparse_features=embedded_sparse)
         logits = m.over_arch(inter)
         return logits, {**m.inter_arch.aux_losses(), **sid_aux}
+
+    @property
+    def embedding_collection(self):  # noqa: ANN201
+        """The history encoder's ``EmbeddingCollection`` (``model.history.enabled``), else None."""
+        return self.model.history.embedding_collection if self.model.history is not None else None
+
+    def dense_step(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
+        """:meth:`RankingModel.dense_step`; with history, on random history tokens (every item valid)."""
+        m = self.model
+        if m.history is None:
+            return super().dense_step(dense, sparse)
+        h = m.history
+        tokens = torch.randn(dense.shape[0], h.num_tokens, sparse.shape[-1], device=sparse.device, dtype=sparse.dtype,
+                             requires_grad=sparse.requires_grad)
+        valid = torch.ones(dense.shape[0], h.max_len, dtype=torch.bool, device=sparse.device)
+        inter = m.inter_arch(dense_features=m.dense_arch(dense), sparse_features=sparse, history=tokens, history_valid=valid)
+        return m.over_arch(inter)
 
     def analytic_flops_modules(self) -> Dict[nn.Module, Callable[[int, bool], int]]:
         return self.model.inter_arch.analytic_flops_modules()

@@ -124,6 +124,44 @@ def moba_attention_flops(
     return {"gate": gate, "attention": att, "total": gate + att}
 
 
+def history_attention_flops(
+    batch: int,
+    heads: int,
+    seq_len: int,
+    head_dim: int,
+    *,
+    history: int,
+    block_size: int,
+    sparsity: float,
+    impl: str = "fast",
+    backward: bool = True,
+) -> Dict[str, int]:
+    """Attention core FLOPs of ``store_rec.ops.moba.history_attention`` as ``{"gate", "attention", "total"}``.
+
+    ``seq_len`` L tokens of which the first ``history`` R are routed in ``R / block_size`` blocks and the
+    last ``L - R`` always attended. ``impl="dense"`` or ``topk == num_blocks``: dense SDPA over L keys
+    (padding keys are masked, not skipped: they run). ``"fast"``: L queries x (``topk * block_size +
+    L - R``) keys, plus the gate: valid-key block means (``R * Dh``), the mean query (``L * Dh``) and
+    ``2 * num_blocks * Dh`` for the scores, per (batch, head). ``"reference"``: the gate + L x L.
+    """
+    if impl == "dense":
+        att = dense_attention_flops(batch, heads, seq_len, head_dim, backward=backward)
+        return {"gate": 0, "attention": att, "total": att}
+    if history % block_size or not history:
+        raise ValueError(f"block_size {block_size} must divide the {history} history tokens")
+    nb = history // block_size
+    k = topk_for(sparsity, nb)
+    if k == nb:
+        att = dense_attention_flops(batch, heads, seq_len, head_dim, backward=backward)
+        return {"gate": 0, "attention": att, "total": att}
+    if impl not in ("fast", "reference"):
+        raise ValueError(f"impl must be 'reference', 'fast' or 'dense', got {impl!r}")
+    gate = batch * heads * ((history + seq_len) * head_dim + matmul_flops(1, nb, head_dim))
+    lk = seq_len if impl == "reference" else k * block_size + seq_len - history
+    att = _core(batch, heads, seq_len, lk, head_dim, backward)
+    return {"gate": gate, "attention": att, "total": gate + att}
+
+
 # ------------------------------------------------------------------------------------ whole models
 FlopsFn = Callable[[int, bool], int]  # (batch_size, backward) -> FLOPs
 
@@ -174,14 +212,21 @@ def interaction_flops(arch: nn.Module, batch_size: int, backward: bool = True) -
     """FLOPs of one fwd(+bwd) of an interaction arch (``arch(dense_features=Tensor[B, D],
     sparse_features=Tensor[B, F, D])``, with ``embedding_dim``, ``num_sparse_features`` and
     ``analytic_flops_modules()``, e.g. ``StoreInteractionArch``) on ``batch_size`` samples
-    (:func:`count_flops` on random inputs)."""
+    (:func:`count_flops` on random inputs; with ``history_items`` also random history tokens)."""
     ref = next(iter(arch.parameters()))
     D, F = int(arch.embedding_dim), int(arch.num_sparse_features)
+
+    n_hist, t_hist = int(getattr(arch, "history_items", 0)), int(getattr(arch, "history_item_tokens", 1))
 
     def step(b: int) -> torch.Tensor:
         dense = torch.randn(b, D, device=ref.device, dtype=ref.dtype, requires_grad=backward)
         sparse = torch.randn(b, F, D, device=ref.device, dtype=ref.dtype, requires_grad=backward)
-        return arch(dense_features=dense, sparse_features=sparse)
+        if not n_hist:
+            return arch(dense_features=dense, sparse_features=sparse)
+        # behaviour sequences: random history tokens, every item valid
+        hist = torch.randn(b, n_hist * t_hist, D, device=ref.device, dtype=ref.dtype, requires_grad=backward)
+        valid = torch.ones(b, n_hist, dtype=torch.bool, device=ref.device)
+        return arch(dense_features=dense, sparse_features=sparse, history=hist, history_valid=valid)
 
     return count_flops(arch, step, arch.analytic_flops_modules(), batch_size, backward)
 

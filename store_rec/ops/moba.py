@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from store_rec.ops.flops import (
+    history_attention_flops,
     moba_attention_flops,
     num_blocks,
     projection_flops,
@@ -65,7 +66,8 @@ logger = logging.getLogger(__name__)
 
 _ONEHOT_MAX_BLOCKS = 32  # query_block backward: one-hot bmm up to this many key blocks, else index_add_
 
-__all__ = ["BlockSparseAttention", "moba_attention", "route", "selection_mask", "topk_for", "num_blocks"]
+__all__ = ["BlockSparseAttention", "moba_attention", "history_attention", "route", "selection_mask", "topk_for",
+           "num_blocks"]
 
 
 def _block_means(x: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -309,15 +311,148 @@ def _moba_attention(
     return run(q, k, v, sel, block_size=block_size, routing=routing, dropout_p=dropout_p, scale=scale, training=training)
 
 
+# ------------------------------------------------------------------ history tokens (issue 13)
+@torch.no_grad()
+def route_history(
+    k: torch.Tensor,
+    key_valid: torch.Tensor,
+    gq: torch.Tensor,
+    *,
+    block_size: int,
+    topk: int,
+) -> torch.Tensor:
+    """Instance routing over the history blocks: ``LongTensor[B, H, topk]`` (sorted ascending).
+
+    ``k: Tensor[B, H, R, Dh]`` (the R routed history keys, ``R % block_size == 0``), ``key_valid:
+    BoolTensor[B, R]``, ``gq: Tensor[B, H, Dh]`` the gating query. Score of block j =
+    ``gq . mean(valid keys of j)`` (fp32); a block without a valid key scores ``-inf``, so padding is
+    never preferred over a real block (it is chosen only when a row has fewer than ``topk`` real
+    blocks, and then its keys stay masked)."""
+    B, H, R, Dh = k.shape
+    nb = R // block_size
+    m = key_valid.view(B, 1, nb, block_size, 1).float()
+    sums = (k.detach().float().view(B, H, nb, block_size, Dh) * m).sum(dim=3)  # [B, H, nb, Dh]
+    counts = m.sum(dim=3)  # [B, 1, nb, 1]
+    kbar = sums / counts.clamp(min=1.0)
+    scores = (kbar @ gq.detach().float().unsqueeze(-1)).squeeze(-1)  # [B, H, nb]
+    scores = scores.masked_fill(counts.squeeze(-1) == 0, float("-inf"))
+    sel = scores.topk(topk, dim=-1, sorted=False).indices
+    return sel.sort(dim=-1).values
+
+
+def _history_mask(key_valid: torch.Tensor, heads: int, num_fixed: int) -> torch.Tensor:
+    """``BoolTensor[B, R] -> BoolTensor[B, 1, 1, R + num_fixed]``: valid history keys, then the always-attended ones."""
+    B = key_valid.shape[0]
+    return torch.cat([key_valid, key_valid.new_ones(B, num_fixed)], dim=1).view(B, 1, 1, -1)
+
+
+def _history_reference(q, k, v, sel, key_valid, *, block_size, dropout_p, scale, training):
+    """Dense scores masked to (selected history blocks AND valid keys) OR the fixed keys: the readable definition."""
+    B, H, L, Dh = q.shape
+    R = key_valid.shape[1]
+    nb = R // block_size
+    scale = Dh ** -0.5 if scale is None else scale
+    chosen = torch.zeros(B, H, nb, dtype=torch.bool, device=q.device).scatter_(-1, sel, True)
+    hist = chosen.repeat_interleave(block_size, dim=-1) & key_valid.unsqueeze(1)  # [B, H, R]
+    allowed = torch.cat([hist, hist.new_ones(B, H, L - R)], dim=-1).unsqueeze(2)  # [B, H, 1, L]
+    scores = (q @ k.transpose(-1, -2)) * scale
+    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+    if dropout_p > 0.0 and training:
+        probs = F.dropout(probs, p=dropout_p)
+    return probs @ v
+
+
+def _history_fast(q, k, v, sel, key_valid, *, block_size, dropout_p, scale, training):
+    """Gather the ``topk`` selected history blocks per (sample, head), append the fixed keys, one SDPA:
+    every query against ``topk * block_size + (L - R)`` keys instead of ``L``."""
+    B, H, L, Dh = q.shape
+    R = key_valid.shape[1]
+    topk = sel.shape[-1]
+    ks = torch.cat([_gather_blocks(k[:, :, :R], sel.unsqueeze(2), block_size, True), k[:, :, R:]], dim=2)
+    vs = torch.cat([_gather_blocks(v[:, :, :R], sel.unsqueeze(2), block_size, True), v[:, :, R:]], dim=2)
+    nb = R // block_size
+    kv_sel = key_valid.view(B, 1, nb, block_size).expand(B, H, nb, block_size).gather(
+        2, sel.unsqueeze(-1).expand(B, H, topk, block_size))  # [B, H, topk, block_size]
+    mask = torch.cat([kv_sel.reshape(B, H, topk * block_size), kv_sel.new_ones(B, H, L - R)], dim=-1).unsqueeze(2)
+    drop = dropout_p if training else 0.0
+    return F.scaled_dot_product_attention(q, ks, vs, attn_mask=mask, dropout_p=drop, scale=scale)
+
+
+def history_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_valid: torch.Tensor,
+    *,
+    block_size: int,
+    sparsity: float = 0.5,
+    impl: str = "fast",
+    gate: Optional[torch.Tensor] = None,
+    dropout_p: float = 0.0,
+    scale: Optional[float] = None,
+    training: bool = True,
+) -> torch.Tensor:
+    """MoBA over a sequence ``[history tokens (R), fixed tokens (L - R)]``: ``q, k, v: Tensor[B, H, L, Dh]``,
+    ``key_valid: BoolTensor[B, R]`` (False = a padding history slot) ``-> Tensor[B, H, L, Dh]``.
+
+    STORE with behaviour sequences (issue 13): the first ``R`` keys are the history tokens, cut into
+    ``R / block_size`` blocks (``R % block_size == 0``; the model aligns a block to whole items); the
+    last ``L - R`` keys (the non-sequential tokens: dense, SID, rotated) are **always attended**: they
+    sit outside the routed part, so ``sparsity`` is the fraction of *history* blocks skipped,
+    ``topk = topk_for(sparsity, R / block_size)``. Routing is per instance and head
+    (:func:`route_history`): gated by ``gate: Tensor[B, H, Dh]`` (e.g. the target item's tokens
+    through the query projection) or by default the mean query over the valid tokens. Padding keys
+    are masked out of every softmax and padding blocks are never preferred over real ones. Every
+    query row keeps at least the fixed keys, so no softmax is empty.
+
+    ``impl``: ``"reference"`` (dense scores + mask: readable, O(L^2)), ``"fast"`` (gather the
+    selected blocks + one SDPA over ``topk * block_size + L - R`` keys), ``"dense"`` (SDPA over every
+    valid key: vanilla attention). ``topk == num_blocks`` runs the dense path.
+    """
+    B, H, L, Dh = q.shape
+    R = key_valid.shape[1]
+    if k.shape != q.shape or v.shape != q.shape or key_valid.shape != (B, R) or not 0 < R < L:
+        raise ValueError(f"history_attention: q, k, v [B, H, L, Dh] equal and key_valid [B, R] with 0 < R < L, got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}, {tuple(key_valid.shape)}")
+    if block_size < 1 or R % block_size:
+        raise ValueError(f"history_attention: block_size {block_size} must divide the {R} history tokens")
+    if impl not in ("reference", "fast", "dense"):
+        raise ValueError(f"impl must be 'reference', 'fast' or 'dense', got {impl!r}")
+    return _history_attention(q, k, v, key_valid, block_size=block_size, sparsity=sparsity, impl=impl, gate=gate,
+                              dropout_p=dropout_p, scale=scale, training=training)
+
+
+def _history_attention(q, k, v, key_valid, *, block_size, sparsity, impl, gate, dropout_p, scale, training):
+    """:func:`history_attention` without checks (what :class:`BlockSparseAttention` calls)."""
+    B, H, L, Dh = q.shape
+    R = key_valid.shape[1]
+    nb = R // block_size
+    drop = dropout_p if training else 0.0
+    if impl == "dense" or topk_for(sparsity, nb) == nb:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=_history_mask(key_valid, H, L - R), dropout_p=drop,
+                                              scale=scale)
+    if gate is None:
+        qv = torch.cat([key_valid, key_valid.new_ones(B, L - R)], dim=1).float().view(B, 1, L, 1)
+        gate = (q.detach().float() * qv).sum(dim=2) / qv.sum(dim=2)
+    sel = route_history(k[:, :, :R], key_valid, gate, block_size=block_size, topk=topk_for(sparsity, nb))
+    run = _history_reference if impl == "reference" else _history_fast
+    return run(q, k, v, sel, key_valid, block_size=block_size, dropout_p=dropout_p, scale=scale, training=training)
+
+
 class BlockSparseAttention(nn.Module):
     """Multi-head self-attention with MoBA block-sparse routing (or dense SDPA with ``dense=True``).
 
-    ``forward(x: Tensor[B, L, D], gate: Optional[Tensor[B, D]] = None) -> Tensor[B, L, D]``.
+    ``forward(x: Tensor[B, L, D], gate: Optional[Tensor[B, D]] = None, key_valid: Optional[BoolTensor[B, R]] = None)
+    -> Tensor[B, L, D]``.
 
     q/k/v come from one packed ``in_proj`` (``[3D, D]``, q|k|v rows, like ``nn.MultiheadAttention``),
     the output from ``out_proj``. ``gate`` (``instance`` routing only) is a per-sample gating vector in
     the input space, e.g. the target item's embedding; it goes through the query projection and gates
     every head. ``dense=True`` or ``sparsity=0`` is plain SDPA behind the same interface.
+
+    ``key_valid`` (behaviour sequences): the first ``R`` tokens of ``x`` are history tokens
+    (False = padding); MoBA then routes over history blocks only and always attends the last ``L - R``
+    tokens (:func:`history_attention`, ``instance`` routing); dense mode masks the padding keys.
     """
 
     def __init__(
@@ -366,8 +501,10 @@ class BlockSparseAttention(nn.Module):
             f"sparsity={self.sparsity}, routing={self.routing!r}, impl={self.impl!r}"
         )
 
-    def forward(self, x: torch.Tensor, gate: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``x: Tensor[B, L, D]``, ``gate: Tensor[B, D]`` (optional) ``-> Tensor[B, L, D]``."""
+    def forward(self, x: torch.Tensor, gate: Optional[torch.Tensor] = None,
+                key_valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``x: Tensor[B, L, D]``, ``gate: Tensor[B, D]`` (optional), ``key_valid: BoolTensor[B, R]``
+        (optional: the first R tokens are history tokens) ``-> Tensor[B, L, D]``."""
         B, L, D = x.shape
         H, Dh = self.num_heads, self.head_dim
         qkv = self.in_proj(x).view(B, L, 3, H, Dh).permute(2, 0, 3, 1, 4)  # [3, B, H, L, Dh]
@@ -381,6 +518,13 @@ class BlockSparseAttention(nn.Module):
             w = self.in_proj.weight[:D]
             b = None if self.in_proj.bias is None else self.in_proj.bias[:D]
             g = F.linear(gate, w, b).view(B, H, Dh)
+        if key_valid is not None:
+            if not self.dense and self.routing != "instance":
+                raise ValueError(f"history tokens need routing='instance', got routing={self.routing!r}")
+            out = _history_attention(q, k, v, key_valid, block_size=self.block_size, sparsity=self.sparsity,
+                                     impl="dense" if self.dense else self.impl, gate=g, dropout_p=self.dropout,
+                                     scale=None, training=self.training)
+            return self.out_proj(out.transpose(1, 2).reshape(B, L, D))
         out = _moba_attention(
             q,
             k,
@@ -397,8 +541,13 @@ class BlockSparseAttention(nn.Module):
         )
         return self.out_proj(out.transpose(1, 2).reshape(B, L, D))
 
-    def attention_flops(self, batch_size: int, seq_len: int, backward: bool = True) -> int:
-        """FLOPs of the attention core alone (gate + selected-block attention), analytic."""
+    def attention_flops(self, batch_size: int, seq_len: int, backward: bool = True, history: int = 0) -> int:
+        """FLOPs of the attention core alone (gate + selected-block attention), analytic; ``history``:
+        the first ``history`` tokens are routed history tokens (:func:`history_attention`)."""
+        if history and not self.dense:
+            return history_attention_flops(batch_size, self.num_heads, seq_len, self.head_dim, history=history,
+                                           block_size=self.block_size, sparsity=self.sparsity,
+                                           impl="dense" if self.dense else self.impl, backward=backward)["total"]
         return moba_attention_flops(
             batch_size,
             self.num_heads,
@@ -411,10 +560,10 @@ class BlockSparseAttention(nn.Module):
             backward=backward,
         )["total"]
 
-    def flops(self, batch_size: int, seq_len: int, backward: bool = True) -> int:
+    def flops(self, batch_size: int, seq_len: int, backward: bool = True, history: int = 0) -> int:
         """FLOPs of what runs: projections + gate + attention core (``store_rec.ops.flops``)."""
         proj = projection_flops(batch_size, seq_len, self.embed_dim, backward=backward)
-        return proj + self.attention_flops(batch_size, seq_len, backward=backward)
+        return proj + self.attention_flops(batch_size, seq_len, backward=backward, history=history)
 
     def tflops_per_batch(self, seq_len: int, batch: int = 1024, backward: bool = True) -> float:
         """TFLOPs of one training step (fwd+bwd by default) on a batch of ``batch`` samples."""
