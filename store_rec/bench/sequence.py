@@ -91,7 +91,7 @@ def _model_cfg(args: argparse.Namespace, n: int, kind: str, sparsity: float, blo
 def _tokens(model) -> int:  # noqa: ANN001
     """The interaction's sequence length (history tokens included)."""
     inter = model.model.inter_arch
-    return int(getattr(inter, "total_len", None) or getattr(inter, "seq_len"))
+    return int(inter.num_history_tokens + inter.seq_len)
 
 
 def activation_bytes(train, batch) -> int:  # noqa: ANN001

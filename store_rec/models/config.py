@@ -125,6 +125,8 @@ class HistoryConfig:
     embeddings are added to every token of their item. ``position``: add a learned
     position-from-newest embedding (0 = newest). ``column``: the history item list key (default: the
     dataset's history column whose ``history_of`` is the item feature).
+    ``din`` reads the same tokens; the DLRM family (``dlrm``, ``dlrm_dcn``, ...) mean-pools the same
+    keys in its EBC instead (``store_rec.models.tables``).
     """
 
     enabled: bool = False
@@ -180,34 +182,6 @@ class RankMixerConfig:
 
 
 @dataclass
-class HistoryConfig:
-    """``model.history``: the user's behaviour sequence as tokens (``store_rec.models.history``).
-
-    ``enabled``: off by default (no history key is read). ``max_len`` (N): history items kept per
-    row, the most recent ones; rows are LEFT-padded to N so the newest item is last. ``item_tokens``:
-    ``sid`` -> the K ``{column}_sid_k`` keys, K tokens per item; ``id`` -> the raw ``column`` key, one
-    token per item. ``side``: aligned history side keys (e.g. ``hist_genre``, ``hist_gap``) whose
-    embeddings are added to every token of their item. ``position``: add a learned
-    position-from-newest embedding (0 = newest). ``column``: the history item list key (default: the
-    dataset's history column whose ``history_of`` is the item feature).
-    The DLRM family (``dlrm``, ``dlrm_dcn``, ...) mean-pools the same keys in its EBC instead
-    (``store_rec.models.tables``).
-    """
-
-    enabled: bool = False
-    max_len: int = 64
-    item_tokens: Literal["sid", "id"] = "sid"
-    side: List[str] = field(default_factory=list)
-    position: bool = True
-    column: Optional[str] = None
-
-    def __post_init__(self) -> None:
-        check(self.max_len >= 1, "max_len", f"must be >= 1, got {self.max_len}")
-        check(len(set(self.side)) == len(self.side), "side", f"names a key twice: {self.side}")
-        check(self.column is None or self.column not in self.side, "side", f"must not contain the item column {self.column!r}")
-
-
-@dataclass
 class DINConfig:
     """``model.din``: DIN's activation unit, ``MLP([h, q, h - q, h * q]) -> score`` (hidden sizes)."""
 
@@ -236,7 +210,6 @@ class ModelConfig:
     dcn: DCNConfig = field(default_factory=DCNConfig)
     deepfm: DeepFMConfig = field(default_factory=DeepFMConfig)
     rankmixer: RankMixerConfig = field(default_factory=RankMixerConfig)
-    history: HistoryConfig = field(default_factory=HistoryConfig)
     din: DINConfig = field(default_factory=DINConfig)
 
     def __post_init__(self) -> None:

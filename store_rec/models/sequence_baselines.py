@@ -162,7 +162,8 @@ class SequenceBaseline(RankingModel):
         the cost of a user with a full history; the lookups are not counted."""
         m = self.model
         B = sparse.shape[0]
-        tokens = torch.randn(B, m.history_len * m.tokens_per_item, m.embedding_dim, device=sparse.device, dtype=sparse.dtype)
+        tokens = torch.randn(B, m.history_len * m.tokens_per_item, m.embedding_dim, device=sparse.device, dtype=sparse.dtype,
+                             requires_grad=sparse.requires_grad)
         valid = torch.ones(B, m.history_len, dtype=torch.bool, device=sparse.device)
         return m.interact(dense, sparse, tokens, valid)
 
@@ -194,13 +195,10 @@ def target_features(schema, cfg: ModelConfig, ebc_features: Sequence[str]) -> Li
 
 def build_din(cfg: ModelConfig, schema, ebc: EmbeddingBagCollection, dense_in: int, const_dense: bool,  # noqa: ANN001
               history_encoder: nn.Module, dense_device: Optional[torch.device] = None) -> SequenceBaseline:
-    """``din`` over ``ebc`` (the ``dlrm`` tables) and ``history_encoder`` (``model.history``)."""
-    from store_rec.models.tables import history_keys
-
+    """``din`` over ``ebc`` (the ``dlrm`` tables) and ``history_encoder`` (a ``HistoryEncoder`` of
+    ``model.history``: ``tokens_per_item`` T and ``max_len`` N)."""
     names = [n for c in ebc.embedding_bag_configs() for n in c.feature_names]
-    items, _ = history_keys(schema, cfg)
-    T = len(items) if cfg.history.item_tokens == "sid" else 1
     model = DLRM_DIN(ebc, history_encoder, dense_in, [*cfg.dense_arch, cfg.embedding_dim], [*cfg.over_arch, 1],
-                     target_features=target_features(schema, cfg, names), tokens_per_item=T,
-                     history_len=cfg.history.max_len, attention_hidden=cfg.din.attention_hidden, dense_device=dense_device)
+                     target_features=target_features(schema, cfg, names), tokens_per_item=history_encoder.tokens_per_item,
+                     history_len=history_encoder.max_len, attention_hidden=cfg.din.attention_hidden, dense_device=dense_device)
     return SequenceBaseline(model, dense_in if not const_dense else 0, const_dense, "din")

@@ -17,8 +17,8 @@ comparison sees the same inputs:
 * ``static`` features -> grouped by ``schema.groups`` for the rotation (or plain tokens when
   rotation is off, and for the baselines).
 * ``history`` features (``model.history.enabled``) -> for the DLRM family (every baseline but
-  ``din``) one **mean-pooled** bag per selected history key (:func:`history_keys`: the item list as
-  its K ``{H}_sid_k`` keys or the raw ``H``, plus ``model.history.side``), the classic "DLRM with the
+  ``din``) one **mean-pooled** bag per selected history key (``store_rec.models.history.history_keys``:
+  the item list as its K ``{H}_sid_k`` keys or the raw ``H``, plus ``model.history.side``), the classic "DLRM with the
   history pooled by the EBC" baseline; STORE and DIN read the same keys unpooled through their
   ``HistoryEncoder`` (an ``EmbeddingCollection``), not the EBC.
 """
@@ -26,11 +26,11 @@ comparison sees the same inputs:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Tuple
+from typing import Dict, List
 
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 
-from store_rec.data.schema import HISTORY, ID, SID, STATIC, DatasetSchema
+from store_rec.data.schema import ID, SID, STATIC, DatasetSchema
 from store_rec.errors import UserError
 from store_rec.models.config import ModelConfig
 
@@ -56,44 +56,6 @@ class ModelFeatures:
 
 #: models that read the history unpooled (``HistoryEncoder`` tokens) instead of EBC bags
 SEQUENCE_MODELS = ("store", "din")
-
-
-def history_keys(schema: DatasetSchema, cfg: ModelConfig) -> Tuple[List[str], List[str]]:
-    """``(item_keys, side_keys)``: the KJT keys of the history that ``model.history`` selects.
-
-    ``item_keys``: with ``item_tokens: sid`` the K keys ``{H}_sid_0 .. {H}_sid_{K-1}`` the loader
-    appends when a SID table is attached, with ``id`` the raw item list ``H``; ``H`` is
-    ``model.history.column``, by default the history feature whose ``history_of`` is the dataset's
-    item feature (``schema.params["history"]["item_feature"]``). ``side_keys``: ``model.history.side`` as given (each must be a history key).
-    ``UserError`` naming the key when the data lacks any of them.
-    """
-    hist = {f.name: f for f in schema.features_with_role(HISTORY)}
-    if not hist:
-        raise UserError(f"model.history.enabled: dataset {schema.dataset!r} has no history features (prepare it "
-                        "with a history length, or set data.history_len to a value > 0)")
-    if cfg.history.column is not None:
-        if cfg.history.column not in hist:
-            raise UserError(f"model.history.column: {cfg.history.column!r} is not a history feature of dataset "
-                            f"{schema.dataset!r} (history features: {', '.join(hist)})")
-        h = cfg.history.column
-    else:
-        item = (schema.params.get("history") or {}).get("item_feature") or cfg.item_feature
-        lists = [n for n, f in hist.items() if f.history_of == item and f.history_of is not None]
-        if not lists:
-            raise UserError(f"model.history: dataset {schema.dataset!r} has no history list of item feature {item!r}")
-        h = lists[0]
-    if cfg.history.item_tokens == "sid":
-        items = [n for n, f in hist.items() if n.startswith(f"{h}_sid_")]
-        if not items:
-            raise UserError(f"model.history.item_tokens: 'sid' needs the {h}_sid_k keys: attach a SID table "
-                            "(data.sid_table) or set model.history.item_tokens=id")
-    else:
-        items = [h]
-    missing = [s for s in cfg.history.side if s not in hist]
-    if missing:
-        raise UserError(f"model.history.side: {missing} are not history features of dataset {schema.dataset!r} "
-                        f"(history features: {', '.join(hist)})")
-    return items, list(cfg.history.side)
 
 
 def model_features(schema: DatasetSchema, cfg: ModelConfig) -> ModelFeatures:
@@ -125,8 +87,10 @@ def model_features(schema: DatasetSchema, cfg: ModelConfig) -> ModelFeatures:
     online = [cfg.item_feature] if cfg.tokenizer != "none" and cfg.sid_source == "online" else []
     bags: List[str] = []
     if cfg.history.enabled and cfg.name not in SEQUENCE_MODELS:
-        items, side = history_keys(schema, cfg)
-        bags = [*items, *side]
+        from store_rec.models.history import history_keys  # the encoder's key selection, shared
+
+        keys = history_keys(schema, cfg)
+        bags = [*keys["item"], *keys["side"]]
     return ModelFeatures(tokens=tokens, static_groups=groups, online=online, history_bags=bags)
 
 
