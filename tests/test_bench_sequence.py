@@ -30,6 +30,6 @@ def test_bench_sequence_tiny(tmp_path):
     for r in p["records"]:
         for k in ("gflops_per_batch", "flops_ratio", "step_s", "samples_per_s", "speedup", "activation_mb"):
             assert math.isfinite(r[k]) and r[k] > 0, (k, r)
-    moba = {r["sparsity"]: r for r in p["records"] if r["point"] == "sweep" and r["model"] == "store_moba"}
-    assert set(moba) == {0.5, 0.75}
+    moba = {r["sparsity"]: r for r in p["records"] if r["history_len"] == 8 and r["model"] == "store_moba"}
+    assert set(moba) == {0.5, 0.75} and moba[0.5]["point"] == "per_n" and moba[0.75]["point"] == "sweep"
     assert 1.0 < moba[0.5]["flops_ratio"] < moba[0.75]["flops_ratio"]  # fewer blocks, fewer FLOPs

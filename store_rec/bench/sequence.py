@@ -24,7 +24,8 @@ Measured per (N, model), both models in this one process on the same batches:
   step holds at its peak, deterministic, unlike the process RSS (recorded once in ``config``).
 
 At the longest N a **sparsity sweep** (``--sweep``, default 0.25, 0.5, 0.75; the paper's Fig. 2 on
-real sequences) repeats the MoBA side against the same vanilla model. The JSON ``summary`` holds
+real sequences) times MoBA at every sparsity against the same vanilla model, all in the same
+interleaved rounds (records with ``point: sweep``; the ``--sparsity`` one is the ``per_n`` record). The JSON ``summary`` holds
 ``tokens``, ``tflops_ratio`` (vanilla / MoBA) and ``speedup`` (vanilla step time / MoBA step time,
 same process) at the longest N and ``--sparsity``.
 
@@ -46,21 +47,21 @@ from typing import Any, Dict, List
 
 from store_rec.bench.common import BenchResult
 
-FULL_LENGTHS = (16, 32, 64, 128)
+FULL_LENGTHS = (16, 64, 128)
 TINY_LENGTHS = (4, 8)
 SWEEP = (0.25, 0.5, 0.75)
 
-COLUMNS = ("history_len", "tokens", "model", "sparsity", "gflops_per_batch", "flops_ratio", "step_s", "samples_per_s",
+COLUMNS = ("history_len", "point", "tokens", "model", "sparsity", "gflops_per_batch", "flops_ratio", "step_s", "samples_per_s",
            "speedup", "activation_mb", "batch_size", "repeats")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiny", action="store_true", help="CI mode: tiny data, N in {4, 8} (same as --quick)")
-    parser.add_argument("--lengths", default=None, help="comma-separated history lengths N (default 16,32,64,128)")
+    parser.add_argument("--lengths", default=None, help="comma-separated history lengths N (default 16,64,128)")
     parser.add_argument("--sweep", default=None, help="MoBA sparsities measured at the longest N (default 0.25,0.5,0.75)")
     parser.add_argument("--sparsity", type=float, default=0.5, help="MoBA sparsity of the per-N comparison (default 0.5)")
-    parser.add_argument("--batch-size", type=int, default=None, help="batch of a timed step (default 256; tiny 16)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed steps per model and point (default 5; tiny 2)")
+    parser.add_argument("--batch-size", type=int, default=None, help="batch of a timed step (default 128; tiny 16)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per model and point (default 3; tiny 2)")
     parser.add_argument("--num-sids", type=int, default=3, help="SID tokens per item K (default 3)")
     parser.add_argument("--items-per-block", type=int, default=8, help="history items per MoBA block (default 8)")
     parser.add_argument("--embedding-dim", type=int, default=32)
@@ -152,7 +153,8 @@ def plot(records: List[Dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     per_n = [r for r in records if r.get("point") == "per_n"]
-    sweep = [r for r in records if r.get("point") == "sweep"]
+    longest = max(r["history_len"] for r in records)
+    sweep = [r for r in records if r["history_len"] == longest and r["model"] == "store_moba"]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for model in ("store_vanilla", "store_moba"):
         rs = sorted((r for r in per_n if r["model"] == model), key=lambda r: r["tokens"])
@@ -204,8 +206,8 @@ def run(args: argparse.Namespace) -> BenchResult:
         raise UserError("--items-per-block and --num-sids must be >= 1")
     if args.embedding_dim % args.heads:
         raise UserError(f"--embedding-dim ({args.embedding_dim}) must be divisible by --heads ({args.heads})")
-    batch = args.batch_size or (16 if tiny else 256)
-    repeats = args.repeats or (2 if tiny else 5)
+    batch = args.batch_size or (16 if tiny else 128)
+    repeats = args.repeats or (2 if tiny else 3)
     torch.set_num_threads(args.threads)
     K, C = args.num_sids, 16
     rows, items, users = (1_500, 100, 40) if tiny else (20_000, 2_000, 400)
@@ -220,7 +222,8 @@ def run(args: argparse.Namespace) -> BenchResult:
         write_sid_table(sids, np.arange(1, n_items + 1), rng.integers(0, C, (n_items, K)), method="opmq",
                         codebook_size=C, item_feature="item_id")
 
-        def compare(n: int, sparsities: List[float], point: str) -> None:
+        def compare(n: int, sparsities: List[float]) -> None:
+            """MoBA at each of ``sparsities`` and vanilla at history length ``n``, steps interleaved."""
             loader = ParquetBatchLoader(tmp / "data", "train", batch, sid_table=sids, history_len=n, drop_last=True)
             batches = [b for _, b in zip(range(3), loader)]
             if not batches:
@@ -228,36 +231,34 @@ def run(args: argparse.Namespace) -> BenchResult:
             bs = args.items_per_block * K
             torch.manual_seed(args.seed)
             vanilla = build_model(_model_cfg(args, n, "vanilla", 0.5, bs), loader.schema)
-            mobas = {}
+            models = {}
             for s in sparsities:
                 m = build_model(_model_cfg(args, n, "moba", s, bs), loader.schema)
                 m.load_state_dict(vanilla.state_dict())
-                mobas[s] = m
+                models[f"moba_{s:g}"] = m
+            models["vanilla"] = vanilla
+            t = _interleaved({k: _Stepper(m) for k, m in models.items()}, batches, repeats)
+            med = {k: statistics.median(v) for k, v in t.items()}
             v_flops = model_flops(vanilla, 1024)
-            v_act = activation_bytes(RankingTrain(vanilla), batches[0])
-            for s, m in mobas.items():
-                steppers = {"store_moba": _Stepper(m), "store_vanilla": _Stepper(vanilla)}
-                t = _interleaved(steppers, batches, repeats)
+            common = {"history_len": n, "batch_size": batch, "repeats": repeats, "block_size": bs}
+            records.append({**common, "point": "per_n", "model": "store_vanilla", "tokens": _tokens(vanilla),
+                            "sparsity": 0.0, "gflops_per_batch": v_flops / 1e9, "flops_ratio": 1.0,
+                            "step_s": med["vanilla"], "samples_per_s": batch / med["vanilla"], "speedup": 1.0,
+                            "activation_mb": activation_bytes(RankingTrain(vanilla), batches[0]) / 2**20,
+                            "step_min_s": min(t["vanilla"])})
+            for s in sparsities:
+                k, m = f"moba_{s:g}", models[f"moba_{s:g}"]
                 m_flops = model_flops(m, 1024)
-                med = {k: statistics.median(v) for k, v in t.items()}
-                common = {"point": point, "history_len": n, "tokens": _tokens(m), "batch_size": batch,
-                          "repeats": repeats, "block_size": bs}
-                if point == "per_n" or s == sparsities[0]:
-                    records.append({**common, "model": "store_vanilla", "sparsity": 0.0, "gflops_per_batch": v_flops / 1e9,
-                                    "flops_ratio": 1.0, "step_s": med["store_vanilla"],
-                                    "samples_per_s": batch / med["store_vanilla"], "speedup": 1.0,
-                                    "activation_mb": v_act / 2**20, "step_min_s": min(t["store_vanilla"])})
-                records.append({**common, "model": "store_moba", "sparsity": s, "gflops_per_batch": m_flops / 1e9,
-                                "flops_ratio": v_flops / m_flops, "step_s": med["store_moba"],
-                                "samples_per_s": batch / med["store_moba"],
-                                "speedup": med["store_vanilla"] / med["store_moba"],
-                                "vanilla_step_s": med["store_vanilla"],
+                records.append({**common, "point": "per_n" if s == args.sparsity else "sweep", "model": "store_moba",
+                                "tokens": _tokens(m), "sparsity": s, "gflops_per_batch": m_flops / 1e9,
+                                "flops_ratio": v_flops / m_flops, "step_s": med[k], "samples_per_s": batch / med[k],
+                                "speedup": med["vanilla"] / med[k], "vanilla_step_s": med["vanilla"],
                                 "activation_mb": activation_bytes(RankingTrain(m), batches[0]) / 2**20,
-                                "step_min_s": min(t["store_moba"])})
+                                "step_min_s": min(t[k])})
 
         for n in lengths:
-            compare(n, [args.sparsity], "per_n")
-        compare(max(lengths), sweep, "sweep")
+            # the sparsity sweep runs at the longest N, in the same interleaved rounds as the main comparison
+            compare(n, sorted({args.sparsity, *sweep}) if n == max(lengths) else [args.sparsity])
     longest = [r for r in records if r["point"] == "per_n" and r["history_len"] == max(lengths) and r["model"] == "store_moba"][0]
     summary = {"tokens": longest["tokens"], "tflops_ratio": longest["flops_ratio"], "speedup": longest["speedup"],
                "history_len": longest["history_len"], "sparsity": longest["sparsity"]}
