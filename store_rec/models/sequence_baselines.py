@@ -161,10 +161,9 @@ class SequenceBaseline(RankingModel):
         """For FLOPs counting: random history tokens of the full length N (every item valid), i.e.
         the cost of a user with a full history; the lookups are not counted."""
         m = self.model
-        B = sparse.shape[0]
-        tokens = torch.randn(B, m.history_len * m.tokens_per_item, m.embedding_dim, device=sparse.device, dtype=sparse.dtype,
-                             requires_grad=sparse.requires_grad)
-        valid = torch.ones(B, m.history_len, dtype=torch.bool, device=sparse.device)
+        B, N, T, D = int(sparse.shape[0]), int(m.history_len), int(m.tokens_per_item), int(m.embedding_dim)
+        tokens = torch.randn(B, N * T, D, device=sparse.device, dtype=sparse.dtype, requires_grad=sparse.requires_grad)
+        valid = torch.ones(B, N, dtype=torch.bool, device=sparse.device)
         return m.interact(dense, sparse, tokens, valid)
 
     def dense_children(self) -> Dict[str, nn.Module]:
