@@ -189,6 +189,34 @@ def test_movielens_history_no_leakage_and_alignment(ml_hist):
     assert set(h["mean_len"]) == set(SPLITS) and h["mean_len"]["test"] == 8.0
 
 
+def test_movielens_ratings_dat_timestamps_ties_and_explicit_negatives(shared_datasets, tmp_path):
+    root = tmp_path / "ml"
+    root.mkdir()
+    for n in ("users.dat", "movies.dat"):
+        (root / n).write_bytes((shared_datasets / "ml-1m" / "grouplens" / n).read_bytes())
+    # user 1 by time: 1(+)@10 2(-)@20 3(+)@20 4(+)@20 5(+)@100 6(+)@1000 7(+)@1100  (test 7, valid 6)
+    (root / "ratings.dat").write_text("1::7::5::1100\n1::4::4::20\n1::1::5::10\n1::2::1::20\n1::3::5::20\n"
+                                      "1::5::4::100\n1::6::5::1000\n")
+    out = tmp_path / "out"
+    s = prepare("movielens", str(root), out, neg_ratio=0, history_len=3, sanity=False)
+    assert s.params["history"]["time"].startswith("seconds")
+    mv = load_vocab(out, "movie_id")
+    got = {}
+    for sp in SPLITS:
+        t = _table(out, sp)
+        for m, h, g in zip(t["movie_id"], t["hist_movie_id"], t["hist_gap"]):
+            got[mv.decode([m])[0] or sp] = (mv.decode(h), g)
+    b = lambda gap: int(1 + np.floor(np.log2(1 + gap)))  # noqa: E731
+    assert got == {
+        "1": ([], []),
+        "2": (["1"], [b(10)]), "3": (["1"], [b(10)]), "4": (["1"], [b(10)]),  # same second: not each other
+        # the negative 2 is no history; equal times keep the file order (4 before 3)
+        "5": (["1", "4", "3"], [b(90), b(80), b(80)]),
+        "valid": (["4", "3", "5"], [b(980), b(980), b(900)]),    # movie 6 (valid): the newest 3
+        "test": (["3", "5", None], [b(1080), b(1000), b(100)]),  # movie 7: 6 (valid, OOV id) is in it
+    }
+
+
 def test_movielens_user_holdout_test_interactions_in_no_history(shared_datasets, tmp_path):
     out = tmp_path / "ml"
     prepare("movielens", str(shared_datasets / "ml-1m"), out, max_users=30, history_len=5, split="user_holdout",
@@ -265,6 +293,25 @@ def test_interaction_log_expected_lists_time_split(tmp_path):
                                                            ("hist_gap", None)]
 
 
+def test_interaction_log_without_time_uses_log_order(tmp_path, capsys):
+    (tmp_path / "log.csv").write_text("user,item\na,i1\na,i2\nb,i1\na,i3\na,i4\na,i5\n")
+    (tmp_path / "s.yaml").write_text("kind: interactions\ncolumns:\n  user: {role: user_key}\n"
+                                     "  item: {role: id, item_key: true}\n"
+                                     "interactions: {negatives: {strategy: none}, history_len: 2}\n")
+    out = tmp_path / "o"
+    s = prepare("table", str(tmp_path / "log.csv"), out, schema=str(tmp_path / "s.yaml"), sanity=False)
+    assert "log order" in s.params["history"]["time"]
+    iv = load_vocab(out, "item")
+    t = _table(out, "train")  # leave_last_out: a's i4 valid, i5 test; b train only
+    got = sorted((iv.decode([i])[0], iv.decode(h), g) for i, h, g in zip(t["item"], t["hist_item"], t["hist_gap"]))
+    # gap = rows back in the log: a's i3 is 2 rows after i2 (b's row between), 3 after i1
+    assert got == [("i1", [], []), ("i1", [], []), ("i2", ["i1"], [2]), ("i3", ["i1", "i2"], [3, 2])]
+    from store_rec.cli import main
+
+    assert main(["data", "info", str(out)]) == 0
+    assert "history (max_len 2): hist_item[4] <- item, hist_gap[64]" in capsys.readouterr().out
+
+
 def test_bad_history_config_names_the_key(shared_datasets, tmp_path):
     src = str(shared_datasets / "ml-1m")
     with pytest.raises(ConfigError, match="history_len"):
@@ -285,6 +332,10 @@ def test_bad_history_config_names_the_key(shared_datasets, tmp_path):
         (tmp_path / "s.yaml").write_text(text)
         with pytest.raises(ConfigError, match=key):
             prepare("table", str(tmp_path / "log.csv"), tmp_path / "o", schema=str(tmp_path / "s.yaml"))
+    (tmp_path / "s.yaml").write_text("columns:\n  user: {role: id}\n  y: {role: label}\n"
+                                     "interactions: {history_len: 4}\n")
+    with pytest.raises(ConfigError, match="interactions.history_len.*kind: interactions"):
+        prepare("table", str(tmp_path / "log.csv"), tmp_path / "o", schema=str(tmp_path / "s.yaml"))
     from store_rec.config import from_dict
     from store_rec.train.config import DataConfig
 
@@ -373,6 +424,11 @@ def test_loader_history_keys_truncation_and_sids(syn, tmp_path):
     assert not any(k.startswith("hist_") for k in none.keys) and not none.schema.history
     with pytest.raises(UserError, match="history_len"):
         ParquetBatchLoader(out, "valid", 64, history_len=-1)
+    plain = tmp_path / "plain"
+    prepare_synthetic(plain, rows=2000, items=50, users=20, num_clusters=4)
+    with pytest.raises(UserError, match="history_len=4: .* has no history features"):
+        ParquetBatchLoader(plain, "valid", 64, history_len=4)
+    assert ParquetBatchLoader(plain, "valid", 64, history_len=0).keys == ParquetBatchLoader(plain, "valid", 64).keys
     # SID table attached: {H}_sid_k for the item history only, same lookup as the target (OOV -> C)
     ids = np.arange(1, SYN["items"] + 1)
     keep = ids[ids % 5 != 0]  # every 5th item has no SIDs

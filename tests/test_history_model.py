@@ -13,7 +13,7 @@ from _model_utils import tiny_batch, tiny_schema
 from store_rec.config import ConfigError, from_dict
 from store_rec.data.schema import SparseFeature
 from store_rec.errors import UserError
-from store_rec.models import ModelConfig, StoreModel, build_model
+from store_rec.models import ModelConfig, build_model
 from store_rec.models.history import HistoryEncoder, HistoryTokenArch, history_keys
 from store_rec.models.store import StoreInteractionArch
 from store_rec.ops import moba
@@ -28,7 +28,7 @@ def _schema():
     s = tiny_schema()
     for name, v in HIST.items():
         f = SparseFeature(name, "history", v, multi_hot=True, max_len=N)
-        f.history_of = {"hist_item": "item", "hist_gap": None}.get(name, name[len("hist_item_"):])  # type: ignore[attr-defined]
+        f.history_of = {"hist_item": "item", "hist_gap": None}.get(name, name[len("hist_item_"):])
         s.sparse.append(f)
     return s
 
@@ -183,6 +183,28 @@ def test_padding_blocks_are_never_preferred_over_real_ones():
     assert (sel == 4).all()
 
 
+def test_recent_blocks_are_always_selected():
+    B, H, Dh, bs, nb = 2, 2, 4, 2, 6
+    k = torch.randn(B, H, nb * bs, Dh)
+    k[:, :, -bs:] = -100.0  # the newest block loses the gate by far
+    gate = torch.ones(B, H, Dh)
+    kv = torch.ones(B, nb * bs, dtype=torch.bool)
+    assert not (moba.route_history(k, kv, gate, block_size=bs, topk=2) == nb - 1).any()
+    sel = moba.route_history(k, kv, gate, block_size=bs, topk=2, recent=1)
+    assert (sel[..., -1] == nb - 1).all()
+    kv[1] = False  # a cold user: nothing is forced, every block stays -inf (masked)
+    sel = moba.route_history(k, kv, gate, block_size=bs, topk=3, recent=3)
+    assert sel[0].tolist() == [[3, 4, 5]] * H  # recent >= topk: a pure recency window
+    # through the model config
+    schema = _schema()
+    model = build_model(_cfg({"recent_blocks": 1}), schema)
+    assert all(layer.attn.recent_blocks == 1 for layer in model.model.inter_arch.layers)
+    q, kk, v = _qkv(B, H, 4 * 6 + 3, Dh)
+    kv = torch.ones(B, 24, dtype=torch.bool)
+    for impl in ("fast", "reference"):
+        moba.history_attention(q, kk, v, kv, block_size=6, sparsity=0.5, impl=impl, recent_blocks=1).sum().backward()
+
+
 # ----------------------------------------------------------------------------------------- STORE
 def test_store_with_history_tokens_trains_end_to_end():
     schema = _schema()
@@ -193,7 +215,17 @@ def test_store_with_history_tokens_trains_end_to_end():
     assert (inter.history_items, inter.history_item_tokens, inter.history_pad_items, inter.num_history_tokens) == (5, 2, 1, 12)
     assert inter.seq_len == 6 and inter.output_dim == 6 * D  # the output pools the non-sequential tokens only
     assert model.embedding_collection is model.model.history.embedding_collection
+    # the inner DLRM_STORE's own forward (the drop-in path, e.g. under DLRMTrain) runs the history too
+    b0 = _batch(schema, 4)
+    torch.testing.assert_close(model.model(b0.dense_features, b0.sparse_features).squeeze(-1), model(b0).logits)
     assert build_model(_cfg({"enabled": False}), schema).embedding_collection is None
+    from store_rec.models.history import history_tables
+
+    assert [(t.name, t.num_embeddings, t.feature_names) for t in history_tables(schema, _cfg())] == [
+        (c.name, c.num_embeddings, c.feature_names) for c in model.embedding_collection.embedding_configs()]
+    assert history_tables(schema, _cfg({"enabled": False})) == []
+    parts = model.dense_children()  # train.compile's modules: the token arch, not the EC
+    assert parts["history.token_arch"] is model.model.history.token_arch and "history" not in parts
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
     for t in range(30):
@@ -266,10 +298,36 @@ def test_store_history_fast_equals_reference_model():
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=n)
 
 
+@pytest.mark.parametrize("attention", [{"gate": "item"}, {"type": "vanilla"}])
+def test_last_layer_computing_only_the_non_sequential_queries_is_exact(attention):
+    schema = _schema()
+    torch.manual_seed(0)
+    model = build_model(_cfg(attention=attention), schema)
+    inter = model.model.inter_arch
+    assert inter.prune_last
+    batch = _batch(schema, 6)
+    pruned = model(batch).logits
+    inter.prune_last = False
+    torch.testing.assert_close(model(batch).logits, pruned, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("impl", ["fast", "reference", "dense"])
+def test_history_attention_with_the_fixed_queries_only(impl):
+    B, H, L, Dh, R, bs = 3, 2, 30, 8, 24, 6
+    q, k, v = _qkv(B, H, L, Dh, seed=2)
+    kv = torch.ones(B, R, dtype=torch.bool)
+    kv[0, :7] = False
+    full = moba.history_attention(q, k, v, kv, block_size=bs, sparsity=0.5, impl=impl)
+    part = moba.history_attention(q[:, :, R:], k, v, kv, block_size=bs, sparsity=0.5, impl=impl)
+    torch.testing.assert_close(part, full[:, :, R:])
+
+
 def test_block_size_must_hold_whole_items():
     schema = _schema()
-    with pytest.raises(ValueError, match="attention.block_size"):
+    with pytest.raises(UserError, match="model.attention.block_size"):
         build_model(_cfg(attention={"block_size": 3}), schema)  # 2 tokens per item
+    with pytest.raises(ValueError, match="attention.block_size"):
+        StoreInteractionArch(3, D, attention={"num_heads": 2, "block_size": 3}, history_items=4, history_item_tokens=2)
     build_model(_cfg({"item_tokens": "id"}, attention={"block_size": 3}), schema)  # 1 token per item: any size
 
 
@@ -292,7 +350,9 @@ def test_history_attention_flops_hand_count():
     lk = 2 * bs + (L - R)  # 12 keys per query
     fwd = B * H * (2 * L * lk * Dh) * 2  # QK^T and PV
     assert f["attention"] == fwd + fwd * 5 // 2
-    assert f["gate"] == B * H * ((R + L) * Dh + 2 * 4 * Dh)
+    assert f["gate"] == B * H * (L * Dh + 2 * 4 * Dh)  # block means of R keys + mean of L - R fixed queries + scores
+    last = history_attention_flops(B, H, L, Dh, history=R, block_size=bs, sparsity=0.5, queries=L - R)
+    assert last["attention"] == B * H * (2 * (L - R) * lk * Dh) * 2 * 7 // 2  # only the 4 fixed queries attend
     dense = history_attention_flops(B, H, L, Dh, history=R, block_size=bs, sparsity=0.5, impl="dense")
     assert dense["total"] == B * H * (2 * L * L * Dh) * 2 * 7 // 2 and dense["gate"] == 0
     assert topk_for(0.5, R // bs) == 2
@@ -304,11 +364,14 @@ def test_model_flops_with_history_moba_vs_vanilla():
     van = build_model(_cfg(attention={"type": "vanilla"}), schema, device=torch.device("meta"))
     mi, vi = moba_m.model.inter_arch, van.model.inter_arch
     assert (mi.num_history_tokens, vi.num_history_tokens) == (12, 10)  # vanilla: no block padding
-    B, L, H, Dh = 64, 12 + 6, 2, D // 2
-    # MoBA attention core per layer: 2 layers x (projections + history_attention_flops)
-    proj = 4 * 2 * B * L * D * D * 3
-    core = history_attention_flops(B, H, L, Dh, history=12, block_size=4, sparsity=0.5)["total"]
-    assert analytic_flops(mi, B) == 2 * (proj + core)
+    B, L, L0, H, Dh = 64, 12 + 6, 6, 2, D // 2
+    # layer 1: q/k/v/out projections of L tokens + history MoBA with L queries; layer 2 (the last):
+    # k/v of L tokens, q/out of the L0 non-sequential tokens + L0 queries
+    proj1 = 4 * 2 * B * L * D * D * 3
+    proj2 = (2 * 2 * B * L * D * D + 2 * 2 * B * L0 * D * D) * 3
+    core1 = history_attention_flops(B, H, L, Dh, history=12, block_size=4, sparsity=0.5)["total"]
+    core2 = history_attention_flops(B, H, L, Dh, history=12, block_size=4, sparsity=0.5, queries=L0)["total"]
+    assert analytic_flops(mi, B) == proj1 + core1 + proj2 + core2
     fm = model_flops(moba_m, B)
     assert fm > analytic_flops(mi, B) and model_flops(moba_m, 2 * B) == 2 * fm
     assert interaction_flops(mi, B) > analytic_flops(mi, B)
@@ -322,3 +385,113 @@ def test_interaction_arch_requires_history_when_built_with_it():
     out = arch(dense_features=torch.randn(2, D), sparse_features=torch.randn(2, 3, D), history=torch.randn(2, 8, D),
                history_valid=torch.ones(2, 4, dtype=torch.bool))
     assert out.shape == (2, arch.output_dim)
+
+
+# ----------------------------------------------------------------------------------------- prepared data
+def test_store_with_history_on_prepared_synthetic_data(tmp_path):
+    """The data side's history lists (synthetic, history_len 8) + a SID table through the loader ->
+    the model's HistoryEncoder: history SID tokens + category / gap side keys; trains a few steps."""
+    import numpy as np
+
+    from store_rec.data.loader import ParquetBatchLoader
+    from store_rec.data.sid_table import write_sid_table
+    from store_rec.data.synthetic import prepare_synthetic
+
+    prepare_synthetic(tmp_path / "ds", rows=3000, items=200, users=60, num_clusters=8, num_user_groups=4, seed=5,
+                      history_len=8)
+    ids = np.arange(1, 201)
+    sid = write_sid_table(tmp_path / "sids.parquet", ids, np.stack([ids % 7, ids % 3, ids % 5], 1), method="opmq",
+                          codebook_size=7, item_feature="item_id")
+    ld = ParquetBatchLoader(tmp_path / "ds", "train", 128, sid_table=sid, history_len=6)
+    cfg = from_dict(ModelConfig, {"embedding_dim": D, "item_feature": "item_id", "attention": {
+        "block_size": 6, "gate": "item", "num_heads": 2, "ffn_dim": 16},
+        "history": {"enabled": True, "max_len": 6, "side": ["hist_category", "hist_gap"]}}, "model")
+    torch.manual_seed(0)
+    model = build_model(cfg, ld.schema)
+    enc = model.model.history
+    assert enc.keys == ["hist_item_id_sid_0", "hist_item_id_sid_1", "hist_item_id_sid_2", "hist_category", "hist_gap"]
+    assert model.model.inter_arch.num_history_tokens == 18  # 6 items x 3 SIDs, blocks of 2 items
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    n_valid = 0
+    for batch in ld:
+        h = enc(batch.sparse_features)
+        lens = batch.sparse_features["hist_item_id"].lengths()
+        assert h.valid.sum(1).tolist() == lens.clamp(max=6).tolist()
+        n_valid += int(h.valid.sum())
+        out = model(batch)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, batch.labels.float())
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert n_valid > 0
+
+
+# ----------------------------------------------------------------------------------------- DMP
+def _dmp_worker(steps: int):
+    """One gloo rank: StoreModel with history, built on meta, sharded by DMP (EBC + EC), trained through
+    TrainPipelineSparseDist; returns the losses and what was sharded / pipelined."""
+    import torch.distributed as dist
+    from torch.distributed.optim import _apply_optimizer_in_backward as apply_optimizer_in_backward
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+    from torchrec.optim.keyed import KeyedOptimizerWrapper
+    from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+    from store_rec.models import RankingTrain
+
+    dist.init_process_group("gloo")
+    torch.manual_seed(0)
+    schema = _schema()
+    train = RankingTrain(build_model(_cfg(attention={"gate": "item"}), schema, device=torch.device("meta")))
+    for m in (train.model.embedding_bag_collection, train.model.embedding_collection):
+        apply_optimizer_in_backward(torch.optim.SGD, m.parameters(), {"lr": 0.5})
+    model = DistributedModelParallel(module=train, device=torch.device("cpu"))
+    opt = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(model.named_parameters())),
+                                lambda ps: torch.optim.Adam(ps, lr=1e-2))
+    pipeline = TrainPipelineSparseDist(model, opt, torch.device("cpu"))
+    it = iter([_batch(schema, 32, seed=i % 3) for i in range(steps)])
+    losses = []
+    while True:
+        try:
+            losses.append(float(pipeline.progress(it).losses["bce"]))
+        except StopIteration:
+            break
+    ec = model.module.model.model.history.embedding_collection
+    out = {"losses": losses, "ec": type(ec).__name__,
+           "pipelined": sorted(type(m).__name__ for m in pipeline._pipelined_modules)}
+    dist.destroy_process_group()
+    return out
+
+
+def test_history_encoder_under_dmp_and_train_pipeline():
+    from store_rec.distributed.local_launch import launch_local
+
+    out = launch_local(_dmp_worker, (24,), nproc=1)[0]
+    assert out["ec"] == "ShardedEmbeddingCollection"
+    assert out["pipelined"] == ["ShardedEmbeddingBagCollection", "ShardedEmbeddingCollection"]  # both input dists overlap
+    losses = out["losses"]
+    assert len(losses) == 24 and sum(losses[-3:]) < 0.9 * sum(losses[:3]), losses
+
+
+# ----------------------------------------------------------------------------------------- the bench script
+def test_bench_history_script_tiny(tmp_path):
+    """scripts/bench_history.py in its CI size: JSON with the op and model comparisons (no timing asserted)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_history", Path(__file__).resolve().parents[1] / "scripts" /
+                                                  "bench_history.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    threads = torch.get_num_threads()
+    try:
+        res = mod.main(["--tiny", "--out", str(tmp_path / "b.json")])
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads((tmp_path / "b.json").read_text()) == res
+    (op,), (m,) = res["op"], res["model"]
+    assert op["tokens"] == 36 and op["flops_ratio_1/2"] > 1 and set(op["ms"]) == {"vanilla", "moba_1/2", "moba_3/4"}
+    assert m["tokens"] == m["history_tokens"] + m["non_sequential_tokens"] and m["history_tokens"] == 24
+    assert m["tflops_ratio"] > 1 and m["speedup"] > 0

@@ -70,6 +70,13 @@ def summary(schema, path: Path, sanity=None) -> str:
     for g, names in schema.groups.items():
         lines.append(f"  static group {g}: " + ", ".join(
             f"{n}[{schema.feature(n).vocab_size:,}]{'*' if schema.feature(n).multi_hot else ''}" for n in names))
+    hist = schema.history
+    if hist:
+        h = schema.params.get("history", {}) if isinstance(schema.params, dict) else {}
+        mean = h.get("mean_len", {}) if isinstance(h, dict) else {}
+        lines.append(f"  history (max_len {hist[0].max_len}): " + ", ".join(
+            f"{f.name}[{f.vocab_size:,}]" + (f" <- {f.history_of}" if f.history_of else "") for f in hist)
+            + ("; mean length " + ", ".join(f"{k} {v:g}" for k, v in mean.items()) if mean else ""))
     if schema.user_key:
         lines.append(f"  user_key: {schema.user_key}")
     if schema.sequences:

@@ -5,7 +5,8 @@ the synthetic generator) and for the rules the loader and the models rely on.
 
 **Rule.** For a row of user ``u`` at time ``t``, the history is the user's most recent ``<= N``
 *history events* with ``time < t`` (strictly: never the row itself, never a later interaction, never
-one at the same instant), ordered **oldest -> newest** (the newest is the last element). A history
+one at the same instant), ordered **oldest -> newest** (the newest is the last element; events with
+equal times in the order of the preparer's log, e.g. file order). A history
 event is a **positive** interaction (label 1, a real log row) **not in the test split**: sampled
 negatives and explicit negatives never enter a history, and test interactions never enter any
 history, so test rows see train + valid history only. A sampled negative copies the history (and
@@ -34,8 +35,9 @@ event; the index kept while writing costs 16 bytes per row plus 8 bytes per even
 (encoded event values), independent of ``N``. The lists themselves (up to ``rows x N`` entries)
 are never built for a whole split: :func:`history_row_group_size` bounds the rows of a parquet row
 group to ``~2**20 / N`` and the writer materialises ``<= 2**22`` list entries per column at a time
-(32 MiB of int64 per column). Measured on MovieLens-1M pairs with ``N = 128``: see
-``params["history"]`` of the prepared dataset and docs/ARCHITECTURE.md.
+(32 MiB of int64 per column). Measured on the MovieLens-1M pairs (5.0 M rows, 2 shared cores):
+``N = 128`` prepares in 72 s with a peak RSS of 1,548 MiB against 15 s / 1,603 MiB without history
+(the lists, ~440 M entries, are never resident; datasets/movielens.md).
 """
 
 from __future__ import annotations
@@ -98,22 +100,32 @@ def gap_buckets(gap: np.ndarray) -> np.ndarray:
     return 1 + np.minimum(np.floor(np.log2(1.0 + g)), GAP_VOCAB - 2).astype(np.int64)
 
 
+def truncation_index(lengths: np.ndarray, n: int) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """Keep the ``n`` newest (last) entries of lists of ``lengths``: ``(new lengths int64[R], new offsets
+    int64[R+1], index into the old values or None when nothing is cut)``. Aligned lists share one index."""
+    lengths = np.asarray(lengths, np.int64)
+    if n < 0:
+        raise ValueError(f"n={n}: must be >= 0")
+    new = np.minimum(lengths, n)
+    noffs = np.zeros(len(new) + 1, np.int64)
+    np.cumsum(new, out=noffs[1:])
+    if len(lengths) == 0 or lengths.max(initial=0) <= n:
+        return lengths, noffs, None
+    ends = np.cumsum(lengths)  # old offsets[1:]
+    idx = np.repeat(ends - new - noffs[:-1], new)
+    idx += np.arange(noffs[-1], dtype=np.int64)
+    return new, noffs, idx
+
+
 def truncate_lists(lengths: np.ndarray, offsets: np.ndarray, values: np.ndarray, n: int
                    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Keep the ``n`` newest (last) entries of every list.
 
     Args: ``lengths int64[R]``, ``offsets int64[R+1]`` (``offsets[-1] == len(values)``), ``values``.
     Returns the truncated ``(lengths, offsets, values)``."""
-    lengths = np.asarray(lengths, np.int64)
-    if n < 0:
-        raise ValueError(f"n={n}: must be >= 0")
-    if len(lengths) == 0 or lengths.max(initial=0) <= n:
-        return lengths, offsets, values
-    new = np.minimum(lengths, n)
-    noffs = np.zeros(len(new) + 1, np.int64)
-    np.cumsum(new, out=noffs[1:])
-    starts = offsets[1:] - new  # the last `new` entries of each list
-    idx = np.repeat(starts - noffs[:-1], new) + np.arange(noffs[-1])
+    new, noffs, idx = truncation_index(lengths, n)
+    if idx is None:
+        return np.asarray(lengths, np.int64), offsets, values
     return new, noffs, values[idx]
 
 

@@ -16,7 +16,8 @@ History (``history`` role, :mod:`store_rec.data.history`): jagged keys like any 
 oldest first. ``history_len``: ``None`` = as prepared; ``n >= 1`` keeps the ``n`` newest (last)
 entries of every history list (all history keys stay aligned; the schema's ``max_len`` becomes
 ``min(max_len, n)``); ``0`` drops every history key (and does not read those columns), so the
-history length can be swept without preparing again.
+history length can be swept without preparing again; ``n >= 1`` on a dataset without history
+features is a ``UserError``.
 A window holds ``window_rows x mean list length`` int64 entries per history key
 (plus ``K`` SID keys per item history): the default window is cut to ``2**22 / max_len`` rows
 when the loaded lists can be ``max_len`` long (32768 rows at ``max_len`` 128).
@@ -66,7 +67,7 @@ import torch
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from store_rec.data.history import check_history_len, truncate_lists
+from store_rec.data.history import check_history_len, truncation_index
 from store_rec.data.schema import HISTORY, SID, DatasetSchema, SchemaError, SparseFeature
 from store_rec.data.sid_table import read_sid_table, read_sid_table_metadata, sid_codebook_size  # noqa: F401  (re-exported)
 from store_rec.errors import DataError, UserError
@@ -231,6 +232,10 @@ class ParquetBatchLoader:
             base = copy.deepcopy(base)
             base.sparse = [f for f in base.sparse if f.name in keep]
         self.history_len = check_history_len(history_len, "history_len", allow_none=True)
+        if self.history_len and not any(f.role == HISTORY for f in full.sparse):
+            raise UserError(f"history_len={self.history_len}: {self.data_dir} has no history features (prepare it "
+                            "with history_len N > 0, e.g. `store-rec data prepare ... --set history_len=128`, or "
+                            "set history_len to null / 0)")
         if self.history_len is not None and any(f.role == HISTORY for f in base.sparse):
             base = copy.deepcopy(base)
             if self.history_len == 0:
@@ -511,8 +516,8 @@ class ParquetBatchLoader:
                 item[sl] = t.column(self._sid_item).to_numpy()
             for m in self._multi:
                 col = t.column(m).combine_chunks() if t.column(m).num_chunks != 1 else t.column(m).chunk(0)
-                lens = pc.list_value_length(col).to_numpy(zero_copy_only=False).astype(np.int64)
-                vals = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.int64)
+                lens = pc.list_value_length(col).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+                vals = pc.list_flatten(col).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
                 multi_parts[m].append((lens, vals))
             pos += take
             i += 1
@@ -528,13 +533,17 @@ class ParquetBatchLoader:
                                     f"range: {item[badi[0]]} not in [0, {v}) (vocab_size in schema.json)")
             single[len(self._single):] = self._sid_lut[:, src]
         multi: Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        cut: Optional[Tuple[np.ndarray, np.ndarray, Optional[np.ndarray], np.ndarray]] = None  # shared by the aligned lists
         for m, parts in multi_parts.items():
             lens = np.concatenate([p[0] for p in parts]) if len(parts) != 1 else parts[0][0]
             vals = np.concatenate([p[1] for p in parts]) if len(parts) != 1 else parts[0][1]
             offs = np.zeros(n + 1, np.int64)
             np.cumsum(lens, out=offs[1:])
             if self.history_len and m in self._history:
-                lens, offs, vals = truncate_lists(lens, offs, vals, self.history_len)
+                if cut is None or not np.array_equal(cut[3], lens):
+                    cut = (*truncation_index(lens, self.history_len), lens)
+                lens, offs = cut[0], cut[1]
+                vals = vals if cut[2] is None else vals[cut[2]]
             multi[m] = (lens, offs, vals)
         if self._history_sids:
             lut = self._sid_lut
@@ -546,12 +555,15 @@ class ParquetBatchLoader:
             perm = np.random.default_rng([self.seed, self.epoch, self.rank, w]).permutation(n)
             single = single[:, perm]
             dense, label, user = dense[perm], label[perm], user[perm]
+            last: Optional[Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = None  # aligned lists share it
             for m, (lens, offs, vals) in multi.items():
-                nl = lens[perm]
-                no = np.zeros(n + 1, np.int64)
-                np.cumsum(nl, out=no[1:])
-                idx = np.repeat(offs[:-1][perm] - no[:-1], nl) + np.arange(no[-1])
-                multi[m] = (nl, no, vals[idx])
+                if last is None or not (last[0] is lens or np.array_equal(last[0], lens)):
+                    nl = lens[perm]
+                    no = np.zeros(n + 1, np.int64)
+                    np.cumsum(nl, out=no[1:])
+                    idx = np.repeat(offs[:-1][perm] - no[:-1], nl) + np.arange(no[-1])
+                    last = (lens, nl, no, idx)
+                multi[m] = (last[1], last[2], vals[last[3]])
         win.single, win.multi, win.dense, win.label, win.user = single, multi, dense, label, user
         return win
 

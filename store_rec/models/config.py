@@ -17,7 +17,8 @@ YAML example (every key optional; defaults shown)::
       attention: {type: moba, sparsity: 0.5, block_size: 4, routing: instance, num_layers: 2,
                   num_heads: 2, ffn_dim: 64, dropout: 0.0, pooling: flatten, gate: query, own_block: false,
                   token_ffn: false, dot_features: false, dense_skip: false}
-      history: {enabled: false, max_len: 64, item_tokens: sid, side: [], position: true, column: null}
+      history: {enabled: false, max_len: 64, item_tokens: sid, side: [], position: true, column: null,
+                recent_blocks: 0}
 
 The paper's ablation variants are switches: ``tokenizer`` {opmq, rqvae, opq, none},
 ``rotation.enabled`` {true, false}, ``attention.type`` {moba, vanilla}.
@@ -124,7 +125,8 @@ class HistoryConfig:
     token per item. ``side``: aligned history side keys (e.g. ``hist_genre``, ``hist_gap``) whose
     embeddings are added to every token of their item. ``position``: add a learned
     position-from-newest embedding (0 = newest). ``column``: the history item list key (default: the
-    dataset's history column whose ``history_of`` is the item feature).
+    dataset's history column whose ``history_of`` is the item feature). ``recent_blocks``: MoBA always
+    selects the newest this many history blocks (they count toward ``topk``; 0 = the gate alone chooses).
     ``din`` reads the same tokens; the DLRM family (``dlrm``, ``dlrm_dcn``, ...) mean-pools the same
     keys in its EBC instead (``store_rec.models.tables``).
     """
@@ -135,9 +137,11 @@ class HistoryConfig:
     side: List[str] = field(default_factory=list)
     position: bool = True
     column: Optional[str] = None
+    recent_blocks: int = 0
 
     def __post_init__(self) -> None:
         check(self.max_len >= 1, "max_len", f"must be >= 1, got {self.max_len}")
+        check(self.recent_blocks >= 0, "recent_blocks", f"must be >= 0, got {self.recent_blocks}")
         check(len(set(self.side)) == len(self.side), "side", f"names a key twice: {self.side}")
         check(self.column is None or self.column not in self.side, "side", f"must not contain the item column {self.column!r}")
 

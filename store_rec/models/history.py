@@ -26,13 +26,14 @@ Pipelining: ``HistoryEncoder.forward`` only calls the (shardable) EC on the batc
 :class:`HistoryTokenArch` child, which holds no sharded module and so is an fx leaf for
 ``TrainPipelineSparseDist``: the EC's input dist is pipelined like the EBC's.
 
-Measured cost (CPU, 1 thread, B = 256, N = 64, T = 3 SID keys + 1 side key, D = 16; see the
-``bench`` note in the report of issue 13): the EC lookup + padding is a few ms per batch, small
-against the attention layers over ~200 tokens.
+Measured cost (CPU, 1 thread, unsharded EC, B = 256, N = 64, T = 3 SID keys + 2 side keys,
+D = 16, lists of 0..127 items, fwd + bwd): 36.5 ms per batch (median of 10), ~3% of a STORE train
+step over those 201 tokens (1.1-1.4 s, ``scripts/bench_history.py``).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence
 
 import torch
@@ -41,7 +42,10 @@ from torchrec.modules.embedding_configs import EmbeddingConfig
 from torchrec.modules.embedding_modules import EmbeddingCollection
 from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor
 
-HISTORY_ROLE = "history"  # store_rec.data.schema.HISTORY (the data side's role constant)
+from store_rec.data.history import history_features
+from store_rec.data.schema import ID
+
+logger = logging.getLogger(__name__)
 
 
 class HistoryTokens(NamedTuple):
@@ -162,10 +166,6 @@ class HistoryEncoder(nn.Module):
 
 
 # ------------------------------------------------------------------------------ from a dataset schema
-def _history_of(f) -> Optional[str]:  # noqa: ANN001
-    return getattr(f, "history_of", None)
-
-
 def history_keys(schema, cfg) -> Dict[str, List[str]]:  # noqa: ANN001
     """``{"item": [T item keys], "side": [side keys]}`` the encoder of ``cfg`` (a ``ModelConfig`` with
     ``history.enabled``) reads from ``schema`` (the loader's schema: SID history keys appended).
@@ -173,7 +173,7 @@ def history_keys(schema, cfg) -> Dict[str, List[str]]:  # noqa: ANN001
     from store_rec.errors import UserError
 
     h = cfg.history
-    hist = [f for f in schema.sparse if f.role == HISTORY_ROLE]
+    hist = history_features(schema)
     names = {f.name for f in hist}
     if not hist:
         raise UserError(f"model.history.enabled: dataset {schema.dataset!r} has no history columns "
@@ -181,8 +181,8 @@ def history_keys(schema, cfg) -> Dict[str, List[str]]:  # noqa: ANN001
     column = h.column
     if column is None:
         item = cfg.item_feature
-        cands = [f.name for f in hist if _history_of(f) is not None and (
-            _history_of(f) == item if item is not None else schema.feature(_history_of(f)).role == "id")]
+        cands = [f.name for f in hist if f.history_of is not None and (
+            f.history_of == item if item is not None else schema.feature(f.history_of).role == ID)]
         if len(cands) != 1:
             raise UserError(f"model.history.column: cannot tell the history item column of dataset {schema.dataset!r} "
                             f"(candidates: {cands or 'none'}; history columns: {sorted(names)}): set it")
@@ -197,8 +197,10 @@ def history_keys(schema, cfg) -> Dict[str, List[str]]:  # noqa: ANN001
         ks = sorted((n for n in names if n.startswith(prefix) and n[len(prefix):].isdigit()),
                     key=lambda n: int(n[len(prefix):]))
         if not ks:
-            raise UserError(f"model.history.item_tokens: 'sid' needs the SID keys {prefix}0.. in the batch (attach a SID "
-                            f"table for the item feature), or set item_tokens: id")
+            online = " (model.sid_source 'online' tokenizes the target inside the model, not the history)" \
+                if cfg.sid_source == "online" else ""
+            raise UserError(f"model.history.item_tokens: 'sid' needs the SID keys {prefix}0.. in the batch (the loader "
+                            f"adds them when a SID table for the item feature is attached){online}; or set item_tokens: id")
         item_keys = ks
     bad = [s for s in h.side if s not in names or s == column or s in item_keys]
     if bad:
@@ -207,11 +209,27 @@ def history_keys(schema, cfg) -> Dict[str, List[str]]:  # noqa: ANN001
     return {"item": item_keys, "side": list(h.side)}
 
 
+def history_tables(schema, cfg) -> List[EmbeddingConfig]:  # noqa: ANN001
+    """The history encoder's ``EmbeddingConfig`` list (``t_<key>``, one per key it reads, item keys
+    first), ``[]`` when ``model.history`` is disabled: what the model's ``EmbeddingCollection`` is
+    built from, for sharding / planning without building the model (as ``embedding_tables`` is for the EBC)."""
+    if not cfg.history.enabled:
+        return []
+    keys = history_keys(schema, cfg)
+    return [EmbeddingConfig(name=f"t_{k}", embedding_dim=int(cfg.embedding_dim), num_embeddings=schema.feature(k).vocab_size,
+                            feature_names=[k]) for k in keys["item"] + keys["side"]]
+
+
 def history_encoder(schema, cfg, device: Optional[torch.device] = None) -> Optional[HistoryEncoder]:  # noqa: ANN001
     """The :class:`HistoryEncoder` of ``cfg.history`` over ``schema``'s history keys, or None when disabled."""
     if not cfg.history.enabled:
         return None
     keys = history_keys(schema, cfg)
     sizes = {k: schema.feature(k).vocab_size for k in keys["item"] + keys["side"]}
+    data_len = schema.feature(keys["item"][0]).max_len
+    if cfg.history.max_len > data_len:
+        logger.warning("model.history.max_len=%d > the batches' longest history (%d, %s): every row has >= %d padding "
+                       "slots (tokens that cost compute and are masked)", cfg.history.max_len, data_len, keys["item"][0],
+                       cfg.history.max_len - data_len)
     return HistoryEncoder(keys["item"], keys["side"], sizes, cfg.embedding_dim, cfg.history.max_len,
                           position=cfg.history.position, device=device)

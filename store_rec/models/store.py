@@ -37,7 +37,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union, cast
 
 import torch
 from torch import nn
@@ -51,8 +51,9 @@ from store_rec.modules.rotation import OrthogonalRotation
 logger = logging.getLogger(__name__)
 
 
-def make_attention(embedding_dim: int, cfg: AttentionConfig) -> nn.Module:
-    """``BlockSparseAttention`` for ``cfg.type == "moba"``, its dense (SDPA) mode for ``"vanilla"``."""
+def make_attention(embedding_dim: int, cfg: AttentionConfig, recent_blocks: int = 0) -> nn.Module:
+    """``BlockSparseAttention`` for ``cfg.type == "moba"``, its dense (SDPA) mode for ``"vanilla"``
+    (``recent_blocks``: history routing, ``model.history.recent_blocks``)."""
     from store_rec.ops.moba import BlockSparseAttention
 
     return BlockSparseAttention(
@@ -65,6 +66,7 @@ def make_attention(embedding_dim: int, cfg: AttentionConfig) -> nn.Module:
         impl=cfg.impl,
         dropout=cfg.dropout,
         own_block=cfg.own_block,
+        **({"recent_blocks": recent_blocks} if recent_blocks else {}),
     )
 
 
@@ -75,9 +77,10 @@ class StoreLayer(nn.Module):
     all positions, or one per position with ``cfg.token_ffn`` (:class:`~store_rec.modules.token_ffn.TokenFFN`).
     """
 
-    def __init__(self, embedding_dim: int, cfg: AttentionConfig, seq_len: Optional[int] = None) -> None:
+    def __init__(self, embedding_dim: int, cfg: AttentionConfig, seq_len: Optional[int] = None,
+                 recent_blocks: int = 0) -> None:
         super().__init__()
-        self.attn = make_attention(embedding_dim, cfg)
+        self.attn = make_attention(embedding_dim, cfg, recent_blocks)
         self.norm1 = nn.LayerNorm(embedding_dim)
         if cfg.token_ffn:
             if seq_len is None:
@@ -92,9 +95,14 @@ class StoreLayer(nn.Module):
         self.norm2 = nn.LayerNorm(embedding_dim)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, gate: Optional[torch.Tensor] = None,
-                key_valid: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = self.norm1(x + self.drop(self.attn(x, gate, key_valid)))
+    def forward(self, x: torch.Tensor, gate: Optional[torch.Tensor] = None, key_valid: Optional[torch.Tensor] = None,
+                fixed_queries_only: bool = False) -> torch.Tensor:
+        """``Tensor[B, L, D] -> Tensor[B, L, D]``; with history (``key_valid: BoolTensor[B, R]``) and
+        ``fixed_queries_only``: ``-> Tensor[B, L - R, D]``, the non-sequential tokens only (a last layer)."""
+        a = self.attn(x, gate, key_valid, fixed_queries_only) if fixed_queries_only else self.attn(x, gate, key_valid)
+        if fixed_queries_only and key_valid is not None:
+            x = x[:, key_valid.shape[1]:]
+        x = self.norm1(x + self.drop(a))
         return self.norm2(x + self.drop(self.ffn(x)))
 
 
@@ -131,6 +139,7 @@ class StoreInteractionArch(nn.Module):
             ``history: Tensor[B, history_items * history_item_tokens, D]`` (a
             :class:`~store_rec.models.history.HistoryEncoder`'s tokens, T = ``history_item_tokens``
             per item, left-padded) and ``history_valid: BoolTensor[B, history_items]``.
+        history_recent_blocks: MoBA always selects the newest this many history blocks (``model.history.recent_blocks``).
 
     Behaviour sequences: the history tokens are **prepended** to the non-sequential tokens
     (``[history (R), dense, tokens..., rotated...]``). MoBA routes over history blocks only:
@@ -141,7 +150,9 @@ class StoreInteractionArch(nn.Module):
     history blocks skipped; padding items are masked as keys and their blocks are never preferred.
     ``attention.gate: item`` gates the history blocks with the target item's tokens. Vanilla attention
     attends every valid token. The output pools the non-sequential tokens only (the history is
-    context), so ``output_dim`` does not depend on the history length.
+    context), so ``output_dim`` does not depend on the history length, and the last layer computes
+    only the non-sequential tokens' queries, FFN and norms (exact: the history's last-layer outputs
+    are never read; the pyramid OneTrans uses), unless ``attention.token_ffn``.
 
     Token order: ``[dense, plain tokens (token_indices minus tokenize_indices), SID tokens of the
     tokenized features (feature-major, K each), rotated blocks]``.
@@ -166,6 +177,7 @@ class StoreInteractionArch(nn.Module):
         tokenize_indices: Optional[Sequence[int]] = None,
         history_items: int = 0,
         history_item_tokens: int = 1,
+        history_recent_blocks: int = 0,
     ) -> None:
         super().__init__()
         F, D = int(num_sparse_features), int(embedding_dim)
@@ -262,8 +274,12 @@ class StoreInteractionArch(nn.Module):
                 per_block = attention.block_size // T
                 self.history_pad_items = -self.history_items % per_block
         self.num_history_tokens = (self.history_items + self.history_pad_items) * self.history_item_tokens
+        # the last layer's history outputs are never read (the output pools the non-sequential tokens):
+        # it computes the non-sequential queries only (exact; not with per-position FFNs)
+        self.prune_last = bool(self.history_items) and not attention.token_ffn
         total = self.num_history_tokens + self.seq_len
-        self.layers = nn.ModuleList(StoreLayer(D, attention, total) for _ in range(attention.num_layers))
+        recent = int(history_recent_blocks) if self.history_items else 0
+        self.layers = nn.ModuleList(StoreLayer(D, attention, total, recent) for _ in range(attention.num_layers))
         self.dots: Optional[nn.Module] = None
         if attention.dot_features:
             from store_rec.modules.pairwise import PairwiseDot
@@ -337,10 +353,11 @@ class StoreInteractionArch(nn.Module):
                 raise ValueError("StoreInteractionArch: built with history_items, needs history and history_valid")
             h, key_valid = self.history_sequence(history, history_valid)
             x = torch.cat([h, x0], dim=1)
-        for layer in self.layers:
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
             gate = x[:, R:].index_select(1, self.gate_pos).mean(dim=1) if self.gate_pos.numel() else None
-            x = layer(x, gate, key_valid)
-        if R:
+            x = layer(x, gate, key_valid, fixed_queries_only=self.prune_last and i == last)
+        if R and not self.prune_last:
             x = x[:, R:]
         out = [x.flatten(1) if self.pooling == "flatten" else x.mean(dim=1)]
         if self.dots is not None:
@@ -381,7 +398,9 @@ class StoreInteractionArch(nn.Module):
         """Attention modules -> ``fn(batch_size, backward) -> FLOPs`` (counted analytically by
         ``store_rec.ops.flops``: ``FlopCounterMode`` sees 0 for CPU SDPA)."""
         L, R = self.num_history_tokens + self.seq_len, self.num_history_tokens
-        return {layer.attn: (lambda b, bw, a=layer.attn: int(a.flops(b, L, backward=bw, history=R))) for layer in self.layers}
+        last = len(self.layers) - 1
+        return {layer.attn: (lambda b, bw, a=layer.attn, q=(self.seq_len if self.prune_last and i == last else None):
+                             int(a.flops(b, L, backward=bw, history=R, queries=q))) for i, layer in enumerate(self.layers)}
 
 
 def _feature_indices(names: Sequence[str], groups: Optional[Union[Mapping[str, Sequence[str]], Sequence[Sequence[str]]]]):
@@ -409,7 +428,8 @@ class DLRM_STORE(DLRM):
         sid_tokenizer: an ``OnlineSIDTokenizer`` over some token features (its ``features``, by
             name): their pooled embeddings become K SID tokens each (online SIDs).
         history_encoder: a :class:`~store_rec.models.history.HistoryEncoder` (behaviour sequences):
-            its tokens of the same KJT are prepended to the interaction's tokens (``self.history``).
+            its tokens of the same KJT are prepended to the interaction's tokens (``self.history``);
+            ``history_recent_blocks``: the newest blocks MoBA always selects.
 
     ``forward(dense_features: Tensor[B, dense_in_features], sparse_features: KJT) -> Tensor[B, 1]``
     (DLRM's forward, plus the history encoder when there is one), so
@@ -430,6 +450,7 @@ class DLRM_STORE(DLRM):
         sid_tokenizer: Optional[nn.Module] = None,
         dense_device: Optional[torch.device] = None,
         history_encoder: Optional[nn.Module] = None,
+        history_recent_blocks: int = 0,
     ) -> None:
         super().__init__(
             embedding_bag_collection,
@@ -451,6 +472,7 @@ class DLRM_STORE(DLRM):
             tokenize_indices=_feature_indices(names, [list(sid_tokenizer.features)])[0] if sid_tokenizer is not None else None,
             history_items=history_encoder.max_len if history_encoder is not None else 0,
             history_item_tokens=history_encoder.tokens_per_item if history_encoder is not None else 1,
+            history_recent_blocks=history_recent_blocks,
         )
         self.history = history_encoder
         if dense_device is not None:
@@ -530,6 +552,12 @@ class StoreModel(RankingModel):
 
         tables = embedding_tables(schema, cfg)
         history = history_encoder(schema, cfg, device=device)
+        if history is not None and cfg.attention.type == "moba" and cfg.attention.block_size % history.tokens_per_item:
+            from store_rec.errors import UserError
+
+            raise UserError(f"model.attention.block_size: must be a multiple of the {history.tokens_per_item} tokens per "
+                            f"history item (model.history.item_tokens={cfg.history.item_tokens!r}: a MoBA block = whole "
+                            f"items), got {cfg.attention.block_size}")
         const_dense = len(schema.dense) == 0
         dense_in = 1 if const_dense else len(schema.dense)
         ebc = EmbeddingBagCollection(tables=tables, device=device)
@@ -545,6 +573,7 @@ class StoreModel(RankingModel):
             sid_tokenizer=online,
             dense_device=dense_device,
             history_encoder=history,
+            history_recent_blocks=cfg.history.recent_blocks,
         )
         super().__init__(model, len(schema.dense), const_dense, "store")
         self.cfg = cfg
@@ -567,6 +596,14 @@ class StoreModel(RankingModel):
             inter, sid_aux = m.inter_arch.interact(dense_features=embedded_dense, sparse_features=embedded_sparse)
         logits = m.over_arch(inter)
         return logits, {**m.inter_arch.aux_losses(), **sid_aux}
+
+    def dense_children(self) -> Dict[str, nn.Module]:
+        """:meth:`RankingModel.dense_children`; the history encoder's token arch, never its (sharded) EC."""
+        parts = super().dense_children()
+        history = parts.pop("history", None)
+        if history is not None:
+            parts["history.token_arch"] = cast(nn.Module, history.token_arch)
+        return parts
 
     @property
     def embedding_collection(self):  # noqa: ANN201

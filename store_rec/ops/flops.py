@@ -58,9 +58,12 @@ def topk_for(sparsity: float, n_blocks: int) -> int:
     return max(1, min(int(n_blocks), int(math.floor((1.0 - float(sparsity)) * n_blocks + 0.5))))
 
 
-def projection_flops(batch: int, seq_len: int, embed_dim: int, *, backward: bool = True) -> int:
-    """q/k/v/out projections of self-attention: ``4 * 2 * B * L * D^2`` forward, x3 with backward."""
-    fwd = 4 * matmul_flops(batch * seq_len, embed_dim, embed_dim)
+def projection_flops(batch: int, seq_len: int, embed_dim: int, *, backward: bool = True,
+                     queries: Optional[int] = None) -> int:
+    """q/k/v/out projections of self-attention: ``4 * 2 * B * L * D^2`` forward, x3 with backward.
+    ``queries`` (default ``seq_len``): tokens whose query and output are computed (k/v: all L)."""
+    lq = seq_len if queries is None else queries
+    fwd = 2 * matmul_flops(batch * seq_len, embed_dim, embed_dim) + 2 * matmul_flops(batch * lq, embed_dim, embed_dim)
     return fwd * (3 if backward else 1)
 
 
@@ -135,30 +138,33 @@ def history_attention_flops(
     sparsity: float,
     impl: str = "fast",
     backward: bool = True,
+    queries: Optional[int] = None,
 ) -> Dict[str, int]:
     """Attention core FLOPs of ``store_rec.ops.moba.history_attention`` as ``{"gate", "attention", "total"}``.
 
     ``seq_len`` L tokens of which the first ``history`` R are routed in ``R / block_size`` blocks and the
-    last ``L - R`` always attended. ``impl="dense"`` or ``topk == num_blocks``: dense SDPA over L keys
-    (padding keys are masked, not skipped: they run). ``"fast"``: L queries x (``topk * block_size +
-    L - R``) keys, plus the gate: valid-key block means (``R * Dh``), the mean query (``L * Dh``) and
-    ``2 * num_blocks * Dh`` for the scores, per (batch, head). ``"reference"``: the gate + L x L.
+    last ``L - R`` always attended; ``queries`` Lq of them attend (default L; ``L - R`` in a last
+    layer). ``impl="dense"`` or ``topk == num_blocks``: dense SDPA, Lq x L (padding keys are masked,
+    not skipped: they run). ``"fast"``: Lq queries x (``topk * block_size + L - R``) keys, plus the
+    gate: valid-key block means (``R * Dh``), the mean fixed query (``(L - R) * Dh``) and
+    ``2 * num_blocks * Dh`` for the scores, per (batch, head). ``"reference"``: the gate + Lq x L.
     """
+    lq = seq_len if queries is None else int(queries)
     if impl == "dense":
-        att = dense_attention_flops(batch, heads, seq_len, head_dim, backward=backward)
+        att = _core(batch, heads, lq, seq_len, head_dim, backward)
         return {"gate": 0, "attention": att, "total": att}
     if history % block_size or not history:
         raise ValueError(f"block_size {block_size} must divide the {history} history tokens")
     nb = history // block_size
     k = topk_for(sparsity, nb)
     if k == nb:
-        att = dense_attention_flops(batch, heads, seq_len, head_dim, backward=backward)
+        att = _core(batch, heads, lq, seq_len, head_dim, backward)
         return {"gate": 0, "attention": att, "total": att}
     if impl not in ("fast", "reference"):
         raise ValueError(f"impl must be 'reference', 'fast' or 'dense', got {impl!r}")
-    gate = batch * heads * ((history + seq_len) * head_dim + matmul_flops(1, nb, head_dim))
+    gate = batch * heads * (seq_len * head_dim + matmul_flops(1, nb, head_dim))
     lk = seq_len if impl == "reference" else k * block_size + seq_len - history
-    att = _core(batch, heads, seq_len, lk, head_dim, backward)
+    att = _core(batch, heads, lq, lk, head_dim, backward)
     return {"gate": gate, "attention": att, "total": gate + att}
 
 

@@ -42,6 +42,13 @@ fwd+bwd of the attention op, MoBA/dense interleaved): ``instance`` 1.66x faster 
 L=512 (1.64-1.65x over 5 re-runs) and 1.9x at L=2048; ``query_block`` 0.71x at L=512, 1.33x at
 L=2048; ``query`` ~0.5x everywhere. At the model's own sizes (L <= 32, block_size 4) no MoBA
 routing beats dense SDPA (instance 0.39x at L=16, 0.77x at L=32): the sparsity pays from L ~ 128.
+
+Behaviour sequences (:func:`history_attention`, issue 13): ``[history (R routed tokens), fixed
+tokens]``, MoBA over the history blocks only, the fixed (non-sequential) tokens always attended,
+padding masked. Measured (``scripts/bench_history.py``, CPU, 1 thread, fwd+bwd, B=256, H=2, Dh=8,
+blocks of 12, 12 fixed tokens, interleaved medians, a shared loaded machine, two runs): at L=204
+MoBA 1/2 is 1.95x / 1.42x faster than dense (FLOPs ratio 1.89), 3/4 2.56x / 2.34x (3.40); at L=396
+1/2 1.64x / 1.76x (1.94), 3/4 2.78x / 3.06x (3.66).
 """
 
 from __future__ import annotations
@@ -320,6 +327,7 @@ def route_history(
     *,
     block_size: int,
     topk: int,
+    recent: int = 0,
 ) -> torch.Tensor:
     """Instance routing over the history blocks: ``LongTensor[B, H, topk]`` (sorted ascending).
 
@@ -327,7 +335,9 @@ def route_history(
     BoolTensor[B, R]``, ``gq: Tensor[B, H, Dh]`` the gating query. Score of block j =
     ``gq . mean(valid keys of j)`` (fp32); a block without a valid key scores ``-inf``, so padding is
     never preferred over a real block (it is chosen only when a row has fewer than ``topk`` real
-    blocks, and then its keys stay masked)."""
+    blocks, and then its keys stay masked). ``recent``: the newest ``recent`` blocks (the last ones:
+    the history is left-padded) are always selected when they hold a valid key; they count toward
+    ``topk`` (``recent >= topk`` = a pure recency window)."""
     B, H, R, Dh = k.shape
     nb = R // block_size
     m = key_valid.view(B, 1, nb, block_size, 1).float()
@@ -335,7 +345,11 @@ def route_history(
     counts = m.sum(dim=3)  # [B, 1, nb, 1]
     kbar = sums / counts.clamp(min=1.0)
     scores = (kbar @ gq.detach().float().unsqueeze(-1)).squeeze(-1)  # [B, H, nb]
-    scores = scores.masked_fill(counts.squeeze(-1) == 0, float("-inf"))
+    has_key = counts.squeeze(-1) > 0  # [B, 1, nb]
+    if recent:
+        newest = torch.arange(nb, device=k.device) >= nb - recent
+        scores = scores.masked_fill(newest & has_key, float("inf"))
+    scores = scores.masked_fill(~has_key, float("-inf"))
     sel = scores.topk(topk, dim=-1, sorted=False).indices
     return sel.sort(dim=-1).values
 
@@ -348,7 +362,7 @@ def _history_mask(key_valid: torch.Tensor, heads: int, num_fixed: int) -> torch.
 
 def _history_reference(q, k, v, sel, key_valid, *, block_size, dropout_p, scale, training):
     """Dense scores masked to (selected history blocks AND valid keys) OR the fixed keys: the readable definition."""
-    B, H, L, Dh = q.shape
+    B, H, L, Dh = k.shape
     R = key_valid.shape[1]
     nb = R // block_size
     scale = Dh ** -0.5 if scale is None else scale
@@ -362,18 +376,38 @@ def _history_reference(q, k, v, sel, key_valid, *, block_size, dropout_p, scale,
     return probs @ v
 
 
+class _GatherRows(torch.autograd.Function):
+    """``x: Tensor[N, C]``, ``idx: LongTensor[M]`` of **distinct** rows ``-> x[idx]: Tensor[M, C]``; the
+    backward copies the rows into zeros (``index_copy_``, no accumulation: the rows are distinct),
+    cheaper than ``index_select``'s element-wise ``index_add`` backward."""
+
+    @staticmethod
+    def forward(ctx, x, idx):
+        ctx.save_for_backward(idx)
+        ctx.n = x.shape[0]
+        return x.index_select(0, idx)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (idx,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.n, grad.shape[1]).index_copy_(0, idx, grad.contiguous()), None
+
+
 def _history_fast(q, k, v, sel, key_valid, *, block_size, dropout_p, scale, training):
-    """Gather the ``topk`` selected history blocks per (sample, head), append the fixed keys, one SDPA:
-    every query against ``topk * block_size + (L - R)`` keys instead of ``L``."""
-    B, H, L, Dh = q.shape
+    """One row gather per K and V of the ``topk`` selected history blocks + the fixed keys, then one
+    SDPA: every query against ``topk * block_size + (L - R)`` keys instead of ``L``."""
+    B, H, L, Dh = k.shape
     R = key_valid.shape[1]
     topk = sel.shape[-1]
-    ks = torch.cat([_gather_blocks(k[:, :, :R], sel.unsqueeze(2), block_size, True), k[:, :, R:]], dim=2)
-    vs = torch.cat([_gather_blocks(v[:, :, :R], sel.unsqueeze(2), block_size, True), v[:, :, R:]], dim=2)
-    nb = R // block_size
-    kv_sel = key_valid.view(B, 1, nb, block_size).expand(B, H, nb, block_size).gather(
-        2, sel.unsqueeze(-1).expand(B, H, topk, block_size))  # [B, H, topk, block_size]
-    mask = torch.cat([kv_sel.reshape(B, H, topk * block_size), kv_sel.new_ones(B, H, L - R)], dim=-1).unsqueeze(2)
+    dev = q.device
+    blocks = (sel.unsqueeze(-1) * block_size + torch.arange(block_size, device=dev)).reshape(B, H, topk * block_size)
+    pos = torch.cat([blocks, torch.arange(R, L, device=dev).expand(B, H, L - R)], dim=-1)  # [B, H, Lk] key positions
+    Lk = pos.shape[-1]
+    flat = (pos + (torch.arange(B * H, device=dev) * L).view(B, H, 1)).reshape(-1)
+    ks = _GatherRows.apply(k.reshape(B * H * L, Dh), flat).view(B, H, Lk, Dh)
+    vs = _GatherRows.apply(v.reshape(B * H * L, Dh), flat).view(B, H, Lk, Dh)
+    valid = torch.cat([key_valid, key_valid.new_ones(B, L - R)], dim=1)  # [B, L]
+    mask = valid.unsqueeze(1).expand(B, H, L).gather(2, pos).unsqueeze(2)  # [B, H, 1, Lk]
     drop = dropout_p if training else 0.0
     return F.scaled_dot_product_attention(q, ks, vs, attn_mask=mask, dropout_p=drop, scale=scale)
 
@@ -391,9 +425,12 @@ def history_attention(
     dropout_p: float = 0.0,
     scale: Optional[float] = None,
     training: bool = True,
+    recent_blocks: int = 0,
 ) -> torch.Tensor:
-    """MoBA over a sequence ``[history tokens (R), fixed tokens (L - R)]``: ``q, k, v: Tensor[B, H, L, Dh]``,
-    ``key_valid: BoolTensor[B, R]`` (False = a padding history slot) ``-> Tensor[B, H, L, Dh]``.
+    """MoBA over a sequence ``[history tokens (R), fixed tokens (L - R)]``: ``k, v: Tensor[B, H, L, Dh]``,
+    ``q: Tensor[B, H, Lq, Dh]`` with ``Lq = L`` (every token's query) or ``L - R`` (the fixed tokens'
+    queries only: a last layer whose history outputs nobody reads), ``key_valid: BoolTensor[B, R]``
+    (False = a padding history slot) ``-> Tensor[B, H, Lq, Dh]``.
 
     STORE with behaviour sequences (issue 13): the first ``R`` keys are the history tokens, cut into
     ``R / block_size`` blocks (``R % block_size == 0``; the model aligns a block to whole items); the
@@ -401,7 +438,9 @@ def history_attention(
     sit outside the routed part, so ``sparsity`` is the fraction of *history* blocks skipped,
     ``topk = topk_for(sparsity, R / block_size)``. Routing is per instance and head
     (:func:`route_history`): gated by ``gate: Tensor[B, H, Dh]`` (e.g. the target item's tokens
-    through the query projection) or by default the mean query over the valid tokens. Padding keys
+    through the query projection) or by default the mean query of the fixed tokens (the target and
+    context choose the history, whether or not the history's own queries are computed); the
+    ``recent_blocks`` newest blocks are always among the ``topk``. Padding keys
     are masked out of every softmax and padding blocks are never preferred over real ones. Every
     query row keeps at least the fixed keys, so no softmax is empty.
 
@@ -409,32 +448,36 @@ def history_attention(
     selected blocks + one SDPA over ``topk * block_size + L - R`` keys), ``"dense"`` (SDPA over every
     valid key: vanilla attention). ``topk == num_blocks`` runs the dense path.
     """
-    B, H, L, Dh = q.shape
+    B, H, L, Dh = k.shape
     R = key_valid.shape[1]
-    if k.shape != q.shape or v.shape != q.shape or key_valid.shape != (B, R) or not 0 < R < L:
-        raise ValueError(f"history_attention: q, k, v [B, H, L, Dh] equal and key_valid [B, R] with 0 < R < L, got "
-                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}, {tuple(key_valid.shape)}")
+    if (v.shape != k.shape or q.shape[2] not in (L, L - R) or q.shape[:2] + q.shape[3:] != (B, H, Dh)
+            or key_valid.shape != (B, R) or not 0 < R < L):
+        raise ValueError(f"history_attention: k, v [B, H, L, Dh], q [B, H, L or L - R, Dh] and key_valid [B, R] with "
+                         f"0 < R < L, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}, {tuple(key_valid.shape)}")
     if block_size < 1 or R % block_size:
         raise ValueError(f"history_attention: block_size {block_size} must divide the {R} history tokens")
     if impl not in ("reference", "fast", "dense"):
         raise ValueError(f"impl must be 'reference', 'fast' or 'dense', got {impl!r}")
+    if recent_blocks < 0:
+        raise ValueError(f"recent_blocks must be >= 0, got {recent_blocks}")
     return _history_attention(q, k, v, key_valid, block_size=block_size, sparsity=sparsity, impl=impl, gate=gate,
-                              dropout_p=dropout_p, scale=scale, training=training)
+                              dropout_p=dropout_p, scale=scale, training=training, recent_blocks=recent_blocks)
 
 
-def _history_attention(q, k, v, key_valid, *, block_size, sparsity, impl, gate, dropout_p, scale, training):
+def _history_attention(q, k, v, key_valid, *, block_size, sparsity, impl, gate, dropout_p, scale, training,
+                       recent_blocks=0):
     """:func:`history_attention` without checks (what :class:`BlockSparseAttention` calls)."""
-    B, H, L, Dh = q.shape
+    B, H, L, Dh = k.shape
     R = key_valid.shape[1]
     nb = R // block_size
     drop = dropout_p if training else 0.0
     if impl == "dense" or topk_for(sparsity, nb) == nb:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=_history_mask(key_valid, H, L - R), dropout_p=drop,
                                               scale=scale)
-    if gate is None:
-        qv = torch.cat([key_valid, key_valid.new_ones(B, L - R)], dim=1).float().view(B, 1, L, 1)
-        gate = (q.detach().float() * qv).sum(dim=2) / qv.sum(dim=2)
-    sel = route_history(k[:, :, :R], key_valid, gate, block_size=block_size, topk=topk_for(sparsity, nb))
+    if gate is None:  # the mean query of the fixed (non-sequential) tokens
+        gate = q[:, :, q.shape[2] - (L - R):].detach().float().mean(dim=2)
+    sel = route_history(k[:, :, :R], key_valid, gate, block_size=block_size, topk=topk_for(sparsity, nb),
+                        recent=recent_blocks)
     run = _history_reference if impl == "reference" else _history_fast
     return run(q, k, v, sel, key_valid, block_size=block_size, dropout_p=dropout_p, scale=scale, training=training)
 
@@ -468,6 +511,7 @@ class BlockSparseAttention(nn.Module):
         dropout: float = 0.0,
         bias: bool = True,
         own_block: bool = False,
+        recent_blocks: int = 0,
     ) -> None:
         super().__init__()
         if embed_dim % num_heads:
@@ -478,6 +522,7 @@ class BlockSparseAttention(nn.Module):
         self.embed_dim, self.num_heads, self.head_dim = embed_dim, num_heads, embed_dim // num_heads
         self.block_size, self.sparsity, self.dense = int(block_size), float(sparsity), bool(dense)
         self.impl, self.dropout, self.own_block = impl, float(dropout), bool(own_block)
+        self.recent_blocks = int(recent_blocks)  # history routing: newest blocks always selected
         self.in_proj = nn.Linear(embed_dim, 3 * embed_dim, bias=bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
         self.reset_parameters()
@@ -502,13 +547,26 @@ class BlockSparseAttention(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, gate: Optional[torch.Tensor] = None,
-                key_valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+                key_valid: Optional[torch.Tensor] = None, fixed_queries_only: bool = False) -> torch.Tensor:
         """``x: Tensor[B, L, D]``, ``gate: Tensor[B, D]`` (optional), ``key_valid: BoolTensor[B, R]``
-        (optional: the first R tokens are history tokens) ``-> Tensor[B, L, D]``."""
+        (optional: the first R tokens are history tokens) ``-> Tensor[B, L, D]``; with
+        ``fixed_queries_only`` (needs ``key_valid``) only the last ``L - R`` tokens' outputs
+        ``-> Tensor[B, L - R, D]`` (their queries alone are projected and attend)."""
         B, L, D = x.shape
         H, Dh = self.num_heads, self.head_dim
-        qkv = self.in_proj(x).view(B, L, 3, H, Dh).permute(2, 0, 3, 1, 4)  # [3, B, H, L, Dh]
-        q, k, v = qkv[0], qkv[1], qkv[2]
+        if fixed_queries_only:
+            if key_valid is None:
+                raise ValueError("fixed_queries_only needs key_valid (the history part of x)")
+            R = key_valid.shape[1]
+            wq, wkv = self.in_proj.weight[:D], self.in_proj.weight[D:]
+            bq = None if self.in_proj.bias is None else self.in_proj.bias[:D]
+            bkv = None if self.in_proj.bias is None else self.in_proj.bias[D:]
+            kv = F.linear(x, wkv, bkv).view(B, L, 2, H, Dh).permute(2, 0, 3, 1, 4)  # [2, B, H, L, Dh]
+            q = F.linear(x[:, R:], wq, bq).view(B, L - R, H, Dh).transpose(1, 2)  # [B, H, L - R, Dh]
+            k, v = kv[0], kv[1]
+        else:
+            qkv = self.in_proj(x).view(B, L, 3, H, Dh).permute(2, 0, 3, 1, 4)  # [3, B, H, L, Dh]
+            q, k, v = qkv[0], qkv[1], qkv[2]
         g = None
         if gate is not None and not self.dense:
             if self.routing != "instance":
@@ -523,8 +581,8 @@ class BlockSparseAttention(nn.Module):
                 raise ValueError(f"history tokens need routing='instance', got routing={self.routing!r}")
             out = _history_attention(q, k, v, key_valid, block_size=self.block_size, sparsity=self.sparsity,
                                      impl="dense" if self.dense else self.impl, gate=g, dropout_p=self.dropout,
-                                     scale=None, training=self.training)
-            return self.out_proj(out.transpose(1, 2).reshape(B, L, D))
+                                     scale=None, training=self.training, recent_blocks=self.recent_blocks)
+            return self.out_proj(out.transpose(1, 2).reshape(B, q.shape[2], D))
         out = _moba_attention(
             q,
             k,
@@ -541,13 +599,16 @@ class BlockSparseAttention(nn.Module):
         )
         return self.out_proj(out.transpose(1, 2).reshape(B, L, D))
 
-    def attention_flops(self, batch_size: int, seq_len: int, backward: bool = True, history: int = 0) -> int:
+    def attention_flops(self, batch_size: int, seq_len: int, backward: bool = True, history: int = 0,
+                        queries: Optional[int] = None) -> int:
         """FLOPs of the attention core alone (gate + selected-block attention), analytic; ``history``:
-        the first ``history`` tokens are routed history tokens (:func:`history_attention`)."""
-        if history and not self.dense:
+        the first ``history`` tokens are routed history tokens (:func:`history_attention`), ``queries``
+        of them attend (default all ``seq_len``)."""
+        if history:
             return history_attention_flops(batch_size, self.num_heads, seq_len, self.head_dim, history=history,
                                            block_size=self.block_size, sparsity=self.sparsity,
-                                           impl="dense" if self.dense else self.impl, backward=backward)["total"]
+                                           impl="dense" if self.dense else self.impl, backward=backward,
+                                           queries=queries)["total"]
         return moba_attention_flops(
             batch_size,
             self.num_heads,
@@ -560,10 +621,11 @@ class BlockSparseAttention(nn.Module):
             backward=backward,
         )["total"]
 
-    def flops(self, batch_size: int, seq_len: int, backward: bool = True, history: int = 0) -> int:
+    def flops(self, batch_size: int, seq_len: int, backward: bool = True, history: int = 0,
+              queries: Optional[int] = None) -> int:
         """FLOPs of what runs: projections + gate + attention core (``store_rec.ops.flops``)."""
-        proj = projection_flops(batch_size, seq_len, self.embed_dim, backward=backward)
-        return proj + self.attention_flops(batch_size, seq_len, backward=backward, history=history)
+        proj = projection_flops(batch_size, seq_len, self.embed_dim, backward=backward, queries=queries)
+        return proj + self.attention_flops(batch_size, seq_len, backward=backward, history=history, queries=queries)
 
     def tflops_per_batch(self, seq_len: int, batch: int = 1024, backward: bool = True) -> float:
         """TFLOPs of one training step (fwd+bwd by default) on a batch of ``batch`` samples."""
