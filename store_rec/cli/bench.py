@@ -18,6 +18,7 @@ SUITES = {
     "data": ("store_rec.bench.data", "loader samples/s (Avazu-shaped and synthetic schemas)"),
     "tokenizer": ("store_rec.bench.tokenizer", "tokenizer encode items/s and training time"),
     "prepare": ("store_rec.bench.prepare", "`data prepare table` on a generated wide CSV: peak RSS and rows/s"),
+    "sequence": ("store_rec.bench.sequence", "STORE with behaviour sequences: MoBA vs vanilla step time, FLOPs and memory vs history length"),
     "speed": ("store_rec.bench.speed", "training speed options side by side: fp32 / bf16 / torch.compile (ratios, AUC parity)"),
 }
 

@@ -163,4 +163,5 @@ def baseline_names() -> Dict[str, str]:
         "transformer": "torchrec.models.experimental.transformerdlrm.DLRM_Transformer (batch_first encoder)",
         "deepfm": "torchrec.models.deepfm.SimpleDeepFMNN (logit over arch)",
         "rankmixer": "store_rec.models.baselines.DLRM_RankMixer",
+        "din": "store_rec.models.sequence_baselines.DLRM_DIN (DLRM + DIN target attention over the history)",
     }

@@ -50,7 +50,7 @@ from typing import Any, List, Literal, Mapping, Optional, Type, TypeVar, Union
 from store_rec.config import ConfigError, check, from_dict
 from store_rec.ops.moba_rules import moba_problem
 
-MODEL_NAMES = ("store", "dlrm", "dlrm_dcn", "transformer", "deepfm", "rankmixer")
+MODEL_NAMES = ("store", "dlrm", "dlrm_dcn", "transformer", "deepfm", "rankmixer", "din")
 
 
 @dataclass
@@ -127,6 +127,8 @@ class HistoryConfig:
     position-from-newest embedding (0 = newest). ``column``: the history item list key (default: the
     dataset's history column whose ``history_of`` is the item feature). ``recent_blocks``: MoBA always
     selects the newest this many history blocks (they count toward ``topk``; 0 = the gate alone chooses).
+    ``din`` reads the same tokens; the DLRM family (``dlrm``, ``dlrm_dcn``, ...) mean-pools the same
+    keys in its EBC instead (``store_rec.models.tables``).
     """
 
     enabled: bool = False
@@ -184,10 +186,21 @@ class RankMixerConfig:
 
 
 @dataclass
+class DINConfig:
+    """``model.din``: DIN's activation unit, ``MLP([h, q, h - q, h * q]) -> score`` (hidden sizes)."""
+
+    attention_hidden: List[int] = field(default_factory=lambda: [64])
+
+    def __post_init__(self) -> None:
+        check(all(s >= 1 for s in self.attention_hidden), "attention_hidden",
+              f"layer sizes must be >= 1, got {self.attention_hidden}")
+
+
+@dataclass
 class ModelConfig:
     """The ``model:`` section (see module docstring)."""
 
-    name: Literal["store", "dlrm", "dlrm_dcn", "transformer", "deepfm", "rankmixer"] = "store"
+    name: Literal["store", "dlrm", "dlrm_dcn", "transformer", "deepfm", "rankmixer", "din"] = "store"
     embedding_dim: int = 16
     tokenizer: Literal["opmq", "rqvae", "opq", "none"] = "opmq"
     sid_source: Literal["batch", "online"] = "batch"
@@ -201,6 +214,7 @@ class ModelConfig:
     dcn: DCNConfig = field(default_factory=DCNConfig)
     deepfm: DeepFMConfig = field(default_factory=DeepFMConfig)
     rankmixer: RankMixerConfig = field(default_factory=RankMixerConfig)
+    din: DINConfig = field(default_factory=DINConfig)
 
     def __post_init__(self) -> None:
         check(
@@ -219,6 +233,8 @@ class ModelConfig:
             "over_arch",
             f"needs >= 1 hidden size >= 1 (TorchRec's OverArch needs 2+ layers incl. the logit), got {self.over_arch}",
         )
+        if self.name == "din":
+            check(self.history.enabled, "history.enabled", "model.name 'din' attends over the history: set it true")
         if self.sid_source == "online":
             check(self.tokenizer != "none", "sid_source", "online SIDs need a tokenizer (opmq/rqvae/opq), not 'none'")
             check(self.item_feature is not None, "item_feature", "sid_source 'online' tokenizes this id feature: set it")

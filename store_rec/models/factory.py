@@ -40,4 +40,14 @@ def build_model(
         return StoreModel(schema, cfg, device=device, dense_device=dense_device)
     ebc = EmbeddingBagCollection(tables=embedding_tables(schema, cfg), device=device)
     const_dense = len(schema.dense) == 0
-    return build_baseline(cfg, ebc, 1 if const_dense else len(schema.dense), const_dense, dense_device)
+    dense_in = 1 if const_dense else len(schema.dense)
+    if cfg.name == "din":
+        from store_rec.models.history import history_encoder
+        from store_rec.models.sequence_baselines import build_din
+
+        encoder = history_encoder(schema, cfg, device=device)
+        assert encoder is not None  # ModelConfig: din needs model.history.enabled
+        if dense_device is not None:
+            encoder.token_arch.to(dense_device)  # the position table (the EC stays on `device` for DMP)
+        return build_din(cfg, schema, ebc, dense_in, const_dense, encoder, dense_device)
+    return build_baseline(cfg, ebc, dense_in, const_dense, dense_device)

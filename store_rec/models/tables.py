@@ -20,6 +20,11 @@ comparison sees the same inputs:
   are, for ``batch`` and ``online`` SIDs alike; ``tokenizer: none`` ignores them (raw ids).
 * ``static`` features -> grouped by ``schema.groups`` for the rotation (or plain tokens when
   rotation is off, and for the baselines).
+* ``history`` features (``model.history.enabled``) -> for the DLRM family (every baseline but
+  ``din``) one **mean-pooled** bag per selected history key (``store_rec.models.history.history_keys``:
+  the item list as its K ``{H}_sid_k`` keys or the raw ``H``, plus ``model.history.side``), the classic "DLRM with the
+  history pooled by the EBC" baseline; STORE and DIN read the same keys unpooled through their
+  ``HistoryEncoder`` (an ``EmbeddingCollection``), not the EBC.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List
 
-from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 
 from store_rec.data.feature_sids import tokenized_features
 from store_rec.data.schema import ID, SID, STATIC, DatasetSchema
@@ -42,6 +47,7 @@ class ModelFeatures:
     tokens: List[str]  # SID / raw-ID features: one token each
     static_groups: Dict[str, List[str]]  # semantic group -> static features
     online: List[str] = field(default_factory=list)  # token features tokenized into K SIDs in the model
+    history_bags: List[str] = field(default_factory=list)  # history keys mean-pooled by the EBC (DLRM family)
 
     @property
     def static(self) -> List[str]:
@@ -49,8 +55,12 @@ class ModelFeatures:
 
     @property
     def all(self) -> List[str]:
-        """Table / EBC order: tokens first, then static features group by group."""
-        return [*self.tokens, *self.static]
+        """Table / EBC order: tokens first, then static features group by group, then history bags."""
+        return [*self.tokens, *self.static, *self.history_bags]
+
+
+#: models that read the history unpooled (``HistoryEncoder`` tokens) instead of EBC bags
+SEQUENCE_MODELS = ("store", "din")
 
 
 def model_features(schema: DatasetSchema, cfg: ModelConfig) -> ModelFeatures:
@@ -83,18 +93,28 @@ def model_features(schema: DatasetSchema, cfg: ModelConfig) -> ModelFeatures:
     if not tokens and not groups:
         raise UserError(f"dataset {schema.dataset!r}: the model would use no sparse feature (tokenizer={cfg.tokenizer})")
     online = [cfg.item_feature] if cfg.tokenizer != "none" and cfg.sid_source == "online" else []
-    return ModelFeatures(tokens=tokens, static_groups=groups, online=online)
+    bags: List[str] = []
+    if cfg.history.enabled and cfg.name not in SEQUENCE_MODELS:
+        from store_rec.models.history import history_keys  # the encoder's key selection, shared
+
+        keys = history_keys(schema, cfg)
+        bags = [*keys["item"], *keys["side"]]
+    return ModelFeatures(tokens=tokens, static_groups=groups, online=online, history_bags=bags)
 
 
 def embedding_tables(schema: DatasetSchema, cfg: ModelConfig) -> List[EmbeddingBagConfig]:
-    """``List[EmbeddingBagConfig]``, one per used sparse feature, in :attr:`ModelFeatures.all` order."""
+    """``List[EmbeddingBagConfig]``, one per used sparse feature, in :attr:`ModelFeatures.all` order
+    (history bags with ``PoolingType.MEAN``: an empty history pools to zeros; the rest SUM, TorchRec's
+    default)."""
     feats = model_features(schema, cfg)
+    bags = set(feats.history_bags)
     return [
         EmbeddingBagConfig(
             name=f"t_{name}",
             embedding_dim=cfg.embedding_dim,
             num_embeddings=schema.feature(name).vocab_size,
             feature_names=[name],
+            pooling=PoolingType.MEAN if name in bags else PoolingType.SUM,
         )
         for name in feats.all
     ]
