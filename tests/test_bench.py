@@ -76,6 +76,24 @@ def test_bench_train_quick(tmp_path):
                         rs["store_vanilla"]["tflops_per_batch"] / rs["store_moba"]["tflops_per_batch"])
 
 
+def test_bench_train_history_on_two_ranks(tmp_path):
+    """``--history-len``: the sequence models through the real app on 1 and 2 gloo ranks (the history
+    EmbeddingCollection sharded); STORE's token count is N * K history tokens + the non-sequential ones."""
+    p = _bench(tmp_path, "train", "--history-len", "16", "--items-per-block", "2", "--world-sizes", "1,2", "--steps", "2",
+               "--rows", "1500", "--models", "store_moba,store_vanilla,din")
+    rs = {(r["world_size"], r["model"]): r for r in p["records"]}
+    assert set(rs) == {(w, m) for w in (1, 2) for m in ("store_moba", "store_vanilla", "din")}
+    assert p["config"]["history_len"] == 16 and p["config"]["num_sids"] == 3 and p["config"]["block_size"] == 6
+    no_hist = _bench(tmp_path / "nh", "train", "--models", "store_moba", "--world-sizes", "1", "--steps", "1",
+                     "--rows", "1500", "--num-sids", "3")["records"][0]
+    assert rs[(1, "store_moba")]["seq_len"] == no_hist["seq_len"] + 16 * 3
+    for w in (1, 2):
+        assert rs[(w, "store_moba")]["steps"] == 2 and rs[(w, "din")]["samples_per_s"] > 0
+        # 8 history blocks at sparsity 1/2: MoBA does fewer FLOPs than its dense twin on the same tokens
+        assert rs[(w, "store_moba")]["flops_ratio_vs_vanilla"] > 1.1
+    assert "store_moba_vs_vanilla_speedup_2rank" in p["summary"]
+
+
 def test_bench_tokenizer_quick(tmp_path):
     p = _bench(tmp_path, "tokenizer", "--train-items", "3000", "--encode-items", "2000", "--settings", "2x8",
                "--batch-size", "512", "--repeats", "1")

@@ -5,7 +5,17 @@ Models (``--models``, same data, features, embedding dim, heads, layers and FFN 
 * ``store_moba``    STORE with MoBA (``attention.sparsity``, default 1/2, instance routing);
 * ``store_vanilla`` STORE with dense SDPA attention (the paper's "vanilla attention" ablation);
 * ``dlrm_dcn``      TorchRec ``DLRM_DCN``;
-* ``transformer``   TorchRec's ``DLRM_Transformer`` (dense attention over all feature tokens).
+* ``transformer``   TorchRec's ``DLRM_Transformer`` (dense attention over all feature tokens);
+* ``dlrm``          TorchRec ``DLRM`` (with history: its EBC mean-pools each history SID key);
+* ``din``           DLRM + DIN target attention over the history items (history runs only).
+
+``--history-len N`` (issue 13, default 0 = off) gives every run the user's last N items (synthetic
+data with ``history_len`` N, ``model.history`` with ``item_tokens: sid``: each history item is its K
+SID tokens, the same SID table as the target), MoBA blocks of ``--items-per-block`` whole items
+gated by the target item (``attention.gate: item``), K = ``--num-sids`` default 3, and the default
+models ``store_moba, store_vanilla, dlrm, din``. This is the sequence models' multi-rank throughput
+(the history ``EmbeddingCollection`` sharded by the planner on every rank); ``store-rec bench
+sequence`` measures the single-process step cost and memory at each N.
 
 Every model sees the same token features: ``--num-sids`` semantic-ID features (``sid_*``, attached
 from a SID table) plus the synthetic dataset's other id and static features, so the baselines run
@@ -38,7 +48,11 @@ MODELS = {
     "store_vanilla": ["model.name=store", "model.attention.type=vanilla"],
     "dlrm_dcn": ["model.name=dlrm_dcn"],
     "transformer": ["model.name=transformer"],
+    "dlrm": ["model.name=dlrm"],
+    "din": ["model.name=din"],
 }
+NO_HISTORY_MODELS = ("store_moba", "store_vanilla", "dlrm_dcn", "transformer")
+HISTORY_MODELS = ("store_moba", "store_vanilla", "dlrm", "din")
 
 COLUMNS = ("world_size", "model", "seq_len", "steps", "batch_size", "samples_per_s", "speedup_vs_vanilla",
            "gflops_per_batch", "flops_ratio_vs_vanilla", "train_time_s")  # gflops_per_batch: per batch of 1024
@@ -55,12 +69,18 @@ CONFIG = "smoke"  # the shipped configs/smoke.yaml (store_rec.presets)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
+    parser.add_argument("--models", default=None, help=f"comma-separated subset of {','.join(MODELS)} (default "
+                        f"{','.join(NO_HISTORY_MODELS)}; with --history-len {','.join(HISTORY_MODELS)})")
     parser.add_argument("--world-sizes", default="1,2", help="gloo ranks per run (default 1,2)")
     parser.add_argument("--steps", type=int, default=None, help="training steps per run (default 80; quick 6)")
     parser.add_argument("--batch-size", type=int, default=None, help="per-rank batch (default 512; quick 64)")
     parser.add_argument("--rows", type=int, default=None, help="synthetic rows (default 120k; quick 4k)")
-    parser.add_argument("--num-sids", type=int, default=None, help="SID features K (default 64; quick 8)")
+    parser.add_argument("--num-sids", type=int, default=None,
+                        help="SID features K (default 64; quick 8; with --history-len 3)")
+    parser.add_argument("--history-len", type=int, default=0,
+                        help="behaviour-sequence length N read by every model (default 0 = no history)")
+    parser.add_argument("--items-per-block", type=int, default=8,
+                        help="with --history-len: history items per MoBA block (block size = items * K)")
     parser.add_argument("--embedding-dim", type=int, default=32)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--layers", type=int, default=2)
@@ -87,7 +107,8 @@ def _launch(world: int, overrides: List[str], tmp: Path, threads: int) -> Dict[s
 
 
 def _seq_len(overrides: List[str]) -> int:
-    """Tokens the model's interaction sees (STORE: its arch's seq_len; baselines: features + dense)."""
+    """Tokens the model's interaction sees (STORE: history + non-sequential tokens; baselines: the EBC's
+    features + dense, a history key counted once as it is pooled or attended as one feature)."""
     import torch
 
     from store_rec.data.loader import ParquetBatchLoader
@@ -99,8 +120,8 @@ def _seq_len(overrides: List[str]) -> int:
                                 sid_embedding=cfg.data.sid_embedding, sid_hash_buckets=cfg.data.sid_hash_buckets).schema
     model = build_model(cfg.model, schema, device=torch.device("meta"))
     inter = model.model.inter_arch
-    if hasattr(inter, "seq_len"):
-        return int(inter.seq_len)
+    if hasattr(inter, "seq_len"):  # STORE: history tokens (model.history) + non-sequential tokens
+        return int(getattr(inter, "num_history_tokens", 0) + inter.seq_len)
     return sum(len(c.feature_names) for c in model.embedding_bag_collection.embedding_bag_configs()) + 1
 
 
@@ -138,7 +159,10 @@ def run(args: argparse.Namespace) -> BenchResult:
     from store_rec.data.sid_table import write_sid_table
 
     quick = bool(getattr(args, "quick", False))
-    models = [m for m in args.models.split(",") if m]
+    hist = int(getattr(args, "history_len", 0) or 0)
+    if hist < 0:
+        raise UserError(f"--history-len: need N >= 0, got {hist}")
+    models = [m for m in (args.models or ",".join(HISTORY_MODELS if hist else NO_HISTORY_MODELS)).split(",") if m]
     bad = [m for m in models if m not in MODELS]
     if bad:
         raise UserError(f"--models: unknown {bad}; choose from {list(MODELS)}")
@@ -148,14 +172,15 @@ def run(args: argparse.Namespace) -> BenchResult:
     steps = args.steps or (6 if quick else 80)
     batch = args.batch_size or (64 if quick else 512)
     rows = args.rows or (4_000 if quick else 120_000)
-    k = args.num_sids or (8 if quick else 64)
+    k = args.num_sids or (3 if hist else 8 if quick else 64)
+    block = args.items_per_block * k if hist else args.block_size
     codebook = 16
     records: List[Dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp_s:
         tmp = Path(tmp_s)
         data = tmp / "data"
         schema = prepare_synthetic(data, rows=rows, items=max(200, rows // 50), users=max(100, rows // 100), seed=args.seed,
-                                   num_clusters=16)
+                                   num_clusters=16, history_len=hist)
         n_items = schema.feature("item_id").vocab_size - 1
         rng = np.random.default_rng(args.seed)
         sids = tmp / "sids.parquet"
@@ -167,8 +192,11 @@ def run(args: argparse.Namespace) -> BenchResult:
                   "checkpoint.enabled=false", "output.tensorboard=false", "output.progress_bar=false",
                   "model.tokenizer=opmq", "model.item_feature=item_id", f"model.embedding_dim={args.embedding_dim}",
                   f"model.attention.num_heads={args.heads}", f"model.attention.num_layers={args.layers}",
-                  f"model.attention.ffn_dim={2 * args.embedding_dim}", f"model.attention.block_size={args.block_size}",
+                  f"model.attention.ffn_dim={2 * args.embedding_dim}", f"model.attention.block_size={block}",
                   f"model.attention.sparsity={args.sparsity}", "model.attention.pooling=mean"]
+        if hist:
+            common += [f"data.history_len={hist}", "model.history.enabled=true", f"model.history.max_len={hist}",
+                       "model.history.item_tokens=sid", "model.attention.gate=item"]
         for w in worlds:
             by_model: Dict[str, Dict[str, Any]] = {}
             for m in models:
@@ -190,7 +218,7 @@ def run(args: argparse.Namespace) -> BenchResult:
             summary["store_moba_vs_vanilla_flops_ratio"] = r["flops_ratio_vs_vanilla"]
     config = {"models": models, "world_sizes": worlds, "steps": steps, "batch_size_per_rank": batch, "rows": rows,
               "num_sids": k, "codebook_size": codebook, "embedding_dim": args.embedding_dim, "heads": args.heads,
-              "layers": args.layers, "block_size": args.block_size, "sparsity": args.sparsity, "quick": quick,
+              "layers": args.layers, "block_size": block, "history_len": hist, "sparsity": args.sparsity, "quick": quick,
               "sid_codes": "seeded random (speed only)", "threads_per_rank": args.threads,
               "timing": "the app's samples_per_s: train samples / slowest rank's train time (evals excluded)"}
     return BenchResult(suite="train", records=records, config=config, columns=COLUMNS, summary=summary, plot=plot,
