@@ -121,7 +121,7 @@ def _seq_len(overrides: List[str]) -> int:
     model = build_model(cfg.model, schema, device=torch.device("meta"))
     inter = model.model.inter_arch
     if hasattr(inter, "seq_len"):  # STORE: history tokens (model.history) + non-sequential tokens
-        return int(getattr(inter, "num_history_tokens", 0) + inter.seq_len)
+        return int(getattr(inter, "num_history_tokens", 0)) + int(inter.seq_len)
     return sum(len(c.feature_names) for c in model.embedding_bag_collection.embedding_bag_configs()) + 1
 
 
