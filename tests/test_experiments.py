@@ -34,6 +34,7 @@ experiments:
       STORE: {{sids: opmq}}
       OPQ: {{sids: opq}}
       DCNv2: {{set: [model.name=dlrm_dcn]}}
+    pairs: [[STORE, DCNv2]]
     notes: "hand-written note"
   ep:
     title: "tiny epochs"
@@ -78,6 +79,13 @@ def test_results_generator_on_a_tiny_config(tmp_path):
     mean = sum(auc) / 2
     assert f"| syn | STORE | 2 | {mean:.4f} ± " in text  # the table holds the runs' own numbers
     assert "highest mean test AUC" in text and "hand-written note" in text
+    # pairs: the per-seed difference A - B, mean ± std, from the runs' own summaries
+    import statistics
+
+    d = [json.loads((out / f"runs/t1/syn/STORE/seed{k}/summary.json").read_text())["auc"]
+         - json.loads((out / f"runs/t1/syn/DCNv2/seed{k}/summary.json").read_text())["auc"] for k in (0, 1)]
+    cell = f"{statistics.fmean(d):.4f} ± {statistics.stdev(d):.4f}"
+    assert f"| syn | STORE | DCNv2 | 2 | {'' if cell.startswith('-') else '+'}{cell} |" in text
     assert "| syn | STORE | 0.0 | 1 |" in text and "| syn | STORE | 0.5 | 1 |" in text
     assert "epoch 1 | epoch 2" in text
     # fair: scores at the best-valid epoch, the paired difference and the claim from the runs' numbers
@@ -114,6 +122,18 @@ def test_experiments_config_errors_name_the_key(tmp_path, capsys):
     assert main(["experiments", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
     assert "experiments.t1.datasets[0]: 'nope' is not one of ['syn']" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # rejected before anything was built
+
+
+def test_pairs_name_variants_of_a_table(tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(TINY.format(base="b.yaml").replace("pairs: [[STORE, DCNv2]]", "pairs: [[STORE, DLRM]]"))
+    assert main(["experiments", "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    assert "experiments.t1.pairs[0]: 'DLRM' is not one of the variants" in capsys.readouterr().err
+    from store_rec.experiments.spec import load_spec, restrict
+
+    spec = load_spec(str(ROOT / "configs" / "experiments" / "sequence.yaml"))
+    kept = restrict(spec, variants=["STORE N=0", "STORE N=16", "STORE vanilla N=16"]).experiments["sequence_synthetic"]
+    assert kept.pairs == [["STORE N=16", "STORE N=0"], ["STORE N=16", "STORE vanilla N=16"]]
 
 
 def test_shipped_paper_config_validates_and_plans():

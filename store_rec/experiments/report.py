@@ -100,9 +100,28 @@ def _table(name: str, e: ExperimentSpec, runs: List[Run], fig_dir: Path) -> List
                          f"{'; within noise' if abs(d) <= noise else ''}).")
         best = max(((stats[(dn, v)]["auc"][0], v) for v in e.variants if (dn, v) in stats))
         lines.append(f"- {dn}: highest mean test AUC: **{best[1]}** ({best[0]:.4f}).")
+    lines += _pairs(e, g)
     notes = sorted({n for r in runs for n in r.notes})
     lines += [f"- note: {n}." for n in notes]
     return lines
+
+
+def _pairs(e: ExperimentSpec, g: Dict[Tuple[str, str, Any], List[Dict[str, Any]]]) -> List[str]:
+    """The experiment's ``pairs``: per dataset, A − B per seed both ran (same data, same seed), mean ± std."""
+    rows = []
+    for dn in e.datasets:
+        for a, b in e.pairs:
+            by_seed = [{int(s["_run"].seed): s for s in g.get((dn, v, None), [])} for v in (a, b)]
+            seeds = sorted(set(by_seed[0]) & set(by_seed[1]))
+            if not seeds:
+                continue
+            cells = [_fmt(*_ms([by_seed[0][k][m] - by_seed[1][k][m] for k in seeds])) for m in METRICS]
+            rows.append(f"| {dn} | {a} | {b} | {len(seeds)} | " + " | ".join(
+                c if c.startswith("-") or c == "n/a" else "+" + c for c in cells) + " |")
+    if not rows:
+        return []
+    return ["", "Paired per-seed differences A − B (mean ± std over the seeds both ran):", "",
+            "| dataset | A | B | seeds | AUC A − B | GAUC A − B | LogLoss A − B |", "|---|---|---|---|---|---|---|", *rows]
 
 
 def _epochs(name: str, e: ExperimentSpec, runs: List[Run], fig_dir: Path) -> List[str]:

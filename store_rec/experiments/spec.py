@@ -32,6 +32,7 @@ Layout (every key checked; errors name the key path)::
         set: [KEY=VALUE, ...]               # overrides of every run of the experiment
         variants: {<label>: {sids: opmq|rqvae|opq|null, set: [...], extra: false}}
         reference: <label>                  # kind fair: the model the others are compared with
+        pairs: [[<A>, <B>], ...]            # kind table: paired per-seed differences A - B
         sweep: {label, key: <config key> | sids_key: num_sids|codebook_size, values: [...]}
         notes: free text copied into RESULTS.md
     tiny: {set: [...], seeds: [0], max_values: 2}   # --tiny: what CI runs
@@ -167,6 +168,8 @@ class ExperimentSpec:
     sweep: Optional[SweepSpec] = None
     notes: str = ""
     reference: Optional[str] = None  # kind fair
+    # kind table: [A, B] variant pairs reported as paired per-seed differences A - B (AUC, GAUC, LogLoss)
+    pairs: List[List[str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         check(bool(self.variants), "variants", "needs at least one variant")
@@ -184,6 +187,11 @@ class ExperimentSpec:
                   "the tuning grid of kind 'fair' sweeps a training-config key (not a SID shape)")
         else:
             check(self.reference is None, "reference", "only kind 'fair' takes a reference")
+        check(self.kind == "table" or not self.pairs, "pairs", "only kind 'table' takes pairs")
+        for i, pair in enumerate(self.pairs):
+            check(len(pair) == 2 and pair[0] != pair[1], f"pairs[{i}]", f"needs two different variants [A, B], got {pair!r}")
+            for name in pair:
+                check(name in self.variants, f"pairs[{i}]", f"{name!r} is not one of the variants {list(self.variants)}")
 
 
 @dataclass
@@ -233,6 +241,7 @@ def restrict(spec: PaperSpec, datasets: Optional[List[str]] = None, variants: Op
             e.datasets = [d for d in e.datasets if d in datasets]
         if variants is not None:
             e.variants = {k: v for k, v in e.variants.items() if k in variants}
+            e.pairs = [p for p in e.pairs if p[0] in e.variants and p[1] in e.variants]
             if e.kind == "fair" and e.variants and e.reference not in e.variants:
                 raise UserError(f"--variants: experiment {name!r} compares with {e.reference!r}; keep it in --variants")
         if not e.datasets or not e.variants:
