@@ -232,10 +232,10 @@ def test_schema_with_sids(tmp_path):
     assert [(f.name, f.role, f.vocab_size) for f in s.sparse[-3:]] == [
         ("sid_0", "sid", 17), ("sid_1", "sid", 17), ("sid_2", "sid", 17)]
     bad = _sid_table(tmp_path / "bad.parquet", [1], [[16]], 16)
-    with pytest.raises(DataError, match=r"bad.parquet: row 0: sid_0=16 out of range \[0, 16\)"):
+    with pytest.raises(DataError, match=r"bad.parquet: row 0: sid_0=16 outside \[0, 16\)"):
         ParquetBatchLoader(d, "train", 2, sid_table=bad)
     far = _sid_table(tmp_path / "far.parquet", [10], [[1]], 16)
-    with pytest.raises(DataError, match=r"far.parquet: row 0: item id 10 out of range \[0, 10\)"):
+    with pytest.raises(DataError, match=r"far.parquet: row 0: item id 10 outside the vocabulary \[0, 10\)"):
         ParquetBatchLoader(d, "train", 2, sid_table=far)
 
 

@@ -33,7 +33,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import numpy as np
 
 from store_rec.data.schema import ID, SID, DatasetSchema, SparseFeature
-from store_rec.data.sid_table import read_sid_table, sid_codebook_size
+from store_rec.data.sid_table import read_sid_table, sid_codebook_size, sid_lookup
 from store_rec.errors import UserError
 from store_rec.fileio import PathLike
 
@@ -107,25 +107,11 @@ def _read_one(where: str, feature: str, path: Path, vocab: int) -> FeatureSids:
         c = sid_codebook_size(path, meta, table, cols)
     except UserError as e:
         raise UserError(f"{where}: {e}") from None
-    if table["item"].null_count:
-        raise UserError(f"{where}: {path}: column 'item' has nulls")
-    items = table["item"].to_numpy(zero_copy_only=False).astype(np.int64)
-    bad = np.flatnonzero((items < 0) | (items >= vocab))
-    if len(bad):
-        raise UserError(f"{where}: {path}: row {bad[0]}: item id {items[bad[0]]} outside the vocabulary [0, {vocab}) "
-                        f"of feature {feature!r}")
-    lut = np.full((k, vocab), c, np.int64)
-    for j, col in enumerate(cols):
-        if table[col].null_count:
-            raise UserError(f"{where}: {path}: column {col!r} has nulls")
-        v = table[col].to_numpy(zero_copy_only=False).astype(np.int64)
-        badk = np.flatnonzero((v < 0) | (v >= c))
-        if len(badk):
-            raise UserError(f"{where}: {path}: row {badk[0]}: {col}={v[badk[0]]} outside [0, {c}) (codebook_size C={c})")
-        lut[j, items] = v
-    covered = np.zeros(vocab, bool)
-    covered[items] = True
-    oov = int((~covered[1:]).sum())
+    try:
+        lut, missing = sid_lookup(path, table, cols, c, vocab, feature)
+    except UserError as e:
+        raise UserError(f"{where}: {e}") from None
+    oov = int(len(missing))
     if oov:
         logger.info("%s: %d of %d %r ids have no row in %s; they get the OOV SID %d", where, oov, vocab - 1, feature, path, c)
     return FeatureSids(feature, path, feature_sid_keys(feature, k), c, meta.get("method"), lut, oov)

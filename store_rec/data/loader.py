@@ -73,7 +73,7 @@ from store_rec.data.feature_sids import append_feature_sids, load_feature_sids
 from store_rec.data.history import check_history_len, truncation_index
 from store_rec.data.schema import HISTORY, SID, DatasetSchema, SchemaError, SparseFeature
 from store_rec.data.sid_keys import DEFAULT_HASH_BUCKETS, sid_key_ids, sid_key_shapes
-from store_rec.data.sid_table import read_sid_table, read_sid_table_metadata, sid_codebook_size  # noqa: F401  (re-exported)
+from store_rec.data.sid_table import read_sid_table, read_sid_table_metadata, sid_codebook_size, sid_lookup  # noqa: F401  (re-exported)
 from store_rec.errors import DataError, UserError
 from store_rec.fileio import PathLike
 
@@ -452,23 +452,7 @@ class ParquetBatchLoader:
         return names
 
     def _build_sid_lut(self, path: Path, table: pa.Table, cols: List[str], c: int, vocab: int) -> np.ndarray:
-        items = table["item"].to_numpy(zero_copy_only=False)
-        if table["item"].null_count:
-            raise DataError(f"{path}: column 'item' has nulls")
-        bad = np.flatnonzero((items < 0) | (items >= vocab))
-        if len(bad):
-            raise DataError(f"{path}: row {bad[0]}: item id {items[bad[0]]} out of range [0, {vocab}) of "
-                            f"feature {self._sid_item!r}")
-        lut = np.full((len(cols), vocab), c, np.int64)  # OOV SID = C for items missing from the table
-        for k, col in enumerate(cols):
-            v = table[col].to_numpy(zero_copy_only=False).astype(np.int64)
-            badk = np.flatnonzero((v < 0) | (v >= c))
-            if len(badk):
-                raise DataError(f"{path}: row {badk[0]}: {col}={v[badk[0]]} out of range [0, {c}) (codebook_size)")
-            lut[k, items] = v
-        covered = np.zeros(vocab, bool)
-        covered[items] = True
-        missing = np.flatnonzero(~covered[1:]) + 1  # id 0 is the OOV item
+        lut, missing = sid_lookup(path, table, cols, c, vocab, self._sid_item)  # OOV SID = C for missing items
         self.sid_oov_items = int(len(missing))
         if len(missing):
             logger.warning("%s: %d of %d %r ids have no row in the SID table; they get the OOV SID %d in every sid_k "

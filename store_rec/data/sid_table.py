@@ -137,3 +137,30 @@ def sid_codebook_size(path: Path, meta: Dict[str, Any], table: pa.Table, cols: L
     c = max(int(pc.max(table[col]).as_py() or 0) for col in cols) + 1
     logger.warning("%s: no codebook_size in metadata 'store_rec'; using max SID + 1 = %d", path, c)
     return c
+
+
+def sid_lookup(path: Path, table: pa.Table, cols: List[str], c: int, vocab: int, feature: str) -> Tuple[np.ndarray, np.ndarray]:
+    """A read SID table as a lookup ``lut[k, id]`` (``int64 [K, vocab]``) over ``feature``'s ids ``0 .. vocab-1``,
+    and the ids ``1 .. vocab-1`` it has no row for (they, and id 0, get the OOV SID ``C``).
+
+    Raises :class:`DataError` naming the file, row and column: null items or SIDs, an item id outside
+    the vocabulary, a SID outside ``[0, C)``."""
+    if table["item"].null_count:
+        raise DataError(f"{path}: column 'item' has nulls")
+    items = table["item"].to_numpy(zero_copy_only=False).astype(np.int64)
+    bad = np.flatnonzero((items < 0) | (items >= vocab))
+    if len(bad):
+        raise DataError(f"{path}: row {bad[0]}: item id {items[bad[0]]} outside the vocabulary [0, {vocab}) "
+                        f"of feature {feature!r}")
+    lut = np.full((len(cols), vocab), c, np.int64)
+    for k, col in enumerate(cols):
+        if table[col].null_count:
+            raise DataError(f"{path}: column {col!r} has nulls")
+        v = table[col].to_numpy(zero_copy_only=False).astype(np.int64)
+        badk = np.flatnonzero((v < 0) | (v >= c))
+        if len(badk):
+            raise DataError(f"{path}: row {badk[0]}: {col}={v[badk[0]]} outside [0, {c}) (codebook_size C={c})")
+        lut[k, items] = v
+    covered = np.zeros(vocab, bool)
+    covered[items] = True
+    return lut, np.flatnonzero(~covered[1:]) + 1  # id 0 is the OOV item

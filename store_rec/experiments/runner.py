@@ -209,11 +209,16 @@ class Artifacts:
 
     def sid_table(self, name: str, method: str, shape: SidShape) -> Artifact:
         out = self.root / name / f"sids_{method}_K{shape.num_sids}_C{shape.codebook_size}.parquet"
-        emb = self.embeddings(name)
+        return self._tokenized(self.embeddings(name), out, method, shape,
+                               f"tokenize {name} {method} K={shape.num_sids} C={shape.codebook_size}")
+
+    def _tokenized(self, emb: Artifact, out: Path, method: str, shape: SidShape, what: str) -> Artifact:
+        """``emb`` tokenized into the SID table ``out`` (+ its ``.json`` report): ``store-rec tokenize``."""
+        steps = 50 if self.tiny else shape.steps
+        steps = steps if steps and method != "opq" else None
         argv = ["tokenize", "--embeddings", str(emb.path), "--method", method, "--num-sids", str(shape.num_sids),
                 "--codebook-size", str(shape.codebook_size), "--out", str(out), "--report", str(out.with_suffix(".json"))]
-        steps = 50 if self.tiny else shape.steps
-        if steps and method != "opq":
+        if steps:
             argv += ["--steps", str(steps)]
 
         def remove() -> None:
@@ -224,10 +229,9 @@ class Artifacts:
             from store_rec.tokenizer.make_sids import make_sid_table
 
             make_sid_table(emb.path, out, method=method, num_sids=shape.num_sids, codebook_size=shape.codebook_size,
-                           report=out.with_suffix(".json"), steps=steps if steps and method != "opq" else None)
+                           report=out.with_suffix(".json"), steps=steps)
 
-        return self._ensure(out, argv, build, {"embeddings": emb}, out.exists, remove,
-                            f"tokenize {name} {method} K={shape.num_sids} C={shape.codebook_size}")
+        return self._ensure(out, argv, build, {"embeddings": emb}, out.exists, remove, what)
 
     # ---- SIDs for features without sequences: first-stage model -> its tables -> tokenize ----------------
     def first_stage(self, name: str) -> Artifact:
@@ -288,27 +292,9 @@ class Artifacts:
 
     def feature_sid_table(self, name: str, feature: str, method: str, shape: SidShape) -> Artifact:
         """``feature``'s first-stage embeddings tokenized: ``OUT/data/<name>/fsids_<feature>_<method>_K<K>_C<C>.parquet``."""
-        emb = self.feature_embeddings(name, feature)
         out = self.root / name / f"fsids_{feature}_{method}_K{shape.num_sids}_C{shape.codebook_size}.parquet"
-        steps = 50 if self.tiny else shape.steps
-        steps = steps if steps and method != "opq" else None
-        argv = ["tokenize", "--embeddings", str(emb.path), "--method", method, "--num-sids", str(shape.num_sids),
-                "--codebook-size", str(shape.codebook_size), "--out", str(out), "--report", str(out.with_suffix(".json"))]
-        if steps:
-            argv += ["--steps", str(steps)]
-
-        def remove() -> None:
-            for f in (out, out.with_suffix(".json")):
-                f.unlink(missing_ok=True)
-
-        def build() -> None:  # = store-rec tokenize (argv above)
-            from store_rec.tokenizer.make_sids import make_sid_table
-
-            make_sid_table(emb.path, out, method=method, num_sids=shape.num_sids, codebook_size=shape.codebook_size,
-                           report=out.with_suffix(".json"), steps=steps)
-
-        return self._ensure(out, argv, build, {"embeddings": emb}, out.exists, remove,
-                            f"tokenize {name} {feature} {method} K={shape.num_sids} C={shape.codebook_size}")
+        return self._tokenized(self.feature_embeddings(name, feature), out, method, shape,
+                               f"tokenize {name} {feature} {method} K={shape.num_sids} C={shape.codebook_size}")
 
     def _rel(self, tok: str) -> str:
         """A path under the artifacts root as ``{root}/...`` (records survive moving OUT)."""
