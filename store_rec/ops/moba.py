@@ -147,17 +147,23 @@ def selection_mask(sel: torch.Tensor, seq_len: int, block_size: int, routing: st
     return m
 
 
+def _masked_attention(q, k, v, allowed, scale, dropout_p, training):
+    """``softmax(q k^T * scale, masked to allowed) v`` with dropout on the probabilities: the dense
+    definition both reference ops share (``allowed`` broadcasts to ``[B, H, Lq, Lk]``)."""
+    scores = (q @ k.transpose(-1, -2)) * scale
+    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
+    if dropout_p > 0.0 and training:
+        probs = F.dropout(probs, p=dropout_p)
+    return probs @ v
+
+
 def _reference(q, k, v, sel, *, block_size, routing, dropout_p, scale, training):
     """Dense scores masked to the selected blocks — the readable definition of MoBA."""
     L = k.shape[2]
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     allowed = selection_mask(sel, q.shape[2], block_size, routing)  # [B, H, L, nb]
     allowed = allowed.repeat_interleave(block_size, dim=-1)[..., :L]  # [B, H, L, L]; padding never exists
-    scores = (q @ k.transpose(-1, -2)) * scale
-    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
-    if dropout_p > 0.0 and training:
-        probs = F.dropout(probs, p=dropout_p)
-    return probs @ v
+    return _masked_attention(q, k, v, allowed, scale, dropout_p, training)
 
 
 class _GatherBlocks(torch.autograd.Function):
@@ -369,11 +375,7 @@ def _history_reference(q, k, v, sel, key_valid, *, block_size, dropout_p, scale,
     chosen = torch.zeros(B, H, nb, dtype=torch.bool, device=q.device).scatter_(-1, sel, True)
     hist = chosen.repeat_interleave(block_size, dim=-1) & key_valid.unsqueeze(1)  # [B, H, R]
     allowed = torch.cat([hist, hist.new_ones(B, H, L - R)], dim=-1).unsqueeze(2)  # [B, H, 1, L]
-    scores = (q @ k.transpose(-1, -2)) * scale
-    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
-    if dropout_p > 0.0 and training:
-        probs = F.dropout(probs, p=dropout_p)
-    return probs @ v
+    return _masked_attention(q, k, v, allowed, scale, dropout_p, training)
 
 
 class _GatherRows(torch.autograd.Function):
