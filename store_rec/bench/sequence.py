@@ -91,8 +91,7 @@ def _model_cfg(args: argparse.Namespace, n: int, kind: str, sparsity: float, blo
 
 def _tokens(model) -> int:  # noqa: ANN001
     """The interaction's sequence length (history tokens included)."""
-    inter = model.model.inter_arch
-    return int(inter.num_history_tokens + inter.seq_len)
+    return int(model.model.inter_arch.num_tokens)
 
 
 def activation_bytes(train, batch) -> int:  # noqa: ANN001

@@ -120,8 +120,8 @@ def _seq_len(overrides: List[str]) -> int:
                                 sid_embedding=cfg.data.sid_embedding, sid_hash_buckets=cfg.data.sid_hash_buckets).schema
     model = build_model(cfg.model, schema, device=torch.device("meta"))
     inter = model.model.inter_arch
-    if hasattr(inter, "seq_len"):  # STORE: history tokens (model.history) + non-sequential tokens
-        return int(getattr(inter, "num_history_tokens", 0)) + int(inter.seq_len)
+    if hasattr(inter, "num_tokens"):  # STORE: history tokens (model.history) + non-sequential tokens
+        return int(inter.num_tokens)
     return sum(len(c.feature_names) for c in model.embedding_bag_collection.embedding_bag_configs()) + 1
 
 
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> BenchResult:
     from store_rec.data.sid_table import write_sid_table
 
     quick = bool(getattr(args, "quick", False))
-    hist = int(getattr(args, "history_len", 0) or 0)
+    hist = args.history_len
     if hist < 0:
         raise UserError(f"--history-len: need N >= 0, got {hist}")
     models = [m for m in (args.models or ",".join(HISTORY_MODELS if hist else NO_HISTORY_MODELS)).split(",") if m]

@@ -108,16 +108,18 @@ def _table(name: str, e: ExperimentSpec, runs: List[Run], fig_dir: Path) -> List
 
 def _pairs(e: ExperimentSpec, g: Dict[Tuple[str, str, Any], List[Dict[str, Any]]]) -> List[str]:
     """The experiment's ``pairs``: per dataset, A − B per seed both ran (same data, same seed), mean ± std."""
+    from store_rec.experiments.fair import paired_difference
+
     rows = []
     for dn in e.datasets:
         for a, b in e.pairs:
             by_seed = [{int(s["_run"].seed): s for s in g.get((dn, v, None), [])} for v in (a, b)]
-            seeds = sorted(set(by_seed[0]) & set(by_seed[1]))
-            if not seeds:
-                continue
-            cells = [_fmt(*_ms([by_seed[0][k][m] - by_seed[1][k][m] for k in seeds])) for m in METRICS]
-            rows.append(f"| {dn} | {a} | {b} | {len(seeds)} | " + " | ".join(
-                c if c.startswith("-") or c == "n/a" else "+" + c for c in cells) + " |")
+            cells, n = [], 0
+            for metric in METRICS:
+                m, sd, n = paired_difference(*({k: s[metric] for k, s in runs.items()} for runs in by_seed))
+                cells.append("n/a" if math.isnan(m) else f"{m:+.4f} ± {sd:.4f}")
+            if n:
+                rows.append(f"| {dn} | {a} | {b} | {n} | " + " | ".join(cells) + " |")
     if not rows:
         return []
     return ["", "Paired per-seed differences A − B (mean ± std over the seeds both ran):", "",

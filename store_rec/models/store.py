@@ -277,9 +277,9 @@ class StoreInteractionArch(nn.Module):
         # the last layer's history outputs are never read (the output pools the non-sequential tokens):
         # it computes the non-sequential queries only (exact; not with per-position FFNs)
         self.prune_last = bool(self.history_items) and not attention.token_ffn
-        total = self.num_history_tokens + self.seq_len
+        self.num_tokens = self.num_history_tokens + self.seq_len  # the attention's sequence length L
         recent = int(history_recent_blocks) if self.history_items else 0
-        self.layers = nn.ModuleList(StoreLayer(D, attention, total, recent) for _ in range(attention.num_layers))
+        self.layers = nn.ModuleList(StoreLayer(D, attention, self.num_tokens, recent) for _ in range(attention.num_layers))
         self.dots: Optional[nn.Module] = None
         if attention.dot_features:
             from store_rec.modules.pairwise import PairwiseDot
@@ -397,7 +397,7 @@ class StoreInteractionArch(nn.Module):
     def analytic_flops_modules(self) -> Dict[nn.Module, Callable[[int, bool], int]]:
         """Attention modules -> ``fn(batch_size, backward) -> FLOPs`` (counted analytically by
         ``store_rec.ops.flops``: ``FlopCounterMode`` sees 0 for CPU SDPA)."""
-        L, R = self.num_history_tokens + self.seq_len, self.num_history_tokens
+        L, R = self.num_tokens, self.num_history_tokens
         last = len(self.layers) - 1
         return {layer.attn: (lambda b, bw, a=layer.attn, q=(self.seq_len if self.prune_last and i == last else None):
                              int(a.flops(b, L, backward=bw, history=R, queries=q))) for i, layer in enumerate(self.layers)}
