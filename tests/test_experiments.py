@@ -5,6 +5,7 @@ with numbers from the runs, plots exist, and a second invocation reuses the fini
 from __future__ import annotations
 
 import json
+import numpy as np
 import shutil
 from pathlib import Path
 
@@ -326,3 +327,55 @@ def test_adopt_artifacts_keeps_an_out_made_before_build_records(small, capsys):
     text = Path("RESULTS.md").read_text()
     assert "results: 2 of 2 runs." in text and "--adopt-artifacts" not in text
     assert main(SMALL_ARGV) == 0 and _mtimes(Path("out")) == after  # adopted for good: nothing to do
+
+
+TABLE_LOG = """
+base: {base}
+jobs: 1
+datasets:
+  log:
+    prepare: {{dataset: table, source: log.txt, set: {{schema: log.yaml, interactions.history_len: 8}}}}
+    pretrain: {{epochs: 1, dim: 16, max_len: 20}}
+    sids: {{num_sids: 2, codebook_size: 4, steps: 30}}
+    item_feature: item
+    set: [data.batch_size=64, train.epochs=1]
+experiments:
+  seq:
+    title: "an interaction log with history"
+    kind: table
+    datasets: [log]
+    seeds: [0]
+    variants:
+      "DLRM N=0": {{sids: opmq, set: [model.name=dlrm, data.history_len=0]}}
+      "DIN N=8": {{sids: opmq, set: [model.name=din, data.history_len=8, model.history.enabled=true, model.history.max_len=8]}}
+"""
+
+
+def test_experiments_on_your_own_interaction_log_with_history(tmp_path, monkeypatch):
+    """``prepare: {dataset: table}``: a user's own log (here SASRec's "user item" lines) through the
+    experiments runner, its schema from ``set.schema`` and a schema key overridden from ``set``."""
+    monkeypatch.chdir(tmp_path)
+    r = np.random.default_rng(0)
+    lines = [f"{u} {int(i)}" for u in range(1, 41) for i in r.choice(np.arange(1, 200), 14, replace=False)]
+    Path("log.txt").write_text("\n".join(lines) + "\n")
+    Path("log.yaml").write_text(
+        "kind: interactions\nformat: csv\ndelimiter: ' '\nheader: false\ncolumns:\n"
+        "  user: {role: id, user_key: true}\n  item: {role: id, item_key: true}\n"
+        "interactions: {negatives: {strategy: popularity, ratio: 1, sample_from: split_positives}}\n")
+    Path("b.yaml").write_text((ROOT / "configs" / "experiments" / "base.yaml").read_text())
+    Path("x.yaml").write_text(TABLE_LOG.format(base="b.yaml"))
+    assert main(["experiments", "--config", "x.yaml", "--out", "out", "--results", "R.md"]) == 0
+    schema = json.loads(Path("out/data/log/schema.json").read_text())
+    assert schema["params"]["history"]["max_len"] == 8 and schema["params"]["negatives_sample_from"] == "split_positives"
+    build = json.loads(Path("out/data/log.build.json").read_text())
+    assert build["args"][:4] == ["data", "prepare", "table", "--out"] and build["args"][-4:-2] == ["--schema", "log.yaml"]
+    text = Path("R.md").read_text()
+    assert "| log | DIN N=8 | 1 | 0." in text and "| log | DLRM N=0 | 1 | 0." in text
+    # the schema is config: editing it rebuilds the dataset (and reruns its runs)
+    Path("log.yaml").write_text(Path("log.yaml").read_text().replace("ratio: 1", "ratio: 2"))
+    assert main(["experiments", "--config", "x.yaml", "--out", "out", "--results", "R.md"]) == 0
+    assert json.loads(Path("out/data/log/schema.json").read_text())["params"]["sampled_negatives"] == 2 * 560
+    # a table dataset without its schema is a config error naming the key, before anything is built
+    Path("y.yaml").write_text(TABLE_LOG.format(base="b.yaml").replace("schema: log.yaml, ", ""))
+    assert main(["experiments", "--config", "y.yaml", "--out", "out2"]) == 2
+    assert not Path("out2").exists()

@@ -495,3 +495,32 @@ def test_bench_history_script_tiny(tmp_path):
     assert op["tokens"] == 36 and op["flops_ratio_1/2"] > 1 and set(op["ms"]) == {"vanilla", "moba_1/2", "moba_3/4"}
     assert m["tokens"] == m["history_tokens"] + m["non_sequential_tokens"] and m["history_tokens"] == 24
     assert m["tflops_ratio"] > 1 and m["speedup"] > 0
+
+
+def test_token_ffn_with_history_mixes_shared_and_per_token_parameters():
+    """OneTrans-style mixed FFN: the history tokens share one FFN, each non-sequential token has its
+    own; the parameter count does not depend on N, the pruned last layer stays exact, and every FFN gets
+    a gradient."""
+    schema = _schema()
+    torch.manual_seed(0)
+    model = build_model(_cfg(attention={"gate": "item", "token_ffn": True, "dot_features": True}), schema)
+    inter = model.model.inter_arch
+    layer = inter.layers[0]
+    assert inter.prune_last and layer.history_ffn is not None
+    assert layer.ffn.num_tokens == inter.seq_len and layer.history_tokens == inter.num_history_tokens
+    batch = _batch(schema, 6)
+    pruned = model(batch).logits
+    inter.prune_last = False
+    torch.testing.assert_close(model(batch).logits, pruned, rtol=1e-5, atol=1e-6)
+    inter.prune_last = True
+    pruned.sum().backward()
+    for name in ("ffn.w1", "ffn.w2", "history_ffn.0.weight", "history_ffn.3.weight"):
+        g = dict(layer.named_parameters())[name].grad
+        assert g is not None and g.abs().sum() > 0, name
+    # the history positions take history_ffn: with it zeroed they get the residual only
+    x = torch.randn(2, inter.num_tokens, D)
+    ref = torch.cat([layer.history_ffn(x[:, :inter.num_history_tokens]), layer.ffn(x[:, inter.num_history_tokens:])], 1)
+    torch.testing.assert_close(layer._ffn(x), ref)
+    n_params = sum(p.numel() for p in layer.parameters())
+    longer = build_model(_cfg(attention={"gate": "item", "token_ffn": True}, history={"max_len": 16}), schema)
+    assert sum(p.numel() for p in longer.model.inter_arch.layers[0].parameters()) == n_params

@@ -203,3 +203,71 @@ def test_interaction_log_train_negatives_only_from_items_with_a_train_positive(t
         assert all(i in warm for i, y in rows if y == 0.0)
         _, old = out[("catalog", strategy)]
         assert any(i not in warm for i, y in old if y == 0.0)
+
+
+def test_split_matched_negatives_draw_each_split_from_its_own_positives_by_popularity():
+    from store_rec.data.sampling import pair_keys, split_matched_negatives
+    from store_rec.errors import DataError
+
+    # split 0's positives: item 1 x 90, item 2 x 10; split 2's: item 3 x 5, item 4 x 5
+    pos_items = np.array([1] * 90 + [2] * 10 + [3] * 5 + [4] * 5)
+    pos_split = np.array([0] * 100 + [2] * 10)
+    users = np.array([9] * 4000 + [8] * 1000)  # user 8 interacted with item 3
+    split = np.array([0] * 4000 + [2] * 1000)
+    keys = pair_keys(np.array([8]), np.array([3]), 10)
+    out = split_matched_negatives(np.random.default_rng(0), users, split, pos_items, pos_split, keys, 10)
+    assert set(out[:4000].tolist()) == {1, 2} and abs((out[:4000] == 1).mean() - 0.9) < 0.02  # popularity-matched
+    assert set(out[4000:].tolist()) == {4}  # only split 2's items, never the user's own item 3
+    uni = split_matched_negatives(np.random.default_rng(0), users[:4000], split[:4000], pos_items, pos_split, keys, 10,
+                                  weighted=False)
+    assert abs((uni == 1).mean() - 0.5) < 0.03  # distinct items alike
+    with pytest.raises(DataError, match="split 1 has negatives to draw but no positive"):
+        split_matched_negatives(np.random.default_rng(0), users[:3], np.array([1, 1, 1]), pos_items, pos_split, keys, 10)
+
+
+def test_movielens_split_positives_makes_new_movies_negatives_of_their_split_too(shared_datasets, tmp_path):
+    """With a time split the valid / test positives here are all movies without a train positive
+    (31..40): catalogue-uniform negatives are almost never such movies, so "new movie" gives the label
+    away; ``split_positives`` draws each split's negatives from that split's positives."""
+    from store_rec.data.prepare import prepare
+
+    root = _ml_root(shared_datasets, tmp_path)
+    new = prepare("movielens", str(root), tmp_path / "m", neg_ratio=3, negatives_from="split_positives")
+    assert prepare("movielens", str(root), tmp_path / "o", neg_ratio=3).params["negatives_from"] == "train_positives"
+    assert new.params["negatives_from"] == "split_positives"
+    hist = {}
+    for line in (root / "ratings.dat").read_text().split():
+        u, m, _, _ = line.split("::")
+        hist.setdefault(int(u), set()).add(m)
+    warm = {str(m) for m in range(1, 31)}
+    for split in ("train", "valid", "test"):
+        rows, _ = _rows(tmp_path / "m", split)
+        pos = {m for _, m, y in rows if y == 1.0}
+        negs = [(u, m) for u, m, y in rows if y == 0.0]
+        assert len(negs) == 3 * sum(1 for _, _, y in rows if y == 1.0)
+        assert {m for _, m in negs} <= pos  # drawn from the split's own positives ...
+        assert all(m not in hist[u] for u, m in negs if m is not None)  # ... never the user's own movies
+        if split != "train":  # every valid / test positive is a new (OOV) movie: so is every negative now
+            assert all(m is None for _, m in negs)
+            old_rows, _ = _rows(tmp_path / "o", split)
+            assert sum(1 for _, m, y in old_rows if y == 0.0 and m is None) < len(negs) / 2
+        else:
+            assert all(m in warm for _, m in negs)
+    # the generic interaction log has the same option
+    r = np.random.default_rng(1)
+    lines = ["user,item,ts"]
+    for u in range(30):
+        h = list(r.choice(30, size=8, replace=False)) + list(r.choice(np.arange(30, 40), 2, replace=False))
+        lines += [f"u{u},i{i},{t}" for t, i in enumerate(h)]
+    (tmp_path / "log.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "s.yaml").write_text("kind: interactions\ncolumns:\n  user: {role: user_key}\n  item: {role: id, item_key: true}\n"
+                                     "  ts: {role: timestamp}\ninteractions: {negatives: {strategy: popularity, ratio: 2, "
+                                     "sample_from: split_positives}}\n")
+    s = prepare("table", str(tmp_path / "log.csv"), tmp_path / "t", schema=str(tmp_path / "s.yaml"))
+    assert s.params["negatives_sample_from"] == "split_positives"
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(tmp_path / "t" / s.splits["test"].files[0])
+    lab = np.asarray(t.column("label").to_pylist())
+    item = t.column("item").to_numpy()
+    assert set(item[lab == 0].tolist()) <= set(item[lab == 1].tolist()) and (lab == 0).sum() == 2 * (lab == 1).sum()

@@ -180,8 +180,9 @@ def test_dlrm_mean_pools_the_history_in_its_ebc(hist_data):
 
 
 def test_shipped_sequence_config_plans_paired_runs_that_validate(tmp_path):
-    """configs/experiments/sequence.yaml: N in {0, 16, 64, 128}, the four models, >= 3 paired seeds on
-    both datasets, and every run's overrides form a valid training config."""
+    """configs/experiments/sequence.yaml: N in {0, 16, 64, 128}, the four models (the dense-attention one
+    on the two time-ordered datasets), >= 3 paired seeds on every dataset, and every run's overrides form
+    a valid training config."""
     from pathlib import Path
 
     from store_rec.experiments.runner import plan_runs
@@ -191,15 +192,17 @@ def test_shipped_sequence_config_plans_paired_runs_that_validate(tmp_path):
     root = Path(__file__).resolve().parents[1]
     spec = load_spec(str(root / "configs" / "experiments" / "sequence.yaml"))
     runs = plan_runs(spec, tmp_path / "out", build=False)
-    assert {r.dataset for r in runs} == {"synthetic_hist", "movielens_hist"}
+    assert {r.dataset for r in runs} == {"synthetic_hist", "movielens_matched", "video_hist"}
     seeds = {}
     for r in runs:
         seeds.setdefault((r.dataset, r.variant), set()).add(r.seed)
     assert all(s == {0, 1, 2} for s in seeds.values())
-    names = {v for _, v in seeds}
-    for n in (16, 64, 128):
-        assert {f"STORE N={n}", f"STORE vanilla N={n}", f"DIN N={n}", f"DLRM mean-pooled N={n}"} <= names
-    assert {"STORE N=0", "STORE vanilla N=0", "DLRM N=0"} <= names
+    for ds in ("synthetic_hist", "movielens_matched", "video_hist"):
+        names = {v for d, v in seeds if d == ds}
+        for n in (16, 64, 128):
+            assert {f"STORE N={n}", f"DIN N={n}", f"DLRM mean-pooled N={n}"} <= names
+            assert (f"STORE vanilla N={n}" in names) == (ds != "movielens_matched")
+        assert {"STORE N=0", "DLRM N=0", "STORE+FFN N=0", "STORE+FFN N=128"} <= names
     for r in runs[:: max(1, len(runs) // 12)]:
         ov = [o for o in r.overrides if not o.startswith(("data.sid_table=", "data.dir="))]
         cfg = load_train_config(str(root / "configs" / "experiments" / "base.yaml"), ov)

@@ -47,7 +47,7 @@ from typing import Any, Dict, List
 
 from store_rec.bench.common import BenchResult
 
-FULL_LENGTHS = (16, 64, 128)
+FULL_LENGTHS = (16, 64, 128, 256, 512)
 TINY_LENGTHS = (4, 8)
 SWEEP = (0.25, 0.5, 0.75)
 
@@ -57,7 +57,7 @@ COLUMNS = ("history_len", "point", "tokens", "model", "sparsity", "gflops_per_ba
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tiny", action="store_true", help="CI mode: tiny data, N in {4, 8} (same as --quick)")
-    parser.add_argument("--lengths", default=None, help="comma-separated history lengths N (default 16,64,128)")
+    parser.add_argument("--lengths", default=None, help="comma-separated history lengths N (default 16,64,128,256,512)")
     parser.add_argument("--sweep", default=None, help="MoBA sparsities measured at the longest N (default 0.25,0.5,0.75)")
     parser.add_argument("--sparsity", type=float, default=0.5, help="MoBA sparsity of the per-N comparison (default 0.5)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch of a timed step (default 128; tiny 16)")

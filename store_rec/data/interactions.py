@@ -20,6 +20,9 @@ drawn only from items with a train positive (for ``popularity``: weighted by the
 so an item whose positives are all in valid / test never enters training as a negative only (it
 would share the OOV SID with every such item and teach "OOV = negative"); valid / test negatives
 are drawn from the whole catalog as before. ``catalog``: every split's from the whole catalog.
+``split_positives``: every split's negatives from the items of that split's positives (``popularity``:
+weighted by them; ``uniform``: each distinct item alike), so an item new in valid / test is a negative
+there too (:func:`store_rec.data.sampling.split_matched_negatives`).
 ``params`` records ``negatives_sample_from`` and ``train_negatives_resampled``.
 
 Split (``split.method``): ``leave_last_out`` (default): per user in time order, the last positive
@@ -55,7 +58,8 @@ import pyarrow.compute as pc
 
 from store_rec.config import to_dict
 from store_rec.data.history import HISTORY_ROW_COLUMN, HistorySource, build_history_index
-from store_rec.data.sampling import pair_keys, resample_train_negatives, sample_negatives, users_with_every_item
+from store_rec.data.sampling import (pair_keys, resample_train_negatives, sample_negatives, split_matched_negatives,
+                                    users_with_every_item)
 from store_rec.data.schema import SPLITS, DatasetSchema, SequenceInfo
 from store_rec.data.splits import leave_last_out_codes, time_cutoff_codes, time_quantile_cutoffs
 from store_rec.data.table import (USER_KEY_COLUMN, TableConfig, _col_as_string, _multi, _parsed_chunks, _Plan,
@@ -224,7 +228,12 @@ def prepare_interactions(cfg: TableConfig, files: List[Tuple[Path, Optional[str]
         neg_items = sample_negatives(rng, catalog, np.repeat(u[pos_idx], k), keys, stride, neg.max_rounds,
                                      hint="; lower interactions.negatives.ratio")
         parent = np.repeat(pos_idx, k)
-        if neg.sample_from == "train_positives":
+        if neg.sample_from == "split_positives":
+            neg_items = split_matched_negatives(
+                np.random.default_rng([seed, 4]), u[parent], codes[parent], it[pos_idx], codes[pos_idx], keys, stride,
+                neg.max_rounds, hint="; lower interactions.negatives.ratio or set interactions.negatives.sample_from: "
+                                     "train_positives", weighted=strategy != "uniform")
+        elif neg.sample_from == "train_positives":
             tp = it[(codes == 0) & (label > 0.5)]
             train_catalog = np.unique(tp) if strategy == "uniform" else np.sort(tp)  # popularity: by train positives
             before = neg_items

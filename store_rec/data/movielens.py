@@ -21,8 +21,11 @@ negatives of **train** rows are drawn only from movies with a train positive (a 
 are all in valid / test would otherwise enter training only as a negative and, sharing the OOV SID
 with every such movie, teach "OOV = negative": :func:`store_rec.data.sampling.resample_train_negatives`);
 valid / test negatives are drawn from the whole catalogue as before, row for row. ``catalog``: every
-split's negatives from the whole catalogue (the behaviour before this option). ``params`` records the
-option and how many train negatives were drawn again (``train_negatives_resampled``).
+split's negatives from the whole catalogue (the behaviour before this option). ``split_positives``:
+every split's negatives from that split's positives, popularity-matched, so a movie that is new in
+valid / test is as frequent among their negatives as among their positives
+(:func:`store_rec.data.sampling.split_matched_negatives`; the protocol of the sequence experiments).
+``params`` records the option and how many train negatives were drawn again (``train_negatives_resampled``).
 
 Features: ``user_id`` and ``movie_id`` (role ``id``; ``movie_id`` is the item feature), static group
 ``user``: gender, age, occupation, zip_prefix (first ``zip_prefix_digits`` characters); group
@@ -66,7 +69,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from store_rec.config import check, to_dict
-from store_rec.data.sampling import pair_keys, resample_train_negatives, sample_negatives, users_with_every_item
+from store_rec.data.sampling import (pair_keys, resample_train_negatives, sample_negatives, split_matched_negatives,
+                                    users_with_every_item)
 from store_rec.data.csvio import RawTable, drop_or_raise, line_of_row, numeric_bad_mask, read_delimited
 from store_rec.data.dsconfig import load_dataset_config
 from store_rec.data.history import HISTORY_ROW_COLUMN, HistorySource, build_history_index
@@ -98,7 +102,7 @@ class MovieLensConfig:
     max_sampling_rounds: int = 100
     history_len: int = 0
     history_sides: List[str] = field(default_factory=lambda: list(HISTORY_SIDES))
-    negatives_from: Literal["train_positives", "catalog"] = "train_positives"
+    negatives_from: Literal["train_positives", "catalog", "split_positives"] = "train_positives"
 
     def __post_init__(self) -> None:
         check(self.neg_ratio >= 0, "neg_ratio", "must be >= 0")
@@ -434,7 +438,11 @@ def prepare_movielens(source: str, out: os.PathLike, *, config=None, seed: int =
         neg_movie = sample_negatives(rng, catalog, np.repeat(user[pos_idx], k), keys, kk, cfg.max_sampling_rounds,
                                      hint="; lower neg_ratio")
         parent = np.repeat(pos_idx, k)
-        if cfg.negatives_from == "train_positives":
+        if cfg.negatives_from == "split_positives":
+            neg_movie = split_matched_negatives(
+                np.random.default_rng([seed, 4]), user[parent], codes[parent], movie[pos_idx], codes[pos_idx], keys, kk,
+                cfg.max_sampling_rounds, hint="; lower neg_ratio or set negatives_from: train_positives")
+        elif cfg.negatives_from == "train_positives":
             before = neg_movie
             neg_movie = resample_train_negatives(
                 np.random.default_rng([seed, 3]), neg_movie, user[parent], codes[parent] == 0,

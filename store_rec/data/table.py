@@ -135,12 +135,13 @@ class NegativesConfig:
     ``train_positives`` (default) draws the negatives of train rows only from items with a train
     positive (valid / test negatives from the whole catalog; see
     :func:`store_rec.data.sampling.resample_train_negatives`), ``catalog`` every split's from the
-    whole catalog."""
+    whole catalog, ``split_positives`` every split's from that split's positive items
+    (:func:`store_rec.data.sampling.split_matched_negatives`)."""
 
     strategy: Literal["auto", "uniform", "popularity", "none"] = "auto"
     ratio: int = 4
     max_rounds: int = 100
-    sample_from: Literal["train_positives", "catalog"] = "train_positives"
+    sample_from: Literal["train_positives", "catalog", "split_positives"] = "train_positives"
 
     def __post_init__(self) -> None:
         check(self.ratio >= 0, "ratio", "must be >= 0")

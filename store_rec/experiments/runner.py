@@ -165,7 +165,10 @@ class Artifacts:
         if p.source:
             argv += ["--source", p.source]
         for k, v in sets.items():
-            argv += ["--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}"]
+            if p.dataset == "table" and k == "schema":
+                argv += ["--schema", str(v)]
+            else:
+                argv += ["--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}"]
         if p.seed:  # only when set: the records of datasets prepared with the default seed stay as they were
             argv += ["--seed", str(p.seed)]
 
@@ -183,7 +186,13 @@ class Artifacts:
             opts = parse_overrides(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in sets.items())
             prepare(p.dataset, p.source, d, seed=p.seed, overwrite=False, config=None, skip_bad_rows=False, **opts)
 
-        return self._ensure(d, argv, build, {}, lambda: (d / "schema.json").exists(), remove, f"prepare {name}")
+        inputs: Dict[str, Artifact] = {}
+        if p.dataset == "table":  # the schema YAML is config: an edit to it rebuilds the dataset
+            schema = Path(str(sets["schema"]))
+            if not schema.is_file():
+                raise UserError(f"datasets.{name}.prepare.set.schema: {schema} is not a file")
+            inputs["schema"] = Artifact(schema, sha256_file(schema))
+        return self._ensure(d, argv, build, inputs, lambda: (d / "schema.json").exists(), remove, f"prepare {name}")
 
     def embeddings(self, name: str) -> Artifact:
         ds = self.spec.datasets[name]

@@ -6,7 +6,7 @@ Layout (every key checked; errors name the key path)::
     jobs: 2                                 # runs in parallel (1 thread each)
     datasets:
       <name>:
-        prepare: {dataset: movielens|avazu|criteo|synthetic, source: PATH, set: {KEY: VALUE}, seed: 0}
+        prepare: {dataset: movielens|avazu|criteo|synthetic|table, source: PATH, set: {KEY: VALUE}, seed: 0}
         pretrain: {epochs, dim, max_len}    # SASRec item embeddings; null: no SIDs (raw IDs)
         sids: {num_sids, codebook_size, steps}   # default semantic-ID shape on this dataset
         item_feature: movie_id              # the id feature SIDs replace
@@ -65,13 +65,17 @@ def check_name(name: str, key: str) -> None:
 
 @dataclass
 class PrepareSpec:
-    dataset: Literal["movielens", "avazu", "criteo", "synthetic"]
+    dataset: Literal["movielens", "avazu", "criteo", "synthetic", "table"]
     source: Optional[str] = None
     set: Dict[str, Any] = field(default_factory=dict)
     seed: int = 0  # split / sampling seed (store-rec data prepare --seed): another seed, another random split
 
     def __post_init__(self) -> None:
         check(self.dataset == "synthetic" or bool(self.source), "source", f"{self.dataset} needs the raw data path")
+        # your own files (store-rec data prepare table): set.schema is the YAML giving each column its
+        # role, the other set keys override its keys (e.g. interactions.history_len: 16)
+        check(self.dataset != "table" or isinstance(self.set.get("schema"), str), "set.schema",
+              "table needs set.schema: the path of its schema YAML (datasets/README.md)")
 
 
 @dataclass

@@ -32,8 +32,9 @@ Static tokens (``rotation.static_tokens`` x ``rotation.enabled``; docs/MODEL.md 
 * ``per_feature`` + disabled: every static feature its own plain token.
 
 Head / FFN switches (``attention``): ``token_ffn`` (a token-specific FFN per position, RankMixer /
-OneTrans style), ``dot_features`` (DLRM-style pairwise dots of the layer-0 tokens into the
-over-arch), ``dense_skip`` (the dense token of layer 0 into the over-arch).
+OneTrans style; with history, the history tokens share one FFN and each non-sequential token has its
+own, OneTrans's mixed parameters), ``dot_features`` (DLRM-style pairwise dots of the layer-0
+non-sequential tokens into the over-arch), ``dense_skip`` (the dense token of layer 0 into the over-arch).
 
 Behaviour sequences (``history``, issue 13): the user's last ``max_len`` items become tokens
 (``store_rec.models.history.HistoryEncoder``), T per item (``item_tokens: sid`` -> K SID tokens,

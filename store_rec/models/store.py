@@ -75,25 +75,47 @@ class StoreLayer(nn.Module):
 
     ``X = LN(X + Attn(X)); X = LN(X + FFN(X))`` (post-LN, as the paper writes X_l). FFN is shared by
     all positions, or one per position with ``cfg.token_ffn`` (:class:`~store_rec.modules.token_ffn.TokenFFN`).
+    With ``history_tokens`` R > 0 (behaviour sequences, the first R positions) and ``token_ffn``, the
+    parameters are mixed as in OneTrans: the R history tokens (homogeneous: every item's SID tokens)
+    share one FFN (``history_ffn``), each of the ``seq_len - R`` non-sequential tokens has its own, so
+    the parameters and the per-token cost do not grow with N.
     """
 
     def __init__(self, embedding_dim: int, cfg: AttentionConfig, seq_len: Optional[int] = None,
-                 recent_blocks: int = 0) -> None:
+                 recent_blocks: int = 0, history_tokens: int = 0) -> None:
         super().__init__()
         self.attn = make_attention(embedding_dim, cfg, recent_blocks)
         self.norm1 = nn.LayerNorm(embedding_dim)
+        self.history_tokens = int(history_tokens)
+        self.history_ffn: Optional[nn.Module] = None
+
+        def shared() -> nn.Module:
+            return nn.Sequential(nn.Linear(embedding_dim, cfg.ffn_dim), nn.GELU(), nn.Dropout(cfg.dropout),
+                                 nn.Linear(cfg.ffn_dim, embedding_dim))
+
         if cfg.token_ffn:
-            if seq_len is None:
-                raise ValueError("StoreLayer: attention.token_ffn needs seq_len (one FFN per token position)")
+            if seq_len is None or seq_len <= self.history_tokens:
+                raise ValueError("StoreLayer: attention.token_ffn needs seq_len > history_tokens (one FFN per "
+                                 f"non-sequential token position), got {seq_len} / {self.history_tokens}")
             from store_rec.modules.token_ffn import TokenFFN
 
-            self.ffn: nn.Module = TokenFFN(seq_len, embedding_dim, cfg.ffn_dim, cfg.dropout)
+            self.ffn: nn.Module = TokenFFN(seq_len - self.history_tokens, embedding_dim, cfg.ffn_dim, cfg.dropout)
+            if self.history_tokens:
+                self.history_ffn = shared()
         else:
-            self.ffn = nn.Sequential(
-                nn.Linear(embedding_dim, cfg.ffn_dim), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.ffn_dim, embedding_dim)
-            )
+            self.ffn = shared()
         self.norm2 = nn.LayerNorm(embedding_dim)
         self.drop = nn.Dropout(cfg.dropout)
+
+    def _ffn(self, x: torch.Tensor) -> torch.Tensor:
+        """``Tensor[B, L', D] -> Tensor[B, L', D]``: the FFN; with mixed parameters the leading
+        ``L' - (seq_len - R)`` positions (history tokens; none in a pruned last layer) take ``history_ffn``."""
+        if self.history_ffn is None:
+            return self.ffn(x)
+        r = x.shape[1] - self.ffn.num_tokens
+        if r == 0:
+            return self.ffn(x)
+        return torch.cat([self.history_ffn(x[:, :r]), self.ffn(x[:, r:])], dim=1)
 
     def forward(self, x: torch.Tensor, gate: Optional[torch.Tensor] = None, key_valid: Optional[torch.Tensor] = None,
                 fixed_queries_only: bool = False) -> torch.Tensor:
@@ -103,7 +125,7 @@ class StoreLayer(nn.Module):
         if fixed_queries_only and key_valid is not None:
             x = x[:, key_valid.shape[1]:]
         x = self.norm1(x + self.drop(a))
-        return self.norm2(x + self.drop(self.ffn(x)))
+        return self.norm2(x + self.drop(self._ffn(x)))
 
 
 class StoreInteractionArch(nn.Module):
@@ -275,11 +297,12 @@ class StoreInteractionArch(nn.Module):
                 self.history_pad_items = -self.history_items % per_block
         self.num_history_tokens = (self.history_items + self.history_pad_items) * self.history_item_tokens
         # the last layer's history outputs are never read (the output pools the non-sequential tokens):
-        # it computes the non-sequential queries only (exact; not with per-position FFNs)
-        self.prune_last = bool(self.history_items) and not attention.token_ffn
+        # it computes the non-sequential queries only (exact)
+        self.prune_last = bool(self.history_items)
         self.num_tokens = self.num_history_tokens + self.seq_len  # the attention's sequence length L
         recent = int(history_recent_blocks) if self.history_items else 0
-        self.layers = nn.ModuleList(StoreLayer(D, attention, self.num_tokens, recent) for _ in range(attention.num_layers))
+        self.layers = nn.ModuleList(StoreLayer(D, attention, self.num_tokens, recent, self.num_history_tokens)
+                                    for _ in range(attention.num_layers))
         self.dots: Optional[nn.Module] = None
         if attention.dot_features:
             from store_rec.modules.pairwise import PairwiseDot
