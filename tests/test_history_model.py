@@ -517,7 +517,7 @@ def test_token_ffn_with_history_mixes_shared_and_per_token_parameters():
     for name in ("ffn.w1", "ffn.w2", "history_ffn.0.weight", "history_ffn.3.weight"):
         g = dict(layer.named_parameters())[name].grad
         assert g is not None and g.abs().sum() > 0, name
-    # the history positions take history_ffn: with it zeroed they get the residual only
+    # the history positions take history_ffn, the non-sequential ones the per-token FFN
     x = torch.randn(2, inter.num_tokens, D)
     ref = torch.cat([layer.history_ffn(x[:, :inter.num_history_tokens]), layer.ffn(x[:, inter.num_history_tokens:])], 1)
     torch.testing.assert_close(layer._ffn(x), ref)

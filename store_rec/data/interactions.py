@@ -224,16 +224,16 @@ def prepare_interactions(cfg: TableConfig, files: List[Tuple[Path, Optional[str]
         if len(full):
             raise DataError(f"{source}: user {user_dict[int(full[0])].as_py()!r} interacted with every item of the catalog "
                             f"({len(items_all)}): no negative can be sampled (set interactions.negatives.strategy: none)")
-        rng = np.random.default_rng([seed, 2])
-        neg_items = sample_negatives(rng, catalog, np.repeat(u[pos_idx], k), keys, stride, neg.max_rounds,
-                                     hint="; lower interactions.negatives.ratio")
         parent = np.repeat(pos_idx, k)
         if neg.sample_from == "split_positives":
             neg_items = split_matched_negatives(
                 np.random.default_rng([seed, 4]), u[parent], codes[parent], it[pos_idx], codes[pos_idx], keys, stride,
                 neg.max_rounds, hint="; lower interactions.negatives.ratio or set interactions.negatives.sample_from: "
                                      "train_positives", weighted=strategy != "uniform")
-        elif neg.sample_from == "train_positives":
+        else:
+            neg_items = sample_negatives(np.random.default_rng([seed, 2]), catalog, u[parent], keys, stride,
+                                         neg.max_rounds, hint="; lower interactions.negatives.ratio")
+        if neg.sample_from == "train_positives":
             tp = it[(codes == 0) & (label > 0.5)]
             train_catalog = np.unique(tp) if strategy == "uniform" else np.sort(tp)  # popularity: by train positives
             before = neg_items

@@ -435,14 +435,15 @@ def prepare_movielens(source: str, out: os.PathLike, *, config=None, seed: int =
             raise DataError(f"{inter_path}: user {int(full[0])} interacted with every movie of the catalogue "
                             f"({len(catalog)}): no negative can be sampled (set neg_ratio: 0)")
         # k negatives per positive, row-major (the negatives of positive 0 first)
-        neg_movie = sample_negatives(rng, catalog, np.repeat(user[pos_idx], k), keys, kk, cfg.max_sampling_rounds,
-                                     hint="; lower neg_ratio")
         parent = np.repeat(pos_idx, k)
         if cfg.negatives_from == "split_positives":
             neg_movie = split_matched_negatives(
                 np.random.default_rng([seed, 4]), user[parent], codes[parent], movie[pos_idx], codes[pos_idx], keys, kk,
                 cfg.max_sampling_rounds, hint="; lower neg_ratio or set negatives_from: train_positives")
-        elif cfg.negatives_from == "train_positives":
+        else:
+            neg_movie = sample_negatives(rng, catalog, user[parent], keys, kk, cfg.max_sampling_rounds,
+                                         hint="; lower neg_ratio")
+        if cfg.negatives_from == "train_positives":
             before = neg_movie
             neg_movie = resample_train_negatives(
                 np.random.default_rng([seed, 3]), neg_movie, user[parent], codes[parent] == 0,

@@ -23,10 +23,6 @@ def users_with_every_item(keys: np.ndarray, stride: int, catalog_size: int) -> n
     return users[counts >= catalog_size]
 
 
-#: ``negatives_from`` of the preparers: which items a row's sampled negatives are drawn from
-NEGATIVES_FROM = ("train_positives", "catalog", "split_positives")
-
-
 def resample_train_negatives(rng: np.random.Generator, neg_items: np.ndarray, neg_users: np.ndarray,
                              neg_is_train: np.ndarray, train_catalog: np.ndarray, keys: np.ndarray, stride: int,
                              max_rounds: int = 1000, hint: str = "") -> np.ndarray:

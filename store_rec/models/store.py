@@ -110,9 +110,7 @@ class StoreLayer(nn.Module):
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
         """``Tensor[B, L', D] -> Tensor[B, L', D]``: the FFN; with mixed parameters the leading
         ``L' - (seq_len - R)`` positions (history tokens; none in a pruned last layer) take ``history_ffn``."""
-        if self.history_ffn is None:
-            return self.ffn(x)
-        r = x.shape[1] - self.ffn.num_tokens
+        r = x.shape[1] - self.ffn.num_tokens if self.history_ffn is not None else 0
         if r == 0:
             return self.ffn(x)
         return torch.cat([self.history_ffn(x[:, :r]), self.ffn(x[:, r:])], dim=1)
